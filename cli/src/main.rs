@@ -1,0 +1,123 @@
+//! concepts: the command-line front end of the `concepts` runtime.
+//!
+//! Its one job is to turn command lines into calls on the library crates and their results into
+//! text. Key design choice: this file is only the clap `Command` enum and a dispatcher; each
+//! subcommand lives in `cmd/<name>.rs` as `XArgs` (clap) plus `run(args, &Ctx)`.
+//!
+//! This is the only crate that reads the environment (`CONCEPTS_HOME`, `RUST_LOG`) or prints.
+//! Errors go to stderr as `concepts: error: <context chain>` with exit status 1; clap reports usage
+//! errors with status 2.
+
+mod cmd;
+mod ctx;
+mod files;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ctx::Ctx;
+
+/// Personalise a vision-language model with installable concept packages.
+#[derive(Debug, Parser)]
+#[command(name = "concepts", version, propagate_version = true)]
+struct Cli {
+    /// Registry directory [default: the platform data dir + `concepts`, e.g. ~/.local/share/concepts]
+    #[arg(long, global = true, env = "CONCEPTS_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// Log more to stderr (-v info, -vv debug, -vvv trace); RUST_LOG, when set, takes precedence
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install a concept package file into the registry
+    Install(cmd::install::InstallArgs),
+    /// List installed concepts
+    List(cmd::list::ListArgs),
+    /// Show an installed concept's manifest and tensor statistics
+    Show(cmd::show::ShowArgs),
+    /// Remove an installed concept (by name or identifier)
+    Remove(cmd::remove::RemoveArgs),
+    /// Re-hash and re-parse every installed package; exit non-zero if anything is damaged
+    Verify(cmd::verify::VerifyArgs),
+    /// Delete unreferenced blobs and stale temp files from the registry
+    Gc(cmd::gc::GcArgs),
+    /// Write an installed concept's package file to a path
+    Export(cmd::export::ExportArgs),
+    /// Print a package file's manifest and tensor statistics without installing it
+    Inspect(cmd::inspect::InspectArgs),
+    /// Build a package from a safetensors file and a manifest TOML
+    Pack(cmd::pack::PackArgs),
+    /// Rewrite a package file at the current format version
+    Migrate(cmd::migrate::MigrateArgs),
+    /// Show, set or clear the base model the registry is pinned to
+    Pin(cmd::pin::PinArgs),
+    /// Answer a prompt (optionally about an image, with installed concepts active)
+    Run(cmd::run::RunArgs),
+}
+
+fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
+    match command {
+        Command::Install(args) => cmd::install::run(args, ctx),
+        Command::List(args) => cmd::list::run(args, ctx),
+        Command::Show(args) => cmd::show::run(args, ctx),
+        Command::Remove(args) => cmd::remove::run(args, ctx),
+        Command::Verify(args) => cmd::verify::run(args, ctx),
+        Command::Gc(args) => cmd::gc::run(args, ctx),
+        Command::Export(args) => cmd::export::run(args, ctx),
+        Command::Inspect(args) => cmd::inspect::run(args, ctx),
+        Command::Pack(args) => cmd::pack::run(args, ctx),
+        Command::Migrate(args) => cmd::migrate::run(args, ctx),
+        Command::Pin(args) => cmd::pin::run(args, ctx),
+        Command::Run(args) => cmd::run::run(args, ctx),
+    }
+}
+
+fn main() -> ExitCode {
+    // `exit` prints help/version (status 0) or the usage error (status 2).
+    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    init_logging(cli.verbose);
+    let ctx = Ctx::new(cli.home);
+    match dispatch(cli.command, &ctx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("concepts: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// `concepts list | head` closes our stdout early; that is not an error worth reporting.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,346 @@
+//! The concept vocabulary: Yo'LLaVA subjects (Nguyen et al. 2024, "Yo'LLaVA: Your
+//! Personalized Language and Vision Assistant") added to a frozen model without touching it.
+//!
+//! A concept `<bo>` is an identifier token with an input embedding and an LM-head column,
+//! plus `k` latent tokens with input embeddings only. Active concepts get token ids after the
+//! base vocabulary `V` (= `text_config.vocab_size`, the rows of `embed_tokens`):
+//!
+//! * `V + i` is the identifier of the `i`-th active concept (in activation order);
+//! * `V + n + o ..` are latent tokens, concept after concept, where `n` is the number of
+//!   active concepts and `o` the latent count of the concepts before.
+//!
+//! [`ConceptTable::logits`] returns `V + n` columns: the base logits, then one per active
+//! identifier, so a logit's column is its token id. Ids depend on the active set: look them
+//! up after (de)activating. Activation stores the concept's tensors (cloning a `Tensor` is a
+//! reference count), so it costs `O(k·d)` at most and never copies or mutates base weights.
+//!
+//! Embedding and logits are built from `index_select`, `cat`, `where_cond` and `matmul`, so
+//! when a concept's tensors are candle `Var`s the loss is differentiable with respect to them.
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::error::{Result, RuntimeError};
+use crate::model::LlavaModel;
+use crate::ops;
+
+/// One concept's trainable tensors: identifier embedding `[d]`, latent embeddings `[k, d]`,
+/// identifier LM-head column `[d]`.
+///
+/// Invariant: shapes agree in `d`, `k >= 1`, and all three share dtype and device.
+#[derive(Debug, Clone)]
+pub struct ConceptWeights {
+    identifier: Tensor,
+    latents: Tensor,
+    head: Tensor,
+}
+
+impl ConceptWeights {
+    /// Checks the shapes, dtypes and devices of the three tensors.
+    pub fn new(identifier: Tensor, latents: Tensor, head: Tensor) -> Result<Self> {
+        let bad = |msg: String| {
+            Err(RuntimeError::InvalidInput(format!("concept weights: {msg}")))
+        };
+        let d = match identifier.dims() {
+            [d] => *d,
+            other => return bad(format!("identifier has shape {other:?}, expected [d]")),
+        };
+        match latents.dims() {
+            [k, dl] if *k >= 1 && *dl == d => {}
+            other => return bad(format!("latents have shape {other:?}, expected [k >= 1, {d}]")),
+        }
+        if head.dims() != [d] {
+            return bad(format!("head has shape {:?}, expected [{d}]", head.dims()));
+        }
+        for (what, t) in [("latents", &latents), ("head", &head)] {
+            if t.dtype() != identifier.dtype() || !t.device().same_device(identifier.device()) {
+                return bad(format!(
+                    "{what} is {:?} on {:?}, identifier is {:?} on {:?}",
+                    t.dtype(),
+                    t.device().location(),
+                    identifier.dtype(),
+                    identifier.device().location()
+                ));
+            }
+        }
+        Ok(ConceptWeights {
+            identifier,
+            latents,
+            head,
+        })
+    }
+
+    /// Converts a concept file's tensors to `dtype` on `device`.
+    pub fn from_format(
+        tensors: &concept_format::ConceptTensors,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (k, d) = (tensors.k(), tensors.d());
+        let t = |v: &[f32], shape: &[usize]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(v, shape, device)?.to_dtype(dtype)?)
+        };
+        ConceptWeights::new(
+            t(tensors.identifier(), &[d])?,
+            t(tensors.latents(), &[k, d])?,
+            t(tensors.head(), &[d])?,
+        )
+    }
+
+    /// Converts to a concept file's tensors, rounding to `dtype`.
+    pub fn to_format(&self, dtype: concept_format::DType) -> Result<concept_format::ConceptTensors> {
+        let v = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        };
+        concept_format::ConceptTensors::from_f32(
+            dtype,
+            self.k(),
+            self.d(),
+            v(&self.identifier)?,
+            v(&self.latents)?,
+            v(&self.head)?,
+        )
+        .map_err(|e| RuntimeError::InvalidInput(format!("concept weights: {e}")))
+    }
+
+    pub fn identifier(&self) -> &Tensor {
+        &self.identifier
+    }
+
+    pub fn latents(&self) -> &Tensor {
+        &self.latents
+    }
+
+    pub fn head(&self) -> &Tensor {
+        &self.head
+    }
+
+    /// Number of latent tokens.
+    pub fn k(&self) -> usize {
+        self.latents.dims()[0]
+    }
+
+    /// Embedding width.
+    pub fn d(&self) -> usize {
+        self.identifier.dims()[0]
+    }
+}
+
+/// Which token of which concept an id stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConceptToken<'a> {
+    Identifier { concept: &'a str },
+    Latent { concept: &'a str, index: usize },
+}
+
+/// The active concepts of one model and the token ids they occupy.
+pub struct ConceptTable {
+    base_vocab: usize,
+    hidden: usize,
+    dtype: DType,
+    device: Device,
+    active: Vec<(String, ConceptWeights)>,
+}
+
+impl ConceptTable {
+    /// An empty table for `model`.
+    pub fn new(model: &LlavaModel) -> Self {
+        ConceptTable {
+            base_vocab: model.config().text.vocab_size,
+            hidden: model.config().text.hidden_size,
+            dtype: model.dtype(),
+            device: model.device().clone(),
+            active: Vec::new(),
+        }
+    }
+
+    /// Adds a concept under `name`; its ids follow those of the concepts already active, and
+    /// latent ids of the earlier concepts move up by one.
+    pub fn activate(&mut self, name: &str, weights: ConceptWeights) -> Result<()> {
+        let err = |msg: String| {
+            Err(RuntimeError::Concept {
+                name: name.to_string(),
+                msg,
+            })
+        };
+        if self.position(name).is_some() {
+            return err("is already active".to_string());
+        }
+        if weights.d() != self.hidden {
+            return err(format!(
+                "has width {}, the model's hidden size is {}",
+                weights.d(),
+                self.hidden
+            ));
+        }
+        if weights.identifier.dtype() != self.dtype
+            || !weights.identifier.device().same_device(&self.device)
+        {
+            return err(format!(
+                "tensors are {:?} on {:?}, the model computes in {:?} on {:?}",
+                weights.identifier.dtype(),
+                weights.identifier.device().location(),
+                self.dtype,
+                self.device.location()
+            ));
+        }
+        if self.input_vocab_size() + 1 + weights.k() > u32::MAX as usize {
+            return err("does not fit in u32 token ids".to_string());
+        }
+        self.active.push((name.to_string(), weights));
+        Ok(())
+    }
+
+    /// Removes a concept and returns its weights; later concepts' ids move down.
+    pub fn deactivate(&mut self, name: &str) -> Result<ConceptWeights> {
+        match self.position(name) {
+            Some(i) => Ok(self.active.remove(i).1),
+            None => Err(RuntimeError::Concept {
+                name: name.to_string(),
+                msg: "is not active".to_string(),
+            }),
+        }
+    }
+
+    /// Active concept names in activation order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.active.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ConceptWeights> {
+        self.position(name).map(|i| &self.active[i].1)
+    }
+
+    /// The base vocabulary size `V`.
+    pub fn base_vocab(&self) -> usize {
+        self.base_vocab
+    }
+
+    /// Ids accepted by [`ConceptTable::embed`]: `V + n + Σk`.
+    pub fn input_vocab_size(&self) -> usize {
+        self.base_vocab + self.active.len() + self.latent_total()
+    }
+
+    /// Columns of [`ConceptTable::logits`]: `V + n`.
+    pub fn output_vocab_size(&self) -> usize {
+        self.base_vocab + self.active.len()
+    }
+
+    /// The identifier token id of an active concept.
+    pub fn identifier_id(&self, name: &str) -> Option<u32> {
+        self.position(name).map(|i| (self.base_vocab + i) as u32)
+    }
+
+    /// The latent token ids of an active concept, in order.
+    pub fn latent_ids(&self, name: &str) -> Option<Range<u32>> {
+        let i = self.position(name)?;
+        let start = self.base_vocab
+            + self.active.len()
+            + self.active[..i].iter().map(|(_, w)| w.k()).sum::<usize>();
+        Some(start as u32..(start + self.active[i].1.k()) as u32)
+    }
+
+    /// What a concept token id stands for; `None` for base ids and unknown ids.
+    pub fn token(&self, id: u32) -> Option<ConceptToken<'_>> {
+        let id = id as usize;
+        let n = self.active.len();
+        let offset = id.checked_sub(self.base_vocab)?;
+        if offset < n {
+            return Some(ConceptToken::Identifier {
+                concept: &self.active[offset].0,
+            });
+        }
+        let mut rest = offset - n;
+        for (name, w) in &self.active {
+            if rest < w.k() {
+                return Some(ConceptToken::Latent {
+                    concept: name,
+                    index: rest,
+                });
+            }
+            rest -= w.k();
+        }
+        None
+    }
+
+    /// Embeddings for `ids` (u32, any shape) -> `[.., d]`: base rows for base ids, concept
+    /// rows for concept ids.
+    pub fn embed(&self, model: &LlavaModel, ids: &Tensor) -> Result<Tensor> {
+        if ids.dtype() != DType::U32 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "token ids of dtype {:?}, expected u32",
+                ids.dtype()
+            )));
+        }
+        let values = ids.flatten_all()?.to_vec1::<u32>()?;
+        let mut shape = ids.dims().to_vec();
+        shape.push(self.hidden);
+        Ok(self.embed_ids(model, &values)?.reshape(shape)?)
+    }
+
+    /// Embeddings `[T, d]` for a sequence of ids.
+    pub fn embed_ids(&self, model: &LlavaModel, ids: &[u32]) -> Result<Tensor> {
+        let limit = self.input_vocab_size();
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= limit) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "token id {bad} outside the vocabulary of {limit} (base {} and {} concepts)",
+                self.base_vocab,
+                self.active.len()
+            )));
+        }
+        let n = ids.len();
+        let base = self.base_vocab as u32;
+        let base_ids: Vec<u32> = ids.iter().map(|&id| if id < base { id } else { 0 }).collect();
+        let base_rows = model.embed_tokens(&Tensor::from_vec(base_ids, n, &self.device)?)?;
+        if ids.iter().all(|&id| id < base) {
+            return Ok(base_rows);
+        }
+        let concept_ids: Vec<u32> = ids.iter().map(|&id| id.saturating_sub(base)).collect();
+        let is_concept: Vec<u8> = ids.iter().map(|&id| u8::from(id >= base)).collect();
+        let rows = self.concept_rows()?.index_select(&Tensor::from_vec(concept_ids, n, &self.device)?, 0)?;
+        let mask = Tensor::from_vec(is_concept, (n, 1), &self.device)?.broadcast_as((n, self.hidden))?;
+        Ok(mask.where_cond(&rows, &base_rows)?)
+    }
+
+    /// Logits `[.., V + n]` for hidden states `[.., d]`: base logits, then one column per
+    /// active identifier (latent tokens have no head column).
+    pub fn logits(&self, model: &LlavaModel, hidden: &Tensor) -> Result<Tensor> {
+        let base = model.base_logits(hidden)?;
+        if self.active.is_empty() {
+            return Ok(base);
+        }
+        let heads: Vec<&Tensor> = self.active.iter().map(|(_, w)| &w.head).collect();
+        let heads = Tensor::stack(&heads, 0)?;
+        let extra = ops::linear(hidden, &heads, None)?;
+        Ok(Tensor::cat(&[&base, &extra], D::Minus1)?)
+    }
+
+    /// Concept embedding rows in id order: identifiers, then every concept's latents.
+    fn concept_rows(&self) -> Result<Tensor> {
+        let mut rows: Vec<Tensor> = Vec::with_capacity(2 * self.active.len());
+        for (_, w) in &self.active {
+            rows.push(w.identifier.unsqueeze(0)?);
+        }
+        for (_, w) in &self.active {
+            rows.push(w.latents.clone());
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.active.iter().position(|(n, _)| n == name)
+    }
+
+    fn latent_total(&self) -> usize {
+        self.active.iter().map(|(_, w)| w.k()).sum()
+    }
+}

@@ -1,0 +1,408 @@
+//! Autoregressive generation over the fast kernels with a KV cache: greedy or
+//! temperature / top-p sampling with a seed, streaming text deltas, and the Yo'LLaVA
+//! recognition read-out p(Yes) vs p(No).
+//!
+//! This module works on an already embedded prompt ([`EmbeddedPrompt`]); building prompts
+//! from text and images is `crate::session`'s job.
+
+use candle_core::{DType, IndexOp, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::concept_table::ConceptTable;
+use crate::error::{Result, RuntimeError};
+use crate::model::{KvCache, LlavaModel};
+use crate::ops::Kernels;
+use crate::prompt::TextCodec;
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (the first one on ties, as `torch.argmax`).
+    Greedy,
+    /// Sample from `softmax(logits / temperature)` restricted to the top-p nucleus
+    /// (transformers' `TopPLogitsWarper` semantics), with a seeded ChaCha20 generator.
+    Sample {
+        temperature: f64,
+        top_p: f64,
+        seed: u64,
+    },
+}
+
+impl Sampling {
+    /// `Greedy` for a temperature of 0, else `Sample`; checks the ranges.
+    pub fn from_temperature(temperature: f64, top_p: f64, seed: u64) -> Result<Self> {
+        if !(temperature >= 0.0 && temperature.is_finite()) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "temperature {temperature} must be finite and >= 0"
+            )));
+        }
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "top_p {top_p} must be in (0, 1]"
+            )));
+        }
+        Ok(if temperature == 0.0 {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature,
+                top_p,
+                seed,
+            }
+        })
+    }
+}
+
+/// Generation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateConfig {
+    /// Most tokens to generate (the EOS token, when reached, is not counted or returned).
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Token ids that end generation.
+    pub stop_ids: Vec<u32>,
+    /// Also return the logits of every prompt position.
+    pub prompt_logits: bool,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop token was produced.
+    Eos,
+    /// `max_tokens` tokens were produced.
+    MaxTokens,
+    /// The model's `max_position_embeddings` was reached.
+    ContextFull,
+}
+
+/// A prompt ready for the decoder: token ids (image positions hold the image token id) and
+/// their embeddings `[T, d]`, image features already in place.
+#[derive(Debug, Clone)]
+pub struct EmbeddedPrompt {
+    pub ids: Vec<u32>,
+    pub embeds: Tensor,
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The prompt's token ids, image tokens expanded.
+    pub prompt_ids: Vec<u32>,
+    /// Generated ids, without the stop token.
+    pub generated_ids: Vec<u32>,
+    /// Text of `generated_ids`, concept ids rendered as their markers.
+    pub text: String,
+    pub stop: StopReason,
+    /// `[T, V + n]` f32 logits of every prompt position, when asked for.
+    pub prompt_logits: Option<Tensor>,
+}
+
+impl Generation {
+    /// The prompt logits as row-major `f32` values with their `[T, V + n]` shape, when they
+    /// were asked for.
+    pub fn prompt_logits_f32(&self) -> Result<Option<(Vec<f32>, [usize; 2])>> {
+        let Some(logits) = &self.prompt_logits else {
+            return Ok(None);
+        };
+        let (t, v) = logits.dims2()?;
+        Ok(Some((logits.flatten_all()?.to_vec1::<f32>()?, [t, v])))
+    }
+}
+
+/// Chooses tokens from logits.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    sampling: Sampling,
+    rng: ChaCha20Rng,
+}
+
+impl Sampler {
+    pub fn new(sampling: Sampling) -> Self {
+        let seed = match sampling {
+            Sampling::Sample { seed, .. } => seed,
+            Sampling::Greedy => 0,
+        };
+        Sampler {
+            sampling,
+            rng: ChaCha20Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next token for one position's logits.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
+        if logits.is_empty() {
+            return Err(RuntimeError::InvalidInput("empty logits".to_string()));
+        }
+        let (temperature, top_p) = match self.sampling {
+            Sampling::Greedy => return Ok(argmax(logits)),
+            Sampling::Sample {
+                temperature,
+                top_p,
+                ..
+            } => (temperature, top_p),
+        };
+        let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l) / temperature).collect();
+        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut probs: Vec<(usize, f64)> = scaled
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, (l - max).exp()))
+            .collect();
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        // Most likely first; the sort is stable so ties keep id order.
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Keep the smallest prefix whose mass reaches top_p (at least one token).
+        let mut kept = 0;
+        let mut mass = 0.0;
+        for &(_, p) in &probs {
+            kept += 1;
+            mass += p / total;
+            if mass >= top_p {
+                break;
+            }
+        }
+        probs.truncate(kept);
+        let nucleus: f64 = probs.iter().map(|p| p.1).sum();
+        let mut u = self.rng.random::<f64>() * nucleus;
+        for &(i, p) in &probs {
+            if u < p {
+                return Ok(i as u32);
+            }
+            u -= p;
+        }
+        Ok(probs[probs.len() - 1].0 as u32)
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Turns a growing list of generated ids into text deltas.
+///
+/// The whole list is decoded each time and the new suffix returned, so multi-token
+/// characters (byte fallback) and the decoder's leading-space handling come out as in a
+/// one-shot decode; a trailing U+FFFD (an incomplete UTF-8 sequence) is held back.
+pub struct TextStream<'a> {
+    codec: &'a TextCodec,
+    ids: Vec<u32>,
+    emitted: String,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(codec: &'a TextCodec) -> Self {
+        TextStream {
+            codec,
+            ids: Vec::new(),
+            emitted: String::new(),
+        }
+    }
+
+    /// Adds a token; returns the new text, if any is final yet.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = self.codec.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        Ok(self.advance(text))
+    }
+
+    /// Flushes what was held back; returns the full text.
+    pub fn finish(mut self) -> Result<(Option<String>, String)> {
+        let text = self.codec.decode(&self.ids)?;
+        let delta = self.advance(text.clone());
+        Ok((delta, text))
+    }
+
+    fn advance(&mut self, text: String) -> Option<String> {
+        match text.strip_prefix(self.emitted.as_str()) {
+            Some(rest) if !rest.is_empty() => {
+                let delta = rest.to_string();
+                self.emitted = text;
+                Some(delta)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Logits `[T, V + n]` (f32) for hidden states `[T, d]`.
+fn logits_f32(model: &LlavaModel, table: &ConceptTable, hidden: &Tensor) -> Result<Tensor> {
+    Ok(table.logits(model, hidden)?.to_dtype(DType::F32)?)
+}
+
+/// Runs the prompt through the decoder, then generates until a stop id, `max_tokens`, or
+/// the context limit. `on_text` receives each text delta as it becomes final.
+pub fn generate(
+    model: &LlavaModel,
+    table: &ConceptTable,
+    codec: &TextCodec,
+    prompt: &EmbeddedPrompt,
+    cfg: &GenerateConfig,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    let t = prompt.ids.len();
+    if t == 0 || prompt.embeds.dim(0)? != t {
+        return Err(RuntimeError::InvalidInput(format!(
+            "prompt of {t} ids with embeddings of shape {:?}",
+            prompt.embeds.dims()
+        )));
+    }
+    let max_pos = model.config().text.max_position_embeddings;
+    if t > max_pos {
+        return Err(RuntimeError::InvalidInput(format!(
+            "prompt of {t} tokens exceeds max_position_embeddings {max_pos}"
+        )));
+    }
+    let mut cache = KvCache::new(model.config());
+    let hidden = model
+        .forward_embeds(&prompt.embeds.unsqueeze(0)?, Some(&mut cache), Kernels::Fast)?
+        .squeeze(0)?;
+    let prompt_logits = if cfg.prompt_logits {
+        Some(logits_f32(model, table, &hidden)?)
+    } else {
+        None
+    };
+    let mut last = match &prompt_logits {
+        Some(all) => all.i(t - 1)?,
+        None => logits_f32(model, table, &hidden.i(t - 1..t)?)?.squeeze(0)?,
+    };
+    let mut sampler = Sampler::new(cfg.sampling);
+    let mut stream = TextStream::new(codec);
+    let mut generated = Vec::new();
+    let stop = loop {
+        if generated.len() >= cfg.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        let next = sampler.sample(&last.to_vec1::<f32>()?)?;
+        if cfg.stop_ids.contains(&next) {
+            break StopReason::Eos;
+        }
+        generated.push(next);
+        if let Some(delta) = stream.push(next)? {
+            on_text(&delta);
+        }
+        if generated.len() >= cfg.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        if cache.len() >= max_pos {
+            break StopReason::ContextFull;
+        }
+        let embed = table.embed_ids(model, &[next])?.unsqueeze(0)?;
+        let hidden = model.forward_embeds(&embed, Some(&mut cache), Kernels::Fast)?;
+        last = logits_f32(model, table, &hidden.i((0, 0..1))?)?.squeeze(0)?;
+    };
+    let (delta, text) = stream.finish()?;
+    if let Some(delta) = delta {
+        on_text(&delta);
+    }
+    Ok(Generation {
+        prompt_ids: prompt.ids.clone(),
+        generated_ids: generated,
+        text,
+        stop,
+        prompt_logits,
+    })
+}
+
+/// The Yo'LLaVA recognition read-out at the first answer position.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recognition {
+    /// Softmax probability of the "Yes" token over the full vocabulary (base and concepts).
+    pub p_yes: f64,
+    /// Same for "No".
+    pub p_no: f64,
+    pub yes_id: u32,
+    pub no_id: u32,
+}
+
+impl Recognition {
+    /// The decision: "yes" when p(Yes) > p(No).
+    pub fn is_yes(&self) -> bool {
+        self.p_yes > self.p_no
+    }
+}
+
+/// p(Yes) and p(No) for the next token after `prompt`.
+pub fn recognize(
+    model: &LlavaModel,
+    table: &ConceptTable,
+    prompt: &EmbeddedPrompt,
+    yes_id: u32,
+    no_id: u32,
+) -> Result<Recognition> {
+    let t = prompt.ids.len();
+    if t == 0 {
+        return Err(RuntimeError::InvalidInput("empty prompt".to_string()));
+    }
+    let hidden = model
+        .forward_embeds(&prompt.embeds.unsqueeze(0)?, None, Kernels::Fast)?
+        .squeeze(0)?;
+    let logits = logits_f32(model, table, &hidden.i(t - 1..t)?)?
+        .squeeze(0)?
+        .to_dtype(DType::F64)?;
+    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec1::<f64>()?;
+    let p = |id: u32| {
+        probs.get(id as usize).copied().ok_or_else(|| {
+            RuntimeError::InvalidInput(format!("answer token {id} outside the logits"))
+        })
+    };
+    Ok(Recognition {
+        p_yes: p(yes_id)?,
+        p_no: p(no_id)?,
+        yes_id,
+        no_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut s = Sampler::new(Sampling::Greedy);
+        assert_eq!(s.sample(&[0.1, 2.0, -1.0, 2.0]).expect("sample"), 1);
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        // p ≈ [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps ids 0 and 1 only.
+        let logits = [2.0f32, 1.0, 0.0, -1.0];
+        let sampling = Sampling::from_temperature(1.0, 0.7, 7).expect("valid");
+        let mut s = Sampler::new(sampling);
+        let draws: Vec<u32> = (0..400).map(|_| s.sample(&logits).expect("sample")).collect();
+        assert!(draws.iter().all(|&d| d < 2));
+        let ones = draws.iter().filter(|&&d| d == 1).count();
+        // 0.24 / 0.88 of 400 ≈ 109.
+        assert!((70..150).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn sampling_is_reproducible_per_seed() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 / 3.0).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(Sampling::from_temperature(0.8, 0.95, seed).expect("valid"));
+            (0..32).map(|_| s.sample(&logits).expect("sample")).collect::<Vec<_>>()
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+    }
+
+    #[test]
+    fn sampling_parameters_are_checked() {
+        assert_eq!(Sampling::from_temperature(0.0, 1.0, 1).expect("greedy"), Sampling::Greedy);
+        assert!(Sampling::from_temperature(-1.0, 1.0, 1).is_err());
+        assert!(Sampling::from_temperature(1.0, 0.0, 1).is_err());
+        assert!(Sampling::from_temperature(f64::NAN, 1.0, 1).is_err());
+    }
+}

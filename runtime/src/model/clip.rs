@@ -1,0 +1,319 @@
+//! CLIP ViT vision tower (Radford et al. 2021, "Learning Transferable Visual Models From
+//! Natural Language Supervision"), as transformers' `CLIPVisionTransformer`
+//! (`models/clip/modeling_clip.py`).
+//!
+//! Pre-LN encoder layers: `x + attn(ln1(x))`, then `x + fc2(act(fc1(ln2(x))))`. LLaVA reads
+//! `hidden_states[vision_feature_layer]` — the output of encoder layer `vision_feature_layer - 1`
+//! without `post_layernorm` — so the layers after it and `post_layernorm` only serve
+//! [`ClipVisionTower::pooled`], CLIP's own image embedding. They are loaded when the checkpoint
+//! has them and are optional otherwise.
+
+use candle_core::Tensor;
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::{ClipVisionConfig, VisionStem};
+use crate::error::{Result, RuntimeError};
+use crate::ops::{self, Kernels};
+
+/// A LayerNorm's parameters.
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps, kernels)
+    }
+}
+
+/// A linear layer with bias.
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(vb: VarBuilder, in_features: usize, out_features: usize) -> Result<Self> {
+        Ok(Linear {
+            weight: vb.get((out_features, in_features), "weight")?,
+            bias: vb.get(out_features, "bias")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(x, &self.weight, Some(&self.bias))
+    }
+}
+
+/// CLIP's patch stem: a stride-`patch` convolution without bias, a class token prepended,
+/// learned absolute position embeddings added.
+struct PatchStem {
+    patch_embedding: Tensor,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    patch_size: usize,
+    image_size: usize,
+    num_channels: usize,
+}
+
+impl PatchStem {
+    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let positions = (cfg.image_size / p).pow(2) + 1;
+        Ok(PatchStem {
+            patch_embedding: vb
+                .pp("patch_embedding")
+                .get((d, cfg.num_channels, p, p), "weight")?,
+            class_embedding: vb.get(d, "class_embedding")?,
+            position_embedding: vb.pp("position_embedding").get((positions, d), "weight")?,
+            patch_size: p,
+            image_size: cfg.image_size,
+            num_channels: cfg.num_channels,
+        })
+    }
+
+    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixel_values.dims4()?;
+        if (c, h, w) != (self.num_channels, self.image_size, self.image_size) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "pixel_values of shape {:?}, expected [batch, {}, {}, {}]",
+                pixel_values.dims(),
+                self.num_channels,
+                self.image_size,
+                self.image_size
+            )));
+        }
+        let pixels = pixel_values
+            .to_dtype(self.patch_embedding.dtype())?
+            .contiguous()?;
+        let patches = pixels.conv2d(&self.patch_embedding, 0, self.patch_size, 1, 1)?;
+        // [B, D, gh, gw] -> [B, gh*gw, D]
+        let patches = patches.flatten_from(2)?.transpose(1, 2)?;
+        let d = self.class_embedding.dim(0)?;
+        let class = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
+        let tokens = Tensor::cat(&[&class, &patches], 1)?;
+        Ok(tokens.broadcast_add(&self.position_embedding)?)
+    }
+}
+
+/// The stem turning pixels into tokens; one variant per [`VisionStem`].
+enum Stem {
+    Patch(PatchStem),
+}
+
+impl Stem {
+    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        match cfg.stem {
+            VisionStem::Patch => Ok(Stem::Patch(PatchStem::load(vb, cfg)?)),
+        }
+    }
+
+    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        match self {
+            Stem::Patch(stem) => stem.forward(pixel_values),
+        }
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Attention {
+            q_proj: Linear::load(vb.pp("q_proj"), d, d)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, d)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, d)?,
+            out_proj: Linear::load(vb.pp("out_proj"), d, d)?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: d / cfg.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, n, self.num_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = heads(self.q_proj.forward(x)?)?;
+        let k = heads(self.k_proj.forward(x)?)?;
+        let v = heads(self.v_proj.forward(x)?)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = ops::attention(&q, &k, &v, None, scale, kernels)?;
+        self.out_proj
+            .forward(&out.transpose(1, 2)?.reshape((b, n, d))?)
+    }
+}
+
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    cfg: ClipVisionConfig,
+}
+
+impl EncoderLayer {
+    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let mlp = vb.pp("mlp");
+        Ok(EncoderLayer {
+            layer_norm1: LayerNorm::load(vb.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            layer_norm2: LayerNorm::load(vb.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
+            fc1: Linear::load(mlp.pp("fc1"), d, cfg.intermediate_size)?,
+            fc2: Linear::load(mlp.pp("fc2"), cfg.intermediate_size, d)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Whether the checkpoint has this layer at all; a partly present layer still fails
+    /// to load, naming the missing tensor.
+    fn present(vb: &VarBuilder) -> bool {
+        vb.pp("layer_norm1").contains_tensor("weight")
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let h = self.layer_norm1.forward(x, kernels)?;
+        let x = (x + self.self_attn.forward(&h, kernels)?)?;
+        let h = self.layer_norm2.forward(&x, kernels)?;
+        let h = self.fc1.forward(&h)?;
+        let h = ops::activation(&h, self.cfg.hidden_act, kernels)?;
+        Ok((x + self.fc2.forward(&h)?)?)
+    }
+}
+
+/// The vision tower: stem, `pre_layrnorm`, encoder layers, and (if present) `post_layernorm`.
+pub(crate) struct ClipVisionTower {
+    stem: Stem,
+    pre_layrnorm: LayerNorm,
+    /// Layers `0..feature_layer` always; later ones as far as the checkpoint has them.
+    layers: Vec<EncoderLayer>,
+    post_layernorm: Option<LayerNorm>,
+    num_hidden_layers: usize,
+}
+
+impl ClipVisionTower {
+    /// Loads from the `vision_model` prefix. Layers `0..feature_layer` are required.
+    pub(crate) fn load(
+        vb: VarBuilder,
+        cfg: &ClipVisionConfig,
+        feature_layer: usize,
+    ) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let stem = Stem::load(vb.pp("embeddings"), cfg)?;
+        let pre_layrnorm = LayerNorm::load(vb.pp("pre_layrnorm"), d, cfg.layer_norm_eps)?;
+        let vb_layers = vb.pp("encoder").pp("layers");
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut absent_from = None;
+        for i in 0..cfg.num_hidden_layers {
+            let vb_i = vb_layers.pp(i);
+            let present = i < feature_layer || EncoderLayer::present(&vb_i);
+            match (present, absent_from) {
+                (true, None) => layers.push(EncoderLayer::load(vb_i, cfg)?),
+                (true, Some(first)) => {
+                    return Err(RuntimeError::WeightLayout(format!(
+                        "vision encoder layer {i} is in the checkpoint but layer {first} is not \
+                         (under `{}`)",
+                        vb_layers.prefix()
+                    )))
+                }
+                (false, _) => absent_from = absent_from.or(Some(i)),
+            }
+        }
+        let vb_post = vb.pp("post_layernorm");
+        let post_layernorm = if vb_post.contains_tensor("weight") {
+            Some(LayerNorm::load(vb_post, d, cfg.layer_norm_eps)?)
+        } else {
+            None
+        };
+        Ok(ClipVisionTower {
+            stem,
+            pre_layrnorm,
+            layers,
+            post_layernorm,
+            num_hidden_layers: cfg.num_hidden_layers,
+        })
+    }
+
+    /// `hidden_states[0..=upto]`: the embeddings after `pre_layrnorm`, then each layer's output.
+    pub(crate) fn hidden_states(
+        &self,
+        pixel_values: &Tensor,
+        upto: usize,
+        kernels: Kernels,
+    ) -> Result<Vec<Tensor>> {
+        if upto > self.layers.len() {
+            return Err(RuntimeError::Unsupported(format!(
+                "vision hidden state {upto} needs encoder layer {} which the checkpoint lacks",
+                upto - 1
+            )));
+        }
+        let x = self.stem.forward(pixel_values)?;
+        let mut x = self.pre_layrnorm.forward(&x, kernels)?;
+        let mut states = Vec::with_capacity(upto + 1);
+        for layer in &self.layers[..upto] {
+            let next = layer.forward(&x, kernels)?;
+            states.push(x);
+            x = next;
+        }
+        states.push(x);
+        Ok(states)
+    }
+
+    /// `hidden_states[index]` alone, running only the layers it needs.
+    pub(crate) fn hidden_state(
+        &self,
+        pixel_values: &Tensor,
+        index: usize,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let mut states = self.hidden_states(pixel_values, index, kernels)?;
+        states
+            .pop()
+            .ok_or_else(|| RuntimeError::InvalidInput("no vision hidden state".to_string()))
+    }
+
+    /// Number of hidden states the loaded layers can produce.
+    pub(crate) fn available_hidden_states(&self) -> usize {
+        self.layers.len() + 1
+    }
+
+    /// CLIP's pooled output: `post_layernorm` of the last layer's CLS token, `[B, D]`.
+    pub(crate) fn pooled(&self, pixel_values: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let post = match &self.post_layernorm {
+            Some(post) if self.layers.len() == self.num_hidden_layers => post,
+            _ => {
+                return Err(RuntimeError::Unsupported(
+                    "pooled image embedding needs every vision encoder layer and \
+                     post_layernorm, which the checkpoint lacks"
+                        .to_string(),
+                ))
+            }
+        };
+        let last = self.hidden_state(pixel_values, self.num_hidden_layers, kernels)?;
+        let cls = last.narrow(1, 0, 1)?.squeeze(1)?;
+        post.forward(&cls, kernels)
+    }
+}

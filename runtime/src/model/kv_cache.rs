@@ -1,0 +1,136 @@
+//! The key/value cache of the language model, with cheap clones for prefix sharing.
+//!
+//! Each layer keeps keys and values in preallocated `[B, H_kv, capacity, D]` buffers, written
+//! in place at the current length. Buffers sit behind an `Arc`: cloning a cache clones the
+//! `Arc`s only, and a cache that appends to a buffer another clone still holds first copies
+//! the valid prefix into a buffer of its own (copy-on-write). So a prompt prefix (system text
+//! and image tokens) is prefilled once and each clone continues with its own suffix.
+//!
+//! Invariant: positions `0..len` of every layer's buffer hold the keys and values of the
+//! tokens fed so far; a buffer is written in place only beyond `len` and only while no other
+//! cache shares it.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use crate::config::LlavaConfig;
+use crate::error::{Result, RuntimeError};
+
+/// Capacity is allocated in multiples of this many positions.
+const CAPACITY_STEP: usize = 64;
+
+/// Keys and values of every language-model layer for the tokens fed so far.
+#[derive(Clone)]
+pub struct KvCache {
+    layers: Vec<Option<Arc<LayerBuffers>>>,
+    len: usize,
+}
+
+struct LayerBuffers {
+    k: Tensor,
+    v: Tensor,
+}
+
+impl LayerBuffers {
+    fn capacity(&self) -> usize {
+        self.k.dim(2).unwrap_or(0)
+    }
+}
+
+impl KvCache {
+    /// An empty cache for a model of this configuration.
+    pub fn new(cfg: &LlavaConfig) -> Self {
+        KvCache {
+            layers: vec![None; cfg.text.num_hidden_layers],
+            len: 0,
+        }
+    }
+
+    /// Number of positions cached: the position the next token gets.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position from `len` on (a no-op if the cache is shorter).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub(crate) fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Writes `k` and `v` (`[B, H_kv, T, D]`) at positions `len..len + T` of `layer` and
+    /// returns views of positions `0..len + T`. The cache length itself moves on in
+    /// [`KvCache::advance`], once every layer has been written.
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, h, t, d) = k.dims4()?;
+        let len = self.len;
+        let needed = len + t;
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            RuntimeError::InvalidInput(format!("kv cache has no layer {layer}"))
+        })?;
+        if let Some(buf) = slot.as_ref() {
+            let (bb, bh, _, bd) = buf.k.dims4()?;
+            if (bb, bh, bd) != (b, h, d) || buf.k.dtype() != k.dtype() {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "kv cache holds {:?} {:?} keys, got {:?} {:?}",
+                    buf.k.dims(),
+                    buf.k.dtype(),
+                    k.dims(),
+                    k.dtype()
+                )));
+            }
+        }
+        let writable = match slot.as_mut() {
+            Some(buf) => buf.capacity() >= needed && Arc::get_mut(buf).is_some(),
+            None => false,
+        };
+        if !writable {
+            let old = slot.take();
+            let grown = old.as_ref().map_or(0, |buf| 2 * buf.capacity());
+            let capacity = needed.max(grown).next_multiple_of(CAPACITY_STEP);
+            let fresh = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())?;
+                if let (Some(old), true) = (old, len > 0) {
+                    buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            *slot = Some(Arc::new(LayerBuffers {
+                k: fresh(old.as_ref().map(|o| &o.k), k)?,
+                v: fresh(old.as_ref().map(|o| &o.v), v)?,
+            }));
+        }
+        let buf = slot
+            .as_ref()
+            .ok_or_else(|| RuntimeError::InvalidInput("kv cache slot is empty".to_string()))?;
+        buf.k.slice_set(&k.contiguous()?, 2, len)?;
+        buf.v.slice_set(&v.contiguous()?, 2, len)?;
+        Ok((buf.k.narrow(2, 0, needed)?, buf.v.narrow(2, 0, needed)?))
+    }
+
+    /// Marks `t` more positions as cached.
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}
+
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("layers", &self.layers.len())
+            .field("len", &self.len)
+            .finish()
+    }
+}

@@ -1,0 +1,350 @@
+//! The Llama decoder (Touvron et al. 2023, "Llama 2: Open Foundation and Fine-Tuned Chat
+//! Models"), as transformers' `LlamaForCausalLM` (`models/llama/modeling_llama.py`).
+//!
+//! Pre-norm layers: `x + attn(rms_norm(x))`, then `x + down(silu(gate(h)) * up(h))` with
+//! `h = rms_norm(x)`. Attention uses RoPE in the `rotate_half` convention, grouped-query
+//! heads, a causal mask and scale `1/sqrt(head_dim)`. The LM head is untied unless the config
+//! says otherwise. The model starts from embeddings, not ids, so callers can splice image
+//! features and concept embeddings into the sequence.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::{Activation, LlamaConfig};
+use crate::error::{Result, RuntimeError};
+use crate::model::kv_cache::KvCache;
+use crate::ops::{self, Kernels};
+
+/// Precomputed RoPE angles for every position up to `max_position_embeddings`.
+struct Rope {
+    /// `[max_positions, head_dim / 2]` in the compute dtype.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// As transformers' default rope: `inv_freq_i = 1 / theta^(2i / head_dim)` in f32, angle
+    /// `position * inv_freq_i` in f32, cos and sin cast to the compute dtype.
+    fn new(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / cfg.head_dim as f64)) as f32)
+            .collect();
+        let n = cfg.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for pos in 0..n {
+            for &f in &inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let table = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (n, half), device)?.to_dtype(dtype)?)
+        };
+        Ok(Rope {
+            cos: table(cos)?,
+            sin: table(sin)?,
+        })
+    }
+
+    /// Angles of positions `offset..offset + t`.
+    fn angles(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let max = self.cos.dim(0)?;
+        if offset + t > max {
+            return Err(RuntimeError::InvalidInput(format!(
+                "positions up to {} exceed max_position_embeddings {max}",
+                offset + t
+            )));
+        }
+        Ok((self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?))
+    }
+}
+
+struct Attention {
+    q_proj: (Tensor, Option<Tensor>),
+    k_proj: (Tensor, Option<Tensor>),
+    v_proj: (Tensor, Option<Tensor>),
+    o_proj: (Tensor, Option<Tensor>),
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+fn load_linear(
+    vb: VarBuilder,
+    in_features: usize,
+    out_features: usize,
+    bias: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let w = vb.get((out_features, in_features), "weight")?;
+    let b = if bias {
+        Some(vb.get(out_features, "bias")?)
+    } else {
+        None
+    };
+    Ok((w, b))
+}
+
+fn apply_linear(x: &Tensor, l: &(Tensor, Option<Tensor>)) -> Result<Tensor> {
+    ops::linear(x, &l.0, l.1.as_ref())
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let q_out = cfg.num_attention_heads * cfg.head_dim;
+        let kv_out = cfg.num_key_value_heads * cfg.head_dim;
+        let bias = cfg.attention_bias;
+        Ok(Attention {
+            q_proj: load_linear(vb.pp("q_proj"), d, q_out, bias)?,
+            k_proj: load_linear(vb.pp("k_proj"), d, kv_out, bias)?,
+            v_proj: load_linear(vb.pp("v_proj"), d, kv_out, bias)?,
+            o_proj: load_linear(vb.pp("o_proj"), q_out, d, bias)?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, step: &mut Step, layer: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let kernels = step.kernels;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = heads(apply_linear(x, &self.q_proj)?, self.num_heads)?;
+        let k = heads(apply_linear(x, &self.k_proj)?, self.num_kv_heads)?;
+        let v = heads(apply_linear(x, &self.v_proj)?, self.num_kv_heads)?;
+        let q = ops::rope(&q, &step.cos, &step.sin, kernels)?;
+        let k = ops::rope(&k, &step.cos, &step.sin, kernels)?;
+
+        let (k, v) = match step.cache.as_deref_mut() {
+            None => (k, v),
+            Some(cache) => {
+                let len = cache.len();
+                let (k_all, v_all) = cache.append(layer, &k.detach(), &v.detach())?;
+                match kernels {
+                    Kernels::Fast => (k_all, v_all),
+                    // Keep this chunk's keys and values in the graph; cached positions are
+                    // constants.
+                    Kernels::Differentiable if len == 0 => (k, v),
+                    Kernels::Differentiable => (
+                        Tensor::cat(&[&k_all.narrow(2, 0, len)?, &k], 2)?,
+                        Tensor::cat(&[&v_all.narrow(2, 0, len)?, &v], 2)?,
+                    ),
+                }
+            }
+        };
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let out = ops::attention(&q, &k, &v, step.mask.as_ref(), scale, kernels)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        apply_linear(&out, &self.o_proj)
+    }
+}
+
+struct Mlp {
+    gate_proj: (Tensor, Option<Tensor>),
+    up_proj: (Tensor, Option<Tensor>),
+    down_proj: (Tensor, Option<Tensor>),
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (d, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Mlp {
+            gate_proj: load_linear(vb.pp("gate_proj"), d, i, bias)?,
+            up_proj: load_linear(vb.pp("up_proj"), d, i, bias)?,
+            down_proj: load_linear(vb.pp("down_proj"), i, d, bias)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let gate = ops::activation(&apply_linear(x, &self.gate_proj)?, self.act, kernels)?;
+        let up = apply_linear(x, &self.up_proj)?;
+        apply_linear(&(gate * up)?, &self.down_proj)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+    eps: f64,
+}
+
+impl DecoderLayer {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(DecoderLayer {
+            input_layernorm: vb
+                .pp("input_layernorm")
+                .get_with_hints(d, "weight", Init::Const(1.0))?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            post_attention_layernorm: vb
+                .pp("post_attention_layernorm")
+                .get_with_hints(d, "weight", Init::Const(1.0))?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, step: &mut Step, layer: usize) -> Result<Tensor> {
+        let kernels = step.kernels;
+        let h = ops::rms_norm(x, &self.input_layernorm, self.eps, kernels)?;
+        let x = (x + self.self_attn.forward(&h, step, layer)?)?;
+        let h = ops::rms_norm(&x, &self.post_attention_layernorm, self.eps, kernels)?;
+        Ok((&x + self.mlp.forward(&h, kernels)?)?)
+    }
+}
+
+/// What every layer of one forward call shares.
+struct Step<'a> {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+    cache: Option<&'a mut KvCache>,
+    kernels: Kernels,
+}
+
+/// The Llama decoder and its LM head.
+pub(crate) struct Llama {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+    cfg: LlamaConfig,
+}
+
+impl Llama {
+    /// Loads from the parent of `model` and `lm_head` (`language_model` in the hub layout).
+    pub(crate) fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let vb_m = vb.pp("model");
+        let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+        let embed_tokens = vb_m.pp("embed_tokens").get((v, d), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(vb_m.pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = vb_m
+            .pp("norm")
+            .get_with_hints(d, "weight", Init::Const(1.0))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            vb.pp("lm_head").get((v, d), "weight")?
+        };
+        let rope = Rope::new(cfg, embed_tokens.dtype(), embed_tokens.device())?;
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub(crate) fn embed_weight(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    pub(crate) fn lm_head_weight(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// Rows of the base embedding table for `ids` (u32, any shape) -> `[.., d]`.
+    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        if ids.dtype() != DType::U32 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "token ids of dtype {:?}, expected u32",
+                ids.dtype()
+            )));
+        }
+        let flat = ids.flatten_all()?;
+        let v = self.cfg.vocab_size;
+        if let Some(&bad) = flat.to_vec1::<u32>()?.iter().find(|&&id| id as usize >= v) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "token id {bad} outside the base vocabulary of {v}"
+            )));
+        }
+        let rows = self.embed_tokens.index_select(&flat, 0)?;
+        let mut shape = ids.dims().to_vec();
+        shape.push(self.cfg.hidden_size);
+        Ok(rows.reshape(shape)?)
+    }
+
+    /// Runs the decoder over `[B, T, d]` embeddings and returns final-normed hidden states.
+    /// With a cache, the tokens take positions `cache.len()..` and are appended to it.
+    pub(crate) fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (_, t, d) = embeds.dims3()?;
+        if d != self.cfg.hidden_size || t == 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "embeddings of shape {:?}, expected [batch, tokens > 0, {}]",
+                embeds.dims(),
+                self.cfg.hidden_size
+            )));
+        }
+        if embeds.dtype() != self.embed_tokens.dtype() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "embeddings of dtype {:?}, the model computes in {:?}",
+                embeds.dtype(),
+                self.embed_tokens.dtype()
+            )));
+        }
+        if let Some(cache) = cache.as_deref() {
+            if cache.num_layers() != self.layers.len() {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "kv cache for {} layers, the model has {}",
+                    cache.num_layers(),
+                    self.layers.len()
+                )));
+            }
+        }
+        let offset = cache.as_deref().map_or(0, KvCache::len);
+        let (cos, sin) = self.rope.angles(offset, t)?;
+        let mask = if t > 1 {
+            Some(ops::causal_mask(
+                t,
+                offset,
+                embeds.dtype(),
+                embeds.device(),
+            )?)
+        } else {
+            None
+        };
+        let mut step = Step {
+            cos,
+            sin,
+            mask,
+            cache,
+            kernels,
+        };
+        let mut x = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &mut step, i)?;
+        }
+        if let Some(cache) = step.cache {
+            cache.advance(t);
+        }
+        ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, kernels)
+    }
+
+    /// `hidden · lm_headᵀ`: `[.., d]` -> `[.., vocab_size]`.
+    pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        ops::linear(hidden, &self.lm_head, None)
+    }
+}

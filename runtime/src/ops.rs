@@ -1,0 +1,451 @@
+//! Tensor ops in two flavours over the same inputs: [`Kernels::Fast`] uses candle's fused
+//! kernels, [`Kernels::Differentiable`] composes ops that candle can back-propagate through.
+//!
+//! candle's fused `rms_norm`, `layer_norm`, `softmax_last_dim` and `rope` have no backward:
+//! autograd silently treats their outputs as constants. Training must therefore run the
+//! differentiable flavour. Numerics follow transformers: norms and softmax run in f32 for
+//! f16/bf16 inputs, RoPE uses the `rotate_half` (non-interleaved) convention.
+//!
+//! Every fused op here has a unit test checking it against its differentiable twin.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::Activation;
+use crate::error::{Result, RuntimeError};
+
+/// Which kernels a forward pass may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// candle's fused kernels where they exist; no gradients through norms, softmax or RoPE.
+    Fast,
+    /// Only ops with a backward; use for training.
+    Differentiable,
+}
+
+/// The dtype norms and softmax compute in: f32 for half types, else the input dtype.
+fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
+}
+
+/// RMSNorm over the last dim (Zhang & Sennrich 2019), as transformers' `LlamaRMSNorm`:
+/// `weight * (x / sqrt(mean(x²) + eps)).to(input dtype)`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        // The fused op has no f64 kernel.
+        Kernels::Fast if x.dtype() != DType::F64 => Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            weight,
+            eps as f32,
+        )?),
+        _ => {
+            let dtype = x.dtype();
+            let xf = x.to_dtype(compute_dtype(dtype))?;
+            let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+            Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+        }
+    }
+}
+
+/// LayerNorm over the last dim (Ba et al. 2016) with affine weight and bias.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    match kernels {
+        // The fused op has no f64 kernel.
+        Kernels::Fast if x.dtype() != DType::F64 => Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            weight,
+            bias,
+            eps as f32,
+        )?),
+        _ => {
+            let dtype = x.dtype();
+            let cdt = compute_dtype(dtype);
+            let xf = x.to_dtype(cdt)?;
+            let centered = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
+            let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+            let out = normed
+                .broadcast_mul(&weight.to_dtype(cdt)?)?
+                .broadcast_add(&bias.to_dtype(cdt)?)?;
+            Ok(out.to_dtype(dtype)?)
+        }
+    }
+}
+
+/// Softmax over the last dim, computed in f32 for half inputs and returned in the input dtype.
+pub fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(compute_dtype(dtype))?;
+    let out = match kernels {
+        Kernels::Fast => candle_nn::ops::softmax_last_dim(&xf.contiguous()?)?,
+        Kernels::Differentiable => {
+            // Softmax is shift-invariant, so the shift needs no gradient.
+            let max = xf.max_keepdim(D::Minus1)?.detach();
+            let exp = xf.broadcast_sub(&max)?.exp()?;
+            exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?
+        }
+    };
+    Ok(out.to_dtype(dtype)?)
+}
+
+/// Log-softmax over the last dim, built from differentiable ops, in f32 for half inputs.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(compute_dtype(dtype))?;
+    let max = xf.max_keepdim(D::Minus1)?.detach();
+    let shifted = xf.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&log_sum)?.to_dtype(dtype)?)
+}
+
+/// Rotary position embedding (Su et al. 2021) in transformers' `rotate_half` convention:
+/// `x * cos + rotate_half(x) * sin` where `rotate_half([x1, x2]) = [-x2, x1]` over halves of
+/// the head dim.
+///
+/// `x` is `[B, H, T, D]`; `cos` and `sin` are `[T, D/2]` in `x`'s dtype.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fast => Ok(candle_nn::rotary_emb::rope(
+            &x.contiguous()?,
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+        )?),
+        Kernels::Differentiable => {
+            let d = x.dim(D::Minus1)?;
+            let half = d / 2;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, d - half)?;
+            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        }
+    }
+}
+
+/// The activation functions of [`Activation`].
+pub fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
+    Ok(match act {
+        Activation::QuickGelu => {
+            let z = (x * 1.702)?;
+            let sig = match kernels {
+                Kernels::Fast => candle_nn::ops::sigmoid(&z)?,
+                // sigmoid(z) = (1 + tanh(z / 2)) / 2 cannot overflow, unlike 1 / (1 + exp(-z)).
+                Kernels::Differentiable => ((z * 0.5)?.tanh()? * 0.5)?.affine(1.0, 0.5)?,
+            };
+            (x * sig)?
+        }
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Silu => x.silu()?,
+    })
+}
+
+/// `x · weightᵀ + bias` with `weight` as `[out, in]`; leading dims of `x` are folded into one
+/// matrix so the product is a single GEMM.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let (&inner, lead) = dims
+        .split_last()
+        .ok_or_else(|| RuntimeError::InvalidInput("linear on a scalar".to_string()))?;
+    let rows: usize = lead.iter().product();
+    let out_features = weight.dim(0)?;
+    let y = x.reshape((rows, inner))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_shape = lead.to_vec();
+    out_shape.push(out_features);
+    Ok(y.reshape(out_shape)?)
+}
+
+/// An additive causal mask `[t, offset + t]`: 0 where query `i` (at position `offset + i`)
+/// may attend key `j`, `-inf` where `j > offset + i`.
+pub fn causal_mask(t: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let s = offset + t;
+    let values: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, (t, s), device)?.to_dtype(dtype)?)
+}
+
+/// Scaled dot-product attention with grouped-query heads.
+///
+/// `q` is `[B, H, T, D]`, `k` and `v` are `[B, H_kv, S, D]` with `H` a multiple of `H_kv`;
+/// query head `h` reads key/value head `h / (H / H_kv)` as transformers' `repeat_kv` does.
+/// Instead of repeating keys and values, the query heads of a group are stacked into the
+/// rows of one matrix, so nothing is copied. `mask` is an additive `[T, S]` mask.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (_, h_kv, s, _) = k.dims4()?;
+    if h % h_kv != 0 {
+        return Err(RuntimeError::InvalidInput(format!(
+            "attention with {h} query heads over {h_kv} key/value heads"
+        )));
+    }
+    let n_rep = h / h_kv;
+    let q = q.contiguous()?.reshape((b, h_kv, n_rep * t, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(mask) if n_rep == 1 => scores.broadcast_add(mask)?,
+        Some(mask) => {
+            let mask = mask
+                .unsqueeze(0)?
+                .broadcast_as((n_rep, t, s))?
+                .reshape((n_rep * t, s))?;
+            scores.broadcast_add(&mask)?
+        }
+        None => scores,
+    };
+    let probs = softmax_last_dim(&scores, kernels)?;
+    Ok(probs.matmul(v)?.reshape((b, h, t, d))?)
+}
+
+/// Mean cross-entropy of `logits` (`[N, V]`) against `targets` over the positions where
+/// `mask` is true; differentiable. Callers shift: row `i` of `logits` predicts `targets[i]`.
+pub fn masked_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if targets.len() != n || mask.len() != n {
+        return Err(RuntimeError::InvalidInput(format!(
+            "cross-entropy over {n} rows with {} targets and {} mask entries",
+            targets.len(),
+            mask.len()
+        )));
+    }
+    if let Some(bad) = targets.iter().zip(mask).find(|(&t, &m)| m && t as usize >= v) {
+        return Err(RuntimeError::InvalidInput(format!(
+            "cross-entropy target {} outside {v} logits",
+            bad.0
+        )));
+    }
+    let rows: Vec<u32> = (0..n as u32).filter(|&i| mask[i as usize]).collect();
+    if rows.is_empty() {
+        return Err(RuntimeError::InvalidInput(
+            "cross-entropy mask selects no position".to_string(),
+        ));
+    }
+    let device = logits.device();
+    let picked: Vec<u32> = rows.iter().map(|&i| targets[i as usize]).collect();
+    let count = rows.len();
+    let rows = Tensor::from_vec(rows, count, device)?;
+    let picked = Tensor::from_vec(picked, (count, 1), device)?;
+    let log_probs = log_softmax_last_dim(&logits.index_select(&rows, 0)?)?;
+    let nll = log_probs.gather(&picked, 1)?.neg()?;
+    Ok(nll.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        crate::testing::randn(shape, seed, DType::F32, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Runs both kernel flavours and checks they agree within `tol`.
+    fn check(f: impl Fn(Kernels) -> Tensor, tol: f32) {
+        let fast = f(Kernels::Fast);
+        let diff = f(Kernels::Differentiable);
+        let err = max_abs_diff(&fast, &diff);
+        assert!(err < tol, "fast and differentiable differ by {err}");
+    }
+
+    #[test]
+    fn rms_norm_fast_matches_differentiable() {
+        let x = randn(&[2, 5, 16], 1);
+        let w = randn(&[16], 2);
+        check(|k| rms_norm(&x, &w, 1e-5, k).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn layer_norm_fast_matches_differentiable() {
+        let x = (randn(&[3, 7, 12], 3) + 0.5).unwrap();
+        let w = randn(&[12], 4);
+        let b = randn(&[12], 5);
+        check(|k| layer_norm(&x, &w, &b, 1e-5, k).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn softmax_fast_matches_differentiable_and_sums_to_one() {
+        let x = (randn(&[2, 3, 4, 9], 6) * 4.0).unwrap();
+        check(|k| softmax_last_dim(&x, k).unwrap(), 1e-6);
+        let sums = softmax_last_dim(&x, Kernels::Differentiable)
+            .unwrap()
+            .sum(D::Minus1)
+            .unwrap();
+        let ones = Tensor::ones((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(max_abs_diff(&sums, &ones) < 1e-6);
+    }
+
+    #[test]
+    fn rope_fast_matches_differentiable() {
+        let x = randn(&[2, 3, 5, 8], 7);
+        let cos = randn(&[5, 4], 8);
+        let sin = randn(&[5, 4], 9);
+        check(|k| rope(&x, &cos, &sin, k).unwrap(), 1e-6);
+    }
+
+    #[test]
+    fn rope_is_rotate_half_not_interleaved() {
+        // One head of dim 4 at one position: pairs are (x0, x2) and (x1, x3).
+        let x = Tensor::new(&[[[[1f32, 2., 3., 4.]]]], &Device::Cpu).unwrap();
+        let (c0, c1, s0, s1) = (0.5f32, 0.25f32, 0.75f32, -0.5f32);
+        let cos = Tensor::new(&[[c0, c1]], &Device::Cpu).unwrap();
+        let sin = Tensor::new(&[[s0, s1]], &Device::Cpu).unwrap();
+        let want = [
+            1. * c0 - 3. * s0,
+            2. * c1 - 4. * s1,
+            3. * c0 + 1. * s0,
+            4. * c1 + 2. * s1,
+        ];
+        for k in [Kernels::Fast, Kernels::Differentiable] {
+            let got = rope(&x, &cos, &sin, k)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(got, want, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn activations_fast_match_differentiable() {
+        let x = (randn(&[4, 33], 10) * 3.0).unwrap();
+        for act in [
+            Activation::QuickGelu,
+            Activation::GeluErf,
+            Activation::GeluTanh,
+            Activation::Silu,
+        ] {
+            check(|k| activation(&x, act, k).unwrap(), 1e-5);
+        }
+        // quick_gelu(1) = 1 * sigmoid(1.702).
+        let one = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        let want = 1.0 / (1.0 + (-1.702f32).exp());
+        for k in [Kernels::Fast, Kernels::Differentiable] {
+            let got = activation(&one, Activation::QuickGelu, k)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0];
+            assert!((got - want).abs() < 1e-6, "{k:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn attention_fast_matches_differentiable_and_repeat_kv() {
+        // 4 query heads over 2 key/value heads, causal with an offset of 2.
+        let q = randn(&[1, 4, 3, 8], 11);
+        let k = randn(&[1, 2, 5, 8], 12);
+        let v = randn(&[1, 2, 5, 8], 13);
+        let mask = causal_mask(3, 2, DType::F32, &Device::Cpu).unwrap();
+        check(
+            |kern| attention(&q, &k, &v, Some(&mask), 0.3, kern).unwrap(),
+            1e-5,
+        );
+        // Reference: transformers' repeat_kv (head h reads kv head h / 2), then plain attention.
+        let rep = |t: &Tensor| {
+            let parts: Vec<Tensor> = (0..4).map(|h| t.narrow(1, h / 2, 1).unwrap()).collect();
+            Tensor::cat(&parts, 1).unwrap()
+        };
+        let (kr, vr) = (rep(&k), rep(&v));
+        let scores = (q.matmul(&kr.t().unwrap()).unwrap() * 0.3)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&vr)
+            .unwrap();
+        let got = attention(&q, &k, &v, Some(&mask), 0.3, Kernels::Fast).unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-5);
+        // The first query (at position 2) sees exactly keys 0..=2.
+        let first = attention(
+            &q.narrow(2, 0, 1).unwrap(),
+            &k.narrow(2, 0, 3).unwrap(),
+            &v.narrow(2, 0, 3).unwrap(),
+            None,
+            0.3,
+            Kernels::Fast,
+        )
+        .unwrap();
+        assert!(max_abs_diff(&first, &got.narrow(2, 0, 1).unwrap()) < 1e-6);
+    }
+
+    #[test]
+    fn causal_mask_blocks_future_keys() {
+        let m = causal_mask(2, 1, DType::F32, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn linear_folds_leading_dims() {
+        let x = randn(&[2, 3, 4], 14);
+        let w = randn(&[5, 4], 15);
+        let b = randn(&[5], 16);
+        let got = linear(&x, &w, Some(&b)).unwrap();
+        let want = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-6);
+    }
+
+    #[test]
+    fn masked_cross_entropy_matches_hand_computation() {
+        let logits = Tensor::new(&[[0f32, 0.0], [1.0, 3.0], [2.0, 0.0]], &Device::Cpu).unwrap();
+        let loss = masked_cross_entropy(&logits, &[1, 1, 0], &[false, true, true])
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let nll1 = (1f32.exp() + 3f32.exp()).ln() - 3.0;
+        let nll2 = (2f32.exp() + 1.0).ln() - 2.0;
+        assert!((loss - (nll1 + nll2) / 2.0).abs() < 1e-6);
+        assert!(masked_cross_entropy(&logits, &[1, 1, 0], &[false; 3]).is_err());
+        assert!(masked_cross_entropy(&logits, &[1, 7, 0], &[true; 3]).is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! Concept-aware prompts: the versioned chat template and the tokenizer around it.
+//!
+//! A personalised subject `<bo>` is written in text with *markers*: its identifier `<bo>`
+//! and its latent tokens `<bo:1>` … `<bo:k>`. The runtime owns their token ids (they come
+//! right after the model's vocabulary, see `concept_table`); the base tokenizer does not know
+//! them and is never modified or written back.
+//!
+//! # How text around markers is tokenized
+//!
+//! Yo'LLaVA registers its tokens with `tokenizer.add_tokens(...)`; transformers then splits
+//! the text on those added tokens *before* normalisation and pre-tokenisation, and tokenizes
+//! each remaining piece knowing where it sits in the original text. For Llama-style
+//! `Metaspace(prepend_scheme="first")` tokenizers this matters: only a piece at offset 0 gets
+//! the `▁` word prefix, so `<bo:16>. What` gives `.` `▁What`, not `▁.` `▁What` as tokenizing
+//! `". What"` on its own would. [`TextCodec`] reproduces exactly this by giving a private copy
+//! of the base tokenizer the active markers as added tokens (`normalized = false`, not
+//! special), encoding the whole text once, and mapping the copy's marker ids to the
+//! runtime's concept ids.
+//!
+//! `normalized = false` is transformers' behaviour for `add_special_tokens` and is identical
+//! to `add_tokens` for tokenizers without a normalizer (Llama-2 non-legacy, byte-level BPE).
+//! For legacy tokenizers whose normalizer prepends `▁`, transformers would only match a
+//! normalised added token after a space; we deliberately always recognise markers instead.
+//! The parity fixture checks both spellings against transformers.
+//!
+//! # Template `llava_v1/yollava-1`
+//!
+//! LLaVA's `conv_llava_v1` (`SeparatorStyle.TWO`, separators `" "` and `"</s>"`):
+//!
+//! ```text
+//! {system} USER: <image>\n<bo> is <bo:1>…<bo:16>. {question} ASSISTANT:
+//! ```
+//!
+//! with one `<T> is <T:1>…<T:k>.` sentence per active concept, `<image>\n` only when an image
+//! is given, and earlier exchanges rendered as `USER: {q} ASSISTANT: {a}</s>`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::{Result, RuntimeError};
+
+/// The template id recorded in concept package manifests.
+pub const TEMPLATE_ID: &str = "llava_v1/yollava-1";
+
+/// The system text of LLaVA-1.5's `conv_llava_v1`.
+pub const LLAVA_V1_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions.";
+
+/// The image placeholder of llava-hf prompts.
+pub const IMAGE_MARKER: &str = "<image>";
+
+/// The text markers of one concept: `<name>` and `<name:1>` … `<name:k>`.
+///
+/// Invariant: the identifier is `<`, a non-empty name without `<`, `>`, `:` or whitespace,
+/// and `>`; `k >= 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConceptMarkers {
+    identifier: String,
+    latents: Vec<String>,
+}
+
+impl ConceptMarkers {
+    /// Markers for `identifier` (e.g. `<bo>`) with `k` latent tokens.
+    pub fn new(identifier: &str, k: usize) -> Result<Self> {
+        let name = identifier
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .filter(|n| {
+                !n.is_empty()
+                    && !n
+                        .chars()
+                        .any(|c| matches!(c, '<' | '>' | ':') || c.is_whitespace())
+            })
+            .ok_or_else(|| {
+                RuntimeError::Prompt(format!(
+                    "concept identifier `{identifier}` is not of the form `<name>` \
+                     (name without `<`, `>`, `:` or spaces)"
+                ))
+            })?;
+        if k == 0 {
+            return Err(RuntimeError::Prompt(format!(
+                "concept `{identifier}` has no latent tokens"
+            )));
+        }
+        Ok(Self {
+            identifier: identifier.to_string(),
+            latents: (1..=k).map(|i| format!("<{name}:{i}>")).collect(),
+        })
+    }
+
+    /// The identifier marker, e.g. `<bo>`.
+    pub fn identifier(&self) -> &str {
+        &self.identifier
+    }
+
+    /// The latent markers `<bo:1>` … `<bo:k>`.
+    pub fn latents(&self) -> &[String] {
+        &self.latents
+    }
+
+    /// Identifier then latents: the order of the concept's token ids.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.identifier.as_str()).chain(self.latents.iter().map(String::as_str))
+    }
+
+    /// The Yo'LLaVA personal prompt `<bo> is <bo:1>…<bo:k>.`.
+    pub fn personal_prompt(&self) -> String {
+        format!("{} is {}.", self.identifier, self.latents.concat())
+    }
+}
+
+/// One finished exchange of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// The user's message, without markers for images or concepts.
+    pub user: String,
+    /// Whether this user message carried an image.
+    pub image: bool,
+    /// The assistant's answer.
+    pub assistant: String,
+}
+
+/// A `llava_v1/yollava-1` conversation: active concepts and the exchanges so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    concepts: Vec<ConceptMarkers>,
+    history: Vec<Exchange>,
+}
+
+impl Conversation {
+    /// A new conversation about `concepts` (possibly none).
+    pub fn new(concepts: Vec<ConceptMarkers>) -> Self {
+        Self {
+            concepts,
+            history: Vec::new(),
+        }
+    }
+
+    /// The active concepts.
+    pub fn concepts(&self) -> &[ConceptMarkers] {
+        &self.concepts
+    }
+
+    /// The finished exchanges.
+    pub fn history(&self) -> &[Exchange] {
+        &self.history
+    }
+
+    /// Records a finished exchange.
+    pub fn push(&mut self, exchange: Exchange) {
+        self.history.push(exchange);
+    }
+
+    /// The prompt asking `question` next, ending in `ASSISTANT:`. The personal prompts go
+    /// into the first user message.
+    pub fn prompt(&self, question: &str, image: bool) -> String {
+        let mut out = format!("{LLAVA_V1_SYSTEM} ");
+        let turns = self
+            .history
+            .iter()
+            .map(|e| (e.user.as_str(), e.image, Some(e.assistant.as_str())))
+            .chain(std::iter::once((question, image, None)));
+        for (i, (user, image, answer)) in turns.enumerate() {
+            let mut msg = String::new();
+            if image {
+                msg.push_str(IMAGE_MARKER);
+                msg.push('\n');
+            }
+            if i == 0 {
+                for c in &self.concepts {
+                    msg.push_str(&c.personal_prompt());
+                    msg.push(' ');
+                }
+            }
+            msg.push_str(user);
+            out.push_str("USER: ");
+            out.push_str(&msg);
+            out.push(' ');
+            match answer {
+                Some(a) => {
+                    out.push_str("ASSISTANT: ");
+                    out.push_str(a);
+                    out.push_str("</s>");
+                }
+                None => out.push_str("ASSISTANT:"),
+            }
+        }
+        out
+    }
+}
+
+/// A runtime token id for a marker string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerId {
+    pub marker: String,
+    pub id: u32,
+}
+
+/// Text ↔ token ids for the base tokenizer plus the active concept markers.
+///
+/// See the module docs for how text around markers is tokenized.
+#[derive(Clone)]
+pub struct TextCodec {
+    tokenizer: Tokenizer,
+    source: PathBuf,
+    to_runtime: HashMap<u32, u32>,
+    from_runtime: HashMap<u32, u32>,
+}
+
+impl std::fmt::Debug for TextCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextCodec")
+            .field("source", &self.source)
+            .field("markers", &self.to_runtime.len())
+            .finish()
+    }
+}
+
+/// Loads `tokenizer.json`.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| RuntimeError::Tokenizer {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+impl TextCodec {
+    /// A codec over `base` (loaded from `source`, used in messages) knowing `markers`.
+    ///
+    /// Marker ids must not collide with each other; they are normally past the base vocabulary.
+    pub fn new(base: &Tokenizer, source: &Path, markers: &[MarkerId]) -> Result<Self> {
+        let mut tokenizer = base.clone();
+        let mut to_runtime = HashMap::new();
+        let mut from_runtime = HashMap::new();
+        if !markers.is_empty() {
+            let added: Vec<AddedToken> = markers
+                .iter()
+                .map(|m| AddedToken::from(m.marker.clone(), false).normalized(false))
+                .collect();
+            tokenizer.add_tokens(&added);
+            for m in markers {
+                let local = tokenizer
+                    .token_to_id(&m.marker)
+                    .ok_or_else(|| RuntimeError::Tokenizer {
+                        path: source.to_path_buf(),
+                        msg: format!("marker `{}` was not registered", m.marker),
+                    })?;
+                if to_runtime.insert(local, m.id).is_some() || from_runtime.insert(m.id, local).is_some() {
+                    return Err(RuntimeError::Prompt(format!(
+                        "marker `{}` (id {}) is given twice",
+                        m.marker, m.id
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            tokenizer,
+            source: source.to_path_buf(),
+            to_runtime,
+            from_runtime,
+        })
+    }
+
+    fn tok_err(&self, e: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Tokenizer {
+            path: self.source.clone(),
+            msg: e.to_string(),
+        }
+    }
+
+    /// Token ids of `text`; with `add_special_tokens` the tokenizer's post-processor adds
+    /// BOS (and whatever else it adds). Markers become the runtime's concept ids.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.tok_err(e))?;
+        Ok(enc
+            .get_ids()
+            .iter()
+            .map(|id| self.to_runtime.get(id).copied().unwrap_or(*id))
+            .collect())
+    }
+
+    /// Text of `ids`, skipping special tokens (BOS, EOS, `<image>`) and rendering concept
+    /// ids as their markers. Ids unknown to the tokenizer are dropped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let local: Vec<u32> = ids
+            .iter()
+            .map(|id| self.from_runtime.get(id).copied().unwrap_or(*id))
+            .collect();
+        self.tokenizer
+            .decode(&local, true)
+            .map_err(|e| self.tok_err(e))
+    }
+
+    /// The single token of `text` as the model would emit it at the start of an answer
+    /// (`"Yes"` → `▁Yes` for Llama), or its first token when it splits.
+    pub fn answer_token(&self, text: &str) -> Result<u32> {
+        self.encode(text, false)?
+            .first()
+            .copied()
+            .ok_or_else(|| RuntimeError::Prompt(format!("`{text}` has no tokens")))
+    }
+
+    /// The id of a special or added token such as `<image>` or `</s>`.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+}
+
+/// Replaces each `image_token_id` with `per_image` copies, as transformers' processor does
+/// with the `<image>` string; returns the ids and the position range of each image.
+pub fn expand_image_tokens(
+    ids: &[u32],
+    image_token_id: u32,
+    per_image: usize,
+) -> (Vec<u32>, Vec<std::ops::Range<usize>>) {
+    let mut out = Vec::with_capacity(ids.len() + per_image);
+    let mut spans = Vec::new();
+    for &id in ids {
+        if id == image_token_id {
+            spans.push(out.len()..out.len() + per_image);
+            out.extend(std::iter::repeat_n(id, per_image));
+        } else {
+            out.push(id);
+        }
+    }
+    (out, spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_and_personal_prompt() {
+        let m = ConceptMarkers::new("<bo>", 3).expect("valid");
+        assert_eq!(m.all().collect::<Vec<_>>(), ["<bo>", "<bo:1>", "<bo:2>", "<bo:3>"]);
+        assert_eq!(m.personal_prompt(), "<bo> is <bo:1><bo:2><bo:3>.");
+        for bad in ["bo", "<>", "<b o>", "<bo:1>", "<<bo>"] {
+            let err = ConceptMarkers::new(bad, 3).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+        assert!(ConceptMarkers::new("<bo>", 0).is_err());
+    }
+
+    #[test]
+    fn llava_v1_single_turn_layouts() {
+        let bo = ConceptMarkers::new("<bo>", 2).expect("valid");
+        let t = ConceptMarkers::new("<T>", 2).expect("valid");
+        let conv = Conversation::new(vec![bo.clone(), t]);
+        assert_eq!(
+            conv.prompt("Where is <bo>?", true),
+            format!(
+                "{LLAVA_V1_SYSTEM} USER: <image>\n<bo> is <bo:1><bo:2>. <T> is <T:1><T:2>. \
+                 Where is <bo>? ASSISTANT:"
+            )
+        );
+        let plain = Conversation::new(vec![]);
+        assert_eq!(
+            plain.prompt("Hi", false),
+            format!("{LLAVA_V1_SYSTEM} USER: Hi ASSISTANT:")
+        );
+    }
+
+    #[test]
+    fn llava_v1_multi_turn_uses_both_separators() {
+        let mut conv = Conversation::new(vec![ConceptMarkers::new("<bo>", 1).expect("valid")]);
+        conv.push(Exchange {
+            user: "Who is <bo>?".into(),
+            image: true,
+            assistant: "A dog.".into(),
+        });
+        assert_eq!(
+            conv.prompt("And now?", false),
+            format!(
+                "{LLAVA_V1_SYSTEM} USER: <image>\n<bo> is <bo:1>. Who is <bo>? ASSISTANT: A dog.</s>\
+                 USER: And now? ASSISTANT:"
+            )
+        );
+    }
+
+    #[test]
+    fn expand_image_tokens_reports_spans() {
+        let (ids, spans) = expand_image_tokens(&[1, 9, 5, 9], 9, 3);
+        assert_eq!(ids, [1, 9, 9, 9, 5, 9, 9, 9]);
+        assert_eq!(spans, [1..4, 5..8]);
+    }
+}

@@ -1,0 +1,287 @@
+//! [`Engine`]: a loaded model with its tokenizer, image preprocessor and active concepts,
+//! turning text and images into prompts and prompts into answers.
+//!
+//! Key design choice: the engine owns the concept token map. Activating or deactivating a
+//! concept updates the [`ConceptTable`] (token ids after the base vocabulary) and rebuilds the
+//! [`TextCodec`] so that the concept's markers (`<bo>`, `<bo:1>` …) tokenize to those ids;
+//! the base model, tokenizer file and weights are never modified.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use concept_format::{ConceptPackage, ModelFingerprint};
+use tokenizers::Tokenizer;
+
+use crate::concept_table::{ConceptTable, ConceptWeights};
+use crate::error::{Result, RuntimeError};
+use crate::fingerprint::{fingerprint, TOKENIZER_FILE};
+use crate::generate::{self, EmbeddedPrompt, GenerateConfig, Generation, Recognition};
+use crate::model::LlavaModel;
+use crate::ops::Kernels;
+use crate::preprocess::{PixelValues, PreprocessConfig};
+use crate::prompt::{
+    expand_image_tokens, load_tokenizer, ConceptMarkers, Conversation, MarkerId, TextCodec,
+    IMAGE_MARKER, TEMPLATE_ID,
+};
+
+/// A prompt's text and the images its `<image>` markers stand for, in order.
+#[derive(Debug, Clone)]
+pub struct PromptInput {
+    /// The full text given to the tokenizer (template already applied, or raw).
+    pub text: String,
+    pub images: Vec<PixelValues>,
+}
+
+/// A loaded model ready to answer.
+pub struct Engine {
+    model: LlavaModel,
+    tokenizer: Tokenizer,
+    tokenizer_path: PathBuf,
+    preprocess: PreprocessConfig,
+    model_dir: Option<PathBuf>,
+    fingerprint: Option<ModelFingerprint>,
+    table: ConceptTable,
+    markers: Vec<(String, ConceptMarkers)>,
+    codec: TextCodec,
+}
+
+impl Engine {
+    /// Loads a llava-hf model directory: `config.json`, the safetensors weights,
+    /// `tokenizer.json` and (optionally) `preprocessor_config.json`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let model = LlavaModel::load(dir, device, dtype)?;
+        let tokenizer_path = dir.join(TOKENIZER_FILE);
+        let tokenizer = load_tokenizer(&tokenizer_path)?;
+        let preprocess = PreprocessConfig::from_model_dir(dir)?;
+        let mut engine = Engine::from_parts(model, tokenizer, &tokenizer_path, preprocess)?;
+        engine.model_dir = Some(dir.to_path_buf());
+        Ok(engine)
+    }
+
+    /// An engine over parts already in memory; `tokenizer_path` names the tokenizer in
+    /// messages. Concept packages can only be activated with
+    /// [`Engine::activate_package`] when the engine was [`Engine::load`]ed from a directory
+    /// (their model fingerprint is checked against it).
+    pub fn from_parts(
+        model: LlavaModel,
+        tokenizer: Tokenizer,
+        tokenizer_path: &Path,
+        preprocess: PreprocessConfig,
+    ) -> Result<Self> {
+        let image_size = model.config().vision.image_size as u32;
+        if let Some((h, w)) = preprocess.crop {
+            if (h, w) != (image_size, image_size) {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "preprocessor crops {h}x{w}, the vision tower takes {image_size}x{image_size}"
+                )));
+            }
+        }
+        let codec = TextCodec::new(&tokenizer, tokenizer_path, &[])?;
+        let table = ConceptTable::new(&model);
+        Ok(Engine {
+            model,
+            tokenizer,
+            tokenizer_path: tokenizer_path.to_path_buf(),
+            preprocess,
+            model_dir: None,
+            fingerprint: None,
+            table,
+            markers: Vec::new(),
+            codec,
+        })
+    }
+
+    pub fn model(&self) -> &LlavaModel {
+        &self.model
+    }
+
+    pub fn concepts(&self) -> &ConceptTable {
+        &self.table
+    }
+
+    /// The tokenizer for the active concepts.
+    pub fn codec(&self) -> &TextCodec {
+        &self.codec
+    }
+
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Activates a concept under `name`, written in prompts as `identifier` (e.g. `<bo>`).
+    pub fn activate(&mut self, name: &str, identifier: &str, weights: ConceptWeights) -> Result<()> {
+        let markers = ConceptMarkers::new(identifier, weights.k())?;
+        if let Some((other, _)) = self.markers.iter().find(|(_, m)| m.identifier() == identifier) {
+            return Err(RuntimeError::Concept {
+                name: name.to_string(),
+                msg: format!("identifier `{identifier}` is already used by `{other}`"),
+            });
+        }
+        self.table.activate(name, weights)?;
+        self.markers.push((name.to_string(), markers));
+        self.rebuild_codec()
+    }
+
+    /// Activates a concept package after checking its prompt template and that it was
+    /// trained against this model (fingerprint of embeddings, LM head and tokenizer).
+    pub fn activate_package(&mut self, package: &ConceptPackage) -> Result<()> {
+        let manifest = package.manifest();
+        let err = |msg: String| RuntimeError::Concept {
+            name: manifest.name.clone(),
+            msg,
+        };
+        if manifest.prompt_template != TEMPLATE_ID {
+            return Err(err(format!(
+                "uses prompt template `{}`, this runtime implements `{TEMPLATE_ID}`",
+                manifest.prompt_template
+            )));
+        }
+        let ours = self.fingerprint()?;
+        if manifest.base_model != *ours {
+            return Err(err(format!(
+                "was trained for base model {:?}, this model is {:?}",
+                manifest.base_model, ours
+            )));
+        }
+        let weights =
+            ConceptWeights::from_format(package.tensors(), self.model.dtype(), self.model.device())?;
+        self.activate(&manifest.name, &manifest.identifier, weights)
+    }
+
+    /// Deactivates a concept; the ids of later concepts move down.
+    pub fn deactivate(&mut self, name: &str) -> Result<()> {
+        self.table.deactivate(name)?;
+        self.markers.retain(|(n, _)| n != name);
+        self.rebuild_codec()
+    }
+
+    /// The fingerprint of the loaded model directory, computed once.
+    pub fn fingerprint(&mut self) -> Result<&ModelFingerprint> {
+        let dir = self.model_dir.as_ref().ok_or_else(|| {
+            RuntimeError::InvalidInput(
+                "the engine was not loaded from a model directory, so it has no fingerprint"
+                    .to_string(),
+            )
+        })?;
+        if self.fingerprint.is_none() {
+            self.fingerprint = Some(fingerprint(dir)?);
+        }
+        Ok(self.fingerprint.as_ref().expect("just set"))
+    }
+
+    fn rebuild_codec(&mut self) -> Result<()> {
+        let mut ids = Vec::new();
+        for (name, markers) in &self.markers {
+            let missing = || RuntimeError::Concept {
+                name: name.clone(),
+                msg: "is not in the concept table".to_string(),
+            };
+            let identifier = self.table.identifier_id(name).ok_or_else(missing)?;
+            let latents = self.table.latent_ids(name).ok_or_else(missing)?;
+            ids.push(MarkerId {
+                marker: markers.identifier().to_string(),
+                id: identifier,
+            });
+            for (marker, id) in markers.latents().iter().zip(latents) {
+                ids.push(MarkerId {
+                    marker: marker.clone(),
+                    id,
+                });
+            }
+        }
+        self.codec = TextCodec::new(&self.tokenizer, &self.tokenizer_path, &ids)?;
+        Ok(())
+    }
+
+    /// A `llava_v1/yollava-1` conversation over the active concepts.
+    pub fn conversation(&self) -> Conversation {
+        Conversation::new(self.markers.iter().map(|(_, m)| m.clone()).collect())
+    }
+
+    /// The chat prompt for one question, with the personal prompts of the active concepts.
+    pub fn chat_prompt(&self, question: &str, image: Option<PixelValues>) -> PromptInput {
+        PromptInput {
+            text: self.conversation().prompt(question, image.is_some()),
+            images: image.into_iter().collect(),
+        }
+    }
+
+    /// Tokenizes a prompt (BOS as the tokenizer adds it), expands each `<image>` to one
+    /// position per image feature, and embeds it with the image features in place.
+    pub fn embed_prompt(&self, prompt: &PromptInput) -> Result<EmbeddedPrompt> {
+        let cfg = self.model.config();
+        let ids = self.codec.encode(&prompt.text, true)?;
+        let image_id = cfg.image_token_id;
+        let markers = ids.iter().filter(|&&id| id == image_id).count();
+        if markers != prompt.images.len() {
+            return Err(RuntimeError::Prompt(format!(
+                "the text has {markers} `{IMAGE_MARKER}` markers but {} images were given",
+                prompt.images.len()
+            )));
+        }
+        let (ids, spans) = expand_image_tokens(&ids, image_id, cfg.image_seq_len());
+        let embeds = self.table.embed_ids(&self.model, &ids)?;
+        if spans.is_empty() {
+            return Ok(EmbeddedPrompt { ids, embeds });
+        }
+        let size = cfg.vision.image_size;
+        let mut pixels = Vec::with_capacity(spans.len());
+        for px in &prompt.images {
+            if (px.height(), px.width()) != (size, size) {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "image of {}x{} pixels, the vision tower takes {size}x{size}",
+                    px.height(),
+                    px.width()
+                )));
+            }
+            pixels.push(px.to_tensor(self.model.device())?);
+        }
+        let pixels = Tensor::cat(&pixels, 0)?.to_dtype(self.model.dtype())?;
+        let features = self.model.image_features(&pixels, Kernels::Fast)?;
+        let mut parts = Vec::with_capacity(2 * spans.len() + 1);
+        let mut pos = 0;
+        for (i, span) in spans.iter().enumerate() {
+            if span.start > pos {
+                parts.push(embeds.narrow(0, pos, span.start - pos)?);
+            }
+            parts.push(features.get(i)?);
+            pos = span.end;
+        }
+        if pos < ids.len() {
+            parts.push(embeds.narrow(0, pos, ids.len() - pos)?);
+        }
+        Ok(EmbeddedPrompt {
+            ids,
+            embeds: Tensor::cat(&parts, 0)?,
+        })
+    }
+
+    /// Stop ids for generation: the config's EOS ids, else the tokenizer's `</s>`.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let eos = &self.model.config().eos_token_ids;
+        if !eos.is_empty() {
+            return eos.clone();
+        }
+        self.codec.token_id("</s>").into_iter().collect()
+    }
+
+    /// Generates an answer to `prompt`, calling `on_text` with each piece of text.
+    pub fn generate(
+        &self,
+        prompt: &PromptInput,
+        cfg: &GenerateConfig,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        let embedded = self.embed_prompt(prompt)?;
+        generate::generate(&self.model, &self.table, &self.codec, &embedded, cfg, on_text)
+    }
+
+    /// p(Yes) vs p(No) at the first answer position of `prompt` (softmax over the base
+    /// vocabulary and the active identifiers).
+    pub fn recognize(&self, prompt: &PromptInput) -> Result<Recognition> {
+        let yes = self.codec.answer_token("Yes")?;
+        let no = self.codec.answer_token("No")?;
+        let embedded = self.embed_prompt(prompt)?;
+        generate::recognize(&self.model, &self.table, &embedded, yes, no)
+    }
+}

@@ -1,0 +1,223 @@
+//! Tiny configurations and deterministic random weights for tests and examples.
+//!
+//! [`RandomWeights`] is a `VarBuilder` backend that invents a tensor for whatever name and
+//! shape the model asks for, seeded by the name, and records it. Loading a model from it
+//! therefore needs no list of weight names, and the recorded tensors can be written to a
+//! checkpoint to test the file loader. Nothing here touches the file system.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use crate::config::{
+    Activation, ClipVisionConfig, FeatureSelect, LlamaConfig, LlavaConfig, ProjectorConfig,
+    VisionStem,
+};
+use crate::error::Result;
+use crate::model::LlavaModel;
+
+/// A two-layer LLaVA small enough for finite differences: CLIP with hidden 12, 28×28 images
+/// in 14×14 patches (4 image tokens), Llama with hidden 16, 2 heads, vocabulary 40.
+pub fn tiny_config() -> LlavaConfig {
+    LlavaConfig {
+        vision: ClipVisionConfig {
+            hidden_size: 12,
+            intermediate_size: 20,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_channels: 3,
+            image_size: 28,
+            patch_size: 14,
+            layer_norm_eps: 1e-5,
+            hidden_act: Activation::QuickGelu,
+            stem: VisionStem::Patch,
+        },
+        text: LlamaConfig {
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            vocab_size: 40,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            hidden_act: Activation::Silu,
+            attention_bias: false,
+            mlp_bias: false,
+            tie_word_embeddings: false,
+        },
+        projector: ProjectorConfig {
+            hidden_act: Activation::GeluErf,
+            bias: true,
+        },
+        // transformers' -2 for a two-layer tower.
+        vision_feature_layer: 1,
+        vision_feature_select: FeatureSelect::Default,
+        image_token_id: 39,
+        pad_token_id: Some(0),
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    }
+}
+
+/// [`tiny_config`] with grouped-query attention: 2 query heads share 1 key/value head.
+pub fn tiny_config_gqa() -> LlavaConfig {
+    let mut cfg = tiny_config();
+    cfg.text.num_key_value_heads = 1;
+    cfg
+}
+
+/// The `config.json` text that parses to [`tiny_config`].
+pub fn tiny_config_json() -> String {
+    r#"{
+  "model_type": "llava",
+  "image_token_index": 39,
+  "pad_token_id": 0,
+  "projector_hidden_act": "gelu",
+  "vision_feature_layer": -2,
+  "vision_feature_select_strategy": "default",
+  "text_config": {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 24,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "vocab_size": 40,
+    "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-6
+  },
+  "vision_config": {
+    "model_type": "clip_vision_model",
+    "hidden_size": 12,
+    "intermediate_size": 20,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 28,
+    "patch_size": 14
+  }
+}"#
+    .to_string()
+}
+
+/// A tensor of standard normal values, deterministic in `seed`.
+pub fn randn(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f64> = (0..n).map(|_| standard_normal(&mut rng)).collect();
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)?)
+}
+
+fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    // Box-Muller; `1 - u` keeps the logarithm finite.
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// A `VarBuilder` backend that invents seeded random tensors and records them by name.
+///
+/// Values: `c + 0.1·N(0,1)` for an `Init::Const(c)` hint with `c ≠ 0` (norm weights),
+/// `0.1·N(0,1)` for other 1-D tensors, `N(0,1)/sqrt(fan_in)` for matrices and kernels.
+#[derive(Clone)]
+pub struct RandomWeights {
+    seed: u64,
+    recorded: Arc<Mutex<BTreeMap<String, Tensor>>>,
+}
+
+impl RandomWeights {
+    pub fn new(seed: u64) -> Self {
+        RandomWeights {
+            seed,
+            recorded: Arc::default(),
+        }
+    }
+
+    /// A `VarBuilder` over these weights.
+    pub fn varbuilder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// Every tensor handed out so far, by name, in f64 on the CPU.
+    pub fn recorded(&self) -> BTreeMap<String, Tensor> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn invent(&self, shape: &Shape, name: &str, hint: Init) -> candle_core::Result<Tensor> {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = recorded.get(name) {
+            if t.shape() != shape {
+                candle_core::bail!("random weight `{name}` requested with two shapes");
+            }
+            return Ok(t.clone());
+        }
+        let digest = Sha256::digest(name.as_bytes());
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&digest[..8]);
+        let mut rng = ChaCha8Rng::seed_from_u64(u64::from_le_bytes(seed) ^ self.seed);
+        let dims = shape.dims();
+        let (offset, scale) = match hint {
+            Init::Const(c) if c != 0.0 => (c, 0.1),
+            _ if dims.len() <= 1 => (0.0, 0.1),
+            _ => (0.0, 1.0 / (dims[1..].iter().product::<usize>() as f64).sqrt()),
+        };
+        let values: Vec<f64> = (0..shape.elem_count())
+            .map(|_| offset + scale * standard_normal(&mut rng))
+            .collect();
+        let t = Tensor::from_vec(values, shape.clone(), &Device::Cpu)?;
+        recorded.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.invent(&s, name, h)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        match recorded.get(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }),
+        }
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// A model with random weights for `cfg`, and the weights it drew.
+pub fn random_model(
+    cfg: &LlavaConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<(LlavaModel, RandomWeights)> {
+    let weights = RandomWeights::new(seed);
+    let model = LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(dtype, device))?;
+    Ok((model, weights))
+}

@@ -1,0 +1,420 @@
+//! Loading llava-hf checkpoints: `config.json` plus `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, memory-mapped.
+//!
+//! Two tensor-name layouts exist. The hub layout written by transformers 4 has
+//! `vision_tower.vision_model.*`, `multi_modal_projector.*`, `language_model.model.*` and
+//! `language_model.lm_head.weight`; transformers 5 writes `model.vision_tower.*`,
+//! `model.multi_modal_projector.*`, `model.language_model.*` and `lm_head.weight`. The model
+//! code asks for hub-layout names; [`WeightLayout`] is detected by probing one tensor per
+//! component and maps each name onto the checkpoint's. Tensors are shape-checked against
+//! the request before their bytes are read: a missing or misshapen tensor is an error that
+//! names it as stored, never a default.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use serde::Deserialize;
+
+use crate::config::LlavaConfig;
+use crate::error::{Result, RuntimeError};
+use crate::model::LlavaModel;
+
+/// The single-file checkpoint name.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// The sharded checkpoint index name.
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// The model config name.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Hub-layout prefixes the model code uses, one per component.
+const VISION: &str = "vision_tower.vision_model";
+const LANGUAGE: &str = "language_model.model";
+const LM_HEAD: &str = "language_model.lm_head";
+const PROJECTOR: &str = "multi_modal_projector";
+
+/// Candidate stored prefixes per component, with the tensor that proves one present.
+const VISION_CANDIDATES: [&str; 4] = [
+    "vision_tower.vision_model",
+    "model.vision_tower.vision_model",
+    "model.vision_tower",
+    "vision_tower",
+];
+const VISION_PROBE: &str = "encoder.layers.0.layer_norm1.weight";
+const LANGUAGE_CANDIDATES: [&str; 4] = [
+    "language_model.model",
+    "model.language_model",
+    "model.language_model.model",
+    "language_model",
+];
+const LANGUAGE_PROBE: &str = "embed_tokens.weight";
+const LM_HEAD_CANDIDATES: [&str; 2] = ["language_model.lm_head", "lm_head"];
+const LM_HEAD_PROBE: &str = "weight";
+const PROJECTOR_CANDIDATES: [&str; 2] = ["multi_modal_projector", "model.multi_modal_projector"];
+const PROJECTOR_PROBE: &str = "linear_1.weight";
+
+impl LlavaModel {
+    /// Loads `config.json` and the safetensors weights of a llava-hf model directory, in
+    /// `dtype` on `device` whatever dtype the files store.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg = read_config(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        LlavaModel::from_varbuilder(cfg, checkpoint.varbuilder(dtype, device))
+    }
+}
+
+/// Reads and validates `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<LlavaConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| RuntimeError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| RuntimeError::Json { path, source })?;
+    LlavaConfig::from_json_value(&value)
+}
+
+/// Where each component of the model sits in a checkpoint's tensor names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightLayout {
+    vision: String,
+    language: String,
+    lm_head: String,
+    projector: String,
+}
+
+impl WeightLayout {
+    /// The hub layout, which the model code's names follow.
+    pub fn hub() -> Self {
+        WeightLayout {
+            vision: VISION.to_string(),
+            language: LANGUAGE.to_string(),
+            lm_head: LM_HEAD.to_string(),
+            projector: PROJECTOR.to_string(),
+        }
+    }
+
+    /// Detects the layout from which tensor names exist. Each component must match exactly
+    /// one candidate prefix, except the LM head, which tied checkpoints may lack.
+    pub fn detect(has: impl Fn(&str) -> bool) -> Result<Self> {
+        let find = |what: &str, candidates: &[&str], probe: &str| -> Result<Option<String>> {
+            let found: Vec<&str> = candidates
+                .iter()
+                .copied()
+                .filter(|p| has(&format!("{p}.{probe}")))
+                .collect();
+            match found.as_slice() {
+                [] => Ok(None),
+                [one] => Ok(Some(one.to_string())),
+                many => Err(RuntimeError::WeightLayout(format!(
+                    "{what} found under several prefixes: {}",
+                    many.join(", ")
+                ))),
+            }
+        };
+        let required = |what: &str, candidates: &[&str], probe: &str| -> Result<String> {
+            find(what, candidates, probe)?.ok_or_else(|| {
+                let tried: Vec<String> = candidates.iter().map(|p| format!("`{p}.{probe}`")).collect();
+                RuntimeError::WeightLayout(format!(
+                    "no {what} in the checkpoint: none of {} exists",
+                    tried.join(", ")
+                ))
+            })
+        };
+        let vision = required("vision tower", &VISION_CANDIDATES, VISION_PROBE)?;
+        let language = required("language model", &LANGUAGE_CANDIDATES, LANGUAGE_PROBE)?;
+        let projector = required("projector", &PROJECTOR_CANDIDATES, PROJECTOR_PROBE)?;
+        let lm_head = match find("lm head", &LM_HEAD_CANDIDATES, LM_HEAD_PROBE)? {
+            Some(p) => p,
+            // Absent: report a missing head under the name this layout would use.
+            None if language == LANGUAGE => LM_HEAD.to_string(),
+            None => "lm_head".to_string(),
+        };
+        Ok(WeightLayout {
+            vision,
+            language,
+            lm_head,
+            projector,
+        })
+    }
+
+    /// The stored name of the tensor the model code calls `name`.
+    pub fn stored_name(&self, name: &str) -> String {
+        for (canonical, stored) in [
+            (VISION, &self.vision),
+            (LANGUAGE, &self.language),
+            (LM_HEAD, &self.lm_head),
+            (PROJECTOR, &self.projector),
+        ] {
+            if let Some(rest) = name
+                .strip_prefix(canonical)
+                .and_then(|r| r.strip_prefix('.'))
+            {
+                return format!("{stored}.{rest}");
+            }
+        }
+        name.to_string()
+    }
+}
+
+/// The memory-mapped safetensors files of a model directory and their layout.
+pub struct Checkpoint {
+    files: Arc<MmapedSafetensors>,
+    paths: Vec<PathBuf>,
+    layout: WeightLayout,
+}
+
+impl Checkpoint {
+    /// Maps `dir/model.safetensors`, or the shards listed by `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let paths = shard_paths(dir)?;
+        let files = match unsafe { MmapedSafetensors::multi(&paths) } {
+            Ok(files) => files,
+            Err(err) => return Err(locate_open_error(&paths, err)),
+        };
+        let layout = WeightLayout::detect(|name| files.get(name).is_ok())?;
+        Ok(Checkpoint {
+            files: Arc::new(files),
+            paths,
+            layout,
+        })
+    }
+
+    pub fn layout(&self) -> &WeightLayout {
+        &self.layout
+    }
+
+    /// The safetensors files, in index order.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// A `VarBuilder` serving hub-layout names from these files, converting to `dtype`.
+    pub fn varbuilder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        let backend = LayoutBackend {
+            files: self.files.clone(),
+            layout: self.layout.clone(),
+        };
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+    }
+
+    /// The stored dtype, shape and raw little-endian bytes of the tensor the model code
+    /// calls `name`, without conversion.
+    pub fn raw_tensor(&self, name: &str) -> Result<RawTensor<'_>> {
+        let stored = self.layout.stored_name(name);
+        let view = self
+            .files
+            .get(&stored)
+            .map_err(|_| RuntimeError::MissingTensor { name: stored })?;
+        Ok(RawTensor {
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            data: view.data(),
+        })
+    }
+}
+
+/// A tensor as stored in a safetensors file.
+pub struct RawTensor<'a> {
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: std::collections::BTreeMap<String, String>,
+}
+
+fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(SAFETENSORS_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join(SAFETENSORS_INDEX_FILE);
+    let text = std::fs::read_to_string(&index_path).map_err(|source| RuntimeError::Io {
+        path: index_path.clone(),
+        source,
+    })?;
+    let index: ShardIndex = serde_json::from_str(&text).map_err(|source| RuntimeError::Json {
+        path: index_path.clone(),
+        source,
+    })?;
+    let names: BTreeSet<&str> = index.weight_map.values().map(String::as_str).collect();
+    let mut paths = Vec::with_capacity(names.len());
+    for name in names {
+        if name.contains('/') || name.contains('\\') || name == ".." {
+            return Err(RuntimeError::InvalidInput(format!(
+                "`{}` names shard `{name}` outside the model directory",
+                index_path.display()
+            )));
+        }
+        let path = dir.join(name);
+        if !path.is_file() {
+            return Err(RuntimeError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "shard listed in the index"),
+            });
+        }
+        paths.push(path);
+    }
+    if paths.is_empty() {
+        return Err(RuntimeError::InvalidInput(format!(
+            "`{}` lists no shard",
+            index_path.display()
+        )));
+    }
+    Ok(paths)
+}
+
+/// Names the file behind a failed multi-file open.
+fn locate_open_error(paths: &[PathBuf], err: candle_core::Error) -> RuntimeError {
+    for path in paths {
+        if let Err(e) = unsafe { MmapedSafetensors::new(path) } {
+            return match e {
+                candle_core::Error::SafeTensor(source) => RuntimeError::Safetensors {
+                    path: path.clone(),
+                    source,
+                },
+                candle_core::Error::Io(source) => RuntimeError::Io {
+                    path: path.clone(),
+                    source,
+                },
+                other => RuntimeError::Candle(other.with_path(path)),
+            };
+        }
+    }
+    RuntimeError::Candle(err)
+}
+
+/// Serves hub-layout names from memory-mapped files in another layout, checking shapes
+/// before reading data.
+struct LayoutBackend {
+    files: Arc<MmapedSafetensors>,
+    layout: WeightLayout,
+}
+
+impl LayoutBackend {
+    fn view(&self, name: &str) -> candle_core::Result<(String, safetensors::tensor::TensorView<'_>)> {
+        let stored = self.layout.stored_name(name);
+        match self.files.get(&stored) {
+            Ok(view) => Ok((stored, view)),
+            Err(_) => Err(candle_core::Error::CannotFindTensor { path: stored }),
+        }
+    }
+}
+
+impl SimpleBackend for LayoutBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (stored, view) = self.view(name)?;
+        if view.shape() != s.dims() {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {stored}"),
+                expected: s,
+                got: view.shape().into(),
+            });
+        }
+        view.load(dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let (_, view) = self.view(name)?;
+        view.load(dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.files.get(&self.layout.stored_name(name)).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_of(names: &[&str]) -> Result<WeightLayout> {
+        WeightLayout::detect(|n| names.contains(&n))
+    }
+
+    #[test]
+    fn detects_hub_layout() {
+        let l = layout_of(&[
+            "vision_tower.vision_model.encoder.layers.0.layer_norm1.weight",
+            "language_model.model.embed_tokens.weight",
+            "language_model.lm_head.weight",
+            "multi_modal_projector.linear_1.weight",
+        ])
+        .unwrap();
+        assert_eq!(l, WeightLayout::hub());
+        let name = "language_model.model.layers.3.mlp.up_proj.weight";
+        assert_eq!(l.stored_name(name), name);
+    }
+
+    #[test]
+    fn detects_transformers5_layouts() {
+        let l = layout_of(&[
+            "model.vision_tower.vision_model.encoder.layers.0.layer_norm1.weight",
+            "model.language_model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.multi_modal_projector.linear_1.weight",
+        ])
+        .unwrap();
+        let cases = [
+            (
+                "vision_tower.vision_model.pre_layrnorm.bias",
+                "model.vision_tower.vision_model.pre_layrnorm.bias",
+            ),
+            (
+                "language_model.model.layers.0.self_attn.q_proj.weight",
+                "model.language_model.layers.0.self_attn.q_proj.weight",
+            ),
+            ("language_model.lm_head.weight", "lm_head.weight"),
+            (
+                "multi_modal_projector.linear_2.bias",
+                "model.multi_modal_projector.linear_2.bias",
+            ),
+        ];
+        for (canonical, stored) in cases {
+            assert_eq!(l.stored_name(canonical), stored);
+        }
+        let l = layout_of(&[
+            "vision_tower.encoder.layers.0.layer_norm1.weight",
+            "model.language_model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.multi_modal_projector.linear_1.weight",
+        ])
+        .unwrap();
+        assert_eq!(
+            l.stored_name("vision_tower.vision_model.embeddings.class_embedding"),
+            "vision_tower.embeddings.class_embedding"
+        );
+    }
+
+    #[test]
+    fn missing_or_ambiguous_components_are_errors() {
+        let err = layout_of(&["language_model.model.embed_tokens.weight"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vision_tower.vision_model.encoder.layers.0.layer_norm1.weight"), "{err}");
+        let err = layout_of(&[
+            "vision_tower.vision_model.encoder.layers.0.layer_norm1.weight",
+            "model.vision_tower.encoder.layers.0.layer_norm1.weight",
+            "language_model.model.embed_tokens.weight",
+            "multi_modal_projector.linear_1.weight",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("several prefixes"), "{err}");
+    }
+}

@@ -1,0 +1,456 @@
+//! The Yo'LLaVA-style dataset writer behind `concepts toy dataset`.
+//!
+//! Layout under `DIR` (documented in `toy-world/README.md`):
+//!
+//! ```text
+//! subjects.json                 names, descriptions, attributes, category, file lists
+//! <subject>/train/NNN.png       training photos of the subject
+//! <subject>/test/NNN.png        held-back photos of the subject
+//! qa/<subject>.json             text and visual A/B questions
+//! negatives/NNN.png             pool without any subject: generic scenes and look-alikes
+//! negatives/index.json          what each negative shows
+//! multi/NNN.png                 photos with two subjects (or one and a look-alike)
+//! multi/labels.json             who is in each multi photo
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::attr::{Attribute, Combo, Difficulty};
+use crate::error::{Error, Result};
+use crate::render::{encode_png, render, ImageSize, Scene};
+use crate::subject::{choose_subjects, generic_scene, lookalike, pair_photo, photo_of, stream, Subject};
+use crate::tasks::{intrinsic_choice, visual_choice, Choice};
+use crate::text::SKS;
+
+/// Version of the folder layout, written to `subjects.json`.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// How much to write. Counts are validated by [`write_dataset`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetConfig {
+    /// Side of every image.
+    pub image_size: ImageSize,
+    /// Photos in `<subject>/train/` (1-100).
+    pub train_per_subject: usize,
+    /// Photos in `<subject>/test/` (1-100).
+    pub test_per_subject: usize,
+    /// Generic scenes in `negatives/` (0-10000).
+    pub generic_negatives: usize,
+    /// Look-alike scenes per subject in `negatives/` (0-1000).
+    pub lookalikes_per_subject: usize,
+    /// Photos in `multi/` (0-10000); none are written for fewer than two subjects.
+    pub multi_photos: usize,
+    /// Replace a non-empty `DIR`; otherwise such a `DIR` is an error.
+    pub overwrite: bool,
+}
+
+impl DatasetConfig {
+    /// The sizes `concepts toy dataset` uses: 5 train and 10 test photos per subject,
+    /// 100 generic negatives, 20 look-alikes per subject and 20 multi photos at 48 px.
+    pub fn standard() -> DatasetConfig {
+        DatasetConfig {
+            image_size: ImageSize::DEFAULT,
+            train_per_subject: 5,
+            test_per_subject: 10,
+            generic_negatives: 100,
+            lookalikes_per_subject: 20,
+            multi_photos: 20,
+            overwrite: false,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let checks: [(&'static str, usize, usize, usize, &'static str); 5] = [
+            ("train_per_subject", self.train_per_subject, 1, 100, "1..=100"),
+            ("test_per_subject", self.test_per_subject, 1, 100, "1..=100"),
+            ("generic_negatives", self.generic_negatives, 0, 10_000, "0..=10000"),
+            ("lookalikes_per_subject", self.lookalikes_per_subject, 0, 1000, "0..=1000"),
+            ("multi_photos", self.multi_photos, 0, 10_000, "0..=10000"),
+        ];
+        for (field, value, lo, hi, expected) in checks {
+            if !(lo..=hi).contains(&value) {
+                return Err(Error::DatasetConfig {
+                    field,
+                    value,
+                    expected,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`write_dataset`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetSummary {
+    /// The final directory.
+    pub dir: PathBuf,
+    /// The seed.
+    pub seed: u64,
+    /// The subjects, in `subjects.json` order.
+    pub subjects: Vec<Subject>,
+    /// PNG files written.
+    pub images: usize,
+    /// A/B questions written across `qa/`.
+    pub questions: usize,
+}
+
+#[derive(Serialize)]
+struct SubjectsFile<'a> {
+    format: &'static str,
+    version: u32,
+    seed: u64,
+    image_size: u32,
+    held_out_rule: &'static str,
+    subjects: Vec<SubjectEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct SubjectEntry<'a> {
+    name: &'a str,
+    category: &'static str,
+    description: String,
+    attributes: &'a Combo,
+    train: Vec<String>,
+    test: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct QaFile<'a> {
+    subject: &'a str,
+    /// The placeholder the runtime replaces with the subject's concept marker.
+    placeholder: &'static str,
+    text: Vec<Choice>,
+    visual: Vec<VisualChoice>,
+}
+
+#[derive(Serialize)]
+struct VisualChoice {
+    image: String,
+    split: &'static str,
+    #[serde(flatten)]
+    choice: Choice,
+}
+
+#[derive(Serialize)]
+struct ObjectLabel {
+    description: String,
+    attributes: Combo,
+}
+
+#[derive(Serialize)]
+struct NegativeEntry<'a> {
+    image: String,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lookalike_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    differs_in: Option<Attribute>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    difficulty: Option<Difficulty>,
+    objects: Vec<ObjectLabel>,
+}
+
+#[derive(Serialize)]
+struct MultiEntry<'a> {
+    image: String,
+    subjects: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lookalikes: Vec<LookalikeLabel<'a>>,
+}
+
+#[derive(Serialize)]
+struct LookalikeLabel<'a> {
+    of: &'a str,
+    differs_in: Attribute,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn labels(scene: &Scene) -> Vec<ObjectLabel> {
+    scene
+        .objects
+        .iter()
+        .map(|o| ObjectLabel {
+            description: o.combo.description(),
+            attributes: o.combo,
+        })
+        .collect()
+}
+
+/// Accumulates files under the temporary root.
+struct Writer {
+    root: PathBuf,
+    size: ImageSize,
+    images: usize,
+}
+
+impl Writer {
+    fn png(&mut self, rel: &str, scene: &Scene) -> Result<()> {
+        let path = self.root.join(rel);
+        let bytes = encode_png(&render(scene, self.size));
+        fs::write(&path, bytes).map_err(io("write", &path))?;
+        self.images += 1;
+        Ok(())
+    }
+
+    fn json<T: Serialize>(&self, rel: &str, value: &T) -> Result<()> {
+        let path = self.root.join(rel);
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+        bytes.push(b'\n');
+        fs::write(&path, bytes).map_err(io("write", &path))
+    }
+
+    fn dir(&self, rel: &str) -> Result<()> {
+        let path = self.root.join(rel);
+        fs::create_dir_all(&path).map_err(io("create", &path))
+    }
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match fs::read_dir(dir) {
+        Ok(mut it) => Ok(it.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(Error::Io {
+            op: "read",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes a dataset of `n_subjects` held-out subjects for `seed` into `dir`.
+///
+/// Output depends only on `(seed, n_subjects, cfg)`: the same arguments give byte-identical
+/// files. Everything is written into a hidden sibling `.<name>.tmp-<pid>` and renamed into
+/// place at the end, so `dir` never holds a half-written dataset. A non-empty `dir` is
+/// refused unless `cfg.overwrite` is set.
+pub fn write_dataset(
+    dir: &Path,
+    seed: u64,
+    n_subjects: usize,
+    cfg: &DatasetConfig,
+) -> Result<DatasetSummary> {
+    cfg.validate()?;
+    if n_subjects == 0 {
+        return Err(Error::DatasetConfig {
+            field: "n_subjects",
+            value: 0,
+            expected: "1..=100",
+        });
+    }
+    let subjects = choose_subjects(seed, n_subjects)?;
+    if !cfg.overwrite && !is_empty_dir(dir)? {
+        return Err(Error::NotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io("create", parent))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io("remove", &tmp))?;
+    }
+    fs::create_dir(&tmp).map_err(io("create", &tmp))?;
+    let mut writer = Writer {
+        root: tmp.clone(),
+        size: cfg.image_size,
+        images: 0,
+    };
+    let written = write_contents(&mut writer, seed, &subjects, cfg);
+    let questions = match written {
+        Ok(q) => q,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let publish = || -> Result<()> {
+        if dir.exists() {
+            if is_empty_dir(dir)? {
+                fs::remove_dir(dir).map_err(io("remove", dir))?;
+            } else if cfg.overwrite {
+                fs::remove_dir_all(dir).map_err(io("remove", dir))?;
+            } else {
+                return Err(Error::NotEmpty {
+                    path: dir.to_path_buf(),
+                });
+            }
+        }
+        fs::rename(&tmp, dir).map_err(io("rename", &tmp))
+    };
+    if let Err(e) = publish() {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(DatasetSummary {
+        dir: dir.to_path_buf(),
+        seed,
+        subjects,
+        images: writer.images,
+        questions,
+    })
+}
+
+/// Writes everything into `w.root`; returns the number of A/B questions.
+fn write_contents(
+    w: &mut Writer,
+    seed: u64,
+    subjects: &[Subject],
+    cfg: &DatasetConfig,
+) -> Result<usize> {
+    let avoid: Vec<Combo> = subjects.iter().map(|s| *s.combo()).collect();
+    let mut entries = Vec::new();
+    let mut questions = 0;
+    w.dir("qa")?;
+    for s in subjects {
+        let name = s.name();
+        let mut qa = QaFile {
+            subject: name,
+            placeholder: SKS,
+            text: Vec::new(),
+            visual: Vec::new(),
+        };
+        let mut lists = [Vec::new(), Vec::new()];
+        for (k, (split, count)) in [("train", cfg.train_per_subject), ("test", cfg.test_per_subject)]
+            .into_iter()
+            .enumerate()
+        {
+            w.dir(&format!("{name}/{split}"))?;
+            for i in 0..count {
+                let mut rng = stream(seed, &format!("{name}/{split}/{i}"));
+                let scene = photo_of(&mut rng, *s.combo(), &avoid);
+                let rel = format!("{name}/{split}/{i:03}.png");
+                w.png(&rel, &scene)?;
+                if let Some(choice) = visual_choice(&mut rng, SKS, &scene, 0) {
+                    qa.visual.push(VisualChoice {
+                        image: rel.clone(),
+                        split,
+                        choice,
+                    });
+                }
+                lists[k].push(rel);
+            }
+        }
+        let mut rng = stream(seed, &format!("{name}/qa"));
+        for &attr in Attribute::ALL {
+            for _ in 0..2 {
+                qa.text.extend(intrinsic_choice(&mut rng, SKS, s.combo(), attr));
+            }
+        }
+        questions += qa.text.len() + qa.visual.len();
+        w.json(&format!("qa/{name}.json"), &qa)?;
+        let [train, test] = lists;
+        entries.push(SubjectEntry {
+            name,
+            category: "object",
+            description: s.description(),
+            attributes: s.combo(),
+            train,
+            test,
+        });
+    }
+    w.json(
+        "subjects.json",
+        &SubjectsFile {
+            format: "concepts-toy-dataset",
+            version: LAYOUT_VERSION,
+            seed,
+            image_size: cfg.image_size.px(),
+            held_out_rule: "fnv1a64+splitmix64(shape/colour/pattern[/secondary]) % 1000 < 150",
+            subjects: entries,
+        },
+    )?;
+
+    w.dir("negatives")?;
+    let mut negatives = Vec::new();
+    for i in 0..cfg.generic_negatives {
+        let mut rng = stream(seed, &format!("negatives/generic/{i}"));
+        let scene = generic_scene(&mut rng, &avoid);
+        let rel = format!("{:03}.png", negatives.len());
+        w.png(&format!("negatives/{rel}"), &scene)?;
+        negatives.push(NegativeEntry {
+            image: rel,
+            kind: "generic",
+            lookalike_of: None,
+            differs_in: None,
+            difficulty: None,
+            objects: labels(&scene),
+        });
+    }
+    for s in subjects {
+        for i in 0..cfg.lookalikes_per_subject {
+            let mut rng = stream(seed, &format!("negatives/{}/{i}", s.name()));
+            let (look, attr) = lookalike(&mut rng, s.combo(), &avoid);
+            let scene = photo_of(&mut rng, look, &avoid);
+            let rel = format!("{:03}.png", negatives.len());
+            w.png(&format!("negatives/{rel}"), &scene)?;
+            negatives.push(NegativeEntry {
+                image: rel,
+                kind: "lookalike",
+                lookalike_of: Some(s.name()),
+                differs_in: Some(attr),
+                difficulty: Some(attr.difficulty()),
+                objects: labels(&scene),
+            });
+        }
+    }
+    w.json("negatives/index.json", &negatives)?;
+
+    w.dir("multi")?;
+    let mut multi = Vec::new();
+    if subjects.len() >= 2 {
+        for i in 0..cfg.multi_photos {
+            let mut rng = stream(seed, &format!("multi/{i}"));
+            let a = rng.random_range(0..subjects.len());
+            let mut b = rng.random_range(0..subjects.len() - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (sa, sb) = (&subjects[a], &subjects[b]);
+            let roll = rng.random_range(0..5);
+            let (entry_subjects, looks, scene) = if roll < 3 {
+                let scene = pair_photo(&mut rng, *sa.combo(), *sb.combo(), &avoid);
+                (vec![sa.name(), sb.name()], Vec::new(), scene)
+            } else {
+                // One subject next to a look-alike of the other.
+                let (look, attr) = lookalike(&mut rng, sb.combo(), &avoid);
+                let scene = pair_photo(&mut rng, *sa.combo(), look, &avoid);
+                let label = LookalikeLabel {
+                    of: sb.name(),
+                    differs_in: attr,
+                };
+                (vec![sa.name()], vec![label], scene)
+            };
+            let rel = format!("{i:03}.png");
+            w.png(&format!("multi/{rel}"), &scene)?;
+            multi.push(MultiEntry {
+                image: rel,
+                subjects: entry_subjects,
+                lookalikes: looks,
+            });
+        }
+    }
+    w.json("multi/labels.json", &multi)?;
+    Ok(questions)
+}
