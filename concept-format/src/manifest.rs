@@ -224,10 +224,13 @@ pub struct Manifest {
     /// Prompt-template id, e.g. `llava_v1/yollava-1`
     pub prompt_template: String,
     /// Training provenance; `None` for imported or hand-packed concepts
+    #[serde(default)]
     pub provenance: Option<Provenance>,
     /// Free-text facts, e.g. `<bo>'s birthday is May 3`
+    #[serde(default)]
     pub user_facts: Vec<String>,
     /// Links to other concepts
+    #[serde(default)]
     pub relations: Vec<Relation>,
     /// License of the concept, e.g. an SPDX id
     pub license: String,
@@ -236,6 +239,7 @@ pub struct Manifest {
     /// Lowercase hex SHA-256 of the tensor body; [`crate::ConceptPackage::new`] fills it
     pub body_sha256: String,
     /// The reserved extension table `[ext]`: never interpreted, always preserved
+    #[serde(default)]
     pub ext: toml::Table,
 }
 

@@ -27,7 +27,7 @@ pub struct TensorStats {
     pub l2_norm: f32,
 }
 
-/// The three tensors of a concept: `identifier` [d], `latents` [k, d], `head` [d]
+/// The three tensors of a concept: `identifier` `[d]`, `latents` `[k, d]`, `head` `[d]`
 ///
 /// Invariants: `1 <= k <= MAX_K`, `1 <= d <= MAX_D`, lengths match the shapes,
 /// every value is finite and exactly representable in `dtype`. The canonical

@@ -271,3 +271,44 @@ fn peek_version_reports_unsupported_majors_without_rejecting_them() {
     );
     assert_eq!(migrate(&bytes).unwrap_err().kind(), "UnsupportedMajor");
 }
+
+#[test]
+fn provenance_numbers_are_checked() {
+    let (text, _) = golden_parts();
+    let nan = text.replace("learning_rate = 0.001", "learning_rate = nan");
+    assert_eq!(
+        Manifest::from_toml_str(&nan).unwrap_err().to_string(),
+        "manifest field `provenance.learning_rate` is invalid: expected a finite number greater than 0, found NaN"
+    );
+    let acc = text.replace("train_accuracy = 0.975", "train_accuracy = 1.5");
+    assert_eq!(
+        Manifest::from_toml_str(&acc).unwrap_err().kind(),
+        "InvalidField"
+    );
+    let epochs = text.replace("epochs = 15", "epochs = -1");
+    assert_eq!(
+        Manifest::from_toml_str(&epochs).unwrap_err().to_string(),
+        "manifest field `provenance.epochs` is invalid: expected an integer in 0..=4294967295, found -1"
+    );
+}
+
+#[test]
+fn unknown_keys_are_named_by_their_path() {
+    let (text, _) = golden_parts();
+    let text = text.replace("target = \"<T>\"", "target = \"<T>\"\nweight = 2");
+    assert_eq!(
+        Manifest::from_toml_str(&text).unwrap_err().to_string(),
+        "manifest field `relations[0].weight` is not defined by format version 1.0: \
+         expected only the v1.0 fields, with extensions under `[ext]`"
+    );
+}
+
+#[test]
+fn manifests_serialize_with_serde_for_other_indexes() {
+    let m = golden_package().manifest().clone();
+    let json = serde_json::to_value(&m).unwrap();
+    assert_eq!(json["category"], "pet");
+    assert_eq!(json["dtype"], "f32");
+    let back: Manifest = serde_json::from_value(json).unwrap();
+    assert_eq!(back, m);
+}

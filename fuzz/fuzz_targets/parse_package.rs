@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         if let Some(text) = data.get(PREAMBLE_LEN..PREAMBLE_LEN.saturating_add(len)) {
             if let Ok(text) = std::str::from_utf8(text) {
                 if let Ok(m) = Manifest::from_toml_str(text) {
-                    assert_eq!(Manifest::from_toml_str(&m.to_toml_string()).expect("rewrite"), m);
+                    assert_eq!(
+                        Manifest::from_toml_str(&m.to_toml_string()).expect("rewrite"),
+                        m
+                    );
                 }
             }
         }

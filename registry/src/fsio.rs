@@ -24,7 +24,7 @@ impl LockGuard {
             .open(path)
             .io("open lock file", path)?;
         // Fully qualified: std's inherent `File::lock_shared` needs a newer toolchain than our MSRV.
-        if exclusive && std::env::var_os("NEVER_SET_XYZ").is_some() {
+        if exclusive {
             FileExt::lock_exclusive(&file).io("lock (exclusive)", path)?;
         } else {
             FileExt::lock_shared(&file).io("lock (shared)", path)?;

@@ -138,9 +138,7 @@ impl Sampler {
         let (temperature, top_p) = match self.sampling {
             Sampling::Greedy => return Ok(argmax(logits)),
             Sampling::Sample {
-                temperature,
-                top_p,
-                ..
+                temperature, top_p, ..
             } => (temperature, top_p),
         };
         let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l) / temperature).collect();
@@ -265,7 +263,11 @@ pub fn generate(
     }
     let mut cache = KvCache::new(model.config());
     let hidden = model
-        .forward_embeds(&prompt.embeds.unsqueeze(0)?, Some(&mut cache), Kernels::Fast)?
+        .forward_embeds(
+            &prompt.embeds.unsqueeze(0)?,
+            Some(&mut cache),
+            Kernels::Fast,
+        )?
         .squeeze(0)?;
     let prompt_logits = if cfg.prompt_logits {
         Some(logits_f32(model, table, &hidden)?)
@@ -380,7 +382,9 @@ mod tests {
         let logits = [2.0f32, 1.0, 0.0, -1.0];
         let sampling = Sampling::from_temperature(1.0, 0.7, 7).expect("valid");
         let mut s = Sampler::new(sampling);
-        let draws: Vec<u32> = (0..400).map(|_| s.sample(&logits).expect("sample")).collect();
+        let draws: Vec<u32> = (0..400)
+            .map(|_| s.sample(&logits).expect("sample"))
+            .collect();
         assert!(draws.iter().all(|&d| d < 2));
         let ones = draws.iter().filter(|&&d| d == 1).count();
         // 0.24 / 0.88 of 400 ≈ 109.
@@ -392,7 +396,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 / 3.0).collect();
         let run = |seed| {
             let mut s = Sampler::new(Sampling::from_temperature(0.8, 0.95, seed).expect("valid"));
-            (0..32).map(|_| s.sample(&logits).expect("sample")).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| s.sample(&logits).expect("sample"))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
@@ -400,7 +406,10 @@ mod tests {
 
     #[test]
     fn sampling_parameters_are_checked() {
-        assert_eq!(Sampling::from_temperature(0.0, 1.0, 1).expect("greedy"), Sampling::Greedy);
+        assert_eq!(
+            Sampling::from_temperature(0.0, 1.0, 1).expect("greedy"),
+            Sampling::Greedy
+        );
         assert!(Sampling::from_temperature(-1.0, 1.0, 1).is_err());
         assert!(Sampling::from_temperature(1.0, 0.0, 1).is_err());
         assert!(Sampling::from_temperature(f64::NAN, 1.0, 1).is_err());

@@ -22,10 +22,11 @@ use candle_core::{Device, Tensor};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use serde::Deserialize;
 
-/// OpenAI CLIP normalisation mean, used by every LLaVA-1.5 checkpoint.
-pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP normalisation mean, used by every LLaVA-1.5 checkpoint. Like numpy, the
+/// pipeline rounds these Python floats to `f32` before use.
+pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI CLIP normalisation standard deviation.
-pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const OPENAI_CLIP_STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Errors of image loading and preprocessing.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,9 @@ pub enum PreprocessError {
     #[error("image `{path}`: file is empty")]
     Empty { path: PathBuf },
     /// The bytes are not an image in a supported format (JPEG, PNG, WebP).
-    #[error("image `{path}`: unsupported or unrecognised image format (expected JPEG, PNG or WebP)")]
+    #[error(
+        "image `{path}`: unsupported or unrecognised image format (expected JPEG, PNG or WebP)"
+    )]
     UnsupportedFormat { path: PathBuf },
     /// The image data is corrupt or could not be decoded.
     #[error("image `{path}`: cannot decode: {source}")]
@@ -161,7 +164,7 @@ impl PreprocessConfig {
             resample: Resample::Bicubic,
             crop: Some((size, size)),
             rescale_factor: Some(1.0 / 255.0),
-            normalize: Some((OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)),
+            normalize: Some((to_f32(OPENAI_CLIP_MEAN), to_f32(OPENAI_CLIP_STD))),
             pad_to_square: false,
         }
     }
@@ -204,8 +207,9 @@ impl PreprocessConfig {
         };
         let resample = match raw.resample {
             None => Resample::Bicubic,
-            Some(id) => Resample::from_pil_id(id)
-                .ok_or_else(|| format!("unsupported resample filter {id} (NEAREST is not supported)"))?,
+            Some(id) => Resample::from_pil_id(id).ok_or_else(|| {
+                format!("unsupported resample filter {id} (NEAREST is not supported)")
+            })?,
         };
         let crop = if raw.do_center_crop.unwrap_or(true) {
             Some(match raw.crop_size {
@@ -330,9 +334,14 @@ impl RawSize {
     }
 }
 
-fn channel_triple(v: Option<Vec<f64>>, default: [f32; 3], name: &str) -> Result<[f32; 3], String> {
+/// numpy's `np.array(values, dtype=float32)`: round each `f64` to nearest.
+fn to_f32(v: [f64; 3]) -> [f32; 3] {
+    v.map(|x| x as f32)
+}
+
+fn channel_triple(v: Option<Vec<f64>>, default: [f64; 3], name: &str) -> Result<[f32; 3], String> {
     match v {
-        None => Ok(default),
+        None => Ok(to_f32(default)),
         Some(v) if v.len() == 3 => Ok([v[0] as f32, v[1] as f32, v[2] as f32]),
         Some(v) if v.len() == 1 => Ok([v[0] as f32; 3]),
         Some(v) => Err(format!("`{name}` must have 3 values, got {}", v.len())),
@@ -365,7 +374,11 @@ impl PixelValues {
 
     /// A `[1, 3, H, W]` tensor on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor, PreprocessError> {
-        Ok(Tensor::from_slice(&self.data, (1, 3, self.height, self.width), device)?)
+        Ok(Tensor::from_slice(
+            &self.data,
+            (1, 3, self.height, self.width),
+            device,
+        )?)
     }
 }
 
@@ -442,7 +455,11 @@ fn to_rgb(img: DynamicImage) -> RgbImage {
             .chunks_exact(4)
             .flat_map(|p| [high_byte(&p[0]), high_byte(&p[1]), high_byte(&p[2])])
             .collect(),
-        DynamicImage::ImageLuma16(buf) => buf.as_raw().iter().flat_map(|v| [high_byte(v); 3]).collect(),
+        DynamicImage::ImageLuma16(buf) => buf
+            .as_raw()
+            .iter()
+            .flat_map(|v| [high_byte(v); 3])
+            .collect(),
         DynamicImage::ImageLumaA16(buf) => buf
             .as_raw()
             .chunks_exact(2)
@@ -453,19 +470,29 @@ fn to_rgb(img: DynamicImage) -> RgbImage {
             .chunks_exact(4)
             .flat_map(|p| [p[0], p[1], p[2]])
             .collect(),
-        DynamicImage::ImageLumaA8(buf) => buf.as_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        DynamicImage::ImageLumaA8(buf) => buf
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [p[0]; 3])
+            .collect(),
         other => return other.to_rgb8(),
     };
     RgbImage::from_raw(w, h, data).expect("same pixel count")
 }
 
 /// Loads and preprocesses an image file.
-pub fn preprocess_file(path: &Path, config: &PreprocessConfig) -> Result<PixelValues, PreprocessError> {
+pub fn preprocess_file(
+    path: &Path,
+    config: &PreprocessConfig,
+) -> Result<PixelValues, PreprocessError> {
     preprocess(&load_image(path)?, config)
 }
 
 /// Runs the preprocessing pipeline on an RGB image.
-pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<PixelValues, PreprocessError> {
+pub fn preprocess(
+    image: &RgbImage,
+    config: &PreprocessConfig,
+) -> Result<PixelValues, PreprocessError> {
     config.validate()?;
     let mut img = Planar::from_rgb(image);
     if config.pad_to_square {
@@ -689,7 +716,13 @@ struct Coeffs {
 }
 
 /// `precompute_coeffs` followed by `normalize_coeffs_8bpc`.
-fn precompute_coeffs(in_size: usize, in0: f32, in1: f32, out_size: usize, filter: Resample) -> Coeffs {
+fn precompute_coeffs(
+    in_size: usize,
+    in0: f32,
+    in1: f32,
+    out_size: usize,
+    filter: Resample,
+) -> Coeffs {
     // `(double)(in1 - in0)`: the subtraction is in single precision.
     let scale = f64::from(in1 - in0) / out_size as f64;
     let filterscale = scale.max(1.0);
@@ -816,8 +849,14 @@ mod tests {
     #[test]
     fn resize_output_size_truncates_the_long_edge() {
         // 500x333 (w x h): long = int(336 * 500 / 333) = 504.
-        assert_eq!(resize_output_size(333, 500, ResizeTo::ShortestEdge(336)), (336, 504));
-        assert_eq!(resize_output_size(500, 333, ResizeTo::ShortestEdge(336)), (504, 336));
+        assert_eq!(
+            resize_output_size(333, 500, ResizeTo::ShortestEdge(336)),
+            (336, 504)
+        );
+        assert_eq!(
+            resize_output_size(500, 333, ResizeTo::ShortestEdge(336)),
+            (504, 336)
+        );
         assert_eq!(resize_output_size(7, 7, ResizeTo::ShortestEdge(3)), (3, 3));
     }
 
@@ -839,7 +878,10 @@ mod tests {
         let c = precompute_coeffs(100, 0.0, 100.0, 33, Resample::Bicubic);
         for (i, &(_, n)) in c.bounds.iter().enumerate() {
             let sum: i64 = c.kk[i * c.ksize..][..n].iter().map(|&v| i64::from(v)).sum();
-            assert!((sum - (1 << PRECISION_BITS)).abs() <= n as i64, "row {i}: {sum}");
+            assert!(
+                (sum - (1 << PRECISION_BITS)).abs() <= n as i64,
+                "row {i}: {sum}"
+            );
         }
     }
 
@@ -874,11 +916,15 @@ mod tests {
 
     #[test]
     fn rgb_conversion_drops_alpha_like_pil_convert() {
-        let rgba = image::RgbaImage::from_raw(2, 1, vec![10, 20, 30, 0, 40, 50, 60, 128]).expect("2 px");
+        let rgba =
+            image::RgbaImage::from_raw(2, 1, vec![10, 20, 30, 0, 40, 50, 60, 128]).expect("2 px");
         let rgb = to_rgb(DynamicImage::ImageRgba8(rgba));
         assert_eq!(rgb.as_raw(), &[10, 20, 30, 40, 50, 60]);
         let la = image::GrayAlphaImage::from_raw(1, 1, vec![77, 0]).expect("1 px");
-        assert_eq!(to_rgb(DynamicImage::ImageLumaA8(la)).as_raw(), &[77, 77, 77]);
+        assert_eq!(
+            to_rgb(DynamicImage::ImageLumaA8(la)).as_raw(),
+            &[77, 77, 77]
+        );
     }
 
     #[test]
@@ -887,24 +933,32 @@ mod tests {
             "image_mean": [0.48145466, 0.4578275, 0.40821073], "resample": 3,
             "image_std": [0.26862954, 0.26130258, 0.27577711], "rescale_factor": 0.00392156862745098,
             "size": {"shortest_edge": 336}, "image_processor_type": "CLIPImageProcessor"}"#;
-        assert_eq!(PreprocessConfig::from_json(hf), Ok(PreprocessConfig::llava_1_5()));
+        assert_eq!(
+            PreprocessConfig::from_json(hf),
+            Ok(PreprocessConfig::llava_1_5())
+        );
         let legacy = r#"{"size": 48, "crop_size": 48, "do_pad": true}"#;
         assert_eq!(
             PreprocessConfig::from_json(legacy),
             Ok(PreprocessConfig::square(48).with_pad_to_square(true))
         );
         let nearest = r#"{"resample": 0}"#;
-        assert!(PreprocessConfig::from_json(nearest).unwrap_err().contains("NEAREST"));
+        assert!(PreprocessConfig::from_json(nearest)
+            .unwrap_err()
+            .contains("NEAREST"));
     }
 
     #[test]
     fn preprocess_output_has_crop_shape_and_normalised_range() {
         let cfg = PreprocessConfig::square(48);
         let px = preprocess(&gradient(90, 60), &cfg).expect("preprocess");
-        assert_eq!((px.height(), px.width(), px.data().len()), (48, 48, 3 * 48 * 48));
-        let lo = (0.0 - OPENAI_CLIP_MEAN[0]) / OPENAI_CLIP_STD[0];
-        let hi = (1.0 - OPENAI_CLIP_MEAN[2]) / OPENAI_CLIP_STD[2];
-        assert!(px.data().iter().all(|v| *v >= lo - 1e-6 && *v <= hi + 1e-6));
+        assert_eq!(
+            (px.height(), px.width(), px.data().len()),
+            (48, 48, 3 * 48 * 48)
+        );
+        let lo = ((0.0 - OPENAI_CLIP_MEAN[0]) / OPENAI_CLIP_STD[0]) as f32;
+        let hi = ((1.0 - OPENAI_CLIP_MEAN[2]) / OPENAI_CLIP_STD[2]) as f32;
+        assert!(px.data().iter().all(|v| *v >= lo - 1e-5 && *v <= hi + 1e-5));
     }
 
     #[test]
@@ -912,7 +966,9 @@ mod tests {
         let name = Path::new("cat.jpg");
         let err = decode_image(&[], name).unwrap_err().to_string();
         assert_eq!(err, "image `cat.jpg`: file is empty");
-        let err = decode_image(b"definitely not an image", name).unwrap_err().to_string();
+        let err = decode_image(b"definitely not an image", name)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("image `cat.jpg`: unsupported"), "{err}");
         // A PNG signature followed by garbage.
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();

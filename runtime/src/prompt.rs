@@ -240,13 +240,16 @@ impl TextCodec {
                 .collect();
             tokenizer.add_tokens(&added);
             for m in markers {
-                let local = tokenizer
-                    .token_to_id(&m.marker)
-                    .ok_or_else(|| RuntimeError::Tokenizer {
-                        path: source.to_path_buf(),
-                        msg: format!("marker `{}` was not registered", m.marker),
-                    })?;
-                if to_runtime.insert(local, m.id).is_some() || from_runtime.insert(m.id, local).is_some() {
+                let local =
+                    tokenizer
+                        .token_to_id(&m.marker)
+                        .ok_or_else(|| RuntimeError::Tokenizer {
+                            path: source.to_path_buf(),
+                            msg: format!("marker `{}` was not registered", m.marker),
+                        })?;
+                if to_runtime.insert(local, m.id).is_some()
+                    || from_runtime.insert(m.id, local).is_some()
+                {
                     return Err(RuntimeError::Prompt(format!(
                         "marker `{}` (id {}) is given twice",
                         m.marker, m.id
@@ -337,7 +340,10 @@ mod tests {
     #[test]
     fn markers_and_personal_prompt() {
         let m = ConceptMarkers::new("<bo>", 3).expect("valid");
-        assert_eq!(m.all().collect::<Vec<_>>(), ["<bo>", "<bo:1>", "<bo:2>", "<bo:3>"]);
+        assert_eq!(
+            m.all().collect::<Vec<_>>(),
+            ["<bo>", "<bo:1>", "<bo:2>", "<bo:3>"]
+        );
         assert_eq!(m.personal_prompt(), "<bo> is <bo:1><bo:2><bo:3>.");
         for bad in ["bo", "<>", "<b o>", "<bo:1>", "<<bo>"] {
             let err = ConceptMarkers::new(bad, 3).unwrap_err().to_string();

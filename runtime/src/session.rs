@@ -109,9 +109,18 @@ impl Engine {
     }
 
     /// Activates a concept under `name`, written in prompts as `identifier` (e.g. `<bo>`).
-    pub fn activate(&mut self, name: &str, identifier: &str, weights: ConceptWeights) -> Result<()> {
+    pub fn activate(
+        &mut self,
+        name: &str,
+        identifier: &str,
+        weights: ConceptWeights,
+    ) -> Result<()> {
         let markers = ConceptMarkers::new(identifier, weights.k())?;
-        if let Some((other, _)) = self.markers.iter().find(|(_, m)| m.identifier() == identifier) {
+        if let Some((other, _)) = self
+            .markers
+            .iter()
+            .find(|(_, m)| m.identifier() == identifier)
+        {
             return Err(RuntimeError::Concept {
                 name: name.to_string(),
                 msg: format!("identifier `{identifier}` is already used by `{other}`"),
@@ -143,8 +152,11 @@ impl Engine {
                 manifest.base_model, ours
             )));
         }
-        let weights =
-            ConceptWeights::from_format(package.tensors(), self.model.dtype(), self.model.device())?;
+        let weights = ConceptWeights::from_format(
+            package.tensors(),
+            self.model.dtype(),
+            self.model.device(),
+        )?;
         self.activate(&manifest.name, &manifest.identifier, weights)
     }
 
@@ -215,7 +227,7 @@ impl Engine {
         let markers = ids.iter().filter(|&&id| id == image_id).count();
         if markers != prompt.images.len() {
             return Err(RuntimeError::Prompt(format!(
-                "the text has {markers} `{IMAGE_MARKER}` markers but {} images were given",
+                "the text has {markers} `{IMAGE_MARKER}` markers for {} image(s)",
                 prompt.images.len()
             )));
         }
@@ -273,7 +285,14 @@ impl Engine {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
         let embedded = self.embed_prompt(prompt)?;
-        generate::generate(&self.model, &self.table, &self.codec, &embedded, cfg, on_text)
+        generate::generate(
+            &self.model,
+            &self.table,
+            &self.codec,
+            &embedded,
+            cfg,
+            on_text,
+        )
     }
 
     /// p(Yes) vs p(No) at the first answer position of `prompt` (softmax over the base

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use concepts_runtime::preprocess::{preprocess, preprocess_file, PixelValues, PreprocessConfig};
-use image::RgbImage;
 use concepts_runtime::generate::{GenerateConfig, Sampling};
+use concepts_runtime::preprocess::{preprocess, preprocess_file, PixelValues, PreprocessConfig};
 use concepts_runtime::prompt::{load_tokenizer, ConceptMarkers, Conversation, MarkerId, TextCodec};
 use concepts_runtime::session::{Engine, PromptInput};
 use concepts_runtime::{ConceptWeights, Kernels};
+use image::RgbImage;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
@@ -27,7 +27,10 @@ fn reference() -> (Value, HashMap<String, Tensor>) {
     let json = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
     let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
         .expect("reference.safetensors");
-    (serde_json::from_str(&json).expect("reference json"), tensors)
+    (
+        serde_json::from_str(&json).expect("reference json"),
+        tensors,
+    )
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -41,21 +44,36 @@ fn ids(v: &Value) -> Vec<u32> {
 /// Max |a - b| over two tensors of the same shape.
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a.flatten_all().expect("flat").to_vec1::<f32>().expect("f32");
-    let b = b.flatten_all().expect("flat").to_vec1::<f32>().expect("f32");
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    let a = a
+        .flatten_all()
+        .expect("flat")
+        .to_vec1::<f32>()
+        .expect("f32");
+    let b = b
+        .flatten_all()
+        .expect("flat")
+        .to_vec1::<f32>()
+        .expect("f32");
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Compares `actual` with the reference tensor `name` and prints the difference.
 fn check_close(name: &str, actual: &Tensor, reference: &HashMap<String, Tensor>, tol: f32) {
-    let expected = reference.get(name).unwrap_or_else(|| panic!("no reference `{name}`"));
+    let expected = reference
+        .get(name)
+        .unwrap_or_else(|| panic!("no reference `{name}`"));
     let diff = max_abs_diff(actual, expected);
     println!("{name}: max abs diff {diff:e} (tolerance {tol:e})");
     assert!(diff <= tol, "{name}: max abs diff {diff} > {tol}");
 }
 
 fn concept_markers(reference: &Value) -> (ConceptMarkers, Vec<MarkerId>) {
-    let identifier = reference["concept"]["identifier"].as_str().expect("identifier");
+    let identifier = reference["concept"]["identifier"]
+        .as_str()
+        .expect("identifier");
     let k = reference["concept"]["k"].as_u64().expect("k") as usize;
     let markers = ConceptMarkers::new(identifier, k).expect("markers");
     let base = reference["model_vocab_size"].as_u64().expect("vocab") as u32;
@@ -71,7 +89,10 @@ fn concept_markers(reference: &Value) -> (ConceptMarkers, Vec<MarkerId>) {
 }
 
 fn pixels(px: &PixelValues) -> Tensor {
-    px.to_tensor(&Device::Cpu).expect("tensor").squeeze(0).expect("squeeze")
+    px.to_tensor(&Device::Cpu)
+        .expect("tensor")
+        .squeeze(0)
+        .expect("squeeze")
 }
 
 fn image_path(json: &Value, key: &str) -> PathBuf {
@@ -94,7 +115,11 @@ fn preprocessing_libjpeg_decoded_pixels_matches_clip_image_processor() {
     let (_, tensors) = reference();
     let decoded = &tensors["decoded.photo"];
     let (h, w, _) = decoded.dims3().expect("hwc");
-    let raw = decoded.flatten_all().expect("flat").to_vec1::<u8>().expect("u8");
+    let raw = decoded
+        .flatten_all()
+        .expect("flat")
+        .to_vec1::<u8>()
+        .expect("u8");
     let img = RgbImage::from_raw(w as u32, h as u32, raw).expect("rgb");
     let config = PreprocessConfig::llava_1_5();
     let px = preprocess(&img, &config).expect("preprocess");
@@ -115,7 +140,10 @@ fn preprocessing_jpeg_file_is_close_to_clip_image_processor() {
     println!("pixel_values.photo from the jpeg file: max abs diff {diff:e}");
     // 8 levels of 255 in the channel with the smallest std.
     let bound = 8.0 / 255.0 / 0.261_302_58;
-    assert!(diff > 0.0 && diff < bound, "jpeg gap {diff} (bound {bound})");
+    assert!(
+        diff > 0.0 && diff < bound,
+        "jpeg gap {diff} (bound {bound})"
+    );
 }
 
 #[test]
@@ -131,8 +159,16 @@ fn tokenization_around_markers_matches_transformers_added_tokens() {
         let text = case["text"].as_str().expect("text");
         let special = case["add_special_tokens"].as_bool().expect("flag");
         let got = codec.encode(text, special).expect("encode");
-        assert_eq!(got, ids(&case["ids_add_tokens"]), "add_tokens spelling of {text:?}");
-        assert_eq!(got, ids(&case["ids_add_special_tokens"]), "special spelling of {text:?}");
+        assert_eq!(
+            got,
+            ids(&case["ids_add_tokens"]),
+            "add_tokens spelling of {text:?}"
+        );
+        assert_eq!(
+            got,
+            ids(&case["ids_add_special_tokens"]),
+            "special spelling of {text:?}"
+        );
     }
     let render = &json["render"];
     assert_eq!(
@@ -148,7 +184,10 @@ fn template_reproduces_the_reference_prompts() {
     let conv = Conversation::new(vec![markers]);
     for (key, image) in [("concept_text", false), ("concept_image", true)] {
         let question = json[key]["question"].as_str().expect("question");
-        assert_eq!(conv.prompt(question, image), json[key]["prompt"].as_str().expect("prompt"));
+        assert_eq!(
+            conv.prompt(question, image),
+            json[key]["prompt"].as_str().expect("prompt")
+        );
     }
 }
 
@@ -157,7 +196,9 @@ fn engine() -> Engine {
 }
 
 fn reference_pixels(tensors: &HashMap<String, Tensor>, key: &str) -> Tensor {
-    tensors[&format!("pixel_values.{key}")].unsqueeze(0).expect("batch")
+    tensors[&format!("pixel_values.{key}")]
+        .unsqueeze(0)
+        .expect("batch")
 }
 
 #[test]
@@ -168,7 +209,9 @@ fn vision_tower_and_projector_match_transformers() {
     let layer = model.config().vision_feature_layer;
     for key in ["photo", "logo"] {
         let px = reference_pixels(&tensors, key);
-        let hidden = model.vision_hidden_states(&px, Kernels::Fast).expect("vision");
+        let hidden = model
+            .vision_hidden_states(&px, Kernels::Fast)
+            .expect("vision");
         let selected = hidden[layer].squeeze(0).expect("squeeze");
         check_close(&format!("vision_hidden.{key}"), &selected, &tensors, 1e-4);
         let features = model.image_features(&px, Kernels::Fast).expect("features");
@@ -200,7 +243,9 @@ fn raw_prompt_logits_and_greedy_ids_match_transformers() {
     let expected_ids = ids(&raw["generated_ids"]);
     let mut streamed = String::new();
     let out = engine
-        .generate(&prompt, &greedy(expected_ids.len(), &engine), &mut |t| streamed.push_str(t))
+        .generate(&prompt, &greedy(expected_ids.len(), &engine), &mut |t| {
+            streamed.push_str(t)
+        })
         .expect("generate");
     assert_eq!(out.prompt_ids, ids(&raw["input_ids"]));
     let logits = out.prompt_logits.as_ref().expect("prompt logits");
@@ -218,7 +263,9 @@ fn activate_fixture_concept(engine: &mut Engine, json: &Value, tensors: &HashMap
     )
     .expect("weights");
     let identifier = json["concept"]["identifier"].as_str().expect("identifier");
-    engine.activate("bo", identifier, weights).expect("activate");
+    engine
+        .activate("bo", identifier, weights)
+        .expect("activate");
 }
 
 #[test]
@@ -229,10 +276,15 @@ fn personalised_text_prompt_matches_transformers_with_added_tokens() {
     let case = &json["concept_text"];
     let prompt = engine.chat_prompt(case["question"].as_str().expect("question"), None);
     assert_eq!(prompt.text, case["prompt"].as_str().expect("prompt"));
-    let out = engine.generate(&prompt, &greedy(0, &engine), &mut |_| {}).expect("forward");
+    let out = engine
+        .generate(&prompt, &greedy(0, &engine), &mut |_| {})
+        .expect("forward");
     assert_eq!(out.prompt_ids, ids(&case["input_ids"]));
     let logits = out.prompt_logits.as_ref().expect("logits");
-    assert_eq!(logits.dim(1).expect("cols"), json["model_vocab_size"].as_u64().expect("v") as usize + 1);
+    assert_eq!(
+        logits.dim(1).expect("cols"),
+        json["model_vocab_size"].as_u64().expect("v") as usize + 1
+    );
     check_close("concept_text.logits", logits, &tensors, 1e-4);
 }
 
@@ -246,17 +298,41 @@ fn recognition_reads_yes_and_no_like_transformers() {
     let px = preprocess_file(&image_path(&json, image), engine.preprocess_config()).expect("image");
     let prompt = engine.chat_prompt(case["question"].as_str().expect("question"), Some(px));
     assert_eq!(prompt.text, case["prompt"].as_str().expect("prompt"));
-    let out = engine.generate(&prompt, &greedy(0, &engine), &mut |_| {}).expect("forward");
+    let out = engine
+        .generate(&prompt, &greedy(0, &engine), &mut |_| {})
+        .expect("forward");
     assert_eq!(out.prompt_ids, ids(&case["input_ids"]));
     let logits = out.prompt_logits.as_ref().expect("logits");
-    let last = logits.get(logits.dim(0).expect("rows") - 1).expect("last row");
+    let last = logits
+        .get(logits.dim(0).expect("rows") - 1)
+        .expect("last row");
     check_close("concept_image.last_logits", &last, &tensors, 1e-4);
 
     let r = engine.recognize(&prompt).expect("recognize");
-    assert_eq!((r.yes_id, r.no_id), (case["yes_id"].as_u64().expect("yes") as u32, case["no_id"].as_u64().expect("no") as u32));
-    let (p_yes, p_no) = (case["p_yes"].as_f64().expect("p_yes"), case["p_no"].as_f64().expect("p_no"));
-    println!("p_yes {} (ref {p_yes}), p_no {} (ref {p_no})", r.p_yes, r.p_no);
-    assert!((r.p_yes - p_yes).abs() <= 1e-4 * p_yes.max(1e-6), "p_yes {} vs {p_yes}", r.p_yes);
-    assert!((r.p_no - p_no).abs() <= 1e-4 * p_no.max(1e-6), "p_no {} vs {p_no}", r.p_no);
+    assert_eq!(
+        (r.yes_id, r.no_id),
+        (
+            case["yes_id"].as_u64().expect("yes") as u32,
+            case["no_id"].as_u64().expect("no") as u32
+        )
+    );
+    let (p_yes, p_no) = (
+        case["p_yes"].as_f64().expect("p_yes"),
+        case["p_no"].as_f64().expect("p_no"),
+    );
+    println!(
+        "p_yes {} (ref {p_yes}), p_no {} (ref {p_no})",
+        r.p_yes, r.p_no
+    );
+    assert!(
+        (r.p_yes - p_yes).abs() <= 1e-4 * p_yes.max(1e-6),
+        "p_yes {} vs {p_yes}",
+        r.p_yes
+    );
+    assert!(
+        (r.p_no - p_no).abs() <= 1e-4 * p_no.max(1e-6),
+        "p_no {} vs {p_no}",
+        r.p_no
+    );
     assert_eq!(r.is_yes(), p_yes > p_no);
 }

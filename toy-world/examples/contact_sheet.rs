@@ -31,8 +31,12 @@ fn single(combo: Combo, bg: [u8; 3], rotation_deg: i32) -> Scene {
 fn main() {
     let mut args = std::env::args().skip(1);
     let out = args.next().unwrap_or_else(|| "contact_sheet.png".into());
-    let seed: u64 = args.next().map_or(1, |s| s.parse().expect("seed is an integer"));
-    let px: u32 = args.next().map_or(48, |s| s.parse().expect("px is an integer"));
+    let seed: u64 = args
+        .next()
+        .map_or(1, |s| s.parse().expect("seed is an integer"));
+    let px: u32 = args
+        .next()
+        .map_or(48, |s| s.parse().expect("px is an integer"));
     let size = ImageSize::new(px).expect("px within 48..=64");
 
     let mut rows: Vec<Vec<RgbImage>> = Vec::new();
@@ -45,7 +49,10 @@ fn main() {
         for &pattern in Pattern::ALL {
             let secondary = (pattern != Pattern::Solid).then_some(sec);
             let combo = Combo::new(shape, main, pattern, secondary).expect("distinct colours");
-            row.push(render(&single(combo, [120, 130, 140], (i as i32 * 7) % 30 - 15), size));
+            row.push(render(
+                &single(combo, [120, 130, 140], (i as i32 * 7) % 30 - 15),
+                size,
+            ));
         }
         rows.push(row);
     }
@@ -86,11 +93,17 @@ fn main() {
     let scale = 3;
     let tile = px * scale + 2;
     let cols = rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
-    let mut sheet = RgbImage::from_pixel(cols * tile, rows.len() as u32 * tile, Rgb([255, 255, 255]));
+    let mut sheet =
+        RgbImage::from_pixel(cols * tile, rows.len() as u32 * tile, Rgb([255, 255, 255]));
     for (r, row) in rows.iter().enumerate() {
         for (c, img) in row.iter().enumerate() {
             let big = imageops::resize(img, px * scale, px * scale, imageops::FilterType::Nearest);
-            imageops::replace(&mut sheet, &big, (c as u32 * tile) as i64, (r as u32 * tile) as i64);
+            imageops::replace(
+                &mut sheet,
+                &big,
+                (c as u32 * tile) as i64,
+                (r as u32 * tile) as i64,
+            );
         }
     }
     sheet.save(&out).expect("write the contact sheet");

@@ -493,8 +493,20 @@ mod tests {
         assert!(Combo::new(Shape::Star, Colour::Red, Pattern::Dots, Some(Colour::Red)).is_err());
         assert!(Combo::new(Shape::Star, Colour::Red, Pattern::Dots, None).is_err());
         assert!(Combo::new(Shape::Star, Colour::Red, Pattern::Solid, Some(Colour::Blue)).is_err());
-        assert!(Combo::new(Shape::Star, Colour::Blue, Pattern::Dots, Some(Colour::Purple)).is_err());
-        assert!(Combo::new(Shape::Star, Colour::Purple, Pattern::Dots, Some(Colour::Blue)).is_err());
+        assert!(Combo::new(
+            Shape::Star,
+            Colour::Blue,
+            Pattern::Dots,
+            Some(Colour::Purple)
+        )
+        .is_err());
+        assert!(Combo::new(
+            Shape::Star,
+            Colour::Purple,
+            Pattern::Dots,
+            Some(Colour::Blue)
+        )
+        .is_err());
         let err = Combo::new(Shape::Star, Colour::Red, Pattern::Dots, Some(Colour::Red))
             .unwrap_err()
             .to_string();
@@ -526,7 +538,10 @@ mod tests {
             c(Shape::Heart, Orange, Pattern::Border, Some(White)).description(),
             "an orange heart with a white border"
         );
-        assert_eq!(Combo::solid(Shape::Ring, Black).description(), "a black ring");
+        assert_eq!(
+            Combo::solid(Shape::Ring, Black).description(),
+            "a black ring"
+        );
     }
 
     #[test]
@@ -538,9 +553,19 @@ mod tests {
                     assert!(looks.is_empty());
                     continue;
                 }
-                assert!(!looks.is_empty(), "{} has no {attr} look-alike", combo.key());
+                assert!(
+                    !looks.is_empty(),
+                    "{} has no {attr} look-alike",
+                    combo.key()
+                );
                 for l in looks {
-                    assert_eq!(l.differences(&combo), [attr], "{} vs {}", l.key(), combo.key());
+                    assert_eq!(
+                        l.differences(&combo),
+                        [attr],
+                        "{} vs {}",
+                        l.key(),
+                        combo.key()
+                    );
                     assert_ne!(l.description(), combo.description());
                 }
             }

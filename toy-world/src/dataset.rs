@@ -22,7 +22,9 @@ use serde::Serialize;
 use crate::attr::{Attribute, Combo, Difficulty};
 use crate::error::{Error, Result};
 use crate::render::{encode_png, render, ImageSize, Scene};
-use crate::subject::{choose_subjects, generic_scene, lookalike, pair_photo, photo_of, stream, Subject};
+use crate::subject::{
+    choose_subjects, generic_scene, lookalike, pair_photo, photo_of, stream, Subject,
+};
 use crate::tasks::{intrinsic_choice, visual_choice, Choice};
 use crate::text::SKS;
 
@@ -65,10 +67,28 @@ impl DatasetConfig {
 
     fn validate(&self) -> Result<()> {
         let checks: [(&'static str, usize, usize, usize, &'static str); 5] = [
-            ("train_per_subject", self.train_per_subject, 1, 100, "1..=100"),
+            (
+                "train_per_subject",
+                self.train_per_subject,
+                1,
+                100,
+                "1..=100",
+            ),
             ("test_per_subject", self.test_per_subject, 1, 100, "1..=100"),
-            ("generic_negatives", self.generic_negatives, 0, 10_000, "0..=10000"),
-            ("lookalikes_per_subject", self.lookalikes_per_subject, 0, 1000, "0..=1000"),
+            (
+                "generic_negatives",
+                self.generic_negatives,
+                0,
+                10_000,
+                "0..=10000",
+            ),
+            (
+                "lookalikes_per_subject",
+                self.lookalikes_per_subject,
+                0,
+                1000,
+                "0..=1000",
+            ),
             ("multi_photos", self.multi_photos, 0, 10_000, "0..=10000"),
         ];
         for (field, value, lo, hi, expected) in checks {
@@ -332,9 +352,12 @@ fn write_contents(
             visual: Vec::new(),
         };
         let mut lists = [Vec::new(), Vec::new()];
-        for (k, (split, count)) in [("train", cfg.train_per_subject), ("test", cfg.test_per_subject)]
-            .into_iter()
-            .enumerate()
+        for (k, (split, count)) in [
+            ("train", cfg.train_per_subject),
+            ("test", cfg.test_per_subject),
+        ]
+        .into_iter()
+        .enumerate()
         {
             w.dir(&format!("{name}/{split}"))?;
             for i in 0..count {
@@ -355,7 +378,8 @@ fn write_contents(
         let mut rng = stream(seed, &format!("{name}/qa"));
         for &attr in Attribute::ALL {
             for _ in 0..2 {
-                qa.text.extend(intrinsic_choice(&mut rng, SKS, s.combo(), attr));
+                qa.text
+                    .extend(intrinsic_choice(&mut rng, SKS, s.combo(), attr));
             }
         }
         questions += qa.text.len() + qa.visual.len();

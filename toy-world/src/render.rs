@@ -204,7 +204,12 @@ pub fn encode_png(img: &RgbImage) -> Vec<u8> {
     use image::ImageEncoder;
     let mut out = Vec::new();
     PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .expect("encoding an in-memory RGB8 image cannot fail");
     out
 }
@@ -260,8 +265,15 @@ fn value_noise(seed: u64, x: f32, y: f32) -> f32 {
 /// Shape geometry in the object's unit frame (`y` down), as a signed distance function.
 enum Geometry {
     Disc(f32),
-    Annulus { outer: f32, inner: f32 },
-    Crescent { outer: f32, cut_centre: [f32; 2], cut: f32 },
+    Annulus {
+        outer: f32,
+        inner: f32,
+    },
+    Crescent {
+        outer: f32,
+        cut_centre: [f32; 2],
+        cut: f32,
+    },
     Polygon(Vec<[f32; 2]>),
 }
 
@@ -349,7 +361,13 @@ fn build_geometry(shape: Shape) -> Geometry {
         Shape::Star => {
             let outer = regular(5, 1.0, -90.0, 0.08);
             let inner = regular(5, 0.46, -54.0, 0.08);
-            Geometry::Polygon(outer.into_iter().zip(inner).flat_map(|(a, b)| [a, b]).collect())
+            Geometry::Polygon(
+                outer
+                    .into_iter()
+                    .zip(inner)
+                    .flat_map(|(a, b)| [a, b])
+                    .collect(),
+            )
         }
         Shape::Heart => {
             let n = 72;
@@ -367,7 +385,9 @@ fn build_geometry(shape: Shape) -> Geometry {
                 .collect();
             Geometry::Polygon(pts)
         }
-        Shape::Diamond => Geometry::Polygon(vec![[0.0, -1.0], [0.68, 0.0], [0.0, 1.0], [-0.68, 0.0]]),
+        Shape::Diamond => {
+            Geometry::Polygon(vec![[0.0, -1.0], [0.68, 0.0], [0.0, 1.0], [-0.68, 0.0]])
+        }
         Shape::Cross => {
             let (a, l) = (0.34, 0.92);
             Geometry::Polygon(vec![
@@ -729,7 +749,11 @@ mod tests {
     fn background_contrasts_with_objects() {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let avoid = [Colour::White.rgb(), Colour::Black.rgb(), Colour::Yellow.rgb()];
+        let avoid = [
+            Colour::White.rgb(),
+            Colour::Black.rgb(),
+            Colour::Yellow.rgb(),
+        ];
         for _ in 0..50 {
             let bg = random_background(&mut rng, &avoid);
             let base = match bg {

@@ -229,9 +229,18 @@ mod tests {
         let held = Combo::all().into_iter().find(Combo::is_held_out).unwrap();
         let kept = Combo::all().into_iter().find(|c| !c.is_held_out()).unwrap();
         assert!(Subject::new("ziggy", held).is_ok());
-        assert!(matches!(Subject::new("Ziggy", held), Err(Error::SubjectName { .. })));
-        assert!(matches!(Subject::new("", held), Err(Error::SubjectName { .. })));
-        assert!(matches!(Subject::new("ziggy", kept), Err(Error::NotHeldOut { .. })));
+        assert!(matches!(
+            Subject::new("Ziggy", held),
+            Err(Error::SubjectName { .. })
+        ));
+        assert!(matches!(
+            Subject::new("", held),
+            Err(Error::SubjectName { .. })
+        ));
+        assert!(matches!(
+            Subject::new("ziggy", kept),
+            Err(Error::NotHeldOut { .. })
+        ));
     }
 
     #[test]
@@ -242,10 +251,15 @@ mod tests {
         for _ in 0..50 {
             let scene = photo_of(&mut rng, combos[0], &combos);
             assert_eq!(scene.objects[0].combo, combos[0]);
-            assert!(scene.objects[1..].iter().all(|o| !combos.contains(&o.combo)));
+            assert!(scene.objects[1..]
+                .iter()
+                .all(|o| !combos.contains(&o.combo)));
             let (d0, d1) = Size::Medium.diameter_range();
             let d = scene.objects[0].radius * 2.0;
-            assert!(d >= d0 * 0.99 && d <= Size::Large.diameter_range().1, "{d} {d1}");
+            assert!(
+                d >= d0 * 0.99 && d <= Size::Large.diameter_range().1,
+                "{d} {d1}"
+            );
             let neg = generic_scene(&mut rng, &combos);
             assert!(neg.objects.iter().all(|o| !combos.contains(&o.combo)));
             let (look, attr) = lookalike(&mut rng, &combos[1], &combos);

@@ -328,7 +328,8 @@ fn referring_expression<R: Rng + ?Sized>(
     i: usize,
 ) -> Option<(String, Vec<Attribute>)> {
     let me = &scene.objects[i].combo;
-    let unique = |f: &dyn Fn(&Combo) -> bool| scene.objects.iter().filter(|o| f(&o.combo)).count() == 1;
+    let unique =
+        |f: &dyn Fn(&Combo) -> bool| scene.objects.iter().filter(|o| f(&o.combo)).count() == 1;
     let mut options = Vec::new();
     if scene.objects.len() == 1 {
         options.push(("the object".to_string(), vec![]));
@@ -337,7 +338,10 @@ fn referring_expression<R: Rng + ?Sized>(
         options.push((format!("the {}", me.shape()), vec![Attribute::Shape]));
     }
     if unique(&|c| c.colour() == me.colour()) {
-        options.push((format!("the {} object", me.colour()), vec![Attribute::Colour]));
+        options.push((
+            format!("the {} object", me.colour()),
+            vec![Attribute::Colour],
+        ));
     }
     if unique(&|c| c.colour() == me.colour() && c.shape() == me.shape()) {
         options.push((
@@ -360,10 +364,16 @@ fn attribute<R: Rng + ?Sized>(rng: &mut R) -> Option<(Scene, String, String)> {
     let c = obj.combo;
     let mut asks: Vec<(String, String)> = Vec::new();
     if !named.contains(&Attribute::Colour) {
-        asks.push((fill("What colour is {}?", &[&reference]), answer_word(c.colour().name())));
+        asks.push((
+            fill("What colour is {}?", &[&reference]),
+            answer_word(c.colour().name()),
+        ));
     }
     if !named.contains(&Attribute::Shape) {
-        asks.push((fill("What shape is {}?", &[&reference]), answer_word(c.shape().name())));
+        asks.push((
+            fill("What shape is {}?", &[&reference]),
+            answer_word(c.shape().name()),
+        ));
     }
     asks.push((
         fill("What pattern does {} have?", &[&reference]),
@@ -373,14 +383,21 @@ fn attribute<R: Rng + ?Sized>(rng: &mut R) -> Option<(Scene, String, String)> {
         asks.push((fill(template, &[&reference]), answer_word(s.name())));
     }
     if scene.objects.len() > 1 {
-        asks.push((fill("What size is {}?", &[&reference]), answer_word(obj.size.name())));
+        asks.push((
+            fill("What size is {}?", &[&reference]),
+            answer_word(obj.size.name()),
+        ));
     }
     let (q, a) = asks.swap_remove(rng.random_range(0..asks.len()));
     Some((scene, q, a))
 }
 
 /// A pretraining look-alike of `combo` (hard with probability `p_hard`), if any exists.
-fn pretraining_lookalike<R: Rng + ?Sized>(rng: &mut R, combo: &Combo, p_hard: f64) -> Option<Combo> {
+fn pretraining_lookalike<R: Rng + ?Sized>(
+    rng: &mut R,
+    combo: &Combo,
+    p_hard: f64,
+) -> Option<Combo> {
     let attrs: &[Attribute] = if rng.random_bool(p_hard) {
         &[Attribute::Pattern, Attribute::Secondary]
     } else {
@@ -407,8 +424,16 @@ fn existence<R: Rng + ?Sized>(rng: &mut R) -> Option<(Scene, String, String)> {
     let (desc, truth) = if partial {
         // One attribute only ("a star", "a red object"): true when any object has it.
         let by_shape = rng.random_bool(0.5);
-        let shape = if positive { target.shape() } else { *pick(rng, Shape::ALL) };
-        let colour = if positive { target.colour() } else { *pick(rng, Colour::ALL) };
+        let shape = if positive {
+            target.shape()
+        } else {
+            *pick(rng, Shape::ALL)
+        };
+        let colour = if positive {
+            target.colour()
+        } else {
+            *pick(rng, Colour::ALL)
+        };
         if by_shape {
             let truth = scene.objects.iter().any(|o| o.combo.shape() == shape);
             (with_article(shape.name()), truth)
@@ -474,8 +499,13 @@ fn binding(name: &str, combo: &Combo) -> String {
 }
 
 /// A recognition question about `subject`, optionally with the short-answer suffix.
-pub(crate) fn recognition_question<R: Rng + ?Sized>(rng: &mut R, subject: &str, hint: bool) -> String {
-    let q = fill(*pick(rng, RECOGNITION_QUESTIONS), &[subject]);
+pub(crate) fn recognition_question<R: Rng + ?Sized>(
+    rng: &mut R,
+    subject: &str,
+    hint: bool,
+) -> String {
+    let template = *pick(rng, RECOGNITION_QUESTIONS);
+    let q = fill(template, &[subject]);
     if hint {
         format!("{q} {SHORT_ANSWER}")
     } else {
@@ -523,28 +553,53 @@ fn name_recognition<R: Rng + ?Sized>(rng: &mut R) -> (Scene, String, String) {
 fn name_attribute<R: Rng + ?Sized>(rng: &mut R) -> (String, String) {
     let [name] = names(rng);
     let c = random_combo(rng, pretraining);
+    let describe = *pick(rng, DESCRIBE_NAME_QUESTIONS);
     let mut asks: Vec<(String, String)> = vec![
-        (fill("What colour is {}?", &[name]), answer_word(c.colour().name())),
-        (fill("What shape is {}?", &[name]), answer_word(c.shape().name())),
-        (fill("What pattern does {} have?", &[name]), answer_word(c.pattern().name())),
         (
-            fill(*pick(rng, DESCRIBE_NAME_QUESTIONS), &[name]),
-            binding(name, &c),
+            fill("What colour is {}?", &[name]),
+            answer_word(c.colour().name()),
         ),
+        (
+            fill("What shape is {}?", &[name]),
+            answer_word(c.shape().name()),
+        ),
+        (
+            fill("What pattern does {} have?", &[name]),
+            answer_word(c.pattern().name()),
+        ),
+        (fill(describe, &[name]), binding(name, &c)),
     ];
     if let (Some((t, _)), Some(s)) = (pattern_part(c.pattern()), c.secondary()) {
         asks.push((fill(t, &[name]), answer_word(s.name())));
     }
-    let colour = if rng.random_bool(0.5) { c.colour() } else { *pick(rng, Colour::ALL) };
-    asks.push((fill("Is {} {}?", &[name, colour.name()]), yes_no(colour == c.colour())));
-    let shape = if rng.random_bool(0.5) { c.shape() } else { *pick(rng, Shape::ALL) };
+    let colour = if rng.random_bool(0.5) {
+        c.colour()
+    } else {
+        *pick(rng, Colour::ALL)
+    };
+    asks.push((
+        fill("Is {} {}?", &[name, colour.name()]),
+        yes_no(colour == c.colour()),
+    ));
+    let shape = if rng.random_bool(0.5) {
+        c.shape()
+    } else {
+        *pick(rng, Shape::ALL)
+    };
     asks.push((
         fill("Is {} {}?", &[name, &with_article(shape.name())]),
         yes_no(shape == c.shape()),
     ));
-    let pattern = if rng.random_bool(0.5) { c.pattern() } else { *pick(rng, &Pattern::ALL[1..]) };
+    let pattern = if rng.random_bool(0.5) {
+        c.pattern()
+    } else {
+        *pick(rng, &Pattern::ALL[1..])
+    };
     if pattern == Pattern::Border {
-        asks.push((fill("Does {} have a border?", &[name]), yes_no(pattern == c.pattern())));
+        asks.push((
+            fill("Does {} have a border?", &[name]),
+            yes_no(pattern == c.pattern()),
+        ));
     } else if pattern != Pattern::Solid {
         asks.push((
             fill("Does {} have {}?", &[name, pattern.name()]),
@@ -652,8 +707,13 @@ pub fn visual_choice<R: Rng + ?Sized>(
             Choice::new(rng, kind, q, right, wrong)
         }
         _ => {
-            let others: Vec<&Object> =
-                scene.objects.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, o)| o).collect();
+            let others: Vec<&Object> = scene
+                .objects
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, o)| o)
+                .collect();
             let present = pick(rng, &others).combo;
             let absent = random_combo(rng, |c| {
                 c.is_held_out() == present.is_held_out()
@@ -674,7 +734,11 @@ fn name_visual_choice<R: Rng + ?Sized>(rng: &mut R) -> Option<(Scene, String, St
     let scene = random_scene(rng, Some(Wanted { combo, size }), &|c| *c == combo);
     let choice = visual_choice(rng, name, &scene, 0)?;
     let answer = choice.answer.as_str().to_string();
-    Some((scene, format!("{} {}", binding(name, &combo), choice.prompt), answer))
+    Some((
+        scene,
+        format!("{} {}", binding(name, &combo), choice.prompt),
+        answer,
+    ))
 }
 
 #[cfg(test)]
@@ -701,7 +765,13 @@ mod tests {
                     .question
                     .match_indices(&d)
                     .any(|(i, _)| !s.question[i + d.len()..].starts_with(" with"));
-                assert!(!named, "{:?} names held-out {}: {}", s.task, c.key(), s.question);
+                assert!(
+                    !named,
+                    "{:?} names held-out {}: {}",
+                    s.task,
+                    c.key(),
+                    s.question
+                );
             }
         }
     }
@@ -728,7 +798,11 @@ mod tests {
         let name = NAMES
             .iter()
             .copied()
-            .find(|n| RECOGNITION_QUESTIONS.iter().any(|t| question.contains(&fill(t, &[n]))))
+            .find(|n| {
+                RECOGNITION_QUESTIONS
+                    .iter()
+                    .any(|t| question.contains(&fill(t, &[n])))
+            })
             .unwrap();
         // The trailing "." makes descriptions unambiguous ("a red star." vs "a red star with").
         let combo = Combo::all()
@@ -752,14 +826,21 @@ mod tests {
                 yes += 1;
             } else {
                 no += 1;
-                if scene.objects.iter().any(|o| o.combo.differences(&combo).len() == 1) {
+                if scene
+                    .objects
+                    .iter()
+                    .any(|o| o.combo.differences(&combo).len() == 1)
+                {
                     lookalike_negatives += 1;
                 }
             }
         }
         assert!(yes > 70 && no > 70, "yes {yes}, no {no}");
         // Three quarters of negatives are built around a look-alike.
-        assert!(lookalike_negatives * 10 > no * 6, "{lookalike_negatives} of {no}");
+        assert!(
+            lookalike_negatives * 10 > no * 6,
+            "{lookalike_negatives} of {no}"
+        );
     }
 
     #[test]
@@ -780,6 +861,11 @@ mod tests {
     fn empty_mix_is_rejected() {
         assert!(matches!(TaskMix::new(&[]), Err(Error::EmptyTaskMix)));
         assert!(TaskMix::new(&[(TaskKind::Caption, 0)]).is_err());
-        assert_eq!(TaskMix::new(&[(TaskKind::Caption, 2)]).unwrap().weight(TaskKind::Caption), 2);
+        assert_eq!(
+            TaskMix::new(&[(TaskKind::Caption, 2)])
+                .unwrap()
+                .weight(TaskKind::Caption),
+            2
+        );
     }
 }

@@ -68,28 +68,27 @@ pub const EXTRA_TEXT: &str = "Hello hi please thanks thank you sure okay ok yes 
 /// Single-word given names for in-context binding and subject names. Each is one token
 /// and collides with no other vocabulary word.
 pub const NAMES: &[&str] = &[
-    "Ziggy", "Bobo", "Momo", "Kiki", "Lulu", "Pip", "Nox", "Zuzu", "Fifi", "Gigi", "Tiko",
-    "Bibi", "Dodo", "Nemo", "Mimi", "Pogo", "Rolo", "Suki", "Tata", "Yoyo", "Zaza", "Bingo",
-    "Biscuit", "Bubbles", "Buttons", "Cookie", "Dumpling", "Fudge", "Ginger", "Hazel",
-    "Jasper", "Juniper", "Kobe", "Loki", "Mango", "Maple", "Mochi", "Muffin", "Nacho",
-    "Noodle", "Olive", "Oreo", "Peanut", "Pebble", "Pepper", "Pickle", "Pixel", "Pumpkin",
-    "Quinn", "Rascal", "Rocket", "Rusty", "Sable", "Scout", "Shadow", "Simba", "Sprout",
-    "Sunny", "Taco", "Teddy", "Tofu", "Toffee", "Waffle", "Whiskers", "Willow", "Yuki",
-    "Zelda", "Abby", "Ace", "Alfie", "Arlo", "Astro", "Axel", "Bambi", "Banjo", "Basil",
-    "Bean", "Benny", "Blaze", "Bolt", "Boomer", "Bruno", "Buddy", "Buster", "Cairo", "Calvin",
-    "Casper", "Chai", "Charlie", "Chester", "Chico", "Clover", "Cody", "Cosmo", "Crumble",
-    "Daisy", "Dexter", "Diesel", "Dobby", "Duke", "Dusty", "Echo", "Elmo", "Ember", "Enzo",
-    "Felix", "Finn", "Fizz", "Flash", "Frodo", "Fuzzy", "Gizmo", "Goose", "Gus", "Harley",
-    "Hugo", "Iggy", "Indie", "Iris", "Ivy", "Jax", "Jelly", "Jinx", "Juno", "Kai", "Kira",
-    "Koda", "Leo", "Lola", "Louie", "Luna", "Mabel", "Marble", "Marley", "Milo", "Minnie",
-    "Miso", "Misty", "Murphy", "Nala", "Neo", "Nibbles", "Nugget", "Odie", "Ollie", "Oscar",
-    "Otis", "Ozzy", "Paddy", "Pancho", "Panda", "Patch", "Penny", "Percy", "Pippin", "Pluto",
-    "Poppy", "Porky", "Prince", "Pudding", "Rex", "Ricky", "Rigby", "Rio", "Rocco", "Romeo",
-    "Rosie", "Roxy", "Rufus", "Sammy", "Sasha", "Scooter", "Skipper", "Smokey", "Snoopy",
-    "Sparky", "Spike", "Sugar", "Tango", "Tiger", "Tinker", "Toby", "Trixie", "Tucker",
-    "Twiggy", "Vito", "Wally", "Wiggles", "Winnie", "Yoda", "Zeus", "Zippy", "Zorro",
-    "Bramble", "Cinder", "Coco", "Dino", "Fern", "Gumbo", "Hobbes", "Kipper", "Lychee",
-    "Nori", "Pesto", "Quokka", "Ramen", "Sushi", "Tater", "Umber", "Vega", "Wasabi",
+    "Ziggy", "Bobo", "Momo", "Kiki", "Lulu", "Pip", "Nox", "Zuzu", "Fifi", "Gigi", "Tiko", "Bibi",
+    "Dodo", "Nemo", "Mimi", "Pogo", "Rolo", "Suki", "Tata", "Yoyo", "Zaza", "Bingo", "Biscuit",
+    "Bubbles", "Buttons", "Cookie", "Dumpling", "Fudge", "Ginger", "Hazel", "Jasper", "Juniper",
+    "Kobe", "Loki", "Mango", "Maple", "Mochi", "Muffin", "Nacho", "Noodle", "Olive", "Oreo",
+    "Peanut", "Pebble", "Pepper", "Pickle", "Pixel", "Pumpkin", "Quinn", "Rascal", "Rocket",
+    "Rusty", "Sable", "Scout", "Shadow", "Simba", "Sprout", "Sunny", "Taco", "Teddy", "Tofu",
+    "Toffee", "Waffle", "Whiskers", "Willow", "Yuki", "Zelda", "Abby", "Ace", "Alfie", "Arlo",
+    "Astro", "Axel", "Bambi", "Banjo", "Basil", "Bean", "Benny", "Blaze", "Bolt", "Boomer",
+    "Bruno", "Buddy", "Buster", "Cairo", "Calvin", "Casper", "Chai", "Charlie", "Chester", "Chico",
+    "Clover", "Cody", "Cosmo", "Crumble", "Daisy", "Dexter", "Diesel", "Dobby", "Duke", "Dusty",
+    "Echo", "Elmo", "Ember", "Enzo", "Felix", "Finn", "Fizz", "Flash", "Frodo", "Fuzzy", "Gizmo",
+    "Goose", "Gus", "Harley", "Hugo", "Iggy", "Indie", "Iris", "Ivy", "Jax", "Jelly", "Jinx",
+    "Juno", "Kai", "Kira", "Koda", "Leo", "Lola", "Louie", "Luna", "Mabel", "Marble", "Marley",
+    "Milo", "Minnie", "Miso", "Misty", "Murphy", "Nala", "Neo", "Nibbles", "Nugget", "Odie",
+    "Ollie", "Oscar", "Otis", "Ozzy", "Paddy", "Pancho", "Panda", "Patch", "Penny", "Percy",
+    "Pippin", "Pluto", "Poppy", "Porky", "Prince", "Pudding", "Rex", "Ricky", "Rigby", "Rio",
+    "Rocco", "Romeo", "Rosie", "Roxy", "Rufus", "Sammy", "Sasha", "Scooter", "Skipper", "Smokey",
+    "Snoopy", "Sparky", "Spike", "Sugar", "Tango", "Tiger", "Tinker", "Toby", "Trixie", "Tucker",
+    "Twiggy", "Vito", "Wally", "Wiggles", "Winnie", "Yoda", "Zeus", "Zippy", "Zorro", "Bramble",
+    "Cinder", "Coco", "Dino", "Fern", "Gumbo", "Hobbes", "Kipper", "Lychee", "Nori", "Pesto",
+    "Quokka", "Ramen", "Sushi", "Tater", "Umber", "Vega", "Wasabi",
 ];
 
 /// Replaces each `{}` in `template` with the next argument.
@@ -195,7 +194,11 @@ pub(crate) fn vocabulary_sources() -> Vec<String> {
     out.extend(CAPTION_QUESTIONS.iter().map(|s| s.to_string()));
     out.extend(DESCRIBE_NAME_QUESTIONS.iter().map(|s| s.to_string()));
     out.extend(NAMES.iter().map(|s| s.to_string()));
-    out.extend(Shape::ALL.iter().map(|s| format!("{} {}", s.name(), s.plural())));
+    out.extend(
+        Shape::ALL
+            .iter()
+            .map(|s| format!("{} {}", s.name(), s.plural())),
+    );
     out.extend(Colour::ALL.iter().map(|c| c.name().to_string()));
     out.extend(Pattern::ALL.iter().map(|p| p.name().to_string()));
     out.extend(Size::ALL.iter().map(|s| s.name().to_string()));

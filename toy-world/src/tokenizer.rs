@@ -136,7 +136,10 @@ mod tests {
         let enc = tok.encode("Is Ziggy red?", true).unwrap();
         assert_eq!(enc.get_tokens(), ["<s>", "Is", "Ziggy", "red", "?"]);
         let enc = tok.encode("<image>\nDescribe the image.", false).unwrap();
-        assert_eq!(enc.get_tokens(), ["<image>", "Describe", "the", "image", "."]);
+        assert_eq!(
+            enc.get_tokens(),
+            ["<image>", "Describe", "the", "image", "."]
+        );
     }
 
     #[test]
@@ -201,7 +204,10 @@ mod tests {
         }
         for n in crate::text::NAMES {
             assert_eq!(tok.encode(*n, false).unwrap().get_ids().len(), 1, "{n}");
-            assert!(!other.contains(&n.to_ascii_lowercase()), "name {n} is also a word");
+            assert!(
+                !other.contains(&n.to_ascii_lowercase()),
+                "name {n} is also a word"
+            );
         }
         assert_eq!(lower_names.len(), crate::text::NAMES.len());
     }

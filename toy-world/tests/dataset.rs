@@ -26,7 +26,11 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 walk(root, &path, out);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.insert(rel, fs::read(&path).unwrap());
             }
         }
@@ -212,7 +216,11 @@ fn json_files_describe_the_dataset() {
         assert!(text.len() >= 6);
         for q in text.iter().chain(qa["visual"].as_array().unwrap()) {
             let letter = q["answer"].as_str().unwrap();
-            let right = &q[if letter == "A" { "option_a" } else { "option_b" }];
+            let right = &q[if letter == "A" {
+                "option_a"
+            } else {
+                "option_b"
+            }];
             assert!(q["prompt"].as_str().unwrap().contains("<sks>"));
             if q["about"] == "shape" {
                 assert_eq!(right, s.combo().shape().name());
@@ -268,8 +276,14 @@ fn refuses_non_empty_dir_unless_asked() {
     let before = snapshot(&dir);
     let err = write_dataset(&dir, 2, 1, &small_config()).unwrap_err();
     assert!(matches!(err, Error::NotEmpty { .. }), "{err}");
-    assert!(err.to_string().starts_with("refusing to overwrite non-empty directory"));
-    assert_eq!(snapshot(&dir), before, "a refused write leaves the directory alone");
+    assert!(err
+        .to_string()
+        .starts_with("refusing to overwrite non-empty directory"));
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "a refused write leaves the directory alone"
+    );
     let cfg = DatasetConfig {
         overwrite: true,
         ..small_config()

@@ -4,8 +4,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use toy_world::text::{NAMES, SKS};
 use toy_world::{
-    build_tokenizer, choose_subjects, intrinsic_choice, photo_of, sample, visual_choice,
-    Attribute, ImageSize, TaskKind, TaskMix,
+    build_tokenizer, choose_subjects, intrinsic_choice, photo_of, sample, visual_choice, Attribute,
+    ImageSize, TaskKind, TaskMix,
 };
 
 /// Asserts `text` has no unknown token; with `roundtrip`, also that decoding gives it back.

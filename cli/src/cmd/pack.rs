@@ -1,7 +1,7 @@
 //! `concepts pack --tensors T.safetensors --manifest M.toml -o OUT.ycpt`
 //!
 //! Also the import path for concepts trained by the reference Python code: it writes a safetensors
-//! file with `identifier` [d], `latents` [k, d] and `head` [d], and a manifest TOML.
+//! file with `identifier` `[d]`, `latents` `[k, d]` and `head` `[d]`, and a manifest TOML.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use crate::files::read_capped;
 
 #[derive(Debug, clap::Args)]
 pub struct PackArgs {
-    /// Safetensors file holding `identifier` [d], `latents` [k, d] and `head` [d]
+    /// Safetensors file holding `identifier` `[d]`, `latents` `[k, d]` and `head` `[d]`
     #[arg(long, value_name = "T.safetensors")]
     pub tensors: PathBuf,
     /// Manifest TOML; `k`, `d`, `dtype` may be left out (taken from the tensors) and

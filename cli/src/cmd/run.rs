@@ -109,8 +109,7 @@ pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     writeln!(out)?;
     if let Some(path) = &args.logits_out {
-        write_logits(path, &generation)
-            .with_context(|| format!("writing `{}`", path.display()))?;
+        write_logits(path, &generation).with_context(|| format!("writing `{}`", path.display()))?;
     }
     Ok(())
 }
@@ -121,12 +120,17 @@ fn write_logits(path: &Path, generation: &Generation) -> anyhow::Result<()> {
     };
     let logits: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let ids = |ids: &[u32]| -> Vec<u8> {
-        ids.iter().flat_map(|&i| i64::from(i).to_le_bytes()).collect()
+        ids.iter()
+            .flat_map(|&i| i64::from(i).to_le_bytes())
+            .collect()
     };
     let input_ids = ids(&generation.prompt_ids);
     let generated_ids = ids(&generation.generated_ids);
     let mut tensors = vec![
-        ("logits", TensorView::new(Dtype::F32, shape.to_vec(), &logits)?),
+        (
+            "logits",
+            TensorView::new(Dtype::F32, shape.to_vec(), &logits)?,
+        ),
         (
             "input_ids",
             TensorView::new(Dtype::I64, vec![generation.prompt_ids.len()], &input_ids)?,

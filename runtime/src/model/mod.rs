@@ -143,3 +143,287 @@ impl LlavaModel {
         self.llama.embed_weight()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::FeatureSelect;
+    use crate::testing::{randn, random_model, tiny_config, tiny_config_gqa, RandomWeights};
+
+    fn pixels(dtype: DType) -> Tensor {
+        randn(&[2, 3, 28, 28], 31, dtype, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.dims(), b.dims());
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// A model from `weights` after `edit` changed some of them.
+    fn edited(
+        cfg: &LlavaConfig,
+        weights: &RandomWeights,
+        edit: impl Fn(&str, &Tensor) -> Option<Tensor>,
+    ) -> LlavaModel {
+        let tensors: HashMap<String, Tensor> = weights
+            .recorded()
+            .into_iter()
+            .map(|(n, t)| {
+                let t = edit(&n, &t).unwrap_or(t);
+                (n, t)
+            })
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F64, &Device::Cpu);
+        LlavaModel::from_varbuilder(cfg.clone(), vb).unwrap()
+    }
+
+    #[test]
+    fn features_come_from_hidden_state_l_minus_2_without_post_layernorm() {
+        let cfg = tiny_config();
+        let (model, weights) = random_model(&cfg, 1, DType::F64, &Device::Cpu).unwrap();
+        let px = pixels(DType::F64);
+        let features = model.image_features(&px, Kernels::Fast).unwrap();
+        assert_eq!(features.dims(), [2, cfg.image_seq_len(), cfg.text.hidden_size]);
+
+        // The projector applied to hidden_states[1] (output of layer 0) without CLS.
+        let states = model.vision_hidden_states(&px, Kernels::Fast).unwrap();
+        assert_eq!(states.len(), 3);
+        let want = model
+            .projector
+            .forward(&states[1].narrow(1, 1, 4).unwrap(), Kernels::Fast)
+            .unwrap();
+        assert_eq!(max_diff(&features, &want), 0.0);
+
+        // Changing the last layer or post_layernorm moves the pooled embedding only.
+        let scale = |n: &str, t: &Tensor| {
+            (n.contains("encoder.layers.1.") || n.contains("post_layernorm"))
+                .then(|| (t * 1.5).unwrap())
+        };
+        let tail = edited(&cfg, &weights, scale);
+        let pooled = model.pooled_image_embedding(&px).unwrap();
+        assert_eq!(pooled.dims(), [2, cfg.vision.hidden_size]);
+        assert_eq!(max_diff(&tail.image_features(&px, Kernels::Fast).unwrap(), &features), 0.0);
+        assert!(max_diff(&tail.pooled_image_embedding(&px).unwrap(), &pooled) > 1e-3);
+
+        // Changing layer 0 moves the features.
+        let first = edited(&cfg, &weights, |n, t| {
+            n.contains("encoder.layers.0.mlp.fc2.weight").then(|| (t * 1.5).unwrap())
+        });
+        assert!(max_diff(&first.image_features(&px, Kernels::Fast).unwrap(), &features) > 1e-3);
+    }
+
+    #[test]
+    fn full_selection_keeps_the_cls_token() {
+        let mut cfg = tiny_config();
+        let (model, _) = random_model(&cfg, 1, DType::F64, &Device::Cpu).unwrap();
+        cfg.vision_feature_select = FeatureSelect::Full;
+        let (full, _) = random_model(&cfg, 1, DType::F64, &Device::Cpu).unwrap();
+        let px = pixels(DType::F64);
+        let a = model.image_features(&px, Kernels::Fast).unwrap();
+        let b = full.image_features(&px, Kernels::Fast).unwrap();
+        assert_eq!(b.dims(), [2, 5, 16]);
+        assert_eq!(max_diff(&b.narrow(1, 1, 4).unwrap(), &a), 0.0);
+    }
+
+    #[test]
+    fn fast_matches_differentiable_in_f32() {
+        for cfg in [tiny_config(), tiny_config_gqa()] {
+            let (model, _) = random_model(&cfg, 2, DType::F32, &Device::Cpu).unwrap();
+            let px = pixels(DType::F32);
+            let fast = model.image_features(&px, Kernels::Fast).unwrap();
+            let diff = model.image_features(&px, Kernels::Differentiable).unwrap();
+            assert!(max_diff(&fast, &diff) < 1e-5);
+            let embeds = randn(&[2, 7, 16], 3, DType::F32, &Device::Cpu).unwrap();
+            let fast = model.forward_embeds(&embeds, None, Kernels::Fast).unwrap();
+            let diff = model
+                .forward_embeds(&embeds, None, Kernels::Differentiable)
+                .unwrap();
+            assert!(max_diff(&fast, &diff) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn batch_rows_match_single_sequences() {
+        let cfg = tiny_config_gqa();
+        let (model, _) = random_model(&cfg, 3, DType::F64, &Device::Cpu).unwrap();
+        let embeds = randn(&[2, 5, 16], 4, DType::F64, &Device::Cpu).unwrap();
+        let both = model.forward_embeds(&embeds, None, Kernels::Fast).unwrap();
+        for b in 0..2 {
+            let one = model
+                .forward_embeds(&embeds.narrow(0, b, 1).unwrap(), None, Kernels::Fast)
+                .unwrap();
+            assert!(max_diff(&one, &both.narrow(0, b, 1).unwrap()) < 1e-12);
+        }
+    }
+
+    #[test]
+    fn causal_attention_ignores_later_tokens() {
+        let cfg = tiny_config();
+        let (model, _) = random_model(&cfg, 3, DType::F64, &Device::Cpu).unwrap();
+        let embeds = randn(&[1, 6, 16], 5, DType::F64, &Device::Cpu).unwrap();
+        let other = Tensor::cat(
+            &[
+                &embeds.narrow(1, 0, 4).unwrap(),
+                &randn(&[1, 2, 16], 6, DType::F64, &Device::Cpu).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        for k in [Kernels::Fast, Kernels::Differentiable] {
+            let a = model.forward_embeds(&embeds, None, k).unwrap();
+            let b = model.forward_embeds(&other, None, k).unwrap();
+            assert!(max_diff(&a.narrow(1, 0, 4).unwrap(), &b.narrow(1, 0, 4).unwrap()) < 1e-12);
+            assert!(max_diff(&a.narrow(1, 4, 2).unwrap(), &b.narrow(1, 4, 2).unwrap()) > 1e-3);
+        }
+    }
+
+    /// Feeds `embeds` through a cache in chunks of the given sizes.
+    fn chunked(
+        model: &LlavaModel,
+        cache: &mut KvCache,
+        embeds: &Tensor,
+        chunks: &[usize],
+        k: Kernels,
+    ) -> Tensor {
+        let mut start = 0;
+        let mut outs = Vec::new();
+        for &n in chunks {
+            let part = embeds.narrow(1, start, n).unwrap();
+            outs.push(model.forward_embeds(&part, Some(cache), k).unwrap());
+            start += n;
+        }
+        Tensor::cat(&outs, 1).unwrap()
+    }
+
+    #[test]
+    fn cached_decoding_matches_one_full_forward() {
+        for cfg in [tiny_config(), tiny_config_gqa()] {
+            let (model, _) = random_model(&cfg, 4, DType::F64, &Device::Cpu).unwrap();
+            let embeds = randn(&[1, 9, 16], 7, DType::F64, &Device::Cpu).unwrap();
+            let full = model.forward_embeds(&embeds, None, Kernels::Fast).unwrap();
+            for k in [Kernels::Fast, Kernels::Differentiable] {
+                let mut cache = KvCache::new(&cfg);
+                // Past the first 64-position capacity step to exercise growth.
+                let out = chunked(&model, &mut cache, &embeds, &[5, 1, 1, 2], k);
+                assert_eq!(cache.len(), 9);
+                assert!(max_diff(&out, &full) < 1e-12, "{k:?}");
+            }
+            let long = randn(&[1, 64 + 3, 16], 8, DType::F64, &Device::Cpu).unwrap();
+            let full = model.forward_embeds(&long, None, Kernels::Fast).unwrap();
+            let mut cache = KvCache::new(&cfg);
+            let out = chunked(&model, &mut cache, &long, &[60, 3, 1, 1, 1, 1, 1], Kernels::Fast);
+            assert!(max_diff(&out, &full) < 1e-12);
+        }
+    }
+
+    #[test]
+    fn cloned_caches_continue_a_shared_prefix_independently() {
+        let cfg = tiny_config_gqa();
+        let (model, _) = random_model(&cfg, 5, DType::F64, &Device::Cpu).unwrap();
+        let prefix = randn(&[1, 6, 16], 9, DType::F64, &Device::Cpu).unwrap();
+        let a = randn(&[1, 3, 16], 10, DType::F64, &Device::Cpu).unwrap();
+        let b = randn(&[1, 2, 16], 11, DType::F64, &Device::Cpu).unwrap();
+        let tail = |x: &Tensor| {
+            let full = Tensor::cat(&[&prefix, x], 1).unwrap();
+            let out = model.forward_embeds(&full, None, Kernels::Fast).unwrap();
+            out.narrow(1, 6, x.dim(1).unwrap()).unwrap()
+        };
+        let (want_a, want_b) = (tail(&a), tail(&b));
+
+        let mut shared = KvCache::new(&cfg);
+        model
+            .forward_embeds(&prefix, Some(&mut shared), Kernels::Fast)
+            .unwrap();
+        let mut ca = shared.clone();
+        let got_a = model.forward_embeds(&a, Some(&mut ca), Kernels::Fast).unwrap();
+        let mut cb = shared.clone();
+        let got_b = chunked(&model, &mut cb, &b, &[1, 1], Kernels::Fast);
+        let mut ca2 = shared.clone();
+        let got_a2 = model.forward_embeds(&a, Some(&mut ca2), Kernels::Fast).unwrap();
+        assert_eq!((shared.len(), ca.len(), cb.len()), (6, 9, 8));
+        assert!(max_diff(&got_a, &want_a) < 1e-12);
+        assert!(max_diff(&got_b, &want_b) < 1e-12);
+        assert!(max_diff(&got_a2, &want_a) < 1e-12);
+
+        // The first clone still continues correctly after the others wrote.
+        let x = randn(&[1, 1, 16], 12, DType::F64, &Device::Cpu).unwrap();
+        let got = model.forward_embeds(&x, Some(&mut ca), Kernels::Fast).unwrap();
+        let ax = Tensor::cat(&[&a, &x], 1).unwrap();
+        assert!(max_diff(&got, &tail(&ax).narrow(1, 3, 1).unwrap()) < 1e-12);
+    }
+
+    #[test]
+    fn truncate_rewinds_the_cache() {
+        let cfg = tiny_config();
+        let (model, _) = random_model(&cfg, 6, DType::F64, &Device::Cpu).unwrap();
+        let embeds = randn(&[1, 6, 16], 13, DType::F64, &Device::Cpu).unwrap();
+        let other = randn(&[1, 2, 16], 14, DType::F64, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new(&cfg);
+        model
+            .forward_embeds(&embeds, Some(&mut cache), Kernels::Fast)
+            .unwrap();
+        cache.truncate(4);
+        assert_eq!(cache.len(), 4);
+        let got = model
+            .forward_embeds(&other, Some(&mut cache), Kernels::Fast)
+            .unwrap();
+        let full = Tensor::cat(&[&embeds.narrow(1, 0, 4).unwrap(), &other], 1).unwrap();
+        let want = model.forward_embeds(&full, None, Kernels::Fast).unwrap();
+        assert!(max_diff(&got, &want.narrow(1, 4, 2).unwrap()) < 1e-12);
+    }
+
+    #[test]
+    fn tied_head_reuses_the_embedding_table() {
+        let mut cfg = tiny_config();
+        cfg.text.tie_word_embeddings = true;
+        let (model, weights) = random_model(&cfg, 7, DType::F64, &Device::Cpu).unwrap();
+        assert!(!weights.recorded().keys().any(|n| n.contains("lm_head")));
+        let hidden = randn(&[1, 2, 16], 15, DType::F64, &Device::Cpu).unwrap();
+        let logits = model.base_logits(&hidden).unwrap();
+        let want = hidden
+            .broadcast_matmul(&model.embed_weight().t().unwrap())
+            .unwrap();
+        assert!(max_diff(&logits, &want) < 1e-12);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let cfg = tiny_config();
+        let err = LlavaModel::from_varbuilder(
+            cfg.clone(),
+            RandomWeights::new(1).varbuilder(DType::BF16, &Device::Cpu),
+        )
+        .err()
+        .expect("bf16 on the cpu");
+        assert!(err.to_string().contains("bf16"), "{err}");
+
+        let (model, _) = random_model(&cfg, 8, DType::F64, &Device::Cpu).unwrap();
+        let too_long = randn(&[1, 65, 16], 16, DType::F64, &Device::Cpu).unwrap();
+        assert!(model.forward_embeds(&too_long, None, Kernels::Fast).is_err());
+        let wrong_width = randn(&[1, 3, 15], 16, DType::F64, &Device::Cpu).unwrap();
+        assert!(model.forward_embeds(&wrong_width, None, Kernels::Fast).is_err());
+        let wrong_dtype = randn(&[1, 3, 16], 16, DType::F32, &Device::Cpu).unwrap();
+        assert!(model.forward_embeds(&wrong_dtype, None, Kernels::Fast).is_err());
+        let wrong_image = randn(&[1, 3, 14, 14], 16, DType::F64, &Device::Cpu).unwrap();
+        assert!(model.image_features(&wrong_image, Kernels::Fast).is_err());
+        let out_of_vocab = Tensor::new(&[3u32, 40], &Device::Cpu).unwrap();
+        assert!(model.embed_tokens(&out_of_vocab).is_err());
+
+        let mut other = tiny_config();
+        other.text.num_hidden_layers = 3;
+        let mut cache = KvCache::new(&other);
+        let ok = randn(&[1, 2, 16], 16, DType::F64, &Device::Cpu).unwrap();
+        assert!(model.forward_embeds(&ok, Some(&mut cache), Kernels::Fast).is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! `concepts run` on the parity fixture (`runtime/tests/fixtures/parity`): the command-line
+//! contract used by outside parity checks, compared with what transformers computed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/parity")
+}
+
+fn model_dir() -> PathBuf {
+    fixture().join("model")
+}
+
+fn reference_json() -> Value {
+    let text = std::fs::read_to_string(fixture().join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `name` of a safetensors file as f32 or i64 values (i64 widened to f64 exactly).
+fn read_tensor(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f64>) {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("tensor `{name}`: {e}"));
+    let values = match t.dtype() {
+        Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap())))
+            .collect(),
+        Dtype::I64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("tensor `{name}` has dtype {other:?}"),
+    };
+    (t.shape().to_vec(), values)
+}
+
+fn ids(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as f64)
+        .collect()
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn concepts(home: &Path, args: &[&str]) -> Out {
+    let output = Command::new(env!("CARGO_BIN_EXE_concepts"))
+        .args(args)
+        .env("CONCEPTS_HOME", home)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    Out {
+        code: output.status.code().expect("exited"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+#[track_caller]
+fn ok(out: Out) -> Out {
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    out
+}
+
+/// Max |a - b|; the shapes must agree.
+fn max_abs_diff(a: &(Vec<usize>, Vec<f64>), b: &(Vec<usize>, Vec<f64>)) -> f64 {
+    assert_eq!(a.0, b.0, "shapes differ");
+    a.1.iter()
+        .zip(&b.1)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn raw_prompt_with_image_matches_transformers_logits_and_greedy_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = reference_json();
+    let raw = &json["raw"];
+    let image = fixture().join(
+        json["images"][raw["image"].as_str().unwrap()]
+            .as_str()
+            .unwrap(),
+    );
+    let logits_out = tmp.path().join("out.safetensors");
+    let max_tokens = raw["generated_ids"].as_array().unwrap().len().to_string();
+    let out = ok(concepts(
+        &tmp.path().join("home"),
+        &[
+            "run",
+            "--model",
+            model_dir().to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--raw-prompt",
+            "--prompt",
+            raw["prompt"].as_str().unwrap(),
+            "--max-tokens",
+            &max_tokens,
+            "--logits-out",
+            logits_out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        out.stdout,
+        format!("{}\n", raw["generated_text"].as_str().unwrap())
+    );
+
+    let written = std::fs::read(&logits_out).unwrap();
+    let reference = std::fs::read(fixture().join("reference.safetensors")).unwrap();
+    let diff = max_abs_diff(
+        &read_tensor(&written, "logits"),
+        &read_tensor(&reference, "raw.logits"),
+    );
+    println!("cli raw.logits: max abs diff {diff:e}");
+    assert!(diff <= 1e-4, "logits differ by {diff}");
+    let input_ids = read_tensor(&written, "input_ids");
+    assert_eq!(input_ids.1, ids(&raw["input_ids"]));
+    assert_eq!(
+        read_tensor(&written, "generated_ids").1,
+        ids(&raw["generated_ids"])
+    );
+}
+
+/// The fixture concept, packed for the fixture model and installed in a fresh registry.
+fn install_fixture_concept(home: &Path, dir: &Path) {
+    let reference = std::fs::read(fixture().join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&reference).unwrap();
+    let views: HashMap<&str, TensorView> = ["identifier", "latents", "head"]
+        .into_iter()
+        .map(|n| (n, st.tensor(&format!("concept.{n}")).unwrap()))
+        .collect();
+    let tensors = dir.join("bo.safetensors");
+    safetensors::serialize_to_file(views, None, &tensors).unwrap();
+
+    let fp = concepts_runtime::fingerprint(&model_dir()).unwrap();
+    let manifest = dir.join("bo.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "bo"
+identifier = "<bo>"
+display_name = "Bo"
+category = "pet"
+prompt_template = "llava_v1/yollava-1"
+license = "CC0-1.0"
+created = "2025-05-03T12:00:00Z"
+
+[base_model]
+architecture = "{}"
+hidden_size = {}
+vocab_size = {}
+tokenizer_sha256 = "{}"
+embed_sha256 = "{}"
+lm_head_sha256 = "{}"
+"#,
+            fp.architecture,
+            fp.hidden_size,
+            fp.vocab_size,
+            fp.tokenizer_sha256,
+            fp.embed_sha256,
+            fp.lm_head_sha256
+        ),
+    )
+    .unwrap();
+    let package = dir.join("bo.ycpt");
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    ok(concepts(
+        home,
+        &[
+            "pack",
+            "--tensors",
+            &p(&tensors),
+            "--manifest",
+            &p(&manifest),
+            "-o",
+            &p(&package),
+        ],
+    ));
+    ok(concepts(home, &["install", &p(&package)]));
+}
+
+#[test]
+fn installed_concept_is_activated_with_the_personal_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    install_fixture_concept(&home, tmp.path());
+    let json = reference_json();
+    let case = &json["concept_text"];
+    let logits_out = tmp.path().join("concept.safetensors");
+    let out = ok(concepts(
+        &home,
+        &[
+            "run",
+            "--model",
+            model_dir().to_str().unwrap(),
+            "--concept",
+            "bo",
+            "--prompt",
+            case["question"].as_str().unwrap(),
+            "--max-tokens",
+            "0",
+            "--logits-out",
+            logits_out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(out.stdout, "\n");
+    let written = std::fs::read(&logits_out).unwrap();
+    let reference = std::fs::read(fixture().join("reference.safetensors")).unwrap();
+    assert_eq!(
+        read_tensor(&written, "input_ids").1,
+        ids(&case["input_ids"])
+    );
+    let diff = max_abs_diff(
+        &read_tensor(&written, "logits"),
+        &read_tensor(&reference, "concept_text.logits"),
+    );
+    println!("cli concept_text.logits: max abs diff {diff:e}");
+    assert!(diff <= 1e-4, "logits differ by {diff}");
+    let st = SafeTensors::deserialize(&written).unwrap();
+    assert!(
+        st.tensor("generated_ids").is_err(),
+        "no tokens, no generated_ids"
+    );
+}
+
+#[test]
+fn bad_inputs_fail_with_messages_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let model = model_dir();
+    let model = model.to_str().unwrap();
+    let missing = tmp.path().join("missing.png");
+    let out = concepts(
+        &home,
+        &[
+            "run",
+            "--model",
+            model,
+            "--image",
+            missing.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("concepts: error: "),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("missing.png"), "{}", out.stderr);
+
+    let not_image = tmp.path().join("notes.jpg");
+    std::fs::write(&not_image, "hello").unwrap();
+    let out = concepts(
+        &home,
+        &[
+            "run",
+            "--model",
+            model,
+            "--image",
+            not_image.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+        ],
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("notes.jpg") && out.stderr.contains("unsupported"),
+        "{}",
+        out.stderr
+    );
+
+    let image = fixture().join("images/logo.png");
+    let out = concepts(
+        &home,
+        &[
+            "run",
+            "--model",
+            model,
+            "--image",
+            image.to_str().unwrap(),
+            "--raw-prompt",
+            "--prompt",
+            "no marker",
+        ],
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("0 `<image>` markers for 1 image(s)"),
+        "{}",
+        out.stderr
+    );
+
+    let out = concepts(
+        &home,
+        &[
+            "run",
+            "--model",
+            model,
+            "--concept",
+            "nobody",
+            "--prompt",
+            "Hi",
+        ],
+    );
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("`nobody`"), "{}", out.stderr);
+
+    let out = concepts(
+        &home,
+        &[
+            "run",
+            "--model",
+            model,
+            "--prompt",
+            "Hi",
+            "--temperature=-1",
+        ],
+    );
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("temperature"), "{}", out.stderr);
+}
