@@ -344,3 +344,147 @@ impl ConceptTable {
         self.active.iter().map(|(_, w)| w.k()).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{randn, random_model, tiny_config};
+
+    fn weights(k: usize, seed: u64, dtype: DType) -> ConceptWeights {
+        let r = |shape: &[usize], s| randn(shape, s, dtype, &Device::Cpu).unwrap();
+        ConceptWeights::new(r(&[16], seed), r(&[k, 16], seed + 1), r(&[16], seed + 2)).unwrap()
+    }
+
+    fn rows(t: &Tensor) -> Vec<Vec<f64>> {
+        t.to_vec2::<f64>().unwrap()
+    }
+
+    #[test]
+    fn ids_follow_the_base_vocabulary_in_activation_order() {
+        let (model, _) = random_model(&tiny_config(), 1, DType::F64, &Device::Cpu).unwrap();
+        let mut table = ConceptTable::new(&model);
+        table.activate("bo", weights(2, 10, DType::F64)).unwrap();
+        table.activate("mam", weights(3, 20, DType::F64)).unwrap();
+        assert_eq!(table.identifier_id("bo"), Some(40));
+        assert_eq!(table.identifier_id("mam"), Some(41));
+        assert_eq!(table.latent_ids("bo"), Some(42..44));
+        assert_eq!(table.latent_ids("mam"), Some(44..47));
+        assert_eq!((table.input_vocab_size(), table.output_vocab_size()), (47, 42));
+        assert_eq!(table.token(39), None);
+        assert_eq!(table.token(41), Some(ConceptToken::Identifier { concept: "mam" }));
+        assert_eq!(
+            table.token(43),
+            Some(ConceptToken::Latent {
+                concept: "bo",
+                index: 1
+            })
+        );
+        assert_eq!(table.token(47), None);
+
+        table.deactivate("bo").unwrap();
+        assert_eq!(table.identifier_id("mam"), Some(40));
+        assert_eq!(table.latent_ids("mam"), Some(41..44));
+        assert_eq!(table.names().collect::<Vec<_>>(), ["mam"]);
+        assert!(table.deactivate("bo").is_err());
+    }
+
+    #[test]
+    fn embeddings_mix_base_and_concept_rows() {
+        let (model, _) = random_model(&tiny_config(), 1, DType::F64, &Device::Cpu).unwrap();
+        let mut table = ConceptTable::new(&model);
+        let bo = weights(2, 10, DType::F64);
+        let mam = weights(3, 20, DType::F64);
+        table.activate("bo", bo.clone()).unwrap();
+        table.activate("mam", mam.clone()).unwrap();
+        let ids = [3, 41, 7, 43, 46, 40];
+        let got = rows(&table.embed_ids(&model, &ids).unwrap());
+        let base = rows(model.embed_weight());
+        let vec1 = |t: &Tensor| t.to_vec1::<f64>().unwrap();
+        assert_eq!(got[0], base[3]);
+        assert_eq!(got[1], vec1(mam.identifier()));
+        assert_eq!(got[2], base[7]);
+        assert_eq!(got[3], rows(bo.latents())[1]);
+        assert_eq!(got[4], rows(mam.latents())[2]);
+        assert_eq!(got[5], vec1(bo.identifier()));
+
+        let batched = table
+            .embed(&model, &Tensor::new(&[[3u32, 41], [7, 43]], &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(batched.dims(), [2, 2, 16]);
+        assert_eq!(rows(&batched.get(1).unwrap())[1], got[3]);
+        assert!(table.embed_ids(&model, &[47]).is_err());
+    }
+
+    #[test]
+    fn logits_append_one_column_per_identifier() {
+        let (model, _) = random_model(&tiny_config(), 1, DType::F64, &Device::Cpu).unwrap();
+        let mut table = ConceptTable::new(&model);
+        let hidden = randn(&[1, 3, 16], 5, DType::F64, &Device::Cpu).unwrap();
+        let base = model.base_logits(&hidden).unwrap();
+        let empty = table.logits(&model, &hidden).unwrap();
+        assert_eq!(empty.dims(), [1, 3, 40]);
+        let bo = weights(2, 10, DType::F64);
+        let mam = weights(3, 20, DType::F64);
+        table.activate("bo", bo.clone()).unwrap();
+        table.activate("mam", mam.clone()).unwrap();
+        let logits = table.logits(&model, &hidden).unwrap();
+        assert_eq!(logits.dims(), [1, 3, 42]);
+        assert_eq!(
+            rows(&logits.narrow(2, 0, 40).unwrap().squeeze(0).unwrap()),
+            rows(&base.squeeze(0).unwrap())
+        );
+        for (col, w) in [(40, &bo), (41, &mam)] {
+            let got = logits.narrow(2, col, 1).unwrap().flatten_all().unwrap();
+            let want = hidden
+                .squeeze(0)
+                .unwrap()
+                .matmul(&w.head().unsqueeze(1).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max(0).unwrap();
+            assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn activation_rejects_misfits() {
+        let (model, _) = random_model(&tiny_config(), 1, DType::F64, &Device::Cpu).unwrap();
+        let mut table = ConceptTable::new(&model);
+        table.activate("bo", weights(2, 10, DType::F64)).unwrap();
+        let err = table.activate("bo", weights(2, 10, DType::F64)).unwrap_err();
+        assert!(err.to_string().contains("concept `bo`: is already active"), "{err}");
+        let err = table.activate("f32", weights(2, 10, DType::F32)).unwrap_err();
+        assert!(err.to_string().contains("F32"), "{err}");
+        let narrow = ConceptWeights::new(
+            Tensor::zeros(8, DType::F64, &Device::Cpu).unwrap(),
+            Tensor::zeros((1, 8), DType::F64, &Device::Cpu).unwrap(),
+            Tensor::zeros(8, DType::F64, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        assert!(table.activate("narrow", narrow).is_err());
+        assert_eq!(table.len(), 1);
+
+        let z = |shape: &[usize]| Tensor::zeros(shape, DType::F64, &Device::Cpu).unwrap();
+        assert!(ConceptWeights::new(z(&[16]), z(&[2, 15]), z(&[16])).is_err());
+        assert!(ConceptWeights::new(z(&[16]), z(&[0, 16]), z(&[16])).is_err());
+        assert!(ConceptWeights::new(z(&[16]), z(&[2, 16]), z(&[1, 16])).is_err());
+    }
+
+    #[test]
+    fn converts_to_and_from_concept_files() {
+        let w = weights(3, 30, DType::F32);
+        let file = w.to_format(concept_format::DType::F32).unwrap();
+        assert_eq!((file.k(), file.d()), (3, 16));
+        let back = ConceptWeights::from_format(&file, DType::F64, &Device::Cpu).unwrap();
+        assert_eq!(back.identifier().dtype(), DType::F64);
+        let same = |a: &Tensor, b: &Tensor| {
+            let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+            let b = b.flatten_all().unwrap();
+            assert_eq!(a.to_vec1::<f64>().unwrap(), b.to_vec1::<f64>().unwrap());
+        };
+        same(w.identifier(), back.identifier());
+        same(w.latents(), back.latents());
+        same(w.head(), back.head());
+    }
+}

@@ -221,3 +221,38 @@ pub fn random_model(
     let model = LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(dtype, device))?;
     Ok((model, weights))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_config_json_parses_to_tiny_config() {
+        assert_eq!(
+            LlavaConfig::from_json_str(&tiny_config_json()).unwrap(),
+            tiny_config()
+        );
+    }
+
+    #[test]
+    fn random_weights_are_seeded_by_name_and_recorded() {
+        let a = RandomWeights::new(3);
+        let b = RandomWeights::new(3);
+        let vb_a = a.varbuilder(DType::F64, &Device::Cpu);
+        let vb_b = b.varbuilder(DType::F64, &Device::Cpu);
+        let x = vb_a.get((2, 3), "x").unwrap().to_vec2::<f64>().unwrap();
+        assert_eq!(x, vb_b.get((2, 3), "x").unwrap().to_vec2::<f64>().unwrap());
+        assert_ne!(x, vb_a.get((2, 3), "y").unwrap().to_vec2::<f64>().unwrap());
+        assert_ne!(
+            x,
+            RandomWeights::new(4)
+                .varbuilder(DType::F64, &Device::Cpu)
+                .get((2, 3), "x")
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap()
+        );
+        assert_eq!(a.recorded().keys().collect::<Vec<_>>(), ["x", "y"]);
+        assert!(vb_a.get((3, 2), "x").is_err());
+    }
+}

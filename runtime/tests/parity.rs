@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use concepts_runtime::generate::{GenerateConfig, Sampling};
-use concepts_runtime::preprocess::{preprocess, preprocess_file, PixelValues, PreprocessConfig};
+use concepts_runtime::preprocess::{
+    preprocess, preprocess_file, PixelValues, PreprocessConfig, OPENAI_CLIP_STD,
+};
 use concepts_runtime::prompt::{load_tokenizer, ConceptMarkers, Conversation, MarkerId, TextCodec};
 use concepts_runtime::session::{Engine, PromptInput};
 use concepts_runtime::{ConceptWeights, Kernels};
@@ -139,7 +141,7 @@ fn preprocessing_jpeg_file_is_close_to_clip_image_processor() {
     let diff = max_abs_diff(&pixels(&px), &tensors["pixel_values.photo"]);
     println!("pixel_values.photo from the jpeg file: max abs diff {diff:e}");
     // 8 levels of 255 in the channel with the smallest std.
-    let bound = 8.0 / 255.0 / 0.261_302_58;
+    let bound = (8.0 / 255.0 / OPENAI_CLIP_STD[1]) as f32;
     assert!(
         diff > 0.0 && diff < bound,
         "jpeg gap {diff} (bound {bound})"
