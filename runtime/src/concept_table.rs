@@ -40,7 +40,9 @@ impl ConceptWeights {
     /// Checks the shapes, dtypes and devices of the three tensors.
     pub fn new(identifier: Tensor, latents: Tensor, head: Tensor) -> Result<Self> {
         let bad = |msg: String| {
-            Err(RuntimeError::InvalidInput(format!("concept weights: {msg}")))
+            Err(RuntimeError::InvalidInput(format!(
+                "concept weights: {msg}"
+            )))
         };
         let d = match identifier.dims() {
             [d] => *d,
@@ -48,7 +50,11 @@ impl ConceptWeights {
         };
         match latents.dims() {
             [k, dl] if *k >= 1 && *dl == d => {}
-            other => return bad(format!("latents have shape {other:?}, expected [k >= 1, {d}]")),
+            other => {
+                return bad(format!(
+                    "latents have shape {other:?}, expected [k >= 1, {d}]"
+                ))
+            }
         }
         if head.dims() != [d] {
             return bad(format!("head has shape {:?}, expected [{d}]", head.dims()));
@@ -89,7 +95,10 @@ impl ConceptWeights {
     }
 
     /// Converts to a concept file's tensors, rounding to `dtype`.
-    pub fn to_format(&self, dtype: concept_format::DType) -> Result<concept_format::ConceptTensors> {
+    pub fn to_format(
+        &self,
+        dtype: concept_format::DType,
+    ) -> Result<concept_format::ConceptTensors> {
         let v = |t: &Tensor| -> Result<Vec<f32>> {
             Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
         };
@@ -299,15 +308,21 @@ impl ConceptTable {
         }
         let n = ids.len();
         let base = self.base_vocab as u32;
-        let base_ids: Vec<u32> = ids.iter().map(|&id| if id < base { id } else { 0 }).collect();
+        let base_ids: Vec<u32> = ids
+            .iter()
+            .map(|&id| if id < base { id } else { 0 })
+            .collect();
         let base_rows = model.embed_tokens(&Tensor::from_vec(base_ids, n, &self.device)?)?;
         if ids.iter().all(|&id| id < base) {
             return Ok(base_rows);
         }
         let concept_ids: Vec<u32> = ids.iter().map(|&id| id.saturating_sub(base)).collect();
         let is_concept: Vec<u8> = ids.iter().map(|&id| u8::from(id >= base)).collect();
-        let rows = self.concept_rows()?.index_select(&Tensor::from_vec(concept_ids, n, &self.device)?, 0)?;
-        let mask = Tensor::from_vec(is_concept, (n, 1), &self.device)?.broadcast_as((n, self.hidden))?;
+        let rows = self
+            .concept_rows()?
+            .index_select(&Tensor::from_vec(concept_ids, n, &self.device)?, 0)?;
+        let mask =
+            Tensor::from_vec(is_concept, (n, 1), &self.device)?.broadcast_as((n, self.hidden))?;
         Ok(mask.where_cond(&rows, &base_rows)?)
     }
 
@@ -369,9 +384,15 @@ mod tests {
         assert_eq!(table.identifier_id("mam"), Some(41));
         assert_eq!(table.latent_ids("bo"), Some(42..44));
         assert_eq!(table.latent_ids("mam"), Some(44..47));
-        assert_eq!((table.input_vocab_size(), table.output_vocab_size()), (47, 42));
+        assert_eq!(
+            (table.input_vocab_size(), table.output_vocab_size()),
+            (47, 42)
+        );
         assert_eq!(table.token(39), None);
-        assert_eq!(table.token(41), Some(ConceptToken::Identifier { concept: "mam" }));
+        assert_eq!(
+            table.token(41),
+            Some(ConceptToken::Identifier { concept: "mam" })
+        );
         assert_eq!(
             table.token(43),
             Some(ConceptToken::Latent {
@@ -408,7 +429,10 @@ mod tests {
         assert_eq!(got[5], vec1(bo.identifier()));
 
         let batched = table
-            .embed(&model, &Tensor::new(&[[3u32, 41], [7, 43]], &Device::Cpu).unwrap())
+            .embed(
+                &model,
+                &Tensor::new(&[[3u32, 41], [7, 43]], &Device::Cpu).unwrap(),
+            )
             .unwrap();
         assert_eq!(batched.dims(), [2, 2, 16]);
         assert_eq!(rows(&batched.get(1).unwrap())[1], got[3]);
@@ -452,9 +476,16 @@ mod tests {
         let (model, _) = random_model(&tiny_config(), 1, DType::F64, &Device::Cpu).unwrap();
         let mut table = ConceptTable::new(&model);
         table.activate("bo", weights(2, 10, DType::F64)).unwrap();
-        let err = table.activate("bo", weights(2, 10, DType::F64)).unwrap_err();
-        assert!(err.to_string().contains("concept `bo`: is already active"), "{err}");
-        let err = table.activate("f32", weights(2, 10, DType::F32)).unwrap_err();
+        let err = table
+            .activate("bo", weights(2, 10, DType::F64))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("concept `bo`: is already active"),
+            "{err}"
+        );
+        let err = table
+            .activate("f32", weights(2, 10, DType::F32))
+            .unwrap_err();
         assert!(err.to_string().contains("F32"), "{err}");
         let narrow = ConceptWeights::new(
             Tensor::zeros(8, DType::F64, &Device::Cpu).unwrap(),

@@ -173,7 +173,10 @@ impl LlavaConfig {
             ("text_config.num_key_value_heads", t.num_key_value_heads),
             ("text_config.head_dim", t.head_dim),
             ("text_config.vocab_size", t.vocab_size),
-            ("text_config.max_position_embeddings", t.max_position_embeddings),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+            ),
         ] {
             if n == 0 {
                 return bad(format!("`{name}` is 0"));
@@ -599,16 +602,19 @@ mod tests {
             (t.num_attention_heads, t.num_key_value_heads, t.head_dim),
             (32, 32, 128)
         );
-        assert_eq!(
-            (t.vocab_size, t.max_position_embeddings),
-            (32064, 4096)
-        );
+        assert_eq!((t.vocab_size, t.max_position_embeddings), (32064, 4096));
         assert_eq!((t.rms_norm_eps, t.rope_theta), (1e-5, 10000.0));
         assert_eq!(t.hidden_act, Activation::Silu);
         assert!(!t.tie_word_embeddings);
         let v = &cfg.vision;
-        assert_eq!((v.hidden_size, v.num_hidden_layers, v.patch_size), (1024, 24, 14));
-        assert_eq!((v.layer_norm_eps, v.hidden_act), (1e-5, Activation::QuickGelu));
+        assert_eq!(
+            (v.hidden_size, v.num_hidden_layers, v.patch_size),
+            (1024, 24, 14)
+        );
+        assert_eq!(
+            (v.layer_norm_eps, v.hidden_act),
+            (1e-5, Activation::QuickGelu)
+        );
         assert_eq!(v.stem, VisionStem::Patch);
         assert_eq!(cfg.vision_feature_layer, 23);
         assert_eq!(cfg.vision_feature_select, FeatureSelect::Default);
@@ -616,7 +622,10 @@ mod tests {
         assert!(cfg.projector.bias);
         assert_eq!(cfg.image_token_id, 32000);
         assert_eq!(cfg.pad_token_id, Some(32001));
-        assert_eq!((cfg.bos_token_id, cfg.eos_token_ids.as_slice()), (Some(1), &[2][..]));
+        assert_eq!(
+            (cfg.bos_token_id, cfg.eos_token_ids.as_slice()),
+            (Some(1), &[2][..])
+        );
         assert_eq!(cfg.image_seq_len(), 576);
         assert_eq!(cfg.architecture_id(), "llava-1.5/patch");
     }
@@ -654,14 +663,35 @@ mod tests {
     #[test]
     fn rejections_name_the_key() {
         let cases = [
-            (r#"{"concepts_vision_stem": "conv"}"#, "concepts_vision_stem"),
-            (r#"{"vision_feature_layer": [-2, -5]}"#, "vision_feature_layer"),
+            (
+                r#"{"concepts_vision_stem": "conv"}"#,
+                "concepts_vision_stem",
+            ),
+            (
+                r#"{"vision_feature_layer": [-2, -5]}"#,
+                "vision_feature_layer",
+            ),
             (r#"{"vision_feature_layer": -30}"#, "vision_feature_layer"),
-            (r#"{"vision_feature_select_strategy": "cls"}"#, "vision_feature_select_strategy"),
-            (r#"{"projector_hidden_act": "relu6"}"#, "projector_hidden_act"),
-            (r#"{"text_config": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}}"#, "rope_scaling"),
-            (r#"{"image_token_index": 1, "image_token_id": 2}"#, "image_token_id"),
-            (r#"{"text_config": {"num_attention_heads": 32, "num_key_value_heads": 5}}"#, "num_key_value_heads"),
+            (
+                r#"{"vision_feature_select_strategy": "cls"}"#,
+                "vision_feature_select_strategy",
+            ),
+            (
+                r#"{"projector_hidden_act": "relu6"}"#,
+                "projector_hidden_act",
+            ),
+            (
+                r#"{"text_config": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}}"#,
+                "rope_scaling",
+            ),
+            (
+                r#"{"image_token_index": 1, "image_token_id": 2}"#,
+                "image_token_id",
+            ),
+            (
+                r#"{"text_config": {"num_attention_heads": 32, "num_key_value_heads": 5}}"#,
+                "num_key_value_heads",
+            ),
         ];
         for (json, key) in cases {
             let err = LlavaConfig::from_json_str(json).unwrap_err().to_string();

@@ -103,17 +103,14 @@ impl From<candle_core::Error> for RuntimeError {
                 candle_core::Error::SafeTensor(safetensors::SafeTensorError::TensorNotFound(
                     name,
                 )) => Some(RuntimeError::MissingTensor { name: name.clone() }),
-                candle_core::Error::UnexpectedShape { msg, expected, got } => {
-                    let name = msg
-                        .strip_prefix("shape mismatch for ")
-                        .unwrap_or(msg)
-                        .to_string();
-                    Some(RuntimeError::TensorShape {
-                        name,
+                // `VarBuilder` backends word it so; other shape errors stay candle's.
+                candle_core::Error::UnexpectedShape { msg, expected, got } => msg
+                    .strip_prefix("shape mismatch for ")
+                    .map(|name| RuntimeError::TensorShape {
+                        name: name.to_string(),
                         expected: expected.dims().to_vec(),
                         actual: got.dims().to_vec(),
-                    })
-                }
+                    }),
                 candle_core::Error::WithBacktrace { inner, .. }
                 | candle_core::Error::Context { inner, .. }
                 | candle_core::Error::WithPath { inner, .. } => find(inner),
@@ -121,5 +118,45 @@ impl From<candle_core::Error> for RuntimeError {
             }
         }
         find(&err).unwrap_or(RuntimeError::Candle(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    use super::*;
+
+    #[test]
+    fn varbuilder_errors_become_tensor_errors() {
+        let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let vb = VarBuilder::from_tensors(
+            HashMap::from([("a.w".to_string(), t)]),
+            DType::F32,
+            &Device::Cpu,
+        );
+        match RuntimeError::from(vb.pp("a").get((3, 2), "w").unwrap_err()) {
+            RuntimeError::TensorShape {
+                name,
+                expected,
+                actual,
+            } => assert_eq!(
+                (name.as_str(), expected, actual),
+                ("a.w", vec![3, 2], vec![2, 3])
+            ),
+            other => panic!("{other}"),
+        }
+        match RuntimeError::from(vb.get(3, "b").unwrap_err()) {
+            RuntimeError::MissingTensor { name } => assert_eq!(name, "b"),
+            other => panic!("{other}"),
+        }
+        let other = Tensor::zeros(4, DType::F32, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 2))
+            .unwrap_err();
+        assert!(matches!(RuntimeError::from(other), RuntimeError::Candle(_)));
     }
 }

@@ -92,8 +92,17 @@ mod tests {
         h.update(b"F16[2]\n");
         h.update(data);
         assert_eq!(base, hex::encode(h.finalize()));
-        assert_ne!(base, tensor_sha256(&t(safetensors::Dtype::BF16, &[2], &[0, 60, 0, 64])));
-        assert_ne!(base, tensor_sha256(&t(safetensors::Dtype::F16, &[1, 2], &[0, 60, 0, 64])));
-        assert_ne!(base, tensor_sha256(&t(safetensors::Dtype::F16, &[2], &[0, 60, 0, 65])));
+        assert_ne!(
+            base,
+            tensor_sha256(&t(safetensors::Dtype::BF16, &[2], &[0, 60, 0, 64]))
+        );
+        assert_ne!(
+            base,
+            tensor_sha256(&t(safetensors::Dtype::F16, &[1, 2], &[0, 60, 0, 64]))
+        );
+        assert_ne!(
+            base,
+            tensor_sha256(&t(safetensors::Dtype::F16, &[2], &[0, 60, 0, 65]))
+        );
     }
 }

@@ -237,7 +237,11 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) -> 
             mask.len()
         )));
     }
-    if let Some(bad) = targets.iter().zip(mask).find(|(&t, &m)| m && t as usize >= v) {
+    if let Some(bad) = targets
+        .iter()
+        .zip(mask)
+        .find(|(&t, &m)| m && t as usize >= v)
+    {
         return Err(RuntimeError::InvalidInput(format!(
             "cross-entropy target {} outside {v} logits",
             bad.0

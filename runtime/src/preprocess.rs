@@ -175,16 +175,19 @@ impl PreprocessConfig {
         self
     }
 
-    /// Reads `preprocessor_config.json` from a model directory, falling back to
-    /// [`PreprocessConfig::llava_1_5`] when the file is absent.
-    pub fn from_model_dir(dir: &Path) -> Result<Self, PreprocessError> {
+    /// Reads `preprocessor_config.json` from a model directory. Without the file, and for
+    /// keys it lacks, the llava-1.5 settings for a vision input of `image_size` pixels apply
+    /// ([`PreprocessConfig::square`]; [`PreprocessConfig::llava_1_5`] for 336).
+    pub fn from_model_dir(dir: &Path, image_size: u32) -> Result<Self, PreprocessError> {
         let path = dir.join("preprocessor_config.json");
         match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_json(&text).map_err(|message| PreprocessError::Config {
-                path: path.clone(),
-                message,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::llava_1_5()),
+            Ok(text) => {
+                Self::from_json(&text, image_size).map_err(|message| PreprocessError::Config {
+                    path: path.clone(),
+                    message,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::square(image_size)),
             Err(e) => Err(PreprocessError::Config {
                 path,
                 message: e.to_string(),
@@ -192,11 +195,11 @@ impl PreprocessConfig {
         }
     }
 
-    /// Parses the text of a `preprocessor_config.json`. Missing fields take the
-    /// llava-1.5 defaults.
-    pub fn from_json(text: &str) -> Result<Self, String> {
+    /// Parses the text of a `preprocessor_config.json`. Missing keys take the values of
+    /// [`PreprocessConfig::square`]`(image_size)`.
+    pub fn from_json(text: &str, image_size: u32) -> Result<Self, String> {
         let raw: RawPreprocessorConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let default = Self::llava_1_5();
+        let default = Self::square(image_size);
         let resize = if raw.do_resize.unwrap_or(true) {
             Some(match raw.size {
                 None => default.resize.expect("llava default resizes"),
@@ -934,16 +937,25 @@ mod tests {
             "image_std": [0.26862954, 0.26130258, 0.27577711], "rescale_factor": 0.00392156862745098,
             "size": {"shortest_edge": 336}, "image_processor_type": "CLIPImageProcessor"}"#;
         assert_eq!(
-            PreprocessConfig::from_json(hf),
+            PreprocessConfig::from_json(hf, 224),
             Ok(PreprocessConfig::llava_1_5())
         );
         let legacy = r#"{"size": 48, "crop_size": 48, "do_pad": true}"#;
         assert_eq!(
-            PreprocessConfig::from_json(legacy),
+            PreprocessConfig::from_json(legacy, 336),
             Ok(PreprocessConfig::square(48).with_pad_to_square(true))
         );
+        assert_eq!(
+            PreprocessConfig::from_json("{}", 48),
+            Ok(PreprocessConfig::square(48))
+        );
+        let no_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-model-dir");
+        assert_eq!(
+            PreprocessConfig::from_model_dir(&no_dir, 48).expect("defaults"),
+            PreprocessConfig::square(48)
+        );
         let nearest = r#"{"resample": 0}"#;
-        assert!(PreprocessConfig::from_json(nearest)
+        assert!(PreprocessConfig::from_json(nearest, 336)
             .unwrap_err()
             .contains("NEAREST"));
     }

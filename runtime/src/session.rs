@@ -52,7 +52,8 @@ impl Engine {
         let model = LlavaModel::load(dir, device, dtype)?;
         let tokenizer_path = dir.join(TOKENIZER_FILE);
         let tokenizer = load_tokenizer(&tokenizer_path)?;
-        let preprocess = PreprocessConfig::from_model_dir(dir)?;
+        let preprocess =
+            PreprocessConfig::from_model_dir(dir, model.config().vision.image_size as u32)?;
         let mut engine = Engine::from_parts(model, tokenizer, &tokenizer_path, preprocess)?;
         engine.model_dir = Some(dir.to_path_buf());
         Ok(engine)

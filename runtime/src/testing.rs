@@ -172,7 +172,10 @@ impl RandomWeights {
         let (offset, scale) = match hint {
             Init::Const(c) if c != 0.0 => (c, 0.1),
             _ if dims.len() <= 1 => (0.0, 0.1),
-            _ => (0.0, 1.0 / (dims[1..].iter().product::<usize>() as f64).sqrt()),
+            _ => (
+                0.0,
+                1.0 / (dims[1..].iter().product::<usize>() as f64).sqrt(),
+            ),
         };
         let values: Vec<f64> = (0..shape.elem_count())
             .map(|_| offset + scale * standard_normal(&mut rng))

@@ -119,7 +119,10 @@ impl WeightLayout {
         };
         let required = |what: &str, candidates: &[&str], probe: &str| -> Result<String> {
             find(what, candidates, probe)?.ok_or_else(|| {
-                let tried: Vec<String> = candidates.iter().map(|p| format!("`{p}.{probe}`")).collect();
+                let tried: Vec<String> = candidates
+                    .iter()
+                    .map(|p| format!("`{p}.{probe}`"))
+                    .collect();
                 RuntimeError::WeightLayout(format!(
                     "no {what} in the checkpoint: none of {} exists",
                     tried.join(", ")
@@ -258,7 +261,10 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         if !path.is_file() {
             return Err(RuntimeError::Io {
                 path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "shard listed in the index"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "shard listed in the index",
+                ),
             });
         }
         paths.push(path);
@@ -300,7 +306,10 @@ struct LayoutBackend {
 }
 
 impl LayoutBackend {
-    fn view(&self, name: &str) -> candle_core::Result<(String, safetensors::tensor::TensorView<'_>)> {
+    fn view(
+        &self,
+        name: &str,
+    ) -> candle_core::Result<(String, safetensors::tensor::TensorView<'_>)> {
         let stored = self.layout.stored_name(name);
         match self.files.get(&stored) {
             Ok(view) => Ok((stored, view)),
@@ -406,7 +415,10 @@ mod tests {
         let err = layout_of(&["language_model.model.embed_tokens.weight"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("vision_tower.vision_model.encoder.layers.0.layer_norm1.weight"), "{err}");
+        assert!(
+            err.contains("vision_tower.vision_model.encoder.layers.0.layer_norm1.weight"),
+            "{err}"
+        );
         let err = layout_of(&[
             "vision_tower.vision_model.encoder.layers.0.layer_norm1.weight",
             "model.vision_tower.encoder.layers.0.layer_norm1.weight",

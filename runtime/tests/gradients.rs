@@ -8,7 +8,7 @@
 //! the frozen base weights must neither receive gradients nor change.
 
 use candle_core::{DType, Device, Tensor, Var};
-use concepts_runtime::testing::{random_model, randn, tiny_config, tiny_config_gqa, RandomWeights};
+use concepts_runtime::testing::{randn, random_model, tiny_config, tiny_config_gqa, RandomWeights};
 use concepts_runtime::{ops, ConceptTable, ConceptWeights, Kernels, LlavaConfig, LlavaModel};
 
 const K: usize = 2;
@@ -174,7 +174,10 @@ fn check_gradients(cfg: &LlavaConfig) {
             .sqrt();
         let fd_norm = fd.iter().map(|x| x * x).sum::<f64>().sqrt();
         let rel = diff_norm / norm.max(fd_norm);
-        assert!(rel < 1e-6, "{which}: relative error of the gradient vector {rel:e}");
+        assert!(
+            rel < 1e-6,
+            "{which}: relative error of the gradient vector {rel:e}"
+        );
         for (i, (a, b)) in g.iter().zip(&fd).enumerate() {
             let scale = a.abs().max(b.abs()).max(1e-8);
             let err = (a - b).abs();
@@ -203,7 +206,10 @@ fn fast_and_differentiable_losses_agree_in_f64() {
         let p = initial_params(cfg.text.hidden_size);
         let fast = scalar(&loss(&fx, &p, Kernels::Fast));
         let diff = scalar(&loss(&fx, &p, Kernels::Differentiable));
-        assert!((fast - diff).abs() < 1e-10, "fast {fast} vs differentiable {diff}");
+        assert!(
+            (fast - diff).abs() < 1e-10,
+            "fast {fast} vs differentiable {diff}"
+        );
         assert!(fast.is_finite() && fast > 0.0);
     }
 }
@@ -230,7 +236,10 @@ fn frozen_base_weights_get_no_gradient_and_stay_unchanged() {
     let l0 = loss(&fx, &tracked, Kernels::Differentiable);
     let grads = l0.backward().unwrap();
     for (name, t) in &base {
-        assert!(grads.get(t).is_none(), "base weight `{name}` received a gradient");
+        assert!(
+            grads.get(t).is_none(),
+            "base weight `{name}` received a gradient"
+        );
     }
     assert!(grads.get(fx.model.embed_weight()).is_none());
     assert!(grads.get(fx.model.lm_head_weight()).is_none());
@@ -242,7 +251,12 @@ fn frozen_base_weights_get_no_gradient_and_stay_unchanged() {
             .unwrap();
     }
     let l1 = loss(&fx, &tracked, Kernels::Differentiable);
-    assert!(scalar(&l1) < scalar(&l0), "{} -> {}", scalar(&l0), scalar(&l1));
+    assert!(
+        scalar(&l1) < scalar(&l0),
+        "{} -> {}",
+        scalar(&l0),
+        scalar(&l1)
+    );
     for ((name, t), was) in base.iter().zip(&before) {
         assert_eq!(&values(t), was, "base weight `{name}` changed");
     }

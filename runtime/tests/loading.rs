@@ -83,7 +83,11 @@ fn write_model(
 ) -> ModelDir {
     let dir = ModelDir::new(tag);
     std::fs::write(dir.path().join("config.json"), tiny_config_json()).unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), b"{\"tokenizer\": \"stand-in\"}").unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        b"{\"tokenizer\": \"stand-in\"}",
+    )
+    .unwrap();
     let tensors: Vec<(String, Tensor)> = weights
         .iter()
         .map(|(name, t)| (stored_name(layout, name), t.to_dtype(dtype).unwrap()))
@@ -124,7 +128,12 @@ fn write_model(
 fn in_memory(weights: &BTreeMap<String, Tensor>, stored: DType) -> LlavaModel {
     let tensors = weights
         .iter()
-        .map(|(n, t)| (n.clone(), t.to_dtype(stored).unwrap().to_dtype(DType::F32).unwrap()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.to_dtype(stored).unwrap().to_dtype(DType::F32).unwrap(),
+            )
+        })
         .collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     LlavaModel::from_varbuilder(tiny_config(), vb).unwrap()
@@ -191,7 +200,8 @@ fn converts_stored_half_precision_to_the_requested_dtype() {
 #[test]
 fn missing_tensor_is_an_error_naming_it() {
     let mut w = hub_weights();
-    w.remove("language_model.model.layers.1.mlp.up_proj.weight").unwrap();
+    w.remove("language_model.model.layers.1.mlp.up_proj.weight")
+        .unwrap();
     let dir = write_model("missing", &w, Layout::Transformers5, DType::F32, false);
     match load(&dir) {
         Err(RuntimeError::MissingTensor { name }) => {
@@ -206,7 +216,10 @@ fn missing_tensor_is_an_error_naming_it() {
 fn misshapen_tensor_is_an_error_naming_it_and_both_shapes() {
     let mut w = hub_weights();
     let name = "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight";
-    w.insert(name.to_string(), Tensor::zeros((12, 11), DType::F64, &Device::Cpu).unwrap());
+    w.insert(
+        name.to_string(),
+        Tensor::zeros((12, 11), DType::F64, &Device::Cpu).unwrap(),
+    );
     let dir = write_model("misshapen", &w, Layout::Hub, DType::F32, false);
     let err = load(&dir).err().expect("loaded a misshapen tensor");
     let message = err.to_string();
@@ -221,7 +234,10 @@ fn misshapen_tensor_is_an_error_naming_it_and_both_shapes() {
         }
         other => panic!("wrong error: {other}"),
     }
-    assert!(message.contains(name) && message.contains("[12, 11]"), "{message}");
+    assert!(
+        message.contains(name) && message.contains("[12, 11]"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -246,16 +262,32 @@ fn unused_vision_tail_is_optional_but_pooled_needs_it() {
         reference.pooled_image_embedding(&pixels).unwrap().dims(),
         [1, 12]
     );
-    assert_eq!(model.vision_hidden_states(&pixels, Kernels::Fast).unwrap().len(), 2);
-    assert_eq!(reference.vision_hidden_states(&pixels, Kernels::Fast).unwrap().len(), 3);
+    assert_eq!(
+        model
+            .vision_hidden_states(&pixels, Kernels::Fast)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        reference
+            .vision_hidden_states(&pixels, Kernels::Fast)
+            .unwrap()
+            .len(),
+        3
+    );
 
     // A tail layer that is only partly there is an error, not a silent skip.
     let mut w = full.clone();
-    w.remove("vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight").unwrap();
+    w.remove("vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight")
+        .unwrap();
     let dir = write_model("partial-tail", &w, Layout::Hub, DType::F32, false);
     match load(&dir) {
         Err(RuntimeError::MissingTensor { name }) => {
-            assert_eq!(name, "vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight")
+            assert_eq!(
+                name,
+                "vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight"
+            )
         }
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("loaded a partial layer"),

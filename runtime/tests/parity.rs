@@ -104,7 +104,7 @@ fn image_path(json: &Value, key: &str) -> PathBuf {
 #[test]
 fn preprocessing_png_file_matches_clip_image_processor() {
     let (json, tensors) = reference();
-    let config = PreprocessConfig::from_model_dir(&fixture().join("model")).expect("config");
+    let config = PreprocessConfig::from_model_dir(&fixture().join("model"), 336).expect("config");
     assert_eq!(config, PreprocessConfig::llava_1_5());
     let px = preprocess_file(&image_path(&json, "logo"), &config).expect("preprocess");
     check_close("pixel_values.logo", &pixels(&px), &tensors, 1e-5);

@@ -365,9 +365,8 @@ def main() -> None:
         sys.exit("processor pixel values differ from the image processor's")
     input_ids = enc["input_ids"]
     with torch.no_grad():
-        fwd = model(input_ids=input_ids, pixel_values=enc["pixel_values"], output_hidden_states=True)
+        fwd = model(input_ids=input_ids, pixel_values=enc["pixel_values"])
         tensors["raw.logits"] = fwd.logits[0].contiguous()
-        tensors["raw.last_hidden"] = fwd.hidden_states[-1][0].contiguous()
         gen = model.generate(
             input_ids=input_ids,
             pixel_values=enc["pixel_values"],

@@ -77,9 +77,10 @@ impl KvCache {
         let (b, h, t, d) = k.dims4()?;
         let len = self.len;
         let needed = len + t;
-        let slot = self.layers.get_mut(layer).ok_or_else(|| {
-            RuntimeError::InvalidInput(format!("kv cache has no layer {layer}"))
-        })?;
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| RuntimeError::InvalidInput(format!("kv cache has no layer {layer}")))?;
         if let Some(buf) = slot.as_ref() {
             let (bb, bh, _, bd) = buf.k.dims4()?;
             if (bb, bh, bd) != (b, h, d) || buf.k.dtype() != k.dtype() {

@@ -58,7 +58,10 @@ impl Rope {
                 offset + t
             )));
         }
-        Ok((self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?))
+        Ok((
+            self.cos.narrow(0, offset, t)?,
+            self.sin.narrow(0, offset, t)?,
+        ))
     }
 }
 
@@ -185,13 +188,17 @@ impl DecoderLayer {
     fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(DecoderLayer {
-            input_layernorm: vb
-                .pp("input_layernorm")
-                .get_with_hints(d, "weight", Init::Const(1.0))?,
+            input_layernorm: vb.pp("input_layernorm").get_with_hints(
+                d,
+                "weight",
+                Init::Const(1.0),
+            )?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: vb
-                .pp("post_attention_layernorm")
-                .get_with_hints(d, "weight", Init::Const(1.0))?,
+            post_attention_layernorm: vb.pp("post_attention_layernorm").get_with_hints(
+                d,
+                "weight",
+                Init::Const(1.0),
+            )?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
             eps: cfg.rms_norm_eps,
         })

@@ -194,7 +194,10 @@ mod tests {
         let (model, weights) = random_model(&cfg, 1, DType::F64, &Device::Cpu).unwrap();
         let px = pixels(DType::F64);
         let features = model.image_features(&px, Kernels::Fast).unwrap();
-        assert_eq!(features.dims(), [2, cfg.image_seq_len(), cfg.text.hidden_size]);
+        assert_eq!(
+            features.dims(),
+            [2, cfg.image_seq_len(), cfg.text.hidden_size]
+        );
 
         // The projector applied to hidden_states[1] (output of layer 0) without CLS.
         let states = model.vision_hidden_states(&px, Kernels::Fast).unwrap();
@@ -213,14 +216,23 @@ mod tests {
         let tail = edited(&cfg, &weights, scale);
         let pooled = model.pooled_image_embedding(&px).unwrap();
         assert_eq!(pooled.dims(), [2, cfg.vision.hidden_size]);
-        assert_eq!(max_diff(&tail.image_features(&px, Kernels::Fast).unwrap(), &features), 0.0);
+        assert_eq!(
+            max_diff(&tail.image_features(&px, Kernels::Fast).unwrap(), &features),
+            0.0
+        );
         assert!(max_diff(&tail.pooled_image_embedding(&px).unwrap(), &pooled) > 1e-3);
 
         // Changing layer 0 moves the features.
         let first = edited(&cfg, &weights, |n, t| {
-            n.contains("encoder.layers.0.mlp.fc2.weight").then(|| (t * 1.5).unwrap())
+            n.contains("encoder.layers.0.mlp.fc2.weight")
+                .then(|| (t * 1.5).unwrap())
         });
-        assert!(max_diff(&first.image_features(&px, Kernels::Fast).unwrap(), &features) > 1e-3);
+        assert!(
+            max_diff(
+                &first.image_features(&px, Kernels::Fast).unwrap(),
+                &features
+            ) > 1e-3
+        );
     }
 
     #[test]
@@ -323,7 +335,13 @@ mod tests {
             let long = randn(&[1, 64 + 3, 16], 8, DType::F64, &Device::Cpu).unwrap();
             let full = model.forward_embeds(&long, None, Kernels::Fast).unwrap();
             let mut cache = KvCache::new(&cfg);
-            let out = chunked(&model, &mut cache, &long, &[60, 3, 1, 1, 1, 1], Kernels::Fast);
+            let out = chunked(
+                &model,
+                &mut cache,
+                &long,
+                &[60, 3, 1, 1, 1, 1],
+                Kernels::Fast,
+            );
             assert!(max_diff(&out, &full) < 1e-12);
         }
     }
@@ -347,11 +365,15 @@ mod tests {
             .forward_embeds(&prefix, Some(&mut shared), Kernels::Fast)
             .unwrap();
         let mut ca = shared.clone();
-        let got_a = model.forward_embeds(&a, Some(&mut ca), Kernels::Fast).unwrap();
+        let got_a = model
+            .forward_embeds(&a, Some(&mut ca), Kernels::Fast)
+            .unwrap();
         let mut cb = shared.clone();
         let got_b = chunked(&model, &mut cb, &b, &[1, 1], Kernels::Fast);
         let mut ca2 = shared.clone();
-        let got_a2 = model.forward_embeds(&a, Some(&mut ca2), Kernels::Fast).unwrap();
+        let got_a2 = model
+            .forward_embeds(&a, Some(&mut ca2), Kernels::Fast)
+            .unwrap();
         assert_eq!((shared.len(), ca.len(), cb.len()), (6, 9, 8));
         assert!(max_diff(&got_a, &want_a) < 1e-12);
         assert!(max_diff(&got_b, &want_b) < 1e-12);
@@ -359,7 +381,9 @@ mod tests {
 
         // The first clone still continues correctly after the others wrote.
         let x = randn(&[1, 1, 16], 12, DType::F64, &Device::Cpu).unwrap();
-        let got = model.forward_embeds(&x, Some(&mut ca), Kernels::Fast).unwrap();
+        let got = model
+            .forward_embeds(&x, Some(&mut ca), Kernels::Fast)
+            .unwrap();
         let ax = Tensor::cat(&[&a, &x], 1).unwrap();
         assert!(max_diff(&got, &tail(&ax).narrow(1, 3, 1).unwrap()) < 1e-12);
     }
@@ -411,11 +435,17 @@ mod tests {
 
         let (model, _) = random_model(&cfg, 8, DType::F64, &Device::Cpu).unwrap();
         let too_long = randn(&[1, 65, 16], 16, DType::F64, &Device::Cpu).unwrap();
-        assert!(model.forward_embeds(&too_long, None, Kernels::Fast).is_err());
+        assert!(model
+            .forward_embeds(&too_long, None, Kernels::Fast)
+            .is_err());
         let wrong_width = randn(&[1, 3, 15], 16, DType::F64, &Device::Cpu).unwrap();
-        assert!(model.forward_embeds(&wrong_width, None, Kernels::Fast).is_err());
+        assert!(model
+            .forward_embeds(&wrong_width, None, Kernels::Fast)
+            .is_err());
         let wrong_dtype = randn(&[1, 3, 16], 16, DType::F32, &Device::Cpu).unwrap();
-        assert!(model.forward_embeds(&wrong_dtype, None, Kernels::Fast).is_err());
+        assert!(model
+            .forward_embeds(&wrong_dtype, None, Kernels::Fast)
+            .is_err());
         let wrong_image = randn(&[1, 3, 14, 14], 16, DType::F64, &Device::Cpu).unwrap();
         assert!(model.image_features(&wrong_image, Kernels::Fast).is_err());
         let out_of_vocab = Tensor::new(&[3u32, 40], &Device::Cpu).unwrap();
@@ -425,6 +455,8 @@ mod tests {
         other.text.num_hidden_layers = 3;
         let mut cache = KvCache::new(&other);
         let ok = randn(&[1, 2, 16], 16, DType::F64, &Device::Cpu).unwrap();
-        assert!(model.forward_embeds(&ok, Some(&mut cache), Kernels::Fast).is_err());
+        assert!(model
+            .forward_embeds(&ok, Some(&mut cache), Kernels::Fast)
+            .is_err());
     }
 }
