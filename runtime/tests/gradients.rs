@@ -175,14 +175,14 @@ fn check_gradients(cfg: &LlavaConfig) {
         let fd_norm = fd.iter().map(|x| x * x).sum::<f64>().sqrt();
         let rel = diff_norm / norm.max(fd_norm);
         assert!(
-            rel < 1e-6,
+            rel < 1e-7,
             "{which}: relative error of the gradient vector {rel:e}"
         );
         for (i, (a, b)) in g.iter().zip(&fd).enumerate() {
             let scale = a.abs().max(b.abs()).max(1e-8);
             let err = (a - b).abs();
             assert!(
-                err / scale < 1e-4 || err < 1e-9,
+                err / scale < 1e-6 || err < 1e-9,
                 "{which}[{i}]: autograd {a:e} vs finite difference {b:e}"
             );
         }

@@ -3,15 +3,16 @@
 //! `cargo run -p toy-world --example contact_sheet -- /tmp/sheet.png [seed] [px]`
 //!
 //! Rows: every shape in every pattern; every colour as a secondary colour on red and
-//! on blue; random pretraining samples; one subject's photos; its look-alikes. Tiles are
+//! on blue; random pretraining samples; two subjects' photos and look-alikes; the two
+//! subjects together. Tiles are
 //! shown at 3x (nearest neighbour) with a 2 px gap.
 
 use image::{imageops, Rgb, RgbImage};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use toy_world::{
-    choose_subjects, lookalike, photo_of, render, sample, Background, Colour, Combo, ImageSize,
-    Object, Pattern, Scene, Shape, Size, TaskMix,
+    choose_subjects, lookalike, pair_photo, photo_of, render, sample, Background, Colour, Combo,
+    ImageSize, Object, Pattern, Scene, Shape, Size, TaskMix,
 };
 
 fn single(combo: Combo, bg: [u8; 3], rotation_deg: i32) -> Scene {
@@ -89,6 +90,10 @@ fn main() {
         }
         rows.push(row);
     }
+    let pairs = (0..10)
+        .map(|_| render(&pair_photo(&mut rng, avoid[0], avoid[1], &avoid), size))
+        .collect();
+    rows.push(pairs);
 
     let scale = 3;
     let tile = px * scale + 2;

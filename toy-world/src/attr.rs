@@ -185,6 +185,17 @@ impl Size {
             Size::Large => (0.58, 0.70),
         }
     }
+
+    /// The class whose range is nearest to `diameter` (a fraction of the side).
+    pub fn of_diameter(diameter: f32) -> Size {
+        if diameter < 0.38 {
+            Size::Small
+        } else if diameter < 0.55 {
+            Size::Medium
+        } else {
+            Size::Large
+        }
+    }
 }
 
 named_enum! {
@@ -486,6 +497,15 @@ mod tests {
         let per_shape = n + (Pattern::ALL.len() - 1) * ordered_pairs;
         assert_eq!(Combo::all().len(), Shape::ALL.len() * per_shape);
         assert_eq!(Combo::all().len(), 3220);
+    }
+
+    #[test]
+    fn size_classes_round_trip() {
+        for &size in Size::ALL {
+            let (lo, hi) = size.diameter_range();
+            assert_eq!(Size::of_diameter(lo), size);
+            assert_eq!(Size::of_diameter(hi), size);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::render::{encode_png, render, ImageSize, Scene};
 use crate::subject::{
     choose_subjects, generic_scene, lookalike, pair_photo, photo_of, stream, Subject,
 };
-use crate::tasks::{intrinsic_choice, visual_choice, Choice};
+use crate::tasks::{intrinsic_choice, visual_choice, Choice, Letter};
 use crate::text::SKS;
 
 /// Version of the folder layout, written to `subjects.json`.
@@ -377,9 +377,23 @@ fn write_contents(
         }
         let mut rng = stream(seed, &format!("{name}/qa"));
         for &attr in Attribute::ALL {
-            for _ in 0..2 {
-                qa.text
-                    .extend(intrinsic_choice(&mut rng, SKS, s.combo(), attr));
+            // Two questions per attribute, with different wrong options.
+            let mut wrong_seen = Vec::new();
+            for _ in 0..20 {
+                let Some(choice) = intrinsic_choice(&mut rng, SKS, s.combo(), attr) else {
+                    break;
+                };
+                let wrong = match choice.answer {
+                    Letter::A => choice.option_b.clone(),
+                    Letter::B => choice.option_a.clone(),
+                };
+                if !wrong_seen.contains(&wrong) {
+                    wrong_seen.push(wrong);
+                    qa.text.push(choice);
+                }
+                if wrong_seen.len() == 2 {
+                    break;
+                }
             }
         }
         questions += qa.text.len() + qa.visual.len();

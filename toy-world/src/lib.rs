@@ -48,7 +48,7 @@ mod tokenizer;
 
 pub use attr::{
     random_combo, Attribute, Colour, Combo, Difficulty, Pattern, Shape, Size, Split,
-    HELD_OUT_PER_MILLE,
+    HELD_OUT_PER_MILLE, LOW_CONTRAST_PAIRS,
 };
 pub use dataset::{write_dataset, DatasetConfig, DatasetSummary, LAYOUT_VERSION};
 pub use error::{Error, Result};

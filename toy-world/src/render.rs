@@ -572,7 +572,12 @@ fn try_place<R: Rng + ?Sized>(
         if clear {
             return Some(Object {
                 combo: w.combo,
-                size: w.size,
+                // A shrunk object is labelled by the size it ended up with.
+                size: if scale < 1.0 {
+                    Size::of_diameter(radius * 2.0)
+                } else {
+                    w.size
+                },
                 centre,
                 radius,
                 rotation_deg,

@@ -213,7 +213,16 @@ fn json_files_describe_the_dataset() {
         let qa = read(&format!("qa/{}.json", s.name()));
         assert_eq!(qa["placeholder"], "<sks>");
         let text = qa["text"].as_array().unwrap();
-        assert!(text.len() >= 6);
+        // Two distinct questions per attribute (no secondary colour for solid subjects).
+        let expected = if s.combo().secondary().is_some() {
+            8
+        } else {
+            6
+        };
+        assert_eq!(text.len(), expected);
+        for (i, q) in text.iter().enumerate() {
+            assert!(!text[i + 1..].contains(q), "duplicate question {q}");
+        }
         for q in text.iter().chain(qa["visual"].as_array().unwrap()) {
             let letter = q["answer"].as_str().unwrap();
             let right = &q[if letter == "A" {

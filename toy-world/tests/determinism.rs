@@ -62,7 +62,10 @@ const GOLDEN_64: u64 = 8_468_937_896_651_680_056;
 #[test]
 fn tokenizer_json_is_pinned() {
     let json = build_tokenizer().to_string(false).unwrap();
-    assert_eq!(fnv1a(json.as_bytes(), 0xcbf2_9ce4_8422_2325), GOLDEN_TOKENIZER);
+    assert_eq!(
+        fnv1a(json.as_bytes(), 0xcbf2_9ce4_8422_2325),
+        GOLDEN_TOKENIZER
+    );
 }
 
 const GOLDEN_TOKENIZER: u64 = 6_697_915_780_404_121_501;

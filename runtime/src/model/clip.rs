@@ -11,8 +11,9 @@
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{ClipVisionConfig, VisionStem};
+use crate::config::{Activation, ClipVisionConfig, VisionStem};
 use crate::error::{Result, RuntimeError};
+use crate::model::linear::Linear;
 use crate::ops::{self, Kernels};
 
 /// A LayerNorm's parameters.
@@ -33,25 +34,6 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, self.eps, kernels)
-    }
-}
-
-/// A linear layer with bias.
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    fn load(vb: VarBuilder, in_features: usize, out_features: usize) -> Result<Self> {
-        Ok(Linear {
-            weight: vb.get((out_features, in_features), "weight")?,
-            bias: vb.get(out_features, "bias")?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::linear(x, &self.weight, Some(&self.bias))
     }
 }
 
@@ -139,10 +121,10 @@ impl Attention {
     fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Attention {
-            q_proj: Linear::load(vb.pp("q_proj"), d, d)?,
-            k_proj: Linear::load(vb.pp("k_proj"), d, d)?,
-            v_proj: Linear::load(vb.pp("v_proj"), d, d)?,
-            out_proj: Linear::load(vb.pp("out_proj"), d, d)?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, d, true)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, d, true)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, d, true)?,
+            out_proj: Linear::load(vb.pp("out_proj"), d, d, true)?,
             num_heads: cfg.num_attention_heads,
             head_dim: d / cfg.num_attention_heads,
         })
@@ -171,7 +153,7 @@ struct EncoderLayer {
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    cfg: ClipVisionConfig,
+    act: Activation,
 }
 
 impl EncoderLayer {
@@ -182,9 +164,9 @@ impl EncoderLayer {
             layer_norm1: LayerNorm::load(vb.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
             layer_norm2: LayerNorm::load(vb.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
-            fc1: Linear::load(mlp.pp("fc1"), d, cfg.intermediate_size)?,
-            fc2: Linear::load(mlp.pp("fc2"), cfg.intermediate_size, d)?,
-            cfg: cfg.clone(),
+            fc1: Linear::load(mlp.pp("fc1"), d, cfg.intermediate_size, true)?,
+            fc2: Linear::load(mlp.pp("fc2"), cfg.intermediate_size, d, true)?,
+            act: cfg.hidden_act,
         })
     }
 
@@ -199,7 +181,7 @@ impl EncoderLayer {
         let x = (x + self.self_attn.forward(&h, kernels)?)?;
         let h = self.layer_norm2.forward(&x, kernels)?;
         let h = self.fc1.forward(&h)?;
-        let h = ops::activation(&h, self.cfg.hidden_act, kernels)?;
+        let h = ops::activation(&h, self.act, kernels)?;
         Ok((x + self.fc2.forward(&h)?)?)
     }
 }

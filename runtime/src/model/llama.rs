@@ -13,6 +13,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::config::{Activation, LlamaConfig};
 use crate::error::{Result, RuntimeError};
 use crate::model::kv_cache::KvCache;
+use crate::model::linear::Linear;
 use crate::ops::{self, Kernels};
 
 /// Precomputed RoPE angles for every position up to `max_position_embeddings`.
@@ -66,32 +67,13 @@ impl Rope {
 }
 
 struct Attention {
-    q_proj: (Tensor, Option<Tensor>),
-    k_proj: (Tensor, Option<Tensor>),
-    v_proj: (Tensor, Option<Tensor>),
-    o_proj: (Tensor, Option<Tensor>),
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
-}
-
-fn load_linear(
-    vb: VarBuilder,
-    in_features: usize,
-    out_features: usize,
-    bias: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let w = vb.get((out_features, in_features), "weight")?;
-    let b = if bias {
-        Some(vb.get(out_features, "bias")?)
-    } else {
-        None
-    };
-    Ok((w, b))
-}
-
-fn apply_linear(x: &Tensor, l: &(Tensor, Option<Tensor>)) -> Result<Tensor> {
-    ops::linear(x, &l.0, l.1.as_ref())
 }
 
 impl Attention {
@@ -101,10 +83,10 @@ impl Attention {
         let kv_out = cfg.num_key_value_heads * cfg.head_dim;
         let bias = cfg.attention_bias;
         Ok(Attention {
-            q_proj: load_linear(vb.pp("q_proj"), d, q_out, bias)?,
-            k_proj: load_linear(vb.pp("k_proj"), d, kv_out, bias)?,
-            v_proj: load_linear(vb.pp("v_proj"), d, kv_out, bias)?,
-            o_proj: load_linear(vb.pp("o_proj"), q_out, d, bias)?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, q_out, bias)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, kv_out, bias)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, kv_out, bias)?,
+            o_proj: Linear::load(vb.pp("o_proj"), q_out, d, bias)?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
@@ -119,9 +101,9 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = heads(apply_linear(x, &self.q_proj)?, self.num_heads)?;
-        let k = heads(apply_linear(x, &self.k_proj)?, self.num_kv_heads)?;
-        let v = heads(apply_linear(x, &self.v_proj)?, self.num_kv_heads)?;
+        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
         let q = ops::rope(&q, &step.cos, &step.sin, kernels)?;
         let k = ops::rope(&k, &step.cos, &step.sin, kernels)?;
 
@@ -147,14 +129,14 @@ impl Attention {
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
-        apply_linear(&out, &self.o_proj)
+        self.o_proj.forward(&out)
     }
 }
 
 struct Mlp {
-    gate_proj: (Tensor, Option<Tensor>),
-    up_proj: (Tensor, Option<Tensor>),
-    down_proj: (Tensor, Option<Tensor>),
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
     act: Activation,
 }
 
@@ -162,17 +144,17 @@ impl Mlp {
     fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let (d, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Mlp {
-            gate_proj: load_linear(vb.pp("gate_proj"), d, i, bias)?,
-            up_proj: load_linear(vb.pp("up_proj"), d, i, bias)?,
-            down_proj: load_linear(vb.pp("down_proj"), i, d, bias)?,
+            gate_proj: Linear::load(vb.pp("gate_proj"), d, i, bias)?,
+            up_proj: Linear::load(vb.pp("up_proj"), d, i, bias)?,
+            down_proj: Linear::load(vb.pp("down_proj"), i, d, bias)?,
             act: cfg.hidden_act,
         })
     }
 
     fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let gate = ops::activation(&apply_linear(x, &self.gate_proj)?, self.act, kernels)?;
-        let up = apply_linear(x, &self.up_proj)?;
-        apply_linear(&(gate * up)?, &self.down_proj)
+        let gate = ops::activation(&self.gate_proj.forward(x)?, self.act, kernels)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(gate * up)?)
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod clip;
 mod kv_cache;
+mod linear;
 mod llama;
 mod projector;
 

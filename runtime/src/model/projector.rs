@@ -7,11 +7,12 @@ use candle_nn::VarBuilder;
 
 use crate::config::{Activation, LlavaConfig};
 use crate::error::Result;
+use crate::model::linear::Linear;
 use crate::ops::{self, Kernels};
 
 pub(crate) struct Projector {
-    linear_1: (Tensor, Option<Tensor>),
-    linear_2: (Tensor, Option<Tensor>),
+    linear_1: Linear,
+    linear_2: Linear,
     act: Activation,
 }
 
@@ -19,26 +20,18 @@ impl Projector {
     pub(crate) fn load(vb: VarBuilder, cfg: &LlavaConfig) -> Result<Self> {
         let dv = cfg.vision.hidden_size;
         let dt = cfg.text.hidden_size;
-        let linear = |vb: VarBuilder, i: usize, o: usize| -> Result<(Tensor, Option<Tensor>)> {
-            let w = vb.get((o, i), "weight")?;
-            let b = if cfg.projector.bias {
-                Some(vb.get(o, "bias")?)
-            } else {
-                None
-            };
-            Ok((w, b))
-        };
+        let bias = cfg.projector.bias;
         Ok(Projector {
-            linear_1: linear(vb.pp("linear_1"), dv, dt)?,
-            linear_2: linear(vb.pp("linear_2"), dt, dt)?,
+            linear_1: Linear::load(vb.pp("linear_1"), dv, dt, bias)?,
+            linear_2: Linear::load(vb.pp("linear_2"), dt, dt, bias)?,
             act: cfg.projector.hidden_act,
         })
     }
 
     /// `[.., d_vision]` -> `[.., d_text]`.
     pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let h = ops::linear(x, &self.linear_1.0, self.linear_1.1.as_ref())?;
+        let h = self.linear_1.forward(x)?;
         let h = ops::activation(&h, self.act, kernels)?;
-        ops::linear(&h, &self.linear_2.0, self.linear_2.1.as_ref())
+        self.linear_2.forward(&h)
     }
 }
