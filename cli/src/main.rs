@@ -62,6 +62,18 @@ enum Command {
     Pin(cmd::pin::PinArgs),
     /// Answer a prompt (optionally about an image, with installed concepts active)
     Run(cmd::run::RunArgs),
+    /// Serve the model over HTTP: OpenAI-compatible chat, concept upload and recognition
+    Serve(cmd::serve::ServeArgs),
+    /// Which installed concepts are in this photo?
+    Scan(cmd::scan::ScanArgs),
+    /// Install, list, remove or describe training-stage plugins (miner, trainer, linker)
+    Plugin(cmd::plugin::PluginArgs),
+    /// Learn a concept from a handful of photos and write it as a package
+    Train(cmd::train::TrainArgs),
+    /// The procedurally generated toy world: datasets of held-out subjects
+    Toy(cmd::toy::ToyArgs),
+    /// The base model: pretrain the toy LLaVA (`base build-toy`)
+    Base(cmd::base::BaseArgs),
 }
 
 fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
@@ -78,6 +90,12 @@ fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Migrate(args) => cmd::migrate::run(args, ctx),
         Command::Pin(args) => cmd::pin::run(args, ctx),
         Command::Run(args) => cmd::run::run(args, ctx),
+        Command::Serve(args) => cmd::serve::run(args, ctx),
+        Command::Scan(args) => cmd::scan::run(args, ctx),
+        Command::Plugin(args) => cmd::plugin::run(args, ctx),
+        Command::Train(args) => cmd::train::run(args, ctx),
+        Command::Toy(args) => cmd::toy::run(args, ctx),
+        Command::Base(args) => cmd::base::run(args, ctx),
     }
 }
 

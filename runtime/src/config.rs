@@ -104,13 +104,21 @@ pub enum FeatureSelect {
 
 /// The vision tower's stem, from our `concepts_vision_stem` key.
 ///
-/// Only the real CLIP stem exists today; a variant added later needs its own stem layer in
-/// `model::clip` and its own [`VisionStem::id`], which enters the model fingerprint.
+/// Each variant has its own stem layer in `model::clip` and its own [`VisionStem::id`], which
+/// enters the model fingerprint. Everything after the stem (class token, position
+/// embeddings, `pre_layrnorm`, the encoder layers) is CLIP's in every variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VisionStem {
     /// CLIP's patch embedding: a `patch_size`-stride convolution without bias, a class token
     /// and learned position embeddings.
     Patch,
+    /// Ours, for the toy base model: `log2(patch_size)` 3×3 stride-2 convolutions (padding 1,
+    /// with bias) with an exact GELU between them, so one output pixel covers one
+    /// `patch_size`² patch, followed by CLIP's class token and position embeddings. Conv `i`
+    /// of `n` has `hidden_size / 2^(n-1-i)` output channels. A convolutional stem learns
+    /// shape and colour from a few thousand steps where a patch ViT trained from scratch
+    /// does not. Weights: `embeddings.stem.{i}.{weight,bias}` instead of `patch_embedding`.
+    Conv,
 }
 
 impl VisionStem {
@@ -118,6 +126,19 @@ impl VisionStem {
     pub fn id(self) -> &'static str {
         match self {
             VisionStem::Patch => "patch",
+            VisionStem::Conv => "conv",
+        }
+    }
+
+    /// Output channels of each convolution of the stem, first to last: one entry
+    /// (`hidden_size`) for [`VisionStem::Patch`], `log2(patch_size)` for [`VisionStem::Conv`].
+    pub fn conv_channels(self, hidden_size: usize, patch_size: usize) -> Vec<usize> {
+        match self {
+            VisionStem::Patch => vec![hidden_size],
+            VisionStem::Conv => {
+                let n = patch_size.trailing_zeros() as usize;
+                (0..n).map(|i| hidden_size >> (n - 1 - i)).collect()
+            }
         }
     }
 }
@@ -193,6 +214,22 @@ impl LlavaConfig {
                 "vision image_size {} is not divisible by patch_size {}",
                 v.image_size, v.patch_size
             ));
+        }
+        if v.stem == VisionStem::Conv {
+            let p = v.patch_size;
+            if !p.is_power_of_two() || p < 2 {
+                return bad(format!(
+                    "vision patch_size {p} is not a power of two >= 2, as the conv stem needs"
+                ));
+            }
+            let n = p.trailing_zeros();
+            if v.hidden_size % (1usize << (n - 1)) != 0 {
+                return bad(format!(
+                    "vision hidden_size {} is not divisible by {}, as a {n}-conv stem needs",
+                    v.hidden_size,
+                    1usize << (n - 1)
+                ));
+            }
         }
         if t.num_attention_heads % t.num_key_value_heads != 0 {
             return bad(format!(
@@ -305,9 +342,10 @@ impl RawLlavaConfig {
         }
         let stem = match self.concepts_vision_stem.as_deref() {
             None | Some("patch") => VisionStem::Patch,
+            Some("conv") => VisionStem::Conv,
             Some(other) => {
                 return Err(RuntimeError::Unsupported(format!(
-                    "`concepts_vision_stem` = `{other}` (implemented: patch)"
+                    "`concepts_vision_stem` = `{other}` (implemented: patch, conv)"
                 )))
             }
         };
@@ -652,6 +690,25 @@ mod tests {
     }
 
     #[test]
+    fn conv_stem_is_a_declared_variant() {
+        let json = r#"{
+          "model_type": "llava",
+          "concepts_vision_stem": "conv",
+          "vision_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "image_size": 48, "patch_size": 8}
+        }"#;
+        let cfg = LlavaConfig::from_json_str(json).unwrap();
+        assert_eq!(cfg.vision.stem, VisionStem::Conv);
+        assert_eq!(cfg.architecture_id(), "llava-1.5/conv");
+        assert_eq!(cfg.image_seq_len(), 36);
+        assert_eq!(cfg.vision.stem.conv_channels(64, 8), [16, 32, 64]);
+        let odd = json.replace("\"patch_size\": 8", "\"patch_size\": 12");
+        let odd = odd.replace("\"image_size\": 48", "\"image_size\": 36");
+        let err = LlavaConfig::from_json_str(&odd).unwrap_err().to_string();
+        assert!(err.contains("power of two"), "{err}");
+    }
+
+    #[test]
     fn absent_vision_config_is_llava_clip_large() {
         let cfg = LlavaConfig::from_json_str("{}").unwrap();
         assert_eq!(cfg.vision.hidden_size, 1024);
@@ -664,7 +721,7 @@ mod tests {
     fn rejections_name_the_key() {
         let cases = [
             (
-                r#"{"concepts_vision_stem": "conv"}"#,
+                r#"{"concepts_vision_stem": "resnet"}"#,
                 "concepts_vision_stem",
             ),
             (

@@ -81,6 +81,27 @@ pub enum RuntimeError {
     #[error(transparent)]
     Image(#[from] crate::preprocess::PreprocessError),
 
+    // === Serving (`crate::api`) ===
+    /// No concept of the source has this name or identifier.
+    #[error("concept `{query}` is not installed")]
+    ConceptNotFound { query: String },
+
+    /// The concept source (e.g. the registry) failed to list or load concepts.
+    #[error("concept source: {0}")]
+    Source(String),
+
+    /// A request exceeds a configured bound.
+    #[error("{what} is {found}, the limit is {limit}")]
+    Limit {
+        what: &'static str,
+        limit: u64,
+        found: u64,
+    },
+
+    /// The request was cancelled before it finished.
+    #[error("request cancelled")]
+    Cancelled,
+
     // === Tensor backend ===
     /// Any other error raised by candle.
     #[error(transparent)]

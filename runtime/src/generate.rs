@@ -75,6 +75,8 @@ pub enum StopReason {
     MaxTokens,
     /// The model's `max_position_embeddings` was reached.
     ContextFull,
+    /// The caller asked to stop ([`generate_cancellable`]).
+    Cancelled,
 }
 
 /// A prompt ready for the decoder: token ids (image positions hold the image token id) and
@@ -248,6 +250,20 @@ pub fn generate(
     cfg: &GenerateConfig,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
+    generate_cancellable(model, table, codec, prompt, cfg, on_text, &|| false)
+}
+
+/// [`generate`] that also stops with [`StopReason::Cancelled`] as soon as `cancelled`
+/// returns true; it is asked before the prompt is run and before each token is chosen.
+pub fn generate_cancellable(
+    model: &LlavaModel,
+    table: &ConceptTable,
+    codec: &TextCodec,
+    prompt: &EmbeddedPrompt,
+    cfg: &GenerateConfig,
+    on_text: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Generation> {
     let t = prompt.ids.len();
     if t == 0 || prompt.embeds.dim(0)? != t {
         return Err(RuntimeError::InvalidInput(format!(
@@ -260,6 +276,15 @@ pub fn generate(
         return Err(RuntimeError::InvalidInput(format!(
             "prompt of {t} tokens exceeds max_position_embeddings {max_pos}"
         )));
+    }
+    if cancelled() {
+        return Ok(Generation {
+            prompt_ids: prompt.ids.clone(),
+            generated_ids: Vec::new(),
+            text: String::new(),
+            stop: StopReason::Cancelled,
+            prompt_logits: None,
+        });
     }
     let mut cache = KvCache::new(model.config());
     let hidden = model
@@ -284,6 +309,9 @@ pub fn generate(
     let stop = loop {
         if generated.len() >= cfg.max_tokens {
             break StopReason::MaxTokens;
+        }
+        if cancelled() {
+            break StopReason::Cancelled;
         }
         let next = sampler.sample(&last.to_vec1::<f32>()?)?;
         if cfg.stop_ids.contains(&next) {
@@ -349,7 +377,50 @@ pub fn recognize(
     let hidden = model
         .forward_embeds(&prompt.embeds.unsqueeze(0)?, None, Kernels::Fast)?
         .squeeze(0)?;
-    let logits = logits_f32(model, table, &hidden.i(t - 1..t)?)?
+    readout(model, table, &hidden.i(t - 1..t)?, yes_id, no_id)
+}
+
+/// p(Yes) and p(No) for the next token after a prompt whose first positions are already in
+/// `prefix` and whose remaining positions have the embeddings `suffix` (`[S, d]`, `S >= 1`).
+///
+/// The prefix cache is not changed (the suffix goes into a copy-on-write clone), so one
+/// prefix — system text and image tokens — serves any number of suffixes; the result equals
+/// [`recognize`] on the whole prompt up to floating-point rounding.
+pub fn recognize_after_prefix(
+    model: &LlavaModel,
+    table: &ConceptTable,
+    prefix: &KvCache,
+    suffix: &Tensor,
+    yes_id: u32,
+    no_id: u32,
+) -> Result<Recognition> {
+    let s = suffix.dim(0)?;
+    if s == 0 {
+        return Err(RuntimeError::InvalidInput("empty prompt suffix".to_string()));
+    }
+    let max_pos = model.config().text.max_position_embeddings;
+    if prefix.len() + s > max_pos {
+        return Err(RuntimeError::InvalidInput(format!(
+            "prompt of {} tokens exceeds max_position_embeddings {max_pos}",
+            prefix.len() + s
+        )));
+    }
+    let mut cache = prefix.clone();
+    let hidden = model
+        .forward_embeds(&suffix.unsqueeze(0)?, Some(&mut cache), Kernels::Fast)?
+        .squeeze(0)?;
+    readout(model, table, &hidden.i(s - 1..s)?, yes_id, no_id)
+}
+
+/// The recognition read-out for the last hidden state `[1, d]`.
+fn readout(
+    model: &LlavaModel,
+    table: &ConceptTable,
+    last: &Tensor,
+    yes_id: u32,
+    no_id: u32,
+) -> Result<Recognition> {
+    let logits = logits_f32(model, table, last)?
         .squeeze(0)?
         .to_dtype(DType::F64)?;
     let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec1::<f64>()?;

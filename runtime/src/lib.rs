@@ -9,9 +9,14 @@
 //!
 //! Model code (`model`, `ops`, `concept_table`) does no I/O; `weights` and `fingerprint`
 //! read model directories.
+//!
+//! [`api::Runtime`] is the embedded API for host applications and servers: one resident base
+//! model, concepts read from a [`api::ConceptSource`] per request, async and cancellable.
 
+pub mod api;
 pub mod concept_table;
 pub mod config;
+pub mod default_model;
 pub mod error;
 pub mod fingerprint;
 pub mod generate;

@@ -159,7 +159,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         .ok_or_else(|| RuntimeError::InvalidInput("linear on a scalar".to_string()))?;
     let rows: usize = lead.iter().product();
     let out_features = weight.dim(0)?;
-    let y = x.reshape((rows, inner))?.matmul(&weight.t()?)?;
+    let y = matmul(&x.reshape((rows, inner))?, &weight.t()?)?;
     let y = match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -167,6 +167,75 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let mut out_shape = lead.to_vec();
     out_shape.push(out_features);
     Ok(y.reshape(out_shape)?)
+}
+
+/// `x · w` for a 2-D `x` `[m, k]` and `w` `[k, n]`.
+///
+/// When `x` carries gradients and `w` does not (a frozen weight: neither a `Var` nor computed
+/// from one), the product is a custom op whose backward yields `∂x` only. candle's own matmul
+/// backward always computes the gradient of both operands, which for a frozen model means
+/// a weight-sized gradient per layer: as many FLOPs again as `∂x`, and weight-sized memory.
+pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.track_op() && !w.track_op() {
+        Ok(x.apply_op2(w, FrozenMatmul)?)
+    } else {
+        Ok(x.matmul(w)?)
+    }
+}
+
+/// `[m, k] · [k, n]` whose backward only reaches the left operand.
+struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn fwd<S: candle_core::backend::BackendStorage>(
+        s1: &S,
+        l1: &candle_core::Layout,
+        s2: &S,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(S, candle_core::Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen matmul of [{m}, {k}] and [{k2}, {n}]");
+        }
+        Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, (m, n).into()))
+    }
+}
+
+impl candle_core::CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        Self::fwd(s1, l1, s2, l2)
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        Self::fwd(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&w.t()?)?), None))
+    }
 }
 
 /// An additive causal mask `[t, offset + t]`: 0 where query `i` (at position `offset + i`)
@@ -413,6 +482,27 @@ mod tests {
         )
         .unwrap();
         assert!(max_abs_diff(&first, &got.narrow(2, 0, 1).unwrap()) < 1e-6);
+    }
+
+    #[test]
+    fn frozen_matmul_backward_reaches_only_the_tracked_operand() {
+        let x = candle_core::Var::from_tensor(&randn(&[3, 4], 17)).unwrap();
+        let w = randn(&[5, 4], 18);
+        let y = matmul(x.as_tensor(), &w.t().unwrap()).unwrap();
+        let want = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(max_abs_diff(&y, &want), 0.0);
+        let grads = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        let wx = candle_core::Var::from_tensor(x.as_tensor()).unwrap();
+        let plain = wx.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        let plain_grads = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(x.as_tensor()).unwrap();
+        assert!(max_abs_diff(gx, plain_grads.get(wx.as_tensor()).unwrap()) < 1e-5);
+        assert!(grads.get(&w).is_none() && grads.get(&w.t().unwrap()).is_none());
+        // A weight that is itself a variable still gets its gradient (pretraining).
+        let wv = candle_core::Var::from_tensor(&w).unwrap();
+        let y = matmul(x.as_tensor(), &wv.as_tensor().t().unwrap()).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(wv.as_tensor()).is_some());
     }
 
     #[test]

@@ -5,8 +5,14 @@
 //! concept updates the [`ConceptTable`] (token ids after the base vocabulary) and rebuilds the
 //! [`TextCodec`] so that the concept's markers (`<bo>`, `<bo:1>` …) tokenize to those ids;
 //! the base model, tokenizer file and weights are never modified.
+//!
+//! The model and tokenizer sit behind `Arc`s: [`Engine::with_concepts`] makes another
+//! engine over the same weights with its own concept set, which is how a server gives each
+//! request its own concepts without copying or locking the base model.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use concept_format::{ConceptPackage, ModelFingerprint};
@@ -16,7 +22,7 @@ use crate::concept_table::{ConceptTable, ConceptWeights};
 use crate::error::{Result, RuntimeError};
 use crate::fingerprint::{fingerprint, TOKENIZER_FILE};
 use crate::generate::{self, EmbeddedPrompt, GenerateConfig, Generation, Recognition};
-use crate::model::LlavaModel;
+use crate::model::{KvCache, LlavaModel};
 use crate::ops::Kernels;
 use crate::preprocess::{PixelValues, PreprocessConfig};
 use crate::prompt::{
@@ -34,8 +40,8 @@ pub struct PromptInput {
 
 /// A loaded model ready to answer.
 pub struct Engine {
-    model: LlavaModel,
-    tokenizer: Tokenizer,
+    model: Arc<LlavaModel>,
+    tokenizer: Arc<Tokenizer>,
     tokenizer_path: PathBuf,
     preprocess: PreprocessConfig,
     model_dir: Option<PathBuf>,
@@ -80,8 +86,8 @@ impl Engine {
         let codec = TextCodec::new(&tokenizer, tokenizer_path, &[])?;
         let table = ConceptTable::new(&model);
         Ok(Engine {
-            model,
-            tokenizer,
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
             tokenizer_path: tokenizer_path.to_path_buf(),
             preprocess,
             model_dir: None,
@@ -116,6 +122,12 @@ impl Engine {
         identifier: &str,
         weights: ConceptWeights,
     ) -> Result<()> {
+        self.push_concept(name, identifier, weights)?;
+        self.rebuild_codec()
+    }
+
+    /// Adds a concept to the table and the markers without rebuilding the codec.
+    fn push_concept(&mut self, name: &str, identifier: &str, weights: ConceptWeights) -> Result<()> {
         let markers = ConceptMarkers::new(identifier, weights.k())?;
         if let Some((other, _)) = self
             .markers
@@ -129,12 +141,53 @@ impl Engine {
         }
         self.table.activate(name, weights)?;
         self.markers.push((name.to_string(), markers));
-        self.rebuild_codec()
+        Ok(())
+    }
+
+    /// A new engine over the same model, tokenizer and preprocessing (shared, not copied)
+    /// with exactly `concepts` active, in this order: `(name, identifier, weights)`.
+    ///
+    /// This engine's own active concepts are not carried over and it is not changed. The
+    /// cost is one tokenizer rebuild plus reference counts, whatever the number of concepts.
+    pub fn with_concepts<'a>(
+        &self,
+        concepts: impl IntoIterator<Item = (&'a str, &'a str, ConceptWeights)>,
+    ) -> Result<Engine> {
+        let mut engine = Engine {
+            model: Arc::clone(&self.model),
+            tokenizer: Arc::clone(&self.tokenizer),
+            tokenizer_path: self.tokenizer_path.clone(),
+            preprocess: self.preprocess.clone(),
+            model_dir: self.model_dir.clone(),
+            fingerprint: self.fingerprint.clone(),
+            table: ConceptTable::new(&self.model),
+            markers: Vec::new(),
+            codec: self.codec.clone(),
+        };
+        let mut any = false;
+        for (name, identifier, weights) in concepts {
+            engine.push_concept(name, identifier, weights)?;
+            any = true;
+        }
+        if any || !self.markers.is_empty() {
+            engine.rebuild_codec()?;
+        }
+        Ok(engine)
     }
 
     /// Activates a concept package after checking its prompt template and that it was
     /// trained against this model (fingerprint of embeddings, LM head and tokenizer).
     pub fn activate_package(&mut self, package: &ConceptPackage) -> Result<()> {
+        self.fingerprint()?;
+        let weights = self.package_weights(package)?;
+        let manifest = package.manifest();
+        self.activate(&manifest.name, &manifest.identifier, weights)
+    }
+
+    /// Checks a concept package as [`Engine::activate_package`] does (prompt template and
+    /// base-model fingerprint) and converts its tensors to the model's dtype and device,
+    /// without activating it.
+    pub fn package_weights(&self, package: &ConceptPackage) -> Result<ConceptWeights> {
         let manifest = package.manifest();
         let err = |msg: String| RuntimeError::Concept {
             name: manifest.name.clone(),
@@ -146,19 +199,21 @@ impl Engine {
                 manifest.prompt_template
             )));
         }
-        let ours = self.fingerprint()?;
+        let computed;
+        let ours = match &self.fingerprint {
+            Some(fp) => fp,
+            None => {
+                computed = self.compute_fingerprint()?;
+                &computed
+            }
+        };
         if manifest.base_model != *ours {
             return Err(err(format!(
                 "was trained for base model {:?}, this model is {:?}",
                 manifest.base_model, ours
             )));
         }
-        let weights = ConceptWeights::from_format(
-            package.tensors(),
-            self.model.dtype(),
-            self.model.device(),
-        )?;
-        self.activate(&manifest.name, &manifest.identifier, weights)
+        ConceptWeights::from_format(package.tensors(), self.model.dtype(), self.model.device())
     }
 
     /// Deactivates a concept; the ids of later concepts move down.
@@ -170,16 +225,20 @@ impl Engine {
 
     /// The fingerprint of the loaded model directory, computed once.
     pub fn fingerprint(&mut self) -> Result<&ModelFingerprint> {
+        if self.fingerprint.is_none() {
+            self.fingerprint = Some(self.compute_fingerprint()?);
+        }
+        Ok(self.fingerprint.as_ref().expect("just set"))
+    }
+
+    fn compute_fingerprint(&self) -> Result<ModelFingerprint> {
         let dir = self.model_dir.as_ref().ok_or_else(|| {
             RuntimeError::InvalidInput(
                 "the engine was not loaded from a model directory, so it has no fingerprint"
                     .to_string(),
             )
         })?;
-        if self.fingerprint.is_none() {
-            self.fingerprint = Some(fingerprint(dir)?);
-        }
-        Ok(self.fingerprint.as_ref().expect("just set"))
+        fingerprint(dir)
     }
 
     fn rebuild_codec(&mut self) -> Result<()> {
@@ -222,24 +281,44 @@ impl Engine {
     /// Tokenizes a prompt (BOS as the tokenizer adds it), expands each `<image>` to one
     /// position per image feature, and embeds it with the image features in place.
     pub fn embed_prompt(&self, prompt: &PromptInput) -> Result<EmbeddedPrompt> {
+        let (ids, spans) = self.tokenize_prompt(&prompt.text, prompt.images.len())?;
+        let features = if spans.is_empty() {
+            None
+        } else {
+            Some(self.image_features(&prompt.images)?)
+        };
+        let embeds = self.embed_with_features(&ids, &spans, features.as_ref())?;
+        Ok(EmbeddedPrompt { ids, embeds })
+    }
+
+    /// The first step of [`Engine::embed_prompt`] for a prompt text with `images` images:
+    /// token ids with each `<image>` expanded to one position per image feature, and the
+    /// positions of each image.
+    pub fn tokenize_prompt(
+        &self,
+        text: &str,
+        images: usize,
+    ) -> Result<(Vec<u32>, Vec<Range<usize>>)> {
         let cfg = self.model.config();
-        let ids = self.codec.encode(&prompt.text, true)?;
+        let ids = self.codec.encode(text, true)?;
         let image_id = cfg.image_token_id;
         let markers = ids.iter().filter(|&&id| id == image_id).count();
-        if markers != prompt.images.len() {
+        if markers != images {
             return Err(RuntimeError::Prompt(format!(
-                "the text has {markers} `{IMAGE_MARKER}` markers for {} image(s)",
-                prompt.images.len()
+                "the text has {markers} `{IMAGE_MARKER}` markers for {images} image(s)"
             )));
         }
-        let (ids, spans) = expand_image_tokens(&ids, image_id, cfg.image_seq_len());
-        let embeds = self.table.embed_ids(&self.model, &ids)?;
-        if spans.is_empty() {
-            return Ok(EmbeddedPrompt { ids, embeds });
+        Ok(expand_image_tokens(&ids, image_id, cfg.image_seq_len()))
+    }
+
+    /// Projected features `[n, N, d]` of `n >= 1` preprocessed images, in order.
+    pub fn image_features(&self, images: &[PixelValues]) -> Result<Tensor> {
+        let size = self.model.config().vision.image_size;
+        if images.is_empty() {
+            return Err(RuntimeError::InvalidInput("no images".to_string()));
         }
-        let size = cfg.vision.image_size;
-        let mut pixels = Vec::with_capacity(spans.len());
-        for px in &prompt.images {
+        let mut pixels = Vec::with_capacity(images.len());
+        for px in images {
             if (px.height(), px.width()) != (size, size) {
                 return Err(RuntimeError::InvalidInput(format!(
                     "image of {}x{} pixels, the vision tower takes {size}x{size}",
@@ -250,7 +329,28 @@ impl Engine {
             pixels.push(px.to_tensor(self.model.device())?);
         }
         let pixels = Tensor::cat(&pixels, 0)?.to_dtype(self.model.dtype())?;
-        let features = self.model.image_features(&pixels, Kernels::Fast)?;
+        self.model.image_features(&pixels, Kernels::Fast)
+    }
+
+    /// Embeddings `[T, d]` of `ids` with the active concepts, where image `i`'s features
+    /// (row `i` of `features`, `[n, N, d]`) replace the positions `spans[i]`.
+    pub fn embed_with_features(
+        &self,
+        ids: &[u32],
+        spans: &[Range<usize>],
+        features: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let embeds = self.table.embed_ids(&self.model, ids)?;
+        let features = match features {
+            Some(f) if !spans.is_empty() => f,
+            _ if spans.is_empty() => return Ok(embeds),
+            _ => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "{} image span(s) without image features",
+                    spans.len()
+                )))
+            }
+        };
         let mut parts = Vec::with_capacity(2 * spans.len() + 1);
         let mut pos = 0;
         for (i, span) in spans.iter().enumerate() {
@@ -263,10 +363,7 @@ impl Engine {
         if pos < ids.len() {
             parts.push(embeds.narrow(0, pos, ids.len() - pos)?);
         }
-        Ok(EmbeddedPrompt {
-            ids,
-            embeds: Tensor::cat(&parts, 0)?,
-        })
+        Ok(Tensor::cat(&parts, 0)?)
     }
 
     /// Stop ids for generation: the config's EOS ids, else the tokenizer's `</s>`.
@@ -296,12 +393,56 @@ impl Engine {
         )
     }
 
+    /// [`Engine::generate`] that stops early, with
+    /// [`generate::StopReason::Cancelled`], once `cancelled` returns true.
+    pub fn generate_cancellable(
+        &self,
+        prompt: &PromptInput,
+        cfg: &GenerateConfig,
+        on_text: &mut dyn FnMut(&str),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation> {
+        let embedded = self.embed_prompt(prompt)?;
+        generate::generate_cancellable(
+            &self.model,
+            &self.table,
+            &self.codec,
+            &embedded,
+            cfg,
+            on_text,
+            cancelled,
+        )
+    }
+
     /// p(Yes) vs p(No) at the first answer position of `prompt` (softmax over the base
     /// vocabulary and the active identifiers).
     pub fn recognize(&self, prompt: &PromptInput) -> Result<Recognition> {
-        let yes = self.codec.answer_token("Yes")?;
-        let no = self.codec.answer_token("No")?;
+        let (yes, no) = self.answer_tokens()?;
         let embedded = self.embed_prompt(prompt)?;
         generate::recognize(&self.model, &self.table, &embedded, yes, no)
+    }
+
+    /// [`Engine::recognize`] for a prompt whose first positions were already run into
+    /// `prefix` (built from the same image and text, e.g. by another engine over this
+    /// model): only `ids[prefix.len()..]` are embedded and run.
+    pub fn recognize_after_prefix(&self, prefix: &KvCache, ids: &[u32]) -> Result<Recognition> {
+        let (yes, no) = self.answer_tokens()?;
+        let suffix = ids.get(prefix.len()..).filter(|s| !s.is_empty()).ok_or_else(|| {
+            RuntimeError::InvalidInput(format!(
+                "prompt of {} tokens has no suffix after a prefix of {}",
+                ids.len(),
+                prefix.len()
+            ))
+        })?;
+        let embeds = self.table.embed_ids(&self.model, suffix)?;
+        generate::recognize_after_prefix(&self.model, &self.table, prefix, &embeds, yes, no)
+    }
+
+    /// The "Yes" and "No" answer token ids.
+    fn answer_tokens(&self) -> Result<(u32, u32)> {
+        Ok((
+            self.codec.answer_token("Yes")?,
+            self.codec.answer_token("No")?,
+        ))
     }
 }

@@ -75,6 +75,28 @@ pub fn tiny_config_gqa() -> LlavaConfig {
     cfg
 }
 
+/// [`tiny_config`] with the convolutional vision stem ([`VisionStem::Conv`]): 16×16 images,
+/// two stride-2 convolutions (6 and 12 channels), 16 image tokens.
+pub fn tiny_conv_config() -> LlavaConfig {
+    let mut cfg = tiny_config();
+    cfg.vision.stem = VisionStem::Conv;
+    cfg.vision.image_size = 16;
+    cfg.vision.patch_size = 4;
+    cfg
+}
+
+/// The `config.json` text that parses to [`tiny_conv_config`].
+pub fn tiny_conv_config_json() -> String {
+    tiny_config_json()
+        .replace(
+            r#""model_type": "llava","#,
+            r#""model_type": "llava",
+  "concepts_vision_stem": "conv","#,
+        )
+        .replace(r#""image_size": 28"#, r#""image_size": 16"#)
+        .replace(r#""patch_size": 14"#, r#""patch_size": 4"#)
+}
+
 /// The `config.json` text that parses to [`tiny_config`].
 pub fn tiny_config_json() -> String {
     r#"{
@@ -234,6 +256,14 @@ mod tests {
         assert_eq!(
             LlavaConfig::from_json_str(&tiny_config_json()).unwrap(),
             tiny_config()
+        );
+    }
+
+    #[test]
+    fn tiny_conv_config_json_parses_to_tiny_conv_config() {
+        assert_eq!(
+            LlavaConfig::from_json_str(&tiny_conv_config_json()).unwrap(),
+            tiny_conv_config()
         );
     }
 

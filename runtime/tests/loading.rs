@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use concepts_runtime::testing::{randn, tiny_config, tiny_config_json, RandomWeights};
+use concepts_runtime::testing::{
+    randn, tiny_config, tiny_config_json, tiny_conv_config, tiny_conv_config_json, RandomWeights,
+};
 use concepts_runtime::{fingerprint, Kernels, LlavaModel, RuntimeError};
 use sha2::{Digest, Sha256};
 
@@ -184,6 +186,74 @@ fn loads_transformers5_layout_sharded() {
     let w = hub_weights();
     let dir = write_model("t5", &w, Layout::Transformers5, DType::F32, true);
     assert_same_outputs(&load(&dir).unwrap(), &in_memory(&w, DType::F32));
+}
+
+#[test]
+fn loads_the_conv_stem_in_both_layouts() {
+    let cfg = tiny_conv_config();
+    let weights = RandomWeights::new(9);
+    LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(DType::F64, &Device::Cpu))
+        .unwrap();
+    let w = weights.recorded();
+    let stem: Vec<&String> = w.keys().filter(|n| n.contains(".stem.")).collect();
+    assert_eq!(
+        stem,
+        [
+            "vision_tower.vision_model.embeddings.stem.0.bias",
+            "vision_tower.vision_model.embeddings.stem.0.weight",
+            "vision_tower.vision_model.embeddings.stem.1.bias",
+            "vision_tower.vision_model.embeddings.stem.1.weight",
+        ]
+    );
+    assert!(!w.keys().any(|n| n.contains("patch_embedding")));
+    let tensors = w
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_dtype(DType::F32).unwrap()))
+        .collect();
+    let want = LlavaModel::from_varbuilder(
+        cfg.clone(),
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let pixels = randn(&[2, 3, 16, 16], 4, DType::F32, &Device::Cpu).unwrap();
+    let expected = want.image_features(&pixels, Kernels::Fast).unwrap();
+    assert_eq!(expected.dims(), [2, 16, 16]);
+    for (tag, layout) in [("conv-hub", Layout::Hub), ("conv-t5", Layout::Transformers5)] {
+        let dir = write_model(tag, &w, layout, DType::F32, false);
+        std::fs::write(dir.path().join("config.json"), tiny_conv_config_json()).unwrap();
+        let model = load(&dir).unwrap();
+        assert_eq!(model.config().architecture_id(), "llava-1.5/conv");
+        let got = model.image_features(&pixels, Kernels::Fast).unwrap();
+        let diff = (&got - &expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{tag}");
+        let slow = model
+            .image_features(&pixels, Kernels::Differentiable)
+            .unwrap();
+        let diff = (&slow - &expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{tag}: fast and differentiable differ by {diff}");
+    }
+    // A patch-stem config cannot load conv-stem weights: the patch embedding is missing.
+    let dir = write_model("conv-as-patch", &w, Layout::Hub, DType::F32, false);
+    let err = load(&dir).err().expect("patch stem over conv weights");
+    assert!(err.to_string().contains("patch_embedding"), "{err}");
 }
 
 #[test]

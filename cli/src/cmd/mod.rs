@@ -1,5 +1,6 @@
 //! One module per subcommand: `XArgs` (clap) and `run(args, &Ctx)`.
 
+pub mod base;
 pub mod export;
 pub mod gc;
 pub mod inspect;
@@ -8,7 +9,12 @@ pub mod list;
 pub mod migrate;
 pub mod pack;
 pub mod pin;
+pub mod plugin;
 pub mod remove;
 pub mod run;
+pub mod scan;
+pub mod serve;
 pub mod show;
+pub mod toy;
+pub mod train;
 pub mod verify;

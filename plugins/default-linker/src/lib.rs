@@ -40,7 +40,11 @@ impl MetadataLinker for DefaultLinker {
         DefaultLinker
     }
 
-    fn validate(&mut self, _cx: &Context<'_>, metadata: &ConceptMetadata) -> Result<(), Vec<String>> {
+    fn validate(
+        &mut self,
+        _cx: &Context<'_>,
+        metadata: &ConceptMetadata,
+    ) -> Result<(), Vec<String>> {
         let problems = problems(metadata);
         if problems.is_empty() {
             Ok(())
@@ -83,7 +87,10 @@ impl MetadataLinker for DefaultLinker {
             if let Some(problem) = problems(concept).into_iter().next() {
                 return Err(format!("active concept `{}`: {problem}", concept.name));
             }
-            if active[..i].iter().any(|c| c.identifier == concept.identifier) {
+            if active[..i]
+                .iter()
+                .any(|c| c.identifier == concept.identifier)
+            {
                 return Err(format!(
                     "identifier `{}` is active twice",
                     concept.identifier
@@ -193,8 +200,7 @@ pub fn problems(m: &ConceptMetadata) -> Vec<String> {
 
 fn is_slug(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -256,8 +262,7 @@ pub fn link_text(text: &str, identifier: &str, phrases: &[String]) -> String {
                             .iter()
                             .zip(phrase)
                             .all(|(&(_, c), &p)| lower_eq(c, p));
-                    let at_word_end =
-                        fits && (end == chars.len() || !is_word_char(chars[end].1));
+                    let at_word_end = fits && (end == chars.len() || !is_word_char(chars[end].1));
                     at_word_end.then_some(end)
                 })
             })
@@ -314,15 +319,31 @@ mod tests {
 
     #[test]
     fn rewrites_placeholders_case_and_possessive_aware() {
-        check_link("Where is Riley's ball?", &["Riley"], "Where is <bo>'s ball?");
-        check_link("RILEY sleeps; riley eats.", &["Riley"], "<bo> sleeps; <bo> eats.");
+        check_link(
+            "Where is Riley's ball?",
+            &["Riley"],
+            "Where is <bo>'s ball?",
+        );
+        check_link(
+            "RILEY sleeps; riley eats.",
+            &["Riley"],
+            "<bo> sleeps; <bo> eats.",
+        );
         check_link("This subject is a dog.", &[], "<bo> is a dog.");
-        check_link("Is the subject happy? Ask this person.", &[], "Is <bo> happy? Ask <bo>.");
+        check_link(
+            "Is the subject happy? Ask this person.",
+            &[],
+            "Is <bo> happy? Ask <bo>.",
+        );
     }
 
     #[test]
     fn leaves_other_words_alone() {
-        check_link("Rileys and O'Riley met subjects.", &["Riley"], "Rileys and O'Riley met subjects.");
+        check_link(
+            "Rileys and O'Riley met subjects.",
+            &["Riley"],
+            "Rileys and O'Riley met subjects.",
+        );
         check_link("Riley\u{2019}s toy", &["Riley"], "<bo>\u{2019}s toy");
         check_link("the subjective view", &[], "the subjective view");
         check_link("nothing to see", &["Riley"], "nothing to see");

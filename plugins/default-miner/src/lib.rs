@@ -55,7 +55,10 @@ impl NegativeMiner for DefaultMiner {
             .collect();
         job.progress(1, 2, "hard negatives chosen");
         let mined = choose(&nearest, &excluded, &ranked, params);
-        let hard = mined.iter().filter(|m| m.role == NegativeRole::Hard).count();
+        let hard = mined
+            .iter()
+            .filter(|m| m.role == NegativeRole::Hard)
+            .count();
         job.info(&format!(
             "mined {hard} hard and {} easy negatives from a pool of {} ({n_excluded} near-duplicates of a positive excluded)",
             mined.len() - hard,
@@ -180,7 +183,10 @@ mod tests {
             .map(|m| m.pool_row)
             .collect();
         assert_eq!(easy.len(), 10);
-        assert!(easy.iter().all(|&r| r < 45), "hard rows 45..50 reused: {easy:?}");
+        assert!(
+            easy.iter().all(|&r| r < 45),
+            "hard rows 45..50 reused: {easy:?}"
+        );
         let mut unique = easy.clone();
         unique.sort_unstable();
         unique.dedup();
@@ -190,7 +196,12 @@ mod tests {
     #[test]
     fn easy_count_is_capped_by_what_is_left() {
         let nearest = [0.1, 0.2, 0.3];
-        let mined = choose(&nearest, &[false, true, false], &[vec![2]], params(1, 100, 0));
+        let mined = choose(
+            &nearest,
+            &[false, true, false],
+            &[vec![2]],
+            params(1, 100, 0),
+        );
         let rows: Vec<u32> = mined.iter().map(|m| m.pool_row).collect();
         assert_eq!(rows, [2, 0]);
     }

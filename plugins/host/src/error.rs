@@ -39,7 +39,9 @@ pub enum PluginError {
         message: String,
     },
     /// The plugin file does not have the digest its manifest declares.
-    #[error("plugin `{id}`: file `{file}` has sha256 {found}, but plugin.toml declares {expected}")]
+    #[error(
+        "plugin `{id}`: file `{file}` has sha256 {found}, but plugin.toml declares {expected}"
+    )]
     HashMismatch {
         /// Plugin id
         id: String,
@@ -263,7 +265,11 @@ fn stderr_suffix(stderr: &str) -> String {
 }
 
 impl PluginError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         PluginError::Io {
             action,
             path: path.into(),

@@ -385,7 +385,10 @@ memory_mib = 32
         let got = Manifest::parse(text, Path::new("p/plugin.toml")).map(|_| ());
         match (got, expected) {
             (Ok(()), Ok(())) => {}
-            (Err(e), Err(msg)) => assert_eq!(e.to_string(), format!("plugin manifest `p/plugin.toml`: {msg}")),
+            (Err(e), Err(msg)) => assert_eq!(
+                e.to_string(),
+                format!("plugin manifest `p/plugin.toml`: {msg}")
+            ),
             (got, expected) => panic!("got {got:?}, expected {expected:?}"),
         }
     }
@@ -404,10 +407,22 @@ memory_mib = 32
     #[test]
     fn bad_manifests_name_the_field() {
         check(&GOOD.replace("acme.centroid-miner", "Acme"), Err("id `Acme`: expected 1 to 64 characters from a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit"));
-        check(&GOOD.replace("negative-miner", "miner"), Err("world `miner`: expected negative-miner, trainer or metadata-linker"));
-        check(&GOOD.replace("miner.wasm", "../miner.wasm"), Err("file `../miner.wasm`: expected a plain file name inside the package folder"));
-        check(&GOOD.replace("api = \"0.1.0\"", "api = \"0.1\""), Err("api `0.1`: expected major.minor.patch"));
-        check(&GOOD.replace("component =", "library ="), Err("a wasm plugin names its file with `component` (and no `library`)"));
+        check(
+            &GOOD.replace("negative-miner", "miner"),
+            Err("world `miner`: expected negative-miner, trainer or metadata-linker"),
+        );
+        check(
+            &GOOD.replace("miner.wasm", "../miner.wasm"),
+            Err("file `../miner.wasm`: expected a plain file name inside the package folder"),
+        );
+        check(
+            &GOOD.replace("api = \"0.1.0\"", "api = \"0.1\""),
+            Err("api `0.1`: expected major.minor.patch"),
+        );
+        check(
+            &GOOD.replace("component =", "library ="),
+            Err("a wasm plugin names its file with `component` (and no `library`)"),
+        );
         check(&GOOD.replace("sha256 = \"0", "sha256 = \"A"), Err("sha256 `A000000000000000000000000000000000000000000000000000000000000000`: expected 64 lowercase hex digits"));
         check(&GOOD.replace("memory_mib", "memory"), Err("unknown field `memory`, expected one of `memory_mib`, `guest_time_ms`, `host_call_kib`, `stack_kib`"));
         check(GOOD, Ok(()));

@@ -36,7 +36,9 @@ pub enum MatrixError {
         index: usize,
     },
     /// Too many rows or columns for the plugin interface (u32).
-    #[error("embedding matrix: {rows} × {dim} exceeds the u32 row and column counts of the plugin API")]
+    #[error(
+        "embedding matrix: {rows} × {dim} exceeds the u32 row and column counts of the plugin API"
+    )]
     TooLarge {
         /// Rows
         rows: usize,

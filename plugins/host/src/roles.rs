@@ -5,7 +5,7 @@
 //! the [`crate::PluginSet`]'s, so moving a stage between them changes no behaviour.
 
 use concepts_plugin_api::{
-    ConceptMetadata, EpochReport, MinedNegative, MiningParams, Recognition, Role, SampleCounts,
+    ConceptMetadata, EpochReport, MinedNegative, MiningParams, Recognition, SampleCounts,
     SampleRef, Split, TrainParams, TrainSummary, Turn,
 };
 
@@ -155,9 +155,4 @@ pub(crate) fn invalid_metadata(
         concept: metadata.name.clone(),
         problems,
     }
-}
-
-/// The role a trait object implements, for messages.
-pub(crate) fn role_name(role: Role) -> &'static str {
-    role.as_str()
 }

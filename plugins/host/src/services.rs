@@ -89,7 +89,11 @@ impl Mining {
         u64::from(count) * m.dim() as u64 * 4
     }
 
-    pub(crate) fn read_rows(m: &EmbeddingMatrix, start: u32, count: u32) -> Result<Vec<f32>, String> {
+    pub(crate) fn read_rows(
+        m: &EmbeddingMatrix,
+        start: u32,
+        count: u32,
+    ) -> Result<Vec<f32>, String> {
         m.rows_slice(start as usize, count as usize)
             .map(<[f32]>::to_vec)
             .ok_or_else(|| {

@@ -8,12 +8,12 @@
 use concepts_plugin_api::LogLevel;
 #[cfg(feature = "linker")]
 use concepts_plugin_api::{ConceptMetadata, Turn};
-#[cfg(feature = "miner")]
-use concepts_plugin_api::{MinedNegative, MiningParams, ScoredRow};
 #[cfg(feature = "trainer")]
 use concepts_plugin_api::{
     EpochReport, Recognition, SampleCounts, SampleRef, Split, TrainParams, TrainSummary,
 };
+#[cfg(feature = "miner")]
+use concepts_plugin_api::{MinedNegative, MiningParams, ScoredRow};
 
 use crate::{Context, Result};
 

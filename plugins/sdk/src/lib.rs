@@ -80,8 +80,7 @@ pub use miner::{Matrix, MiningJob, NegativeMiner};
 
 #[cfg(feature = "trainer")]
 pub use concepts_plugin_api::{
-    EpochReport, Recognition, SampleCounts, SampleKind, SampleRef, Split, TrainParams,
-    TrainSummary,
+    EpochReport, Recognition, SampleCounts, SampleKind, SampleRef, Split, TrainParams, TrainSummary,
 };
 #[cfg(feature = "trainer")]
 pub use trainer::{Batch, Snapshot, Trainer, TrainingJob};

@@ -12,7 +12,11 @@ pub trait MetadataLinker {
         Self: Sized;
 
     /// Checks `metadata`; the error lists every problem, each naming its field.
-    fn validate(&mut self, cx: &Context<'_>, metadata: &ConceptMetadata) -> Result<(), Vec<String>> {
+    fn validate(
+        &mut self,
+        cx: &Context<'_>,
+        metadata: &ConceptMetadata,
+    ) -> Result<(), Vec<String>> {
         let _ = (cx, metadata);
         Err(vec!["`validate` not implemented".to_owned()])
     }

@@ -40,7 +40,10 @@ impl<'a> Matrix<'a> {
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn new(backend: &'a dyn crate::backend::EmbeddingsBackend, handle: u32) -> Matrix<'a> {
+    pub(crate) fn new(
+        backend: &'a dyn crate::backend::EmbeddingsBackend,
+        handle: u32,
+    ) -> Matrix<'a> {
         Matrix { backend, handle }
     }
 

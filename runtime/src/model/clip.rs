@@ -66,44 +66,120 @@ impl PatchStem {
     }
 
     fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = pixel_values.dims4()?;
-        if (c, h, w) != (self.num_channels, self.image_size, self.image_size) {
-            return Err(RuntimeError::InvalidInput(format!(
-                "pixel_values of shape {:?}, expected [batch, {}, {}, {}]",
-                pixel_values.dims(),
-                self.num_channels,
-                self.image_size,
-                self.image_size
-            )));
-        }
+        check_pixels(pixel_values, self.num_channels, self.image_size)?;
         let pixels = pixel_values
             .to_dtype(self.patch_embedding.dtype())?
             .contiguous()?;
-        let patches = pixels.conv2d(&self.patch_embedding, 0, self.patch_size, 1, 1)?;
-        // [B, D, gh, gw] -> [B, gh*gw, D]
-        let patches = patches.flatten_from(2)?.transpose(1, 2)?;
-        let d = self.class_embedding.dim(0)?;
-        let class = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
-        let tokens = Tensor::cat(&[&class, &patches], 1)?;
-        Ok(tokens.broadcast_add(&self.position_embedding)?)
+        let maps = pixels.conv2d(&self.patch_embedding, 0, self.patch_size, 1, 1)?;
+        tokens_with_class(&maps, &self.class_embedding, &self.position_embedding)
+    }
+}
+
+/// Checks `[B, C, H, W]` pixel values against the config.
+fn check_pixels(pixel_values: &Tensor, num_channels: usize, image_size: usize) -> Result<()> {
+    let (_, c, h, w) = pixel_values.dims4()?;
+    if (c, h, w) != (num_channels, image_size, image_size) {
+        return Err(RuntimeError::InvalidInput(format!(
+            "pixel_values of shape {:?}, expected [batch, {num_channels}, {image_size}, \
+             {image_size}]",
+            pixel_values.dims(),
+        )));
+    }
+    Ok(())
+}
+
+/// Prepends the class token and adds position embeddings to `[B, D, gh, gw]` feature maps.
+fn tokens_with_class(
+    maps: &Tensor,
+    class_embedding: &Tensor,
+    position_embedding: &Tensor,
+) -> Result<Tensor> {
+    let b = maps.dim(0)?;
+    // [B, D, gh, gw] -> [B, gh*gw, D]
+    let patches = maps.flatten_from(2)?.transpose(1, 2)?;
+    let d = class_embedding.dim(0)?;
+    let class = class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
+    let tokens = Tensor::cat(&[&class, &patches], 1)?;
+    Ok(tokens.broadcast_add(position_embedding)?)
+}
+
+/// The convolutional stem of [`VisionStem::Conv`]: 3×3 stride-2 convolutions with bias and
+/// an exact GELU between them, then CLIP's class token and position embeddings.
+struct ConvStem {
+    /// `(weight [out, in, 3, 3], bias [out])` per convolution.
+    convs: Vec<(Tensor, Tensor)>,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    image_size: usize,
+    num_channels: usize,
+}
+
+impl ConvStem {
+    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let positions = (cfg.image_size / cfg.patch_size).pow(2) + 1;
+        let vb_stem = vb.pp("stem");
+        let mut convs = Vec::new();
+        let mut in_channels = cfg.num_channels;
+        for (i, out) in cfg
+            .stem
+            .conv_channels(d, cfg.patch_size)
+            .into_iter()
+            .enumerate()
+        {
+            let vb_i = vb_stem.pp(i);
+            convs.push((
+                vb_i.get((out, in_channels, 3, 3), "weight")?,
+                vb_i.get_with_hints(out, "bias", Init::Const(0.0))?,
+            ));
+            in_channels = out;
+        }
+        Ok(ConvStem {
+            convs,
+            class_embedding: vb.get(d, "class_embedding")?,
+            position_embedding: vb.pp("position_embedding").get((positions, d), "weight")?,
+            image_size: cfg.image_size,
+            num_channels: cfg.num_channels,
+        })
+    }
+
+    fn forward(&self, pixel_values: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        check_pixels(pixel_values, self.num_channels, self.image_size)?;
+        let mut x = pixel_values
+            .to_dtype(self.class_embedding.dtype())?
+            .contiguous()?;
+        let last = self.convs.len() - 1;
+        for (i, (weight, bias)) in self.convs.iter().enumerate() {
+            let c = bias.dim(0)?;
+            x = x
+                .conv2d(weight, 1, 2, 1, 1)?
+                .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+            if i < last {
+                x = ops::activation(&x, Activation::GeluErf, kernels)?;
+            }
+        }
+        tokens_with_class(&x, &self.class_embedding, &self.position_embedding)
     }
 }
 
 /// The stem turning pixels into tokens; one variant per [`VisionStem`].
 enum Stem {
     Patch(PatchStem),
+    Conv(ConvStem),
 }
 
 impl Stem {
     fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
         match cfg.stem {
             VisionStem::Patch => Ok(Stem::Patch(PatchStem::load(vb, cfg)?)),
+            VisionStem::Conv => Ok(Stem::Conv(ConvStem::load(vb, cfg)?)),
         }
     }
 
-    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    fn forward(&self, pixel_values: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match self {
             Stem::Patch(stem) => stem.forward(pixel_values),
+            Stem::Conv(stem) => stem.forward(pixel_values, kernels),
         }
     }
 }
@@ -252,7 +328,7 @@ impl ClipVisionTower {
                 upto - 1
             )));
         }
-        let x = self.stem.forward(pixel_values)?;
+        let x = self.stem.forward(pixel_values, kernels)?;
         let mut x = self.pre_layrnorm.forward(&x, kernels)?;
         let mut states = Vec::with_capacity(upto + 1);
         for layer in &self.layers[..upto] {
@@ -284,18 +360,25 @@ impl ClipVisionTower {
 
     /// CLIP's pooled output: `post_layernorm` of the last layer's CLS token, `[B, D]`.
     pub(crate) fn pooled(&self, pixel_values: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let post = match &self.post_layernorm {
-            Some(post) if self.layers.len() == self.num_hidden_layers => post,
-            _ => {
-                return Err(RuntimeError::Unsupported(
-                    "pooled image embedding needs every vision encoder layer and \
-                     post_layernorm, which the checkpoint lacks"
-                        .to_string(),
-                ))
-            }
-        };
+        self.post_layernorm()?;
         let last = self.hidden_state(pixel_values, self.num_hidden_layers, kernels)?;
+        self.pool(&last, kernels)
+    }
+
+    /// CLIP's pooled output from the last hidden state `[B, N + 1, D]`.
+    pub(crate) fn pool(&self, last: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let cls = last.narrow(1, 0, 1)?.squeeze(1)?;
-        post.forward(&cls, kernels)
+        self.post_layernorm()?.forward(&cls, kernels)
+    }
+
+    fn post_layernorm(&self) -> Result<&LayerNorm> {
+        match &self.post_layernorm {
+            Some(post) if self.layers.len() == self.num_hidden_layers => Ok(post),
+            _ => Err(RuntimeError::Unsupported(
+                "pooled image embedding needs every vision encoder layer and \
+                 post_layernorm, which the checkpoint lacks"
+                    .to_string(),
+            )),
+        }
     }
 }

@@ -38,7 +38,7 @@ impl Linear {
         let dims = x.dims();
         let (&inner, lead) = dims.split_last().unwrap_or((&0, &[]));
         let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, inner))?.matmul(&self.weight_t)?;
+        let y = crate::ops::matmul(&x.reshape((rows, inner))?, &self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -77,15 +77,27 @@ impl LlavaModel {
     /// Projected image features `[B, N, d_text]` for `[B, C, H, W]` pixel values, one row per
     /// `<image>` token (`N` = [`LlavaConfig::image_seq_len`]).
     pub fn image_features(&self, pixel_values: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let hidden =
-            self.vision
-                .hidden_state(pixel_values, self.cfg.vision_feature_layer, kernels)?;
+        let hidden = self.vision_feature_state(pixel_values, kernels)?;
+        self.project_vision_state(&hidden, kernels)
+    }
+
+    /// The vision hidden state the projector reads, `hidden_states[vision_feature_layer]`
+    /// (`[B, N + 1, d_vision]`, CLS first).
+    pub fn vision_feature_state(&self, pixel_values: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        self.vision
+            .hidden_state(pixel_values, self.cfg.vision_feature_layer, kernels)
+    }
+
+    /// The second half of [`LlavaModel::image_features`]: feature selection and the projector
+    /// applied to a [`LlavaModel::vision_feature_state`]. Pretraining with a frozen tower
+    /// runs the tower without gradients and only this part with them.
+    pub fn project_vision_state(&self, hidden: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let selected = match self.cfg.vision_feature_select {
             FeatureSelect::Default => {
                 let n = hidden.dim(1)?;
                 hidden.narrow(1, 1, n - 1)?
             }
-            FeatureSelect::Full => hidden,
+            FeatureSelect::Full => hidden.clone(),
         };
         self.projector.forward(&selected, kernels)
     }
@@ -106,6 +118,12 @@ impl LlavaModel {
     /// CLS token. Fails on checkpoints without the last vision layer or `post_layernorm`.
     pub fn pooled_image_embedding(&self, pixel_values: &Tensor) -> Result<Tensor> {
         self.vision.pooled(pixel_values, Kernels::Fast)
+    }
+
+    /// CLIP's pooled image embedding from the last of [`LlavaModel::vision_hidden_states`],
+    /// with the given kernels (differentiable for training the tower).
+    pub fn pool_vision_state(&self, last: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        self.vision.pool(last, kernels)
     }
 
     /// Rows of the base embedding table for `ids` (u32, any shape) -> `[.., d_text]`.

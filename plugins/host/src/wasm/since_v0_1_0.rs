@@ -8,7 +8,7 @@ use std::time::Instant;
 use concepts_plugin_api::{self as api, ApiVersion, LogLevel};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-use super::{CallCap, StoreState};
+use super::StoreState;
 use crate::matrix::EmbeddingMatrix;
 use crate::roles::BatchId;
 use crate::services::Mining;
@@ -54,7 +54,7 @@ use miner::concepts::plugin::{embeddings, host};
 use trainer::concepts::plugin::training_host as th;
 
 /// A batch resource: the host's batch id and its size.
-pub(crate) struct BatchRep {
+pub struct BatchRep {
     id: BatchId,
     len: u32,
 }
@@ -445,10 +445,7 @@ impl th::Host for StoreState {
 
     fn restore(&mut self, snapshot: u32) -> wasmtime::Result<Result<(), String>> {
         let started = Instant::now();
-        let r = engine_result(
-            self.training()?
-                .restore(crate::roles::SnapshotId(snapshot)),
-        );
+        let r = engine_result(self.training()?.restore(crate::roles::SnapshotId(snapshot)));
         self.clock.in_host += started.elapsed();
         Ok(r)
     }
@@ -472,7 +469,3 @@ impl th::Host for StoreState {
         Ok(())
     }
 }
-
-/// `CallCap` is how host functions above refuse oversized data; re-exported for the checks.
-#[allow(dead_code)]
-fn _uses(_: CallCap) {}

@@ -2,7 +2,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use concepts_plugin_api::native::{msg, method, status, Buffer, HostTable};
+use concepts_plugin_api::native::{method, msg, status, Buffer, HostTable};
 pub use concepts_plugin_api::native::{Buffer as NativeBuffer, HostTable as NativeHostTable};
 use concepts_plugin_api::{LogLevel, Role, API_VERSION};
 use serde::de::DeserializeOwned;

@@ -61,7 +61,11 @@ mod miner {
     use super::PhantomData;
     use crate::{MinedNegative, MiningParams, NegativeMiner, NegativeRole, ScoredRow};
 
-    pub(crate) fn top_k(query: &Matrix, pool: &Matrix, k: u32) -> Result<Vec<Vec<ScoredRow>>, String> {
+    pub(crate) fn top_k(
+        query: &Matrix,
+        pool: &Matrix,
+        k: u32,
+    ) -> Result<Vec<Vec<ScoredRow>>, String> {
         let lists = wit::top_k(query, pool, k)?;
         Ok(lists
             .into_iter()

@@ -1,1 +1,27 @@
-//! placeholder
+//! Hostile test plugin: a miner that tries to read the host file system.
+//!
+//! Used by `concepts-plugin-host`'s tests to check that the host stops it with a specific error
+//! and stays usable.
+
+use concepts_plugin_sdk::{
+    register_miner, MinedNegative, MiningJob, MiningParams, NegativeMiner, Result,
+};
+
+/// The hostile miner.
+pub struct Hostile;
+
+impl NegativeMiner for Hostile {
+    fn new() -> Self {
+        Hostile
+    }
+
+    fn mine(&mut self, job: &MiningJob<'_>, params: MiningParams) -> Result<Vec<MinedNegative>> {
+        let _ = (job, params);
+        match std::fs::read_to_string("/etc/passwd") {
+            Ok(text) => Err(format!("exfiltrated {} bytes: {text}", text.len())),
+            Err(e) => Err(format!("denied: {e}")),
+        }
+    }
+}
+
+register_miner!(Hostile);

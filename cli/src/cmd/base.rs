@@ -1,0 +1,182 @@
+//! `concepts base …`: the base model. `build-toy` pretrains the toy LLaVA on the toy world.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use candle_core::Device;
+use concepts_pretrain::{Event, RunPaths, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::ctx::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct BaseArgs {
+    #[command(subcommand)]
+    command: BaseCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BaseCommand {
+    /// Pretrain the toy base model (resumes from OUT/train-state when it exists; Ctrl-C saves
+    /// and exits). Writes the llava-hf model folder to OUT and OUT/eval.jsonl
+    BuildToy(BuildToyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildToyArgs {
+    /// Output folder: the llava-hf export, eval.jsonl, and train-state/
+    #[arg(long, default_value = "models/toy-llava", value_name = "DIR")]
+    out: PathBuf,
+    /// Seed of the whole run (weights and data)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stage-1 (language) steps [default: the standard run's]
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stage-0 (vision tower) steps [default: the standard run's]
+    #[arg(long)]
+    stage0_steps: Option<u64>,
+    /// Stage-1 batch size [default: the standard run's]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Evaluate, export and checkpoint every N steps [default: the standard run's]
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Also checkpoint at least this often
+    #[arg(long, default_value_t = 4)]
+    checkpoint_minutes: u64,
+    /// Discard OUT/train-state and start from step 0
+    #[arg(long)]
+    fresh: bool,
+    /// Stop (saving) after this many steps of this invocation, e.g. to time steps
+    #[arg(long)]
+    max_steps: Option<u64>,
+}
+
+pub fn run(args: BaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
+    match args.command {
+        BaseCommand::BuildToy(args) => build_toy(args),
+    }
+}
+
+fn build_toy(args: BuildToyArgs) -> anyhow::Result<()> {
+    let mut cfg = TrainConfig::standard(args.seed);
+    if let Some(s) = args.steps {
+        cfg.stage1_steps = s;
+    }
+    if let Some(s) = args.stage0_steps {
+        cfg.stage0_steps = s;
+    }
+    if let Some(b) = args.batch {
+        cfg.batch = b;
+    }
+    if let Some(e) = args.eval_every {
+        cfg.eval_every = e;
+    }
+    let paths = RunPaths {
+        out: args.out.clone(),
+    };
+    std::fs::create_dir_all(&paths.out)
+        .with_context(|| format!("creating `{}`", paths.out.display()))?;
+    let state = paths.state();
+    if args.fresh && state.exists() {
+        std::fs::remove_dir_all(&state)
+            .with_context(|| format!("removing `{}`", state.display()))?;
+    }
+    let device = Device::Cpu;
+    let mut trainer = Trainer::resume_or_new(cfg, &state, &device)
+        .with_context(|| format!("opening the run in `{}`", paths.out.display()))?;
+    let total = trainer.config().total_steps();
+    eprintln!(
+        "toy base model: {} parameters, steps {}/{} (stage 0: {}), state in `{}`",
+        trainer.params().count(),
+        trainer.step(),
+        total,
+        trainer.config().stage0_steps,
+        state.display()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} ({eta} left) {msg}",
+        )
+        .context("progress template")?
+        .progress_chars("=> "),
+    );
+    bar.set_position(trainer.step());
+    let start_step = trainer.step();
+    let limit = args.max_steps.map(|n| start_step + n);
+    let mut smoothed: Option<f32> = None;
+    let mut timing = (0.0f64, 0u64);
+    let result = trainer.run(
+        &paths,
+        Duration::from_secs(args.checkpoint_minutes.max(1) * 60),
+        &stop,
+        |event| match event {
+            Event::Step(r) => {
+                let s = smoothed.map_or(r.loss, |s| 0.98 * s + 0.02 * r.loss);
+                smoothed = Some(s);
+                timing = (timing.0 + r.seconds, timing.1 + 1);
+                bar.set_position(r.step + 1);
+                bar.set_message(format!(
+                    "stage {} loss {:.3} lr {:.1e} |g| {:.2} {:.2}s/step",
+                    r.stage,
+                    s,
+                    r.lr,
+                    r.grad_norm,
+                    timing.0 / timing.1 as f64
+                ));
+                if (r.step + 1) % 50 == 0 {
+                    bar.println(format!(
+                        "step {} stage {} loss {:.4} (smoothed {:.4}) lr {:.2e} |g| {:.2} {:.2}s",
+                        r.step + 1,
+                        r.stage,
+                        r.loss,
+                        s,
+                        r.lr,
+                        r.grad_norm,
+                        r.seconds
+                    ));
+                }
+                if limit.is_some_and(|l| r.step + 1 >= l) {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+            Event::Eval(report) => bar.println(format!(
+                "eval {}",
+                serde_json::to_string(&report).unwrap_or_default()
+            )),
+            Event::Saved { step, dir } => {
+                bar.println(format!("saved step {step} to `{}`", dir.display()))
+            }
+            Event::Exported { step, dir } => {
+                bar.println(format!("exported step {step} to `{}`", dir.display()))
+            }
+        },
+    );
+    bar.abandon();
+    result.context("pretraining")?;
+    if timing.1 > 0 {
+        eprintln!(
+            "{} steps this run, {:.3} s/step",
+            timing.1,
+            timing.0 / timing.1 as f64
+        );
+    }
+    eprintln!(
+        "stopped at step {}/{}; resume with the same command",
+        trainer.step(),
+        total
+    );
+    Ok(())
+}

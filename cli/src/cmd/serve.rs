@@ -1,0 +1,119 @@
+//! `concepts serve [--model DIR] [--host ADDR] [--port N] [--token TOKEN] [--image-dir DIR]
+//! [--workers N] [--queue N] [--max-tokens N] [--max-resident-mb N]`
+//!
+//! The command line `concepts serve [--model DIR] [--host ADDR] [--port N]` is a contract:
+//! outside checks run it. Without `--model` the embedded default base model is served
+//! (`$CONCEPTS_DEFAULT_MODEL` overrides its location). The server reads concepts from the
+//! registry (`--home` / `$CONCEPTS_HOME`) and runs until Ctrl-C or SIGTERM, then finishes
+//! the requests in flight.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use concepts_runtime::api::{Runtime, RuntimeConfig};
+use concepts_server::{RegistrySource, Server, ServerConfig};
+
+use crate::ctx::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// llava-hf model directory [default: $CONCEPTS_DEFAULT_MODEL, else the embedded toy model]
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Address to listen on; concept upload/delete beyond loopback need --token
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one)
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    pub port: u16,
+    /// Bearer token required to upload or delete concepts
+    #[arg(long, value_name = "TOKEN", env = "CONCEPTS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Directory whose images requests may name by path (otherwise only data URLs)
+    #[arg(long, value_name = "DIR")]
+    pub image_dir: Option<PathBuf>,
+    /// Inference requests run at once
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub workers: usize,
+    /// Inference requests that may wait for a worker; more get 429
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub queue: usize,
+    /// Most tokens a request may generate
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_tokens: usize,
+    /// Memory for concepts kept loaded between requests, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub max_resident_mb: usize,
+}
+
+/// `--model`, else the embedded default base model (with the environment override).
+pub fn model_dir(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match model {
+        Some(dir) => Ok(dir),
+        None => {
+            let from_env = std::env::var_os("CONCEPTS_DEFAULT_MODEL").map(PathBuf::from);
+            Ok(concepts_runtime::default_model::default_model_dir(
+                from_env.as_deref(),
+            )?)
+        }
+    }
+}
+
+pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let model = model_dir(args.model)?;
+    let registry = ctx.registry()?;
+    let mut runtime_config = RuntimeConfig::recommended();
+    runtime_config.max_resident_bytes = args.max_resident_mb << 20;
+    let source = Arc::new(RegistrySource::new(registry.clone()));
+    let runtime = Runtime::load(&model, source, runtime_config)
+        .with_context(|| format!("loading model `{}`", model.display()))?;
+    let mut config = ServerConfig::local(args.port);
+    config.addr = SocketAddr::new(args.host, args.port);
+    config.token = args.token;
+    config.image_dir = args.image_dir;
+    config.workers = args.workers.max(1);
+    config.queue_capacity = args.queue;
+    config.limits.max_tokens = args.max_tokens;
+    config.limits.default_max_tokens = config.limits.default_max_tokens.min(args.max_tokens);
+    let model_id = runtime.model_id().to_string();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    tokio.block_on(async move {
+        let server = Server::bind(runtime, registry, config).await?;
+        eprintln!(
+            "concepts: serving `{model_id}` on http://{} (Ctrl-C to stop)",
+            server.local_addr()
+        );
+        server.run(shutdown_signal()).await?;
+        eprintln!("concepts: stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,277 @@
+//! `concepts train NAME --images DIR [--negatives DIR|FILE] [--epochs N] [--miner ID]
+//! [--trainer ID] [--linker ID] [--model DIR] -o FILE`
+//!
+//! This command line is a contract: outside checks run it. It writes the package to FILE and
+//! the training report (`<stem>.training.json`, `<stem>.training.png`) beside it; while
+//! training, `FILE.state` holds what `--resume` needs. Ctrl-C stops after the current step and
+//! leaves the best checkpoint so far in FILE.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device};
+use concept_format::Category;
+use concepts_plugin_api::EpochReport;
+use concepts_trainer::{Init, Phase, PoolSource, Progress, Stages, Subject, TrainConfig};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::ctx::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Concept name (a-z, 0-9, `_`, `-`); the identifier is `<NAME>` unless --identifier is given
+    pub name: String,
+    /// Folder with 3 to 10 photos of the subject
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Pool of candidate negative images: a folder (searched recursively) or a precomputed
+    /// embedding file [default: the `negatives/` folder of the model]
+    #[arg(long, value_name = "DIR")]
+    pub negatives: Option<PathBuf>,
+    /// Most training epochs
+    #[arg(long, value_name = "N", default_value_t = 15)]
+    pub epochs: u32,
+    /// Negative-miner plugin id
+    #[arg(long, value_name = "ID", default_value = concepts_trainer::stages::DEFAULT_MINER)]
+    pub miner: String,
+    /// Trainer plugin id
+    #[arg(long, value_name = "ID", default_value = concepts_trainer::stages::DEFAULT_TRAINER)]
+    pub trainer: String,
+    /// Metadata-linker plugin id
+    #[arg(long, value_name = "ID", default_value = concepts_trainer::stages::DEFAULT_LINKER)]
+    pub linker: String,
+    /// The package to write
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// llava-hf base model folder [default: CONCEPTS_DEFAULT_MODEL, else the embedded toy model]
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Identifier used in prompts [default: <NAME>]
+    #[arg(long, value_name = "TEXT")]
+    pub identifier: Option<String>,
+    /// Human-readable name [default: NAME]
+    #[arg(long, value_name = "TEXT")]
+    pub display_name: Option<String>,
+    /// person, pet, object, landmark, character or other (people get human-related questions)
+    #[arg(long, default_value = "object")]
+    pub category: String,
+    /// A fact about the subject (repeatable); each becomes a training sample and is stored
+    #[arg(long = "fact", value_name = "TEXT")]
+    pub facts: Vec<String>,
+    /// Latent tokens
+    #[arg(long, default_value_t = 16)]
+    pub k: usize,
+    /// AdamW learning rate
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Samples per optimiser step
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: u32,
+    /// Seed for mining, templates, flips and initialisation
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Initialisation: random, visual, or word:TEXT
+    #[arg(long, default_value = "random")]
+    pub init: String,
+    /// Hard negatives per photo [default: 100 / number of photos]
+    #[arg(long, value_name = "M")]
+    pub hard_per_positive: Option<u32>,
+    /// Easy (random) negatives
+    #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
+    pub easy: u32,
+    /// Attribute questions the base model answers per photo (0 to 10)
+    #[arg(long, default_value_t = 10)]
+    pub questions: usize,
+    /// Continue an interrupted run from FILE.state
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// Progress bars for mining, conversation generation and epochs.
+struct Bars {
+    multi: MultiProgress,
+    phase: Option<ProgressBar>,
+    epochs: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn bar(&self, total: u64, prefix: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new(total));
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix:>13} [{bar:30}] {pos}/{len} ({elapsed} / {eta} left) {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(prefix.to_string());
+        bar
+    }
+}
+
+impl Progress for Bars {
+    fn start(&mut self, phase: Phase, total: u64) {
+        let name = match phase {
+            Phase::Mining => "embedding pool",
+            Phase::Conversations => "conversations",
+        };
+        self.phase = Some(self.bar(total, name));
+    }
+
+    fn advance(&mut self, _phase: Phase, done: u64) {
+        if let Some(bar) = &self.phase {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&mut self, _phase: Phase) {
+        if let Some(bar) = self.phase.take() {
+            bar.finish();
+        }
+    }
+
+    fn training(&mut self, epochs: u32, replaying: u32) {
+        let bar = self.bar(u64::from(epochs), "epochs");
+        if replaying > 0 {
+            bar.println(format!("resuming after epoch {replaying}"));
+        }
+        self.epochs = Some(bar);
+    }
+
+    fn step(&mut self, step: u64, loss: f32) {
+        if let Some(bar) = &self.epochs {
+            bar.set_message(format!("step {step} loss {loss:.4}"));
+        }
+    }
+
+    fn epoch(&mut self, r: &EpochReport, replayed: bool) {
+        if let Some(bar) = &self.epochs {
+            bar.set_position(u64::from(r.epoch));
+            bar.println(format!(
+                "epoch {:>2}{}: loss {:.4}, recognition {:.1}% (positives {:.1}%, negatives {:.1}%){}",
+                r.epoch,
+                if replayed { " (saved)" } else { "" },
+                r.mean_loss,
+                100.0 * r.validation.accuracy,
+                100.0 * r.validation.positive_accuracy,
+                100.0 * r.validation.negative_accuracy,
+                if r.is_best { ", best so far" } else { "" }
+            ));
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+}
+
+pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let model = match &args.model {
+        Some(dir) => dir.clone(),
+        None => {
+            let from_env = std::env::var_os("CONCEPTS_DEFAULT_MODEL").map(PathBuf::from);
+            concepts_runtime::default_model::default_model_dir(from_env.as_deref())?
+        }
+    };
+    let negatives = match &args.negatives {
+        Some(path) => PoolSource::from_path(path),
+        None => {
+            let dir = model.join("negatives");
+            if !dir.is_dir() {
+                bail!(
+                    "no negative pool: pass --negatives DIR (the model `{}` has no `negatives/` folder)",
+                    model.display()
+                );
+            }
+            PoolSource::Dir(dir)
+        }
+    };
+    let category: Category = args
+        .category
+        .parse()
+        .with_context(|| format!("--category `{}`", args.category))?;
+    let init = Init::parse(&args.init)
+        .with_context(|| format!("--init `{}`: expected random, visual or word:TEXT", args.init))?;
+    if args.questions > 10 {
+        bail!("--questions {}: at most 10", args.questions);
+    }
+    let mut stages = Stages::builtin(Some(&args.miner), Some(&args.trainer), Some(&args.linker))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let home = ctx.home()?;
+    let registry = ctx.registry()?;
+    let installed = registry
+        .list()?
+        .into_iter()
+        .flat_map(|e| [e.name, e.identifier])
+        .collect();
+    let subject = Subject {
+        identifier: args.identifier.clone().unwrap_or_else(|| format!("<{}>", args.name)),
+        display_name: args.display_name.clone().unwrap_or_else(|| args.name.clone()),
+        name: args.name.clone(),
+        category,
+        user_facts: args.facts.clone(),
+    };
+    let mut cfg = TrainConfig::new(subject, args.images.clone(), negatives, args.output.clone());
+    cfg.epochs = args.epochs;
+    cfg.k = args.k;
+    cfg.learning_rate = args.lr;
+    cfg.batch_size = args.batch_size;
+    cfg.seed = args.seed;
+    cfg.init = init;
+    cfg.hard_per_positive = args.hard_per_positive;
+    cfg.easy_negatives = args.easy;
+    cfg.conversation.questions_per_image = args.questions;
+    cfg.resume = args.resume;
+    cfg.cache_dir = Some(home.join("cache").join("pool-embeddings"));
+    cfg.installed = installed;
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let mut bars = Bars {
+        multi: MultiProgress::new(),
+        phase: None,
+        epochs: None,
+    };
+    let outcome = concepts_trainer::train(
+        &model,
+        &Device::Cpu,
+        DType::F32,
+        &cfg,
+        &mut stages,
+        &mut bars,
+        &cancel,
+    )
+    .with_context(|| format!("training `{}` on `{}`", args.name, model.display()))?;
+    if let Some(bar) = bars.epochs.take() {
+        bar.finish_and_clear();
+    }
+    let s = &outcome.summary;
+    println!(
+        "wrote `{}`: best epoch {} of {}{} (recognition {:.1}% on the training images)",
+        outcome.package.display(),
+        s.best_epoch,
+        s.epochs_run,
+        if s.stopped_early { ", stopped early" } else { "" },
+        100.0 * s.best_accuracy
+    );
+    println!(
+        "trained on {} photos, {} hard and {} easy negatives, {} conversations; pool: {} images ({} from cache)",
+        outcome.counts.positives,
+        outcome.counts.hard_negatives,
+        outcome.counts.easy_negatives,
+        outcome.counts.conversations,
+        outcome.pool.listed,
+        outcome.pool.cache_hits
+    );
+    println!(
+        "report: `{}`, `{}`",
+        outcome.report_json.display(),
+        outcome.report_png.display()
+    );
+    Ok(())
+}

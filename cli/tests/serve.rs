@@ -1,0 +1,221 @@
+//! `concepts scan` and `concepts serve` on the parity fixture model (random weights): the
+//! command-line contracts, run as a user would in a temp registry.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest};
+use serde_json::Value;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/parity")
+}
+
+fn model_dir() -> PathBuf {
+    fixture().join("model")
+}
+
+fn concepts(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_concepts"));
+    cmd.env("CONCEPTS_HOME", home).env_remove("RUST_LOG");
+    cmd
+}
+
+/// Packs `<name>` for the fixture model (tensors from `seed`) and installs it.
+fn install(home: &Path, dir: &Path, name: &str, seed: u32) {
+    let fp = concepts_runtime::fingerprint(&model_dir()).unwrap();
+    let (k, d) = (3, fp.hidden_size as usize);
+    let wave = |n: usize, phase: u32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 * 0.37 + (seed * 7 + phase) as f32).sin()))
+            .collect()
+    };
+    let tensors = ConceptTensors::from_f32(
+        concept_format::DType::F32,
+        k,
+        d,
+        wave(d, 0),
+        wave(k * d, 1),
+        wave(d, 2),
+    )
+    .unwrap();
+    let manifest = Manifest {
+        name: name.into(),
+        identifier: format!("<{name}>"),
+        display_name: name.into(),
+        category: Category::Pet,
+        k: k as u32,
+        d: d as u32,
+        dtype: concept_format::DType::F32,
+        base_model: fp,
+        prompt_template: "llava_v1/yollava-1".into(),
+        provenance: None,
+        user_facts: vec![],
+        relations: vec![],
+        license: "CC0-1.0".into(),
+        created: "2025-05-03T12:00:00Z".into(),
+        body_sha256: String::new(),
+        ext: Default::default(),
+    };
+    let path = dir.join(format!("{name}.ycpt"));
+    std::fs::write(
+        &path,
+        ConceptPackage::new(manifest, tensors).unwrap().to_bytes(),
+    )
+    .unwrap();
+    let out = concepts(home).arg("install").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn scan_asks_every_installed_concept_or_the_named_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    for (i, name) in ["bo", "kiki", "tom"].iter().enumerate() {
+        install(&home, tmp.path(), name, i as u32);
+    }
+    let image = fixture().join("images/photo.jpg");
+    let model = model_dir();
+    let scan = |extra: &[&str]| {
+        let out = concepts(&home)
+            .arg("scan")
+            .arg(&image)
+            .args(extra)
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let all: Value = serde_json::from_str(&scan(&["--json"])).unwrap();
+    let rows = all["concepts"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bo", "kiki", "tom"]);
+    for r in rows {
+        let (y, n) = (r["p_yes"].as_f64().unwrap(), r["p_no"].as_f64().unwrap());
+        assert_eq!(r["present"].as_bool().unwrap(), y > n);
+    }
+    assert_eq!(all["model"], "model");
+
+    let one: Value =
+        serde_json::from_str(&scan(&["--concept", "<kiki>", "--json"])).unwrap();
+    assert_eq!(one["concepts"].as_array().unwrap().len(), 1);
+    // Asked alone or among all, a concept gets the same answer.
+    let diff = (one["concepts"][0]["p_yes"].as_f64().unwrap() - rows[1]["p_yes"].as_f64().unwrap())
+        .abs();
+    assert!(diff <= 1e-5, "{diff}");
+
+    let table = scan(&["--concept", "tom"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("PRESENT"));
+    assert!(lines[1].contains("tom") && lines[1].contains("<tom>"), "{table}");
+
+    let out = concepts(&home)
+        .args(["scan", "missing.jpg", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.jpg"), "{stderr}");
+    let out = concepts(&home)
+        .arg("scan")
+        .arg(&image)
+        .args(["--concept", "nobody", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`nobody`"));
+}
+
+/// One HTTP/1.1 request over a fresh loopback connection; returns status and body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_on_loopback_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    install(&home, tmp.path(), "bo", 1);
+    let mut child = concepts(&home)
+        .args(["serve", "--model"])
+        .arg(model_dir())
+        .args(["--port", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    let (status, body) = http(&addr, "GET", "/health", "");
+    assert_eq!(status, 200, "{body}");
+    let chat = r#"{"messages":[{"role":"user","content":"Is <bo> here?"}],"max_tokens":3}"#;
+    let (status, body) = http(&addr, "POST", "/v1/chat/completions", chat);
+    assert_eq!(status, 200, "{body}");
+    // Chunked or not, the JSON object is in there.
+    assert!(body.contains(r#""concepts":["bo"]"#), "{body}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("stopped"), "{rest}");
+}
+
+#[test]
+fn serve_without_a_default_model_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = concepts(&tmp.path().join("home"))
+        .arg("serve")
+        .env("CONCEPTS_DEFAULT_MODEL", tmp.path().join("no-model"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("default base model") && stderr.contains("no-model"), "{stderr}");
+}

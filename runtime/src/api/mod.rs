@@ -1,0 +1,973 @@
+//! The embedded API: one [`Runtime`] serves many requests over one base model, each request
+//! with its own set of concepts.
+//!
+//! # Design
+//!
+//! * **One base model, many concept sets.** The runtime loads the model once and keeps it
+//!   behind an `Arc`; a request gets an [`Engine`] made by [`Engine::with_concepts`], which
+//!   shares the weights and tokenizer and owns only its concept table and marker codec. So
+//!   requests never lock each other out and never see each other's concepts.
+//! * **Concepts come from a [`ConceptSource`].** The runtime does not depend on
+//!   `concept-registry`: runtime and registry are siblings (`cli → plugins / runtime /
+//!   registry → concept-format`). `concepts-server` implements the trait over the registry;
+//!   [`MemorySource`] serves tests and hosts that keep packages themselves.
+//! * **Snapshots.** A request resolves every concept it needs — named in the request, or
+//!   found as an identifier (`<bo>`) in its text — against one [`ConceptSnapshot`], then
+//!   holds them as `Arc`s. A concept installed or removed meanwhile is either wholly in the
+//!   request's set or not at all; a package removed between the snapshot and its loading
+//!   makes the runtime retry with a fresh snapshot.
+//! * **Resident concepts.** Concepts in use are held in memory, checked against the model
+//!   (prompt template, base-model fingerprint) and converted to its dtype once. An LRU cache
+//!   keyed by package digest keeps at most [`RuntimeConfig::max_resident_bytes`] of them
+//!   between requests.
+//! * **Async and cancellable.** Every call runs the model on tokio's blocking pool and is
+//!   cancelled by dropping its future (or the [`ChatStream`]): the work stops at the next
+//!   token, or the next concept of a scan. The methods must be called within a tokio
+//!   runtime.
+//! * **Concept scan.** In the `llava_v1/yollava-1` layout the image precedes the personal
+//!   prompt, so [`Runtime::recognise_all`] runs the shared prefix (system text and image
+//!   tokens) once into a copy-on-write [`KvCache`](crate::KvCache) and only each concept's
+//!   suffix per concept; its answers equal those of [`Runtime::recognise`] one by one.
+//!
+//! # Example
+//!
+//! ```
+//! use std::path::Path;
+//! use std::sync::Arc;
+//!
+//! use concepts_runtime::api::{
+//!     ChatMessage, ChatRequest, ImageInput, MemorySource, Runtime, RuntimeConfig, Selection,
+//! };
+//! use concepts_runtime::generate::Sampling;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+//! let source = Arc::new(MemorySource::new());
+//! // Packages (`.ycpt`) go in with `source.insert(package)`; this example has none.
+//! let runtime = Runtime::load(&fixture.join("model"), source, RuntimeConfig::recommended())?;
+//!
+//! let tokio = tokio::runtime::Runtime::new()?;
+//! tokio.block_on(async {
+//!     let request = ChatRequest {
+//!         messages: vec![ChatMessage::user("What is in this photo?")
+//!             .with_image(ImageInput::File(fixture.join("images/logo.png")))],
+//!         concepts: vec![],
+//!         resolve_identifiers: true,
+//!         max_tokens: 4,
+//!         sampling: Sampling::Greedy,
+//!         stop_at_eos: true,
+//!     };
+//!     let mut stream = runtime.chat(request).await?;
+//!     let mut text = String::new();
+//!     while let Some(event) = stream.next().await {
+//!         match event? {
+//!             concepts_runtime::api::ChatEvent::Text(delta) => text.push_str(&delta),
+//!             concepts_runtime::api::ChatEvent::Done(summary) => {
+//!                 assert_eq!(summary.text, text);
+//!                 assert!(summary.completion_tokens <= 4);
+//!             }
+//!         }
+//!     }
+//!     // Which installed concepts are in the photo? (None are installed here.)
+//!     let scores = runtime
+//!         .recognise_all(ImageInput::File(fixture.join("images/logo.png")), Selection::All)
+//!         .await?;
+//!     assert!(scores.is_empty());
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod resident;
+mod scan;
+mod source;
+
+pub use source::{
+    find_entry, package_digest, CatalogEntry, ConceptSnapshot, ConceptSource, MemorySource,
+};
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::{DType, Device};
+use concept_format::{ConceptPackage, ModelFingerprint};
+use tokio::sync::mpsc;
+
+use crate::error::{Result, RuntimeError};
+use crate::generate::{GenerateConfig, Sampling, StopReason};
+use crate::preprocess::{decode_image, preprocess, PixelValues};
+use crate::prompt::Exchange;
+use crate::session::{Engine, PromptInput};
+
+use resident::{ResidentCache, ResidentConcept};
+
+/// The recognition question; `{}` stands for the concept's identifier.
+pub const RECOGNITION_QUESTION: &str = "Is {} in this photo? Answer with a single word or phrase.";
+
+/// The question [`Runtime::describe`] asks; `{}` stands for the concept's identifier.
+pub const DESCRIBE_QUESTION: &str = "Describe {}.";
+
+/// Text events a [`ChatStream`] buffers before the generating thread waits for the reader.
+const STREAM_BUFFER: usize = 32;
+
+/// How often a request re-resolves its concepts when a package vanished under it.
+const RESOLVE_ATTEMPTS: usize = 3;
+
+/// Bounds and prompts of a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Bytes of concept tensors kept in memory between requests (least recently used
+    /// concepts are evicted first). Concepts in use stay in memory regardless.
+    pub max_resident_bytes: usize,
+    /// Most concepts one chat request may activate together.
+    pub max_active_concepts: usize,
+    /// Most prompt tokens of a request, image positions included.
+    pub max_prompt_tokens: usize,
+    /// Most images in one request.
+    pub max_images: usize,
+    /// Most pixels (width × height) of an encoded image, checked before it is decoded.
+    pub max_image_pixels: u64,
+    /// The recognition question, `{}` replaced by the identifier ([`RECOGNITION_QUESTION`]).
+    pub recognition_question: String,
+    /// The question of [`Runtime::describe`] ([`DESCRIBE_QUESTION`]).
+    pub describe_question: String,
+}
+
+impl RuntimeConfig {
+    /// 256 MiB of resident concepts, 8 concepts and 4096 tokens per request, one image of
+    /// at most 40 megapixels, and the standard questions.
+    pub fn recommended() -> Self {
+        RuntimeConfig {
+            max_resident_bytes: 256 << 20,
+            max_active_concepts: 8,
+            max_prompt_tokens: 4096,
+            max_images: 1,
+            max_image_pixels: 40_000_000,
+            recognition_question: RECOGNITION_QUESTION.to_string(),
+            describe_question: DESCRIBE_QUESTION.to_string(),
+        }
+    }
+}
+
+/// An image for a request.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    /// The bytes of a JPEG, PNG or WebP file; `name` appears in error messages.
+    Encoded { name: String, bytes: Arc<[u8]> },
+    /// A file to read.
+    File(PathBuf),
+    /// Pixel values already preprocessed for this model.
+    Pixels(PixelValues),
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Ignored: the `llava_v1` template's system text is fixed.
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of a chat.
+#[derive(Debug, Clone)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub text: String,
+    /// At most one per turn (consecutive messages of one role form a turn).
+    pub images: Vec<ImageInput>,
+}
+
+impl ChatMessage {
+    /// A user message with text only.
+    pub fn user(text: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::User,
+            text: text.into(),
+            images: Vec::new(),
+        }
+    }
+
+    /// An assistant message (an earlier answer).
+    pub fn assistant(text: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::Assistant,
+            text: text.into(),
+            images: Vec::new(),
+        }
+    }
+
+    /// This message with an image attached.
+    pub fn with_image(mut self, image: ImageInput) -> Self {
+        self.images.push(image);
+        self
+    }
+}
+
+/// A chat (generation) request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The conversation so far, ending with a user message.
+    pub messages: Vec<ChatMessage>,
+    /// Concepts to activate, by name or identifier, in this order.
+    pub concepts: Vec<String>,
+    /// Also activate installed concepts whose identifier (`<bo>`) appears in the messages.
+    pub resolve_identifiers: bool,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Stop at the model's end-of-sequence token (else only at `max_tokens`).
+    pub stop_at_eos: bool,
+}
+
+/// A concept a request used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveConcept {
+    pub name: String,
+    pub identifier: String,
+    /// Hex sha256 of the package.
+    pub digest: String,
+}
+
+/// Why a chat ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced its end-of-sequence token.
+    Stop,
+    /// `max_tokens` or the model's context was reached.
+    Length,
+    /// The request was cancelled.
+    Cancelled,
+}
+
+/// The end of a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatSummary {
+    /// The whole answer (the concatenated [`ChatEvent::Text`] pieces).
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What a [`ChatStream`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// The next piece of the answer.
+    Text(String),
+    /// The last event.
+    Done(ChatSummary),
+}
+
+/// A chat being generated. Dropping it (or [`ChatStream::cancel`]) stops the generation.
+#[derive(Debug)]
+pub struct ChatStream {
+    rx: mpsc::Receiver<Result<ChatEvent>>,
+    cancel: Arc<AtomicBool>,
+    concepts: Vec<ActiveConcept>,
+    prompt_tokens: usize,
+}
+
+impl ChatStream {
+    /// The concepts active for this chat, in prompt order.
+    pub fn concepts(&self) -> &[ActiveConcept] {
+        &self.concepts
+    }
+
+    /// Prompt length in tokens, image positions included.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// The next event; `None` after [`ChatEvent::Done`] or an error.
+    pub async fn next(&mut self) -> Option<Result<ChatEvent>> {
+        self.rx.recv().await
+    }
+
+    /// Asks the generation to stop; it ends with [`FinishReason::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the end and returns it.
+    pub async fn collect(mut self) -> Result<ChatSummary> {
+        while let Some(event) = self.next().await {
+            if let ChatEvent::Done(summary) = event? {
+                return Ok(summary);
+            }
+        }
+        Err(RuntimeError::Cancelled)
+    }
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// Which concepts [`Runtime::recognise_all`] asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every concept of the source that this model can use (others are skipped).
+    All,
+    /// These, by name or identifier.
+    Named(Vec<String>),
+}
+
+/// The recognition read-out for one concept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConceptScore {
+    pub concept: ActiveConcept,
+    /// Softmax probability of "Yes" at the answer position.
+    pub p_yes: f64,
+    /// Same for "No".
+    pub p_no: f64,
+}
+
+impl ConceptScore {
+    /// The decision: p(Yes) > p(No).
+    pub fn present(&self) -> bool {
+        self.p_yes > self.p_no
+    }
+}
+
+/// A snapshot of the runtime's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Concepts in the resident cache.
+    pub resident_concepts: usize,
+    /// Bytes of their tensors.
+    pub resident_bytes: usize,
+    /// Chats generating now.
+    pub running_generations: usize,
+}
+
+/// A loaded base model serving requests with concepts from a [`ConceptSource`].
+///
+/// Cheap to clone (an `Arc`); `Send + Sync`. See the [module docs](self).
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: Engine,
+    fingerprint: ModelFingerprint,
+    model_id: String,
+    source: Arc<dyn ConceptSource>,
+    resident: Mutex<ResidentCache>,
+    config: RuntimeConfig,
+    running: AtomicUsize,
+}
+
+impl Runtime {
+    /// Loads a llava-hf model directory (f32 on the CPU) and computes its fingerprint.
+    /// Blocking: call it before serving, or from a blocking task.
+    pub fn load(
+        model_dir: &Path,
+        source: Arc<dyn ConceptSource>,
+        config: RuntimeConfig,
+    ) -> Result<Runtime> {
+        let mut base = Engine::load(model_dir, &Device::Cpu, DType::F32)?;
+        let fingerprint = base.fingerprint()?.clone();
+        let model_id = model_dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "concepts".to_string());
+        tracing::info!(model = %model_id, dir = %model_dir.display(), "loaded base model");
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                base,
+                fingerprint,
+                model_id,
+                source,
+                resident: Mutex::new(ResidentCache::new(config.max_resident_bytes)),
+                config,
+                running: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The model's name: its directory's name.
+    pub fn model_id(&self) -> &str {
+        &self.inner.model_id
+    }
+
+    /// The base-model fingerprint concepts must have been trained against.
+    pub fn fingerprint(&self) -> &ModelFingerprint {
+        &self.inner.fingerprint
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Checks that a package can be activated with this model (prompt template,
+    /// base-model fingerprint, tensor shapes), e.g. before installing it.
+    pub fn check_package(&self, package: &ConceptPackage) -> Result<()> {
+        self.inner.base.package_weights(package).map(|_| ())
+    }
+
+    /// The concepts the source offers now. Blocking (it may read the source's index).
+    pub fn catalog(&self) -> Result<Vec<CatalogEntry>> {
+        Ok(self.inner.source.snapshot()?.entries().to_vec())
+    }
+
+    pub fn stats(&self) -> RuntimeStats {
+        let resident = self.inner.resident();
+        RuntimeStats {
+            resident_concepts: resident.len(),
+            resident_bytes: resident.bytes(),
+            running_generations: self.inner.running.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Starts a chat: resolves its concepts, decodes its images and checks its bounds, then
+    /// generates on a blocking thread. Errors in the request are returned here, before any
+    /// text; the stream carries the answer.
+    pub async fn chat(&self, request: ChatRequest) -> Result<ChatStream> {
+        let prepared = self
+            .run_blocking(move |inner, _| inner.prepare_chat(request))
+            .await?;
+        let PreparedChat {
+            engine,
+            prompt,
+            cfg,
+            concepts,
+            prompt_tokens,
+        } = prepared;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            inner.running.fetch_add(1, Ordering::SeqCst);
+            let _running = Decrement(&inner.running);
+            let mut on_text = |text: &str| {
+                if tx.blocking_send(Ok(ChatEvent::Text(text.to_string()))).is_err() {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            };
+            let result = engine.generate_cancellable(&prompt, &cfg, &mut on_text, &|| {
+                flag.load(Ordering::SeqCst)
+            });
+            let event = result.map(|g| {
+                ChatEvent::Done(ChatSummary {
+                    text: g.text,
+                    finish: match g.stop {
+                        StopReason::Eos => FinishReason::Stop,
+                        StopReason::MaxTokens | StopReason::ContextFull => FinishReason::Length,
+                        StopReason::Cancelled => FinishReason::Cancelled,
+                    },
+                    prompt_tokens: g.prompt_ids.len(),
+                    completion_tokens: g.generated_ids.len(),
+                })
+            });
+            // The reader may be gone; then nobody is waiting for the end either.
+            let _ = tx.blocking_send(event);
+        });
+        Ok(ChatStream {
+            rx,
+            cancel,
+            concepts,
+            prompt_tokens,
+        })
+    }
+
+    /// Asks the model to describe a concept (greedy, [`RuntimeConfig::describe_question`]).
+    pub async fn describe(&self, concept: &str, max_tokens: usize) -> Result<ChatSummary> {
+        let question = self.inner.config.describe_question.clone();
+        let name = concept.to_string();
+        let identifier = self
+            .run_blocking(move |inner, _| {
+                Ok(inner.resolve(&[name], None, true)?[0].entry.identifier.clone())
+            })
+            .await?;
+        let request = ChatRequest {
+            messages: vec![ChatMessage::user(question.replace("{}", &identifier))],
+            concepts: vec![concept.to_string()],
+            resolve_identifiers: false,
+            max_tokens,
+            sampling: Sampling::Greedy,
+            stop_at_eos: true,
+        };
+        self.chat(request).await?.collect().await
+    }
+
+    /// p(Yes) / p(No) for one concept and an image: the whole prompt is run, as a client
+    /// asking the recognition question would.
+    pub async fn recognise(&self, image: ImageInput, concept: &str) -> Result<ConceptScore> {
+        let name = concept.to_string();
+        self.run_blocking(move |inner, cancel| {
+            let concept = inner.resolve(&[name], None, false)?.remove(0);
+            let pixels = inner.pixels(&image)?;
+            check(cancel)?;
+            scan::recognise_one(inner, &concept, pixels)
+        })
+        .await
+    }
+
+    /// Which of these concepts are in the image: [`Runtime::recognise`] for each, sharing
+    /// the prompt prefix (system text and image tokens) between them. Results come in the
+    /// order of the selection ([`Selection::All`]: by name).
+    pub async fn recognise_all(
+        &self,
+        image: ImageInput,
+        selection: Selection,
+    ) -> Result<Vec<ConceptScore>> {
+        self.run_blocking(move |inner, cancel| {
+            let concepts = match &selection {
+                Selection::All => inner.resolve_all()?,
+                Selection::Named(names) => inner.resolve(names, None, false)?,
+            };
+            let pixels = inner.pixels(&image)?;
+            scan::recognise_all(inner, &pixels, &concepts, cancel)
+        })
+        .await
+    }
+
+    /// Loads these concepts into memory (the resident cache) and checks that they can be
+    /// active together, so a later request finds them ready.
+    pub async fn warm(&self, concepts: Vec<String>) -> Result<Vec<ActiveConcept>> {
+        self.run_blocking(move |inner, _| {
+            let resident = inner.resolve(&concepts, None, true)?;
+            inner.engine_for(&resident)?;
+            Ok(resident.iter().map(|c| active(c)).collect())
+        })
+        .await
+    }
+
+    /// Runs `f` on the blocking pool; dropping the returned future raises its cancel flag.
+    async fn run_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &AtomicBool) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _on_drop = CancelOnDrop(Arc::clone(&cancel));
+        match tokio::task::spawn_blocking(move || f(&inner, &cancel)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(RuntimeError::Cancelled),
+        }
+    }
+}
+
+/// A chat ready to generate.
+struct PreparedChat {
+    engine: Engine,
+    prompt: PromptInput,
+    cfg: GenerateConfig,
+    concepts: Vec<ActiveConcept>,
+    prompt_tokens: usize,
+}
+
+/// One user turn and the answer that followed it, if any.
+struct Turn<'a> {
+    user: String,
+    image: Option<&'a ImageInput>,
+    assistant: Option<String>,
+}
+
+impl Inner {
+    fn resident(&self) -> MutexGuard<'_, ResidentCache> {
+        // The cache is consistent after every call, so a panic elsewhere cannot corrupt it.
+        self.resident.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The concepts named in `wanted` (in order), then those whose identifier occurs in
+    /// `text`, resolved against one snapshot and made resident.
+    fn resolve(
+        &self,
+        wanted: &[String],
+        text: Option<&str>,
+        bounded: bool,
+    ) -> Result<Vec<Arc<ResidentConcept>>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let snapshot = self.source.snapshot()?;
+            let entries = select(snapshot.entries(), wanted, text)?;
+            let limit = self.config.max_active_concepts;
+            if bounded && entries.len() > limit {
+                return Err(RuntimeError::Limit {
+                    what: "active concepts",
+                    limit: limit as u64,
+                    found: entries.len() as u64,
+                });
+            }
+            match self.make_resident(&*snapshot, &entries) {
+                Err(RuntimeError::ConceptNotFound { query }) if attempt < RESOLVE_ATTEMPTS => {
+                    tracing::debug!(%query, attempt, "concept vanished, taking a new snapshot");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Every concept of one snapshot that this model can use, made resident; concepts
+    /// trained for another model (or template) are skipped with a warning.
+    fn resolve_all(&self) -> Result<Vec<Arc<ResidentConcept>>> {
+        let mut attempt = 0;
+        'snapshot: loop {
+            attempt += 1;
+            let snapshot = self.source.snapshot()?;
+            let mut out = Vec::with_capacity(snapshot.entries().len());
+            for entry in snapshot.entries() {
+                match self.make_resident(&*snapshot, std::slice::from_ref(entry)) {
+                    Ok(mut one) => out.append(&mut one),
+                    Err(e @ RuntimeError::Concept { .. }) => {
+                        tracing::warn!(name = %entry.name, "skipping concept: {e}");
+                    }
+                    Err(RuntimeError::ConceptNotFound { .. }) if attempt < RESOLVE_ATTEMPTS => {
+                        continue 'snapshot;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(out);
+        }
+    }
+
+    fn make_resident(
+        &self,
+        snapshot: &dyn ConceptSnapshot,
+        entries: &[CatalogEntry],
+    ) -> Result<Vec<Arc<ResidentConcept>>> {
+        entries
+            .iter()
+            .map(|entry| {
+                if let Some(concept) = self.resident().get(&entry.digest) {
+                    return Ok(concept);
+                }
+                let package = snapshot.load(entry)?;
+                let m = package.manifest();
+                if (m.name.as_str(), m.identifier.as_str())
+                    != (entry.name.as_str(), entry.identifier.as_str())
+                {
+                    return Err(RuntimeError::Source(format!(
+                        "concept `{}` ({}): the package says `{}` ({})",
+                        entry.name, entry.identifier, m.name, m.identifier
+                    )));
+                }
+                let weights = self.base.package_weights(&package)?;
+                tracing::debug!(name = %entry.name, "concept made resident");
+                let concept = Arc::new(ResidentConcept::new(entry.clone(), weights));
+                Ok(self.resident().insert(concept))
+            })
+            .collect()
+    }
+
+    /// An engine over the base model with exactly these concepts active.
+    fn engine_for(&self, concepts: &[Arc<ResidentConcept>]) -> Result<Engine> {
+        self.base.with_concepts(concepts.iter().map(|c| {
+            (
+                c.entry.name.as_str(),
+                c.entry.identifier.as_str(),
+                c.weights.clone(),
+            )
+        }))
+    }
+
+    /// Decodes (bounded) and preprocesses an image for this model.
+    fn pixels(&self, image: &ImageInput) -> Result<PixelValues> {
+        let (bytes, name): (std::borrow::Cow<'_, [u8]>, PathBuf) = match image {
+            ImageInput::Pixels(px) => return Ok(px.clone()),
+            ImageInput::Encoded { name, bytes } => (bytes[..].into(), PathBuf::from(name)),
+            ImageInput::File(path) => (
+                std::fs::read(path)
+                    .map_err(|source| RuntimeError::Io {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .into(),
+                path.clone(),
+            ),
+        };
+        let dims = image::ImageReader::new(Cursor::new(&bytes[..]))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok());
+        if let Some((w, h)) = dims {
+            let pixels = u64::from(w) * u64::from(h);
+            if pixels > self.config.max_image_pixels {
+                return Err(RuntimeError::Limit {
+                    what: "image pixels",
+                    limit: self.config.max_image_pixels,
+                    found: pixels,
+                });
+            }
+        }
+        // Undecodable bytes fall through to `decode_image`, which names the problem.
+        let img = decode_image(&bytes, &name)?;
+        Ok(preprocess(&img, self.base.preprocess_config())?)
+    }
+
+    fn prepare_chat(&self, request: ChatRequest) -> Result<PreparedChat> {
+        let turns = turns(&request.messages)?;
+        let image_count = turns.iter().filter(|t| t.image.is_some()).count();
+        if image_count > self.config.max_images {
+            return Err(RuntimeError::Limit {
+                what: "images",
+                limit: self.config.max_images as u64,
+                found: image_count as u64,
+            });
+        }
+        let all_text: String = request
+            .messages
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let concepts = self.resolve(
+            &request.concepts,
+            request.resolve_identifiers.then_some(all_text.as_str()),
+            true,
+        )?;
+        let engine = self.engine_for(&concepts)?;
+        let mut conversation = engine.conversation();
+        let (last, earlier) = turns.split_last().expect("turns() returns at least one");
+        for turn in earlier {
+            conversation.push(Exchange {
+                user: turn.user.clone(),
+                image: turn.image.is_some(),
+                assistant: turn.assistant.clone().unwrap_or_default(),
+            });
+        }
+        let text = conversation.prompt(&last.user, last.image.is_some());
+        let images = turns
+            .iter()
+            .filter_map(|t| t.image)
+            .map(|image| self.pixels(image))
+            .collect::<Result<Vec<_>>>()?;
+        let (ids, _) = engine.tokenize_prompt(&text, images.len())?;
+        let max_pos = engine.model().config().text.max_position_embeddings;
+        let limit = self.config.max_prompt_tokens.min(max_pos.saturating_sub(1));
+        if ids.len() > limit {
+            return Err(RuntimeError::Limit {
+                what: "prompt tokens",
+                limit: limit as u64,
+                found: ids.len() as u64,
+            });
+        }
+        let stop_ids = if request.stop_at_eos {
+            engine.stop_ids()
+        } else {
+            Vec::new()
+        };
+        Ok(PreparedChat {
+            cfg: GenerateConfig {
+                max_tokens: request.max_tokens,
+                sampling: request.sampling,
+                stop_ids,
+                prompt_logits: false,
+            },
+            prompt: PromptInput { text, images },
+            concepts: concepts.iter().map(|c| active(c)).collect(),
+            prompt_tokens: ids.len(),
+            engine,
+        })
+    }
+}
+
+fn active(concept: &ResidentConcept) -> ActiveConcept {
+    ActiveConcept {
+        name: concept.entry.name.clone(),
+        identifier: concept.entry.identifier.clone(),
+        digest: concept.entry.digest.clone(),
+    }
+}
+
+fn check(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::SeqCst) {
+        Err(RuntimeError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// Groups messages into turns: system messages are dropped, consecutive messages of one
+/// role are joined with a newline, and the conversation must alternate user / assistant,
+/// starting and ending with the user.
+fn turns(messages: &[ChatMessage]) -> Result<Vec<Turn<'_>>> {
+    let bad = |msg: &str| Err(RuntimeError::InvalidInput(format!("messages: {msg}")));
+    let mut turns: Vec<Turn<'_>> = Vec::new();
+    let mut last_role = None;
+    for m in messages.iter().filter(|m| m.role != Role::System) {
+        match (m.role, last_role) {
+            (Role::User, Some(Role::User)) => {
+                let turn = turns.last_mut().expect("a user turn is open");
+                turn.user.push('\n');
+                turn.user.push_str(&m.text);
+            }
+            (Role::User, _) => turns.push(Turn {
+                user: m.text.clone(),
+                image: None,
+                assistant: None,
+            }),
+            (Role::Assistant, None) => return bad("the first message must be the user's"),
+            (Role::Assistant, _) => {
+                if !m.images.is_empty() {
+                    return bad("assistant messages cannot carry images");
+                }
+                let turn = turns.last_mut().expect("a turn is open");
+                let answer = turn.assistant.get_or_insert_with(String::new);
+                if !answer.is_empty() {
+                    answer.push('\n');
+                }
+                answer.push_str(&m.text);
+            }
+            (Role::System, _) => unreachable!("filtered out"),
+        }
+        if m.role == Role::User {
+            let turn = turns.last_mut().expect("a user turn is open");
+            for image in &m.images {
+                if turn.image.replace(image).is_some() {
+                    return bad("a user turn can carry one image (the llava_v1 template has one slot)");
+                }
+            }
+        }
+        last_role = Some(m.role);
+    }
+    match last_role {
+        None => bad("no user message"),
+        Some(Role::Assistant) => bad("the last message must be the user's"),
+        _ => Ok(turns),
+    }
+}
+
+/// Catalog entries for the names in `wanted` (each must exist), then for the identifiers
+/// found in `text`; each concept once, in order of first mention.
+fn select(
+    entries: &[CatalogEntry],
+    wanted: &[String],
+    text: Option<&str>,
+) -> Result<Vec<CatalogEntry>> {
+    let mut out: Vec<CatalogEntry> = Vec::new();
+    for query in wanted {
+        let entry = find_entry(entries, query).ok_or_else(|| RuntimeError::ConceptNotFound {
+            query: query.clone(),
+        })?;
+        if !out.iter().any(|e| e.name == entry.name) {
+            out.push(entry.clone());
+        }
+    }
+    for identifier in text.map(identifiers_in).unwrap_or_default() {
+        if let Some(entry) = entries.iter().find(|e| e.identifier == identifier) {
+            if !out.iter().any(|e| e.name == entry.name) {
+                out.push(entry.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every `<name>` in `text` whose name has no `<`, `>`, `:` or whitespace, in order.
+fn identifiers_in(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        let after = &rest[start + 1..];
+        match after.find(|c: char| matches!(c, '<' | '>' | ':') || c.is_whitespace()) {
+            Some(end) if end > 0 && after[end..].starts_with('>') => {
+                out.push(&rest[start..start + end + 2]);
+                rest = &after[end + 1..];
+            }
+            _ => rest = after,
+        }
+    }
+    out
+}
+
+/// Raises a cancel flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Decrements a counter when dropped.
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_found_in_order() {
+        assert_eq!(
+            identifiers_in("Is <bo> with <kiki:1> or <kiki>? <a b> <> <x<y> <image>"),
+            ["<bo>", "<kiki>", "<y>", "<image>"]
+        );
+        assert!(identifiers_in("a < b > c").is_empty());
+    }
+
+    #[test]
+    fn messages_become_alternating_turns() {
+        let image = ImageInput::File("a.png".into());
+        let messages = vec![
+            ChatMessage {
+                role: Role::System,
+                text: "be brief".into(),
+                images: vec![],
+            },
+            ChatMessage::user("Hi").with_image(image.clone()),
+            ChatMessage::user("there"),
+            ChatMessage::assistant("Hello"),
+            ChatMessage::user("Who is <bo>?"),
+        ];
+        let turns = turns(&messages).unwrap();
+        assert_eq!(turns.len(), 2);
+        assert_eq!(turns[0].user, "Hi\nthere");
+        assert!(turns[0].image.is_some());
+        assert_eq!(turns[0].assistant.as_deref(), Some("Hello"));
+        assert_eq!(turns[1].user, "Who is <bo>?");
+
+        let err = |m: Vec<ChatMessage>| turns(&m).err().unwrap().to_string();
+        assert!(err(vec![]).contains("no user message"));
+        assert!(err(vec![ChatMessage::assistant("x")]).contains("first message"));
+        assert!(err(vec![ChatMessage::user("x"), ChatMessage::assistant("y")])
+            .contains("last message"));
+        let two = ChatMessage::user("x")
+            .with_image(image.clone())
+            .with_image(image);
+        assert!(err(vec![two]).contains("one image"));
+    }
+
+    #[test]
+    fn selection_puts_named_concepts_first_and_rejects_unknown_names() {
+        let entry = |name: &str| CatalogEntry {
+            name: name.into(),
+            identifier: format!("<{name}>"),
+            digest: name.into(),
+        };
+        let entries = [entry("bo"), entry("kiki"), entry("tom")];
+        let names = |v: Vec<CatalogEntry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+        let picked = select(
+            &entries,
+            &["kiki".into()],
+            Some("<tom> and <bo> and <kiki> and <nobody>"),
+        )
+        .unwrap();
+        assert_eq!(names(picked), ["kiki", "tom", "bo"]);
+        assert!(select(&entries, &[], None).unwrap().is_empty());
+        match select(&entries, &["nobody".into()], None) {
+            Err(RuntimeError::ConceptNotFound { query }) => assert_eq!(query, "nobody"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

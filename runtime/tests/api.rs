@@ -1,0 +1,369 @@
+//! The embedded API (`concepts_runtime::api`) on the parity fixture model (random weights):
+//! the concept scan against one-by-one recognition, concept resolution and snapshots,
+//! cancellation and the resident-concept budget.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest, ModelFingerprint};
+use concepts_runtime::api::{
+    ChatEvent, ChatMessage, ChatRequest, FinishReason, ImageInput, MemorySource, Runtime,
+    RuntimeConfig, Selection,
+};
+use concepts_runtime::generate::{GenerateConfig, Sampling};
+use concepts_runtime::session::Engine;
+use concepts_runtime::RuntimeError;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const K: usize = 4;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+}
+
+fn model_dir() -> PathBuf {
+    fixture().join("model")
+}
+
+fn image() -> ImageInput {
+    ImageInput::File(fixture().join("images/logo.png"))
+}
+
+/// A concept package for the fixture model with seeded random tensors (`scale` sets their
+/// size, so different concepts move the logits differently).
+fn package(name: &str, fp: &ModelFingerprint, seed: u64, scale: f32) -> ConceptPackage {
+    let d = fp.hidden_size as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+            .collect()
+    };
+    let tensors = ConceptTensors::from_f32(
+        concept_format::DType::F32,
+        K,
+        d,
+        values(d),
+        values(K * d),
+        values(d),
+    )
+    .unwrap();
+    let manifest = Manifest {
+        name: name.into(),
+        identifier: format!("<{name}>"),
+        display_name: name.into(),
+        category: Category::Pet,
+        k: K as u32,
+        d: d as u32,
+        dtype: concept_format::DType::F32,
+        base_model: fp.clone(),
+        prompt_template: "llava_v1/yollava-1".into(),
+        provenance: None,
+        user_facts: vec![],
+        relations: vec![],
+        license: "CC0-1.0".into(),
+        created: "2025-05-03T12:00:00Z".into(),
+        body_sha256: String::new(),
+        ext: Default::default(),
+    };
+    ConceptPackage::new(manifest, tensors).unwrap()
+}
+
+fn runtime_with(names: &[&str], config: RuntimeConfig) -> (Runtime, Arc<MemorySource>) {
+    let fp = concepts_runtime::fingerprint(&model_dir()).unwrap();
+    let source = Arc::new(MemorySource::new());
+    for (i, name) in names.iter().enumerate() {
+        source.insert(package(name, &fp, i as u64 + 1, 0.5 + i as f32));
+    }
+    let runtime = Runtime::load(&model_dir(), source.clone(), config).unwrap();
+    (runtime, source)
+}
+
+fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn chat(text: &str, concepts: &[&str], max_tokens: usize) -> ChatRequest {
+    ChatRequest {
+        messages: vec![ChatMessage::user(text)],
+        concepts: concepts.iter().map(|s| s.to_string()).collect(),
+        resolve_identifiers: true,
+        max_tokens,
+        sampling: Sampling::Greedy,
+        stop_at_eos: true,
+    }
+}
+
+#[test]
+fn runtime_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Runtime>();
+    assert_send_sync::<concepts_runtime::api::ChatStream>();
+}
+
+#[test]
+fn scan_gives_the_answers_of_one_by_one_recognition() {
+    let names = ["ava", "bo", "cleo", "dot", "kiki"];
+    let (runtime, _) = runtime_with(&names, RuntimeConfig::recommended());
+    let rt = tokio();
+    let scan = rt
+        .block_on(runtime.recognise_all(image(), Selection::All))
+        .unwrap();
+    assert_eq!(
+        scan.iter().map(|s| &s.concept.name[..]).collect::<Vec<_>>(),
+        names
+    );
+    let mut decisions = Vec::new();
+    for s in &scan {
+        let one = rt
+            .block_on(runtime.recognise(image(), &s.concept.name))
+            .unwrap();
+        assert_eq!(one.concept, s.concept);
+        let (dy, dn) = ((one.p_yes - s.p_yes).abs(), (one.p_no - s.p_no).abs());
+        println!(
+            "{}: p_yes {:.6} vs {:.6} (diff {dy:e}), p_no diff {dn:e}",
+            s.concept.name, s.p_yes, one.p_yes
+        );
+        assert!(dy <= 1e-5 && dn <= 1e-5, "{}: {dy} {dn}", s.concept.name);
+        assert_eq!(one.present(), s.present(), "{}", s.concept.name);
+        assert!(s.p_yes > 0.0 && s.p_no > 0.0 && s.p_yes + s.p_no <= 1.0);
+        decisions.push(s.p_yes);
+    }
+    // The concepts do change the answer: the read-outs are not all equal.
+    assert!(decisions.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-6));
+
+    let named = rt
+        .block_on(runtime.recognise_all(image(), Selection::Named(vec!["<kiki>".into(), "bo".into()])))
+        .unwrap();
+    assert_eq!(named[0], scan[4]);
+    assert_eq!(named[1], scan[1]);
+}
+
+#[test]
+fn recognise_equals_the_engine_with_that_concept_active() {
+    let (runtime, source) = runtime_with(&["bo"], RuntimeConfig::recommended());
+    let score = tokio()
+        .block_on(runtime.recognise(image(), "bo"))
+        .unwrap();
+    let mut engine = Engine::load(&model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let snapshot = concepts_runtime::api::ConceptSource::snapshot(&*source).unwrap();
+    let package = snapshot.load(&snapshot.entries()[0]).unwrap();
+    engine.activate_package(&package).unwrap();
+    let pixels = concepts_runtime::preprocess::preprocess_file(
+        &fixture().join("images/logo.png"),
+        engine.preprocess_config(),
+    )
+    .unwrap();
+    let prompt = engine.chat_prompt(
+        "Is <bo> in this photo? Answer with a single word or phrase.",
+        Some(pixels),
+    );
+    let r = engine.recognize(&prompt).unwrap();
+    assert_eq!((score.p_yes, score.p_no), (r.p_yes, r.p_no));
+}
+
+#[test]
+fn chat_activates_named_and_mentioned_concepts_like_the_engine() {
+    let (runtime, source) = runtime_with(&["bo", "kiki", "tom"], RuntimeConfig::recommended());
+    let rt = tokio();
+    let request = chat("Is <kiki> next to it?", &["bo"], 8);
+    let mut stream = rt.block_on(runtime.chat(request)).unwrap();
+    let names: Vec<&str> = stream.concepts().iter().map(|c| &c.name[..]).collect();
+    assert_eq!(names, ["bo", "kiki"]);
+    let prompt_tokens = stream.prompt_tokens();
+    let (text, summary) = rt.block_on(async {
+        let mut text = String::new();
+        loop {
+            match stream.next().await.unwrap().unwrap() {
+                ChatEvent::Text(t) => text.push_str(&t),
+                ChatEvent::Done(s) => return (text, s),
+            }
+        }
+    });
+    assert_eq!(summary.text, text);
+    assert_eq!(summary.prompt_tokens, prompt_tokens);
+
+    // The same prompt through a plain engine with both concepts activated.
+    let mut engine = Engine::load(&model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let snapshot = concepts_runtime::api::ConceptSource::snapshot(&*source).unwrap();
+    for name in ["bo", "kiki"] {
+        let entry = snapshot.entries().iter().find(|e| e.name == name).unwrap();
+        engine.activate_package(&snapshot.load(entry).unwrap()).unwrap();
+    }
+    let prompt = engine.chat_prompt("Is <kiki> next to it?", None);
+    let cfg = GenerateConfig {
+        max_tokens: 8,
+        sampling: Sampling::Greedy,
+        stop_ids: engine.stop_ids(),
+        prompt_logits: false,
+    };
+    let g = engine.generate(&prompt, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(g.text, summary.text);
+    assert_eq!(g.prompt_ids.len(), prompt_tokens);
+    assert_eq!(g.generated_ids.len(), summary.completion_tokens);
+}
+
+#[test]
+fn bad_requests_fail_before_generation_with_errors_naming_them() {
+    let fp = concepts_runtime::fingerprint(&model_dir()).unwrap();
+    let mut other = fp.clone();
+    other.embed_sha256 = "f".repeat(64);
+    let source = Arc::new(MemorySource::new());
+    source.insert(package("bo", &fp, 1, 1.0));
+    source.insert(package("alien", &other, 2, 1.0));
+    let mut config = RuntimeConfig::recommended();
+    config.max_prompt_tokens = 200;
+    config.max_image_pixels = 100;
+    let runtime = Runtime::load(&model_dir(), source, config).unwrap();
+    let rt = tokio();
+    let err = |r: ChatRequest| rt.block_on(runtime.chat(r)).unwrap_err();
+
+    match err(chat("Hi", &["nobody"], 4)) {
+        RuntimeError::ConceptNotFound { query } => assert_eq!(query, "nobody"),
+        other => panic!("{other}"),
+    }
+    let e = err(chat("Who is <alien>?", &[], 4)).to_string();
+    assert!(e.contains("concept `alien`") && e.contains("base model"), "{e}");
+    match err(chat(&"word ".repeat(300), &[], 4)) {
+        RuntimeError::Limit { what, limit, .. } => assert_eq!((what, limit), ("prompt tokens", 200)),
+        other => panic!("{other}"),
+    }
+    let mut with_image = chat("What is this?", &[], 4);
+    with_image.messages[0].images.push(image());
+    match err(with_image) {
+        RuntimeError::Limit { what, .. } => assert_eq!(what, "image pixels"),
+        other => panic!("{other}"),
+    }
+    let mut garbage = chat("What is this?", &[], 4);
+    garbage.messages[0].images.push(ImageInput::Encoded {
+        name: "upload.png".into(),
+        bytes: Arc::from(&b"not an image"[..]),
+    });
+    let e = err(garbage).to_string();
+    assert!(e.contains("upload.png"), "{e}");
+    // Unknown identifiers in the text are just text.
+    let ok = rt.block_on(runtime.chat(chat("Is <nobody> here?", &[], 2))).unwrap();
+    assert!(ok.concepts().is_empty());
+}
+
+#[test]
+fn cancelling_a_chat_stops_its_generation() {
+    let (runtime, _) = runtime_with(&[], RuntimeConfig::recommended());
+    let rt = tokio();
+    let mut request = chat("Tell me everything.", &[], 1500);
+    request.stop_at_eos = false;
+    let summary = rt.block_on(async {
+        let mut stream = runtime.chat(request.clone()).await.unwrap();
+        // Wait for the first text, then cancel.
+        loop {
+            if let ChatEvent::Text(_) = stream.next().await.unwrap().unwrap() {
+                break;
+            }
+        }
+        stream.cancel();
+        stream.collect().await.unwrap()
+    });
+    assert_eq!(summary.finish, FinishReason::Cancelled);
+    assert!(summary.completion_tokens < 1500, "{}", summary.completion_tokens);
+
+    // Dropping the stream stops the generation thread too.
+    rt.block_on(async {
+        let mut stream = runtime.chat(request).await.unwrap();
+        stream.next().await.unwrap().unwrap();
+        assert_eq!(runtime.stats().running_generations, 1);
+        drop(stream);
+        let start = Instant::now();
+        while runtime.stats().running_generations > 0 {
+            assert!(start.elapsed() < Duration::from_secs(20), "still generating");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+}
+
+#[test]
+fn requests_see_whole_concept_sets_while_concepts_change() {
+    let fp = concepts_runtime::fingerprint(&model_dir()).unwrap();
+    let (runtime, source) = runtime_with(&["bo"], RuntimeConfig::recommended());
+    let versions = [package("tmp", &fp, 10, 1.0), package("tmp", &fp, 11, 2.0)];
+    let digests: Vec<String> = versions
+        .iter()
+        .map(concepts_runtime::api::package_digest)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (source, stop) = (source.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut changes = 0;
+            while !stop.load(Ordering::SeqCst) && changes < 10_000 {
+                source.insert(versions[changes % 2].clone());
+                if changes % 3 == 0 {
+                    source.remove("tmp");
+                }
+                changes += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            changes
+        })
+    };
+    let rt = tokio();
+    let mut seen_with = 0;
+    for _ in 0..12 {
+        let stream = rt
+            .block_on(runtime.chat(chat("Are <bo> and <tmp> friends?", &[], 2)))
+            .unwrap();
+        let concepts = stream.concepts().to_vec();
+        rt.block_on(stream.collect()).unwrap();
+        assert_eq!(concepts[0].name, "bo");
+        match &concepts[1..] {
+            [] => {}
+            [tmp] => {
+                assert_eq!(tmp.name, "tmp");
+                assert!(digests.contains(&tmp.digest));
+                seen_with += 1;
+            }
+            more => panic!("{more:?}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let changes = churn.join().unwrap();
+    println!("{changes} changes, {seen_with}/12 requests saw `tmp`");
+    assert!(changes > 0);
+}
+
+#[test]
+fn resident_concepts_stay_within_the_budget() {
+    // One concept of the fixture: (k + 2) * d f32 values.
+    let one = (K + 2) * 64 * 4;
+    let mut config = RuntimeConfig::recommended();
+    config.max_resident_bytes = 2 * one;
+    let (runtime, _) = runtime_with(&["a", "b", "c"], config);
+    let rt = tokio();
+    rt.block_on(runtime.warm(vec!["a".into(), "b".into()])).unwrap();
+    assert_eq!(runtime.stats().resident_concepts, 2);
+    assert_eq!(runtime.stats().resident_bytes, 2 * one);
+    let active = rt.block_on(runtime.warm(vec!["c".into()])).unwrap();
+    assert_eq!(active[0].identifier, "<c>");
+    assert_eq!(runtime.stats().resident_concepts, 2);
+    // A scan over all three still works; it holds them while it runs.
+    let scores = rt
+        .block_on(runtime.recognise_all(image(), Selection::All))
+        .unwrap();
+    assert_eq!(scores.len(), 3);
+    assert!(runtime.stats().resident_bytes <= 2 * one);
+}
+
+#[test]
+fn describe_answers_with_the_concept_active() {
+    let (runtime, _) = runtime_with(&["bo"], RuntimeConfig::recommended());
+    let summary = tokio().block_on(runtime.describe("bo", 3)).unwrap();
+    assert!(summary.completion_tokens <= 3);
+    assert!(summary.prompt_tokens > 30);
+}

@@ -1,0 +1,125 @@
+//! Admission control for inference requests: at most `workers` run, at most `capacity`
+//! wait, and the rest are turned away at once (back-pressure: `429` rather than an
+//! unbounded backlog).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// The run-and-wait gate in front of the runtime.
+pub(crate) struct Admission {
+    workers: usize,
+    capacity: usize,
+    slots: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A running slot; the next waiting request starts when it is dropped.
+pub(crate) type Permit = OwnedSemaphorePermit;
+
+impl Admission {
+    pub(crate) fn new(workers: usize, capacity: usize) -> Self {
+        Admission {
+            workers,
+            capacity,
+            slots: Arc::new(Semaphore::new(workers)),
+            queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A running slot, after waiting in the queue if every worker is busy; `429` when the
+    /// queue is full too. Dropping the future leaves the queue.
+    pub(crate) async fn admit(&self) -> Result<Permit, ApiError> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                (q < self.capacity).then_some(q + 1)
+            });
+        if reserved.is_err() {
+            return Err(ApiError::queue_full(format!(
+                "the server is busy: {} requests running and {} waiting; retry later",
+                self.workers, self.capacity
+            )));
+        }
+        let _leave = Leave(Arc::clone(&self.queued));
+        Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("the request queue is closed"))
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Requests holding a slot.
+    pub(crate) fn running(&self) -> usize {
+        self.workers - self.slots.available_permits()
+    }
+
+    /// Requests waiting for a slot.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
+/// Leaves the queue when dropped (admitted or given up).
+struct Leave(Arc<AtomicUsize>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_turns_requests_away_until_a_slot_frees() {
+        let admission = Arc::new(Admission::new(1, 1));
+        let running = admission.admit().await.unwrap();
+        assert_eq!((admission.running(), admission.queued()), (1, 0));
+
+        let waiting = {
+            let admission = Arc::clone(&admission);
+            tokio::spawn(async move { admission.admit().await.map(|_permit| ()) })
+        };
+        for _ in 0..200 {
+            if admission.queued() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(admission.queued(), 1);
+        let refused = admission.admit().await.unwrap_err();
+        assert_eq!(refused.status.as_u16(), 429);
+
+        drop(running);
+        waiting.await.unwrap().unwrap();
+        assert_eq!((admission.running(), admission.queued()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_leaves_the_queue() {
+        let admission = Admission::new(1, 1);
+        let _running = admission.admit().await.unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(20), admission.admit()).await;
+        assert!(gave_up.is_err());
+        assert_eq!(admission.queued(), 0);
+    }
+}

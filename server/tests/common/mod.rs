@@ -1,0 +1,192 @@
+//! Shared by the HTTP tests and the serving benchmark: concept packages for the parity
+//! fixture model (random weights) and a real server on a loopback port.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest, ModelFingerprint};
+use concept_registry::Registry;
+use concepts_runtime::api::{Runtime, RuntimeConfig};
+use concepts_server::{RegistrySource, Server, ServerConfig, ServerError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Latent tokens per test concept.
+pub const K: usize = 4;
+
+pub fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/parity")
+}
+
+pub fn model_dir() -> PathBuf {
+    fixture().join("model")
+}
+
+pub fn fingerprint() -> ModelFingerprint {
+    concepts_runtime::fingerprint(&model_dir()).unwrap()
+}
+
+/// Deterministic pseudo-random values in [-scale, scale) (a 64-bit LCG; the tests need
+/// variety, not quality).
+fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// The `.ycpt` bytes of a concept `<name>` for `fp`.
+pub fn package_bytes(name: &str, fp: &ModelFingerprint, seed: u64, scale: f32) -> Vec<u8> {
+    let d = fp.hidden_size as usize;
+    let tensors = ConceptTensors::from_f32(
+        concept_format::DType::F32,
+        K,
+        d,
+        values(seed, d, scale),
+        values(seed + 1000, K * d, scale),
+        values(seed + 2000, d, scale),
+    )
+    .unwrap();
+    let manifest = Manifest {
+        name: name.into(),
+        identifier: format!("<{name}>"),
+        display_name: name.into(),
+        category: Category::Pet,
+        k: K as u32,
+        d: d as u32,
+        dtype: concept_format::DType::F32,
+        base_model: fp.clone(),
+        prompt_template: "llava_v1/yollava-1".into(),
+        provenance: None,
+        user_facts: vec![],
+        relations: vec![],
+        license: "CC0-1.0".into(),
+        created: "2025-05-03T12:00:00Z".into(),
+        body_sha256: String::new(),
+        ext: Default::default(),
+    };
+    ConceptPackage::new(manifest, tensors).unwrap().to_bytes()
+}
+
+/// A file as a `data:` URL.
+pub fn data_url(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+pub fn logo_data_url() -> String {
+    data_url(&fixture().join("images/logo.png"))
+}
+
+/// A running server over a fresh registry.
+pub struct TestServer {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub runtime: Runtime,
+    pub registry: Registry,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+    _home: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on `127.0.0.1:0` with `config` (its address is replaced).
+    pub async fn start(mut config: ServerConfig) -> TestServer {
+        let home = tempfile::tempdir().unwrap();
+        let registry = Registry::open(home.path()).unwrap();
+        let source = Arc::new(RegistrySource::new(registry.clone()));
+        let runtime = tokio::task::spawn_blocking(move || {
+            Runtime::load(&model_dir(), source, RuntimeConfig::recommended()).unwrap()
+        })
+        .await
+        .unwrap();
+        config.addr = ([127, 0, 0, 1], 0).into();
+        let server = Server::bind(runtime.clone(), registry.clone(), config)
+            .await
+            .unwrap();
+        let url = format!("http://{}", server.local_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            url,
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            runtime,
+            registry,
+            shutdown: Some(tx),
+            task: Some(task),
+            _home: home,
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Uploads a package as a raw body; returns the status and JSON body.
+    pub async fn upload(&self, bytes: Vec<u8>, replace: bool) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .post(self.at(&format!("/v1/concepts?replace={replace}")))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// POSTs JSON; returns the status and JSON body.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self.client.post(self.at(path)).json(body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Asks the server to stop without waiting; [`TestServer::join`] waits.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// The `data:` payloads of a server-sent event stream, in order.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
