@@ -67,7 +67,11 @@ fn install(home: &Path, dir: &Path, name: &str, seed: u32) {
     )
     .unwrap();
     let out = concepts(home).arg("install").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -88,7 +92,11 @@ fn scan_asks_every_installed_concept_or_the_named_ones() {
             .arg(&model)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let all: Value = serde_json::from_str(&scan(&["--json"])).unwrap();
@@ -101,19 +109,21 @@ fn scan_asks_every_installed_concept_or_the_named_ones() {
     }
     assert_eq!(all["model"], "model");
 
-    let one: Value =
-        serde_json::from_str(&scan(&["--concept", "<kiki>", "--json"])).unwrap();
+    let one: Value = serde_json::from_str(&scan(&["--concept", "<kiki>", "--json"])).unwrap();
     assert_eq!(one["concepts"].as_array().unwrap().len(), 1);
     // Asked alone or among all, a concept gets the same answer.
-    let diff = (one["concepts"][0]["p_yes"].as_f64().unwrap() - rows[1]["p_yes"].as_f64().unwrap())
-        .abs();
+    let diff =
+        (one["concepts"][0]["p_yes"].as_f64().unwrap() - rows[1]["p_yes"].as_f64().unwrap()).abs();
     assert!(diff <= 1e-5, "{diff}");
 
     let table = scan(&["--concept", "tom"]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 2, "{table}");
     assert!(lines[0].starts_with("PRESENT"));
-    assert!(lines[1].contains("tom") && lines[1].contains("<tom>"), "{table}");
+    assert!(
+        lines[1].contains("tom") && lines[1].contains("<tom>"),
+        "{table}"
+    );
 
     let out = concepts(&home)
         .args(["scan", "missing.jpg", "--model"])
@@ -198,7 +208,10 @@ fn serve_answers_on_loopback_and_stops_on_sigterm() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "server did not stop");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "server did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
@@ -217,5 +230,8 @@ fn serve_without_a_default_model_says_so() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("default base model") && stderr.contains("no-model"), "{stderr}");
+    assert!(
+        stderr.contains("default base model") && stderr.contains("no-model"),
+        "{stderr}"
+    );
 }

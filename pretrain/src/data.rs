@@ -62,7 +62,12 @@ pub struct Sequence {
 }
 
 /// Encodes `text` and fails on any unknown word.
-pub fn encode(tokenizer: &Tokenizer, special: SpecialIds, text: &str, bos: bool) -> Result<Vec<u32>> {
+pub fn encode(
+    tokenizer: &Tokenizer,
+    special: SpecialIds,
+    text: &str,
+    bos: bool,
+) -> Result<Vec<u32>> {
     let ids = tokenizer
         .encode(text, bos)
         .map_err(|e| PretrainError::Tokenizer(e.to_string()))?

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{IndexOp, Tensor, D};
-use concepts_runtime::{KvCache, Kernels, LlavaModel};
+use concepts_runtime::{Kernels, KvCache, LlavaModel};
 use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -124,8 +124,7 @@ pub(crate) fn evaluate(trainer: &Trainer) -> Result<EvalReport> {
             .tasks
             .insert(task_name(kind), right as f64 / cfg.per_task.max(1) as f64);
     }
-    report.tasks_mean =
-        Some(report.tasks.values().sum::<f64>() / report.tasks.len().max(1) as f64);
+    report.tasks_mean = Some(report.tasks.values().sum::<f64>() / report.tasks.len().max(1) as f64);
     report.gate = Some(gate(trainer, &model, &cfg)?);
     Ok(report)
 }
@@ -142,11 +141,7 @@ pub fn task_name(kind: TaskKind) -> String {
         .unwrap_or_else(|| format!("{kind:?}"))
 }
 
-fn probe(
-    trainer: &Trainer,
-    model: &LlavaModel,
-    cfg: &EvalConfig,
-) -> Result<BTreeMap<String, f64>> {
+fn probe(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<BTreeMap<String, f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ fnv1a(b"probe"));
     let mix = TaskMix::only(TaskKind::Caption);
     let samples: Vec<toy_world::Sample> = (0..cfg.probe_scenes)
@@ -169,7 +164,10 @@ fn probe(
     let mut out = BTreeMap::new();
     let mut offset = 0;
     for (h, &n) in classes.iter().enumerate() {
-        let pred = logits.narrow(1, offset, n)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let pred = logits
+            .narrow(1, offset, n)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
         let right = pred
             .iter()
             .zip(&labels)
@@ -260,9 +258,7 @@ fn says_yes(
 
 /// The recognition question of the gate for `name` with its true description.
 pub fn gate_question(name: &str, description: &str) -> String {
-    format!(
-        "{name} is {description}. Can you see if {name} is in this photo? {SHORT_ANSWER}"
-    )
+    format!("{name} is {description}. Can you see if {name} is in this photo? {SHORT_ANSWER}")
 }
 
 fn gate(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<GateReport> {

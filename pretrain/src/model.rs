@@ -205,7 +205,10 @@ impl SimpleBackend for InitBackend {
         let (mean, std) = match hint {
             Init::Const(c) => (c, 0.0),
             _ if dims.len() <= 1 => (0.0, 0.02),
-            _ => (0.0, 1.0 / (dims[1..].iter().product::<usize>() as f64).sqrt()),
+            _ => (
+                0.0,
+                1.0 / (dims[1..].iter().product::<usize>() as f64).sqrt(),
+            ),
         };
         let values: Vec<f32> = (0..s.elem_count())
             .map(|_| (mean + std * normal(&mut rng)) as f32)
@@ -255,7 +258,11 @@ impl Params {
         };
         let vb = VarBuilder::from_backend(Box::new(backend.clone()), DType::F32, device.clone());
         LlavaModel::from_varbuilder(cfg.clone(), vb)?;
-        let recorded = backend.recorded.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let recorded = backend
+            .recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         Params::from_tensors(cfg, recorded)
     }
 

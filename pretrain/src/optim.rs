@@ -98,7 +98,11 @@ impl AdamW {
             1.0
         };
         for (name, var, lr, g) in with_grad {
-            let g = if scale != 1.0 { (g * scale)? } else { g.clone() };
+            let g = if scale != 1.0 {
+                (g * scale)?
+            } else {
+                g.clone()
+            };
             let state = match self.moments.remove(name) {
                 Some(s) => s,
                 None => Moments {

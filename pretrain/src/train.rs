@@ -258,10 +258,11 @@ impl Trainer {
         })?;
         let state_path = dir.join("state.json");
         let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
-        let state: StateFile = serde_json::from_str(&text).map_err(|source| PretrainError::Json {
-            path: state_path.clone(),
-            source,
-        })?;
+        let state: StateFile =
+            serde_json::from_str(&text).map_err(|source| PretrainError::Json {
+                path: state_path.clone(),
+                source,
+            })?;
         let fail = |message: String| PretrainError::State {
             path: dir.clone(),
             message,
@@ -455,7 +456,8 @@ impl Trainer {
             let mut offset = 0;
             for (h, &n) in head_classes().iter().enumerate() {
                 let targets: Vec<u32> = labels.iter().map(|x| x[h]).collect();
-                let ce = masked_cross_entropy(&l.narrow(1, offset, n)?.contiguous()?, &targets, &mask)?;
+                let ce =
+                    masked_cross_entropy(&l.narrow(1, offset, n)?.contiguous()?, &targets, &mask)?;
                 total = Some(match total {
                     Some(t) => (t + ce)?,
                     None => ce,
@@ -489,13 +491,18 @@ impl Trainer {
     }
 
     fn tower_trains(&self, step: u64) -> bool {
-        step < self.cfg.stage0_steps
-            || step - self.cfg.stage0_steps >= self.cfg.unfreeze_tower_at
+        step < self.cfg.stage0_steps || step - self.cfg.stage0_steps >= self.cfg.unfreeze_tower_at
     }
 
     fn lr_at(&self, step: u64) -> f64 {
         if step < self.cfg.stage0_steps {
-            learning_rate(step, self.cfg.stage0_steps, 100.min(self.cfg.stage0_steps).max(1), self.cfg.stage0_lr, 0.1)
+            learning_rate(
+                step,
+                self.cfg.stage0_steps,
+                100.min(self.cfg.stage0_steps).max(1),
+                self.cfg.stage0_lr,
+                0.1,
+            )
         } else {
             learning_rate(
                 step - self.cfg.stage0_steps,
@@ -547,7 +554,11 @@ impl Trainer {
         }
         if tower {
             for (name, var) in &self.heads {
-                let l = if stage0 { lr } else { lr * self.cfg.tower_lr_scale };
+                let l = if stage0 {
+                    lr
+                } else {
+                    lr * self.cfg.tower_lr_scale
+                };
                 trainable.push((name.clone(), var.clone(), l));
             }
         }
@@ -695,11 +706,7 @@ fn language_loss(model: &LlavaModel, batch: &Batch, features: Option<&Tensor>) -
     let embeds = splice_images(&embeds, &batch.image_spans, features)?;
     let hidden = model.forward_embeds(&embeds, None, Kernels::Differentiable)?;
     let d = hidden.dim(D::Minus1)?;
-    let rows = Tensor::from_vec(
-        batch.target_rows.clone(),
-        batch.target_rows.len(),
-        device,
-    )?;
+    let rows = Tensor::from_vec(batch.target_rows.clone(), batch.target_rows.len(), device)?;
     let picked = hidden
         .reshape((batch.batch * batch.len, d))?
         .index_select(&rows, 0)?;
@@ -806,14 +813,11 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let bytes = safetensors::serialize(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        None,
-    )
-    .map_err(|e| PretrainError::State {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| PretrainError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     write_synced(path, &bytes)
 }
 

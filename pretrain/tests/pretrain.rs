@@ -42,7 +42,9 @@ fn one_adamw_step_lowers_the_loss_and_moves_every_weight() {
     assert_eq!(before.len(), after.len());
     for (name, t) in &before {
         let (a, b) = (values(t), values(&after[name]));
-        if a == b { eprintln!("UNCHANGED {name}"); }
+        if a == b {
+            eprintln!("UNCHANGED {name}");
+        }
     }
     // Stage 0 moves the tower only.
     let mut cfg = TrainConfig::tiny(4);
@@ -82,7 +84,10 @@ fn targets_are_exactly_the_answer_and_eos() {
         }
         let prompt = &seq.ids[..seq.answer_start];
         let assistant = tokenizer.token_to_id("ASSISTANT").unwrap();
-        assert_eq!(prompt[prompt.len() - 2..], [assistant, tokenizer.token_to_id(":").unwrap()]);
+        assert_eq!(
+            prompt[prompt.len() - 2..],
+            [assistant, tokenizer.token_to_id(":").unwrap()]
+        );
         seqs.push(seq);
     }
     let batch = Batch::new(&seqs[..7], special.pad);
@@ -118,9 +123,15 @@ fn resumed_run_continues_exactly() {
     assert_eq!(resumed.step(), 3);
     for &want in &losses[3..] {
         let got = resumed.train_step().unwrap().loss;
-        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
-    let (a, b) = (straight.params().tensors().unwrap(), resumed.params().tensors().unwrap());
+    let (a, b) = (
+        straight.params().tensors().unwrap(),
+        resumed.params().tensors().unwrap(),
+    );
     for (name, t) in &a {
         let d: f32 = values(t)
             .iter()
@@ -132,8 +143,13 @@ fn resumed_run_continues_exactly() {
     // Another configuration refuses the state.
     let mut other = cfg;
     other.lr *= 2.0;
-    let err = Trainer::resume(other, &state, &Device::Cpu).err().expect("mismatch");
-    assert!(err.to_string().contains("another run configuration"), "{err}");
+    let err = Trainer::resume(other, &state, &Device::Cpu)
+        .err()
+        .expect("mismatch");
+    assert!(
+        err.to_string().contains("another run configuration"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,8 +189,8 @@ fn run_exports_a_loadable_llava_checkpoint_and_logs_evals() {
     let tok = tokenizers::Tokenizer::from_file(paths.out.join("tokenizer.json")).unwrap();
     assert_eq!(tok.get_vocab_size(true), loaded.config().text.vocab_size);
     let mine = trainer.model().unwrap();
-    let px = concepts_runtime::testing::randn(&[1, 3, 16, 16], 1, DType::F32, &Device::Cpu)
-        .unwrap();
+    let px =
+        concepts_runtime::testing::randn(&[1, 3, 16, 16], 1, DType::F32, &Device::Cpu).unwrap();
     let a = values(&loaded.image_features(&px, Kernels::Fast).unwrap());
     let b = values(&mine.image_features(&px, Kernels::Fast).unwrap());
     assert_eq!(a, b);
@@ -189,12 +205,17 @@ fn debug_grads() {
     let cfg = everything_trains();
     let tokenizer = build_tokenizer();
     let special = SpecialIds::of(&tokenizer).unwrap();
-    let llava = cfg.size.llava_config(tokenizer.get_vocab_size(true), special).unwrap();
+    let llava = cfg
+        .size
+        .llava_config(tokenizer.get_vocab_size(true), special)
+        .unwrap();
     let params = concepts_pretrain::Params::init(&llava, 1, &Device::Cpu).unwrap();
     let model = params.model().unwrap();
     let ids = Tensor::new(&[[1u32, 5, 6, 7]], &Device::Cpu).unwrap();
     let e = model.embed_tokens(&ids).unwrap();
-    let h = model.forward_embeds(&e, None, Kernels::Differentiable).unwrap();
+    let h = model
+        .forward_embeds(&e, None, Kernels::Differentiable)
+        .unwrap();
     let l = model.base_logits(&h).unwrap().sum_all().unwrap();
     let g = l.backward().unwrap();
     for (n, v) in params.named() {

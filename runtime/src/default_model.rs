@@ -43,7 +43,8 @@ mod tests {
 
     #[test]
     fn override_must_hold_a_config() {
-        let dir = std::env::temp_dir().join(format!("concepts-default-model-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("concepts-default-model-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = default_model_dir(Some(&dir)).unwrap_err().to_string();
         assert!(err.contains("has no config.json"), "{err}");

@@ -396,7 +396,9 @@ pub fn recognize_after_prefix(
 ) -> Result<Recognition> {
     let s = suffix.dim(0)?;
     if s == 0 {
-        return Err(RuntimeError::InvalidInput("empty prompt suffix".to_string()));
+        return Err(RuntimeError::InvalidInput(
+            "empty prompt suffix".to_string(),
+        ));
     }
     let max_pos = model.config().text.max_position_embeddings;
     if prefix.len() + s > max_pos {

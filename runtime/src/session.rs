@@ -122,26 +122,14 @@ impl Engine {
         identifier: &str,
         weights: ConceptWeights,
     ) -> Result<()> {
-        self.push_concept(name, identifier, weights)?;
+        push_concept(
+            &mut self.table,
+            &mut self.markers,
+            name,
+            identifier,
+            weights,
+        )?;
         self.rebuild_codec()
-    }
-
-    /// Adds a concept to the table and the markers without rebuilding the codec.
-    fn push_concept(&mut self, name: &str, identifier: &str, weights: ConceptWeights) -> Result<()> {
-        let markers = ConceptMarkers::new(identifier, weights.k())?;
-        if let Some((other, _)) = self
-            .markers
-            .iter()
-            .find(|(_, m)| m.identifier() == identifier)
-        {
-            return Err(RuntimeError::Concept {
-                name: name.to_string(),
-                msg: format!("identifier `{identifier}` is already used by `{other}`"),
-            });
-        }
-        self.table.activate(name, weights)?;
-        self.markers.push((name.to_string(), markers));
-        Ok(())
     }
 
     /// A new engine over the same model, tokenizer and preprocessing (shared, not copied)
@@ -153,26 +141,24 @@ impl Engine {
         &self,
         concepts: impl IntoIterator<Item = (&'a str, &'a str, ConceptWeights)>,
     ) -> Result<Engine> {
-        let mut engine = Engine {
+        let mut table = ConceptTable::new(&self.model);
+        let mut markers = Vec::new();
+        for (name, identifier, weights) in concepts {
+            push_concept(&mut table, &mut markers, name, identifier, weights)?;
+        }
+        let ids = marker_ids(&table, &markers)?;
+        let codec = TextCodec::new(&self.tokenizer, &self.tokenizer_path, &ids)?;
+        Ok(Engine {
             model: Arc::clone(&self.model),
             tokenizer: Arc::clone(&self.tokenizer),
             tokenizer_path: self.tokenizer_path.clone(),
             preprocess: self.preprocess.clone(),
             model_dir: self.model_dir.clone(),
             fingerprint: self.fingerprint.clone(),
-            table: ConceptTable::new(&self.model),
-            markers: Vec::new(),
-            codec: self.codec.clone(),
-        };
-        let mut any = false;
-        for (name, identifier, weights) in concepts {
-            engine.push_concept(name, identifier, weights)?;
-            any = true;
-        }
-        if any || !self.markers.is_empty() {
-            engine.rebuild_codec()?;
-        }
-        Ok(engine)
+            table,
+            markers,
+            codec,
+        })
     }
 
     /// Activates a concept package after checking its prompt template and that it was
@@ -242,25 +228,7 @@ impl Engine {
     }
 
     fn rebuild_codec(&mut self) -> Result<()> {
-        let mut ids = Vec::new();
-        for (name, markers) in &self.markers {
-            let missing = || RuntimeError::Concept {
-                name: name.clone(),
-                msg: "is not in the concept table".to_string(),
-            };
-            let identifier = self.table.identifier_id(name).ok_or_else(missing)?;
-            let latents = self.table.latent_ids(name).ok_or_else(missing)?;
-            ids.push(MarkerId {
-                marker: markers.identifier().to_string(),
-                id: identifier,
-            });
-            for (marker, id) in markers.latents().iter().zip(latents) {
-                ids.push(MarkerId {
-                    marker: marker.clone(),
-                    id,
-                });
-            }
-        }
+        let ids = marker_ids(&self.table, &self.markers)?;
         self.codec = TextCodec::new(&self.tokenizer, &self.tokenizer_path, &ids)?;
         Ok(())
     }
@@ -427,13 +395,16 @@ impl Engine {
     /// model): only `ids[prefix.len()..]` are embedded and run.
     pub fn recognize_after_prefix(&self, prefix: &KvCache, ids: &[u32]) -> Result<Recognition> {
         let (yes, no) = self.answer_tokens()?;
-        let suffix = ids.get(prefix.len()..).filter(|s| !s.is_empty()).ok_or_else(|| {
-            RuntimeError::InvalidInput(format!(
-                "prompt of {} tokens has no suffix after a prefix of {}",
-                ids.len(),
-                prefix.len()
-            ))
-        })?;
+        let suffix = ids
+            .get(prefix.len()..)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                RuntimeError::InvalidInput(format!(
+                    "prompt of {} tokens has no suffix after a prefix of {}",
+                    ids.len(),
+                    prefix.len()
+                ))
+            })?;
         let embeds = self.table.embed_ids(&self.model, suffix)?;
         generate::recognize_after_prefix(&self.model, &self.table, prefix, &embeds, yes, no)
     }
@@ -445,4 +416,48 @@ impl Engine {
             self.codec.answer_token("No")?,
         ))
     }
+}
+
+/// Adds a concept to a table and its markers (the codec is rebuilt by the caller).
+fn push_concept(
+    table: &mut ConceptTable,
+    markers: &mut Vec<(String, ConceptMarkers)>,
+    name: &str,
+    identifier: &str,
+    weights: ConceptWeights,
+) -> Result<()> {
+    let new = ConceptMarkers::new(identifier, weights.k())?;
+    if let Some((other, _)) = markers.iter().find(|(_, m)| m.identifier() == identifier) {
+        return Err(RuntimeError::Concept {
+            name: name.to_string(),
+            msg: format!("identifier `{identifier}` is already used by `{other}`"),
+        });
+    }
+    table.activate(name, weights)?;
+    markers.push((name.to_string(), new));
+    Ok(())
+}
+
+/// The token id of every marker of the active concepts.
+fn marker_ids(table: &ConceptTable, markers: &[(String, ConceptMarkers)]) -> Result<Vec<MarkerId>> {
+    let mut ids = Vec::new();
+    for (name, markers) in markers {
+        let missing = || RuntimeError::Concept {
+            name: name.clone(),
+            msg: "is not in the concept table".to_string(),
+        };
+        let identifier = table.identifier_id(name).ok_or_else(missing)?;
+        let latents = table.latent_ids(name).ok_or_else(missing)?;
+        ids.push(MarkerId {
+            marker: markers.identifier().to_string(),
+            id: identifier,
+        });
+        for (marker, id) in markers.latents().iter().zip(latents) {
+            ids.push(MarkerId {
+                marker: marker.clone(),
+                id,
+            });
+        }
+    }
+    Ok(ids)
 }

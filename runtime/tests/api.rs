@@ -141,7 +141,10 @@ fn scan_gives_the_answers_of_one_by_one_recognition() {
     assert!(decisions.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-6));
 
     let named = rt
-        .block_on(runtime.recognise_all(image(), Selection::Named(vec!["<kiki>".into(), "bo".into()])))
+        .block_on(runtime.recognise_all(
+            image(),
+            Selection::Named(vec!["<kiki>".into(), "bo".into()]),
+        ))
         .unwrap();
     assert_eq!(named[0], scan[4]);
     assert_eq!(named[1], scan[1]);
@@ -150,9 +153,7 @@ fn scan_gives_the_answers_of_one_by_one_recognition() {
 #[test]
 fn recognise_equals_the_engine_with_that_concept_active() {
     let (runtime, source) = runtime_with(&["bo"], RuntimeConfig::recommended());
-    let score = tokio()
-        .block_on(runtime.recognise(image(), "bo"))
-        .unwrap();
+    let score = tokio().block_on(runtime.recognise(image(), "bo")).unwrap();
     let mut engine = Engine::load(&model_dir(), &Device::Cpu, DType::F32).unwrap();
     let snapshot = concepts_runtime::api::ConceptSource::snapshot(&*source).unwrap();
     let package = snapshot.load(&snapshot.entries()[0]).unwrap();
@@ -196,7 +197,9 @@ fn chat_activates_named_and_mentioned_concepts_like_the_engine() {
     let snapshot = concepts_runtime::api::ConceptSource::snapshot(&*source).unwrap();
     for name in ["bo", "kiki"] {
         let entry = snapshot.entries().iter().find(|e| e.name == name).unwrap();
-        engine.activate_package(&snapshot.load(entry).unwrap()).unwrap();
+        engine
+            .activate_package(&snapshot.load(entry).unwrap())
+            .unwrap();
     }
     let prompt = engine.chat_prompt("Is <kiki> next to it?", None);
     let cfg = GenerateConfig {
@@ -231,9 +234,14 @@ fn bad_requests_fail_before_generation_with_errors_naming_them() {
         other => panic!("{other}"),
     }
     let e = err(chat("Who is <alien>?", &[], 4)).to_string();
-    assert!(e.contains("concept `alien`") && e.contains("base model"), "{e}");
+    assert!(
+        e.contains("concept `alien`") && e.contains("base model"),
+        "{e}"
+    );
     match err(chat(&"word ".repeat(300), &[], 4)) {
-        RuntimeError::Limit { what, limit, .. } => assert_eq!((what, limit), ("prompt tokens", 200)),
+        RuntimeError::Limit { what, limit, .. } => {
+            assert_eq!((what, limit), ("prompt tokens", 200))
+        }
         other => panic!("{other}"),
     }
     let mut with_image = chat("What is this?", &[], 4);
@@ -250,7 +258,9 @@ fn bad_requests_fail_before_generation_with_errors_naming_them() {
     let e = err(garbage).to_string();
     assert!(e.contains("upload.png"), "{e}");
     // Unknown identifiers in the text are just text.
-    let ok = rt.block_on(runtime.chat(chat("Is <nobody> here?", &[], 2))).unwrap();
+    let ok = rt
+        .block_on(runtime.chat(chat("Is <nobody> here?", &[], 2)))
+        .unwrap();
     assert!(ok.concepts().is_empty());
 }
 
@@ -272,7 +282,11 @@ fn cancelling_a_chat_stops_its_generation() {
         stream.collect().await.unwrap()
     });
     assert_eq!(summary.finish, FinishReason::Cancelled);
-    assert!(summary.completion_tokens < 1500, "{}", summary.completion_tokens);
+    assert!(
+        summary.completion_tokens < 1500,
+        "{}",
+        summary.completion_tokens
+    );
 
     // Dropping the stream stops the generation thread too.
     rt.block_on(async {
@@ -282,7 +296,10 @@ fn cancelling_a_chat_stops_its_generation() {
         drop(stream);
         let start = Instant::now();
         while runtime.stats().running_generations > 0 {
-            assert!(start.elapsed() < Duration::from_secs(20), "still generating");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "still generating"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -346,7 +363,8 @@ fn resident_concepts_stay_within_the_budget() {
     config.max_resident_bytes = 2 * one;
     let (runtime, _) = runtime_with(&["a", "b", "c"], config);
     let rt = tokio();
-    rt.block_on(runtime.warm(vec!["a".into(), "b".into()])).unwrap();
+    rt.block_on(runtime.warm(vec!["a".into(), "b".into()]))
+        .unwrap();
     assert_eq!(runtime.stats().resident_concepts, 2);
     assert_eq!(runtime.stats().resident_bytes, 2 * one);
     let active = rt.block_on(runtime.warm(vec!["c".into()])).unwrap();

@@ -192,8 +192,7 @@ fn loads_transformers5_layout_sharded() {
 fn loads_the_conv_stem_in_both_layouts() {
     let cfg = tiny_conv_config();
     let weights = RandomWeights::new(9);
-    LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(DType::F64, &Device::Cpu))
-        .unwrap();
+    LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(DType::F64, &Device::Cpu)).unwrap();
     let w = weights.recorded();
     let stem: Vec<&String> = w.keys().filter(|n| n.contains(".stem.")).collect();
     assert_eq!(
@@ -218,7 +217,10 @@ fn loads_the_conv_stem_in_both_layouts() {
     let pixels = randn(&[2, 3, 16, 16], 4, DType::F32, &Device::Cpu).unwrap();
     let expected = want.image_features(&pixels, Kernels::Fast).unwrap();
     assert_eq!(expected.dims(), [2, 16, 16]);
-    for (tag, layout) in [("conv-hub", Layout::Hub), ("conv-t5", Layout::Transformers5)] {
+    for (tag, layout) in [
+        ("conv-hub", Layout::Hub),
+        ("conv-t5", Layout::Transformers5),
+    ] {
         let dir = write_model(tag, &w, layout, DType::F32, false);
         std::fs::write(dir.path().join("config.json"), tiny_conv_config_json()).unwrap();
         let model = load(&dir).unwrap();
@@ -248,7 +250,10 @@ fn loads_the_conv_stem_in_both_layouts() {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(diff < 1e-5, "{tag}: fast and differentiable differ by {diff}");
+        assert!(
+            diff < 1e-5,
+            "{tag}: fast and differentiable differ by {diff}"
+        );
     }
     // A patch-stem config cannot load conv-stem weights: the patch embedding is missing.
     let dir = write_model("conv-as-patch", &w, Layout::Hub, DType::F32, false);

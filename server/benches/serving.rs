@@ -48,7 +48,8 @@ async fn scan_vs_separate() {
         let bytes = package_bytes(name, &fp, i as u64, 1.0);
         source.insert(ConceptPackage::parse(&bytes).unwrap());
     }
-    let runtime = Runtime::load(&common::model_dir(), source, RuntimeConfig::recommended()).unwrap();
+    let runtime =
+        Runtime::load(&common::model_dir(), source, RuntimeConfig::recommended()).unwrap();
     // Make every concept resident first, so both sides measure inference only.
     runtime
         .recognise_all(image(), Selection::All)
@@ -83,10 +84,7 @@ async fn scan_vs_separate() {
             separate_times.push(ms(start.elapsed()));
         }
         let (a, b) = (median(scan_times), median(separate_times));
-        println!(
-            "| {n} | {a:.1} | {b:.1} | {:.1}× | {max_diff:.1e} |",
-            b / a
-        );
+        println!("| {n} | {a:.1} | {b:.1} | {:.1}× | {max_diff:.1e} |", b / a);
     }
     println!();
 }
@@ -109,7 +107,8 @@ async fn activation() {
             .unwrap();
     }
     let source = Arc::new(RegistrySource::new(registry));
-    let runtime = Runtime::load(&common::model_dir(), source, RuntimeConfig::recommended()).unwrap();
+    let runtime =
+        Runtime::load(&common::model_dir(), source, RuntimeConfig::recommended()).unwrap();
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for i in 0..count {
@@ -128,12 +127,25 @@ async fn activation() {
         runtime.warm(pair.clone()).await.unwrap();
         warm_pair.push(ms(start.elapsed()));
     }
-    println!("### Concept activation (median of {count}; k = {}, d = {})\n", common::K, fp.hidden_size);
+    println!(
+        "### Concept activation (median of {count}; k = {}, d = {})\n",
+        common::K,
+        fp.hidden_size
+    );
     println!("| case | ms |");
     println!("|---|---:|");
-    println!("| cold: registry read + sha256 + parse + check + convert + engine build | {:.3} |", median(cold));
-    println!("| warm: resident, engine build only (1 concept) | {:.3} |", median(warm));
-    println!("| warm: resident, engine build only (2 concepts) | {:.3} |", median(warm_pair));
+    println!(
+        "| cold: registry read + sha256 + parse + check + convert + engine build | {:.3} |",
+        median(cold)
+    );
+    println!(
+        "| warm: resident, engine build only (1 concept) | {:.3} |",
+        median(warm)
+    );
+    println!(
+        "| warm: resident, engine build only (2 concepts) | {:.3} |",
+        median(warm_pair)
+    );
     println!();
 }
 
@@ -141,7 +153,9 @@ async fn throughput() {
     println!("### Sustained chat throughput over loopback HTTP\n");
     println!("Non-streamed `/v1/chat/completions`, text only, two concepts, `max_tokens` 16 with");
     println!("`ignore_eos` (16 tokens every request), server with 2 workers.\n");
-    println!("| clients | requests | seconds | requests/s | generated tokens/s | p50 latency (ms) |");
+    println!(
+        "| clients | requests | seconds | requests/s | generated tokens/s | p50 latency (ms) |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     let mut cfg = ServerConfig::local(0);
     cfg.workers = 2;
@@ -149,7 +163,9 @@ async fn throughput() {
     let server = Arc::new(TestServer::start(cfg).await);
     let fp = fingerprint();
     for (i, name) in ["bo", "kiki"].iter().enumerate() {
-        let (status, body) = server.upload(package_bytes(name, &fp, i as u64, 1.0), false).await;
+        let (status, body) = server
+            .upload(package_bytes(name, &fp, i as u64, 1.0), false)
+            .await;
         assert_eq!(status, 201, "{body}");
     }
     let body = json!({
@@ -201,7 +217,10 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "## concepts-server serving benchmark\n\nload average before: {}\n",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -216,6 +235,9 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "load average after: {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }

@@ -15,9 +15,12 @@ use crate::AppState;
 pub(crate) fn resolve(state: &AppState, url: &str, index: usize) -> Result<ImageInput, ApiError> {
     let max = state.config.limits.max_image_bytes;
     if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or_else(|| ApiError::invalid_param("image_url", format!("image {index}: a data URL needs a `,`")))?;
+        let (meta, data) = rest.split_once(',').ok_or_else(|| {
+            ApiError::invalid_param(
+                "image_url",
+                format!("image {index}: a data URL needs a `,`"),
+            )
+        })?;
         if !meta.ends_with(";base64") {
             return Err(ApiError::invalid_param(
                 "image_url",
@@ -33,7 +36,9 @@ pub(crate) fn resolve(state: &AppState, url: &str, index: usize) -> Result<Image
         }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.trim_end())
-            .map_err(|e| ApiError::invalid_param("image_url", format!("image {index}: invalid base64: {e}")))?;
+            .map_err(|e| {
+                ApiError::invalid_param("image_url", format!("image {index}: invalid base64: {e}"))
+            })?;
         if bytes.len() > max {
             return Err(ApiError::too_large(format!(
                 "image {index} is {} bytes, the limit is {max}",

@@ -142,13 +142,10 @@ pub fn router(
     config: ServerConfig,
 ) -> Result<Router, ServerError> {
     let image_dir = match &config.image_dir {
-        Some(dir) => Some(
-            dir.canonicalize()
-                .map_err(|source| ServerError::ImageDir {
-                    path: dir.clone(),
-                    source,
-                })?,
-        ),
+        Some(dir) => Some(dir.canonicalize().map_err(|source| ServerError::ImageDir {
+            path: dir.clone(),
+            source,
+        })?),
         None => None,
     };
     let state = Arc::new(AppState {
@@ -163,10 +160,7 @@ pub fn router(
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(openai::chat_completions))
-        .route(
-            "/v1/concepts",
-            get(concepts::list).post(concepts::upload),
-        )
+        .route("/v1/concepts", get(concepts::list).post(concepts::upload))
         .route(
             "/v1/concepts/{name}",
             get(concepts::show).delete(concepts::remove),
@@ -206,12 +200,10 @@ impl Server {
                 addr: wanted,
                 source,
             })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: wanted,
-                source,
-            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: wanted,
+            source,
+        })?;
         Ok(Server {
             listener,
             router,

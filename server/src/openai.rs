@@ -23,8 +23,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use concepts_runtime::api::{
-    ActiveConcept, ChatEvent, ChatMessage, ChatRequest, ChatStream, ChatSummary, FinishReason,
-    Role,
+    ActiveConcept, ChatEvent, ChatMessage, ChatRequest, ChatStream, ChatSummary, FinishReason, Role,
 };
 use concepts_runtime::generate::Sampling;
 use futures_util::stream::{self, Stream};
@@ -345,7 +344,8 @@ fn sse(
                 Phase::Done => return None,
                 Phase::Start => {
                     s.phase = Phase::Streaming;
-                    let mut first = chunk(&s.meta, json!({"role": "assistant", "content": ""}), None);
+                    let mut first =
+                        chunk(&s.meta, json!({"role": "assistant", "content": ""}), None);
                     first["concepts"] = json!(concept_names(&s.meta));
                     s.pending.push(event(&first));
                 }

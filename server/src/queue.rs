@@ -117,8 +117,7 @@ mod tests {
     async fn a_cancelled_wait_leaves_the_queue() {
         let admission = Admission::new(1, 1);
         let _running = admission.admit().await.unwrap();
-        let gave_up =
-            tokio::time::timeout(Duration::from_millis(20), admission.admit()).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), admission.admit()).await;
         assert!(gave_up.is_err());
         assert_eq!(admission.queued(), 0);
     }

@@ -135,7 +135,10 @@ async fn streaming_chat_with_two_concepts_follows_the_openai_schema() {
     assert_eq!(plain["concepts"], json!([]));
     let with = usage["prompt_tokens"].as_u64().unwrap();
     let without = plain["usage"]["prompt_tokens"].as_u64().unwrap();
-    assert!(with >= without + 2 * (common::K as u64 + 2), "{with} vs {without}");
+    assert!(
+        with >= without + 2 * (common::K as u64 + 2),
+        "{with} vs {without}"
+    );
     server.stop().await;
 }
 
@@ -170,7 +173,10 @@ async fn concept_uploads_and_deletes_do_not_disturb_requests_in_flight() {
                 assert_eq!(resp.status().as_u16(), 200);
                 let concepts = if stream {
                     let chunks = chunks(&resp.text().await.unwrap());
-                    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{chunks:?}");
+                    assert!(
+                        chunks.iter().all(|c| c.get("error").is_none()),
+                        "{chunks:?}"
+                    );
                     chunks[0]["concepts"].clone()
                 } else {
                     resp.json::<Value>().await.unwrap()["concepts"].clone()
@@ -221,7 +227,9 @@ async fn expect_error(resp: reqwest::Response, status: u16) -> Value {
     assert_eq!(resp.status().as_u16(), status);
     let body: Value = resp.json().await.unwrap();
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "{body}"
     );
     body
@@ -268,9 +276,14 @@ async fn malformed_and_oversized_requests_are_rejected_with_json_errors() {
         400,
     )
     .await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("last message"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("last message"));
     expect_error(
-        chat(json!({"messages": [{"role": "tool", "content": "x"}]})).await.unwrap(),
+        chat(json!({"messages": [{"role": "tool", "content": "x"}]}))
+            .await
+            .unwrap(),
         400,
     )
     .await;
@@ -280,53 +293,98 @@ async fn malformed_and_oversized_requests_are_rejected_with_json_errors() {
     let mut unknown = user(json!("hi"));
     unknown["concepts"] = json!(["nobody"]);
     let body = expect_error(chat(unknown).await.unwrap(), 404).await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("`nobody`"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`nobody`"));
     let mut long = user(json!("hi"));
     long["max_tokens"] = json!(100_000);
     let body = expect_error(chat(long).await.unwrap(), 400).await;
     assert_eq!(body["error"]["param"], "max_tokens");
-    let body = expect_error(chat(user(json!("word ".repeat(20_000)))).await.unwrap(), 413).await;
+    let body = expect_error(
+        chat(user(json!("word ".repeat(20_000)))).await.unwrap(),
+        413,
+    )
+    .await;
     assert!(body["error"]["message"].as_str().unwrap().contains("limit"));
     let prompt = user(json!("hello ".repeat(3000)));
     let body = expect_error(chat(prompt).await.unwrap(), 400).await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("prompt tokens"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prompt tokens"),
+        "{body}"
+    );
 
     let image = |url: &str| {
-        user(json!([{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": url}}]))
+        user(
+            json!([{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": url}}]),
+        )
     };
     // logo.png is 3558 bytes, over this server's 2000.
     expect_error(chat(image(&logo_data_url())).await.unwrap(), 413).await;
-    expect_error(chat(image("https://example.invalid/a.png")).await.unwrap(), 400).await;
-    expect_error(chat(image("/etc/passwd")).await.unwrap(), 403).await;
-    expect_error(chat(image("data:image/png;base64,@@@")).await.unwrap(), 400).await;
-    let body = expect_error(
-        chat(image("data:image/png;base64,aGVsbG8gd29ybGQ=")).await.unwrap(),
+    expect_error(
+        chat(image("https://example.invalid/a.png")).await.unwrap(),
         400,
     )
     .await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("image 1"), "{body}");
+    expect_error(chat(image("/etc/passwd")).await.unwrap(), 403).await;
+    expect_error(chat(image("data:image/png;base64,@@@")).await.unwrap(), 400).await;
+    let body = expect_error(
+        chat(image("data:image/png;base64,aGVsbG8gd29ybGQ="))
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image 1"),
+        "{body}"
+    );
 
     // Concept endpoints.
     let (status, body) = server.upload(b"not a package".to_vec(), false).await;
     assert_eq!(status, 400, "{body}");
     let mut other = fingerprint();
     other.lm_head_sha256 = "e".repeat(64);
-    let (status, body) = server.upload(package_bytes("alien", &other, 1, 1.0), false).await;
+    let (status, body) = server
+        .upload(package_bytes("alien", &other, 1, 1.0), false)
+        .await;
     assert_eq!(status, 422, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("base model"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("base model"));
     let (status, body) = server
         .upload(package_bytes("bo", &fingerprint(), 99, 1.0), false)
         .await;
     assert_eq!(status, 409, "{body}");
-    let (status, _) = server
-        .upload(vec![0u8; 100 << 10], false)
-        .await;
+    let (status, _) = server.upload(vec![0u8; 100 << 10], false).await;
     assert_eq!(status, 413);
-    let resp = server.client.delete(server.at("/v1/concepts/nobody")).send().await.unwrap();
+    let resp = server
+        .client
+        .delete(server.at("/v1/concepts/nobody"))
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 404).await;
-    let resp = server.client.get(server.at("/v1/nothing")).send().await.unwrap();
+    let resp = server
+        .client
+        .get(server.at("/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 404).await;
-    let resp = server.client.get(server.at("/v1/chat/completions")).send().await.unwrap();
+    let resp = server
+        .client
+        .get(server.at("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 405).await;
     let resp = server
         .client
@@ -338,7 +396,9 @@ async fn malformed_and_oversized_requests_are_rejected_with_json_errors() {
     expect_error(resp, 400).await;
 
     // After all that the server still answers.
-    let (status, body) = server.post_json("/v1/chat/completions", &user(json!("hi"))).await;
+    let (status, body) = server
+        .post_json("/v1/chat/completions", &user(json!("hi")))
+        .await;
     assert_eq!(status, 200, "{body}");
     server.stop().await;
 }
@@ -595,11 +655,24 @@ async fn a_token_guards_concept_changes() {
     let body = expect_error(post(None).await.unwrap(), 401).await;
     assert_eq!(body["error"]["type"], "authentication_error");
     expect_error(post(Some("Bearer wrong")).await.unwrap(), 401).await;
-    assert_eq!(post(Some("Bearer s3cret")).await.unwrap().status().as_u16(), 201);
-    let resp = server.client.delete(server.at("/v1/concepts/bo")).send().await.unwrap();
+    assert_eq!(
+        post(Some("Bearer s3cret")).await.unwrap().status().as_u16(),
+        201
+    );
+    let resp = server
+        .client
+        .delete(server.at("/v1/concepts/bo"))
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 401).await;
     // Reading and chatting need no token.
-    let list = server.client.get(server.at("/v1/concepts")).send().await.unwrap();
+    let list = server
+        .client
+        .get(server.at("/v1/concepts"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(list.status().as_u16(), 200);
     let resp = server
         .client

@@ -10,8 +10,9 @@
         Reads the `rust-t{N}-r{R}.json` / `py-t{N}-r{R}.json` result files (and their
         `.meta.json`) in DIR, checks that both sides ran the same prompt ids and produced the
         same greedy tokens, and prints one Markdown table per thread count: per measurement the
-        median over rounds of each round's median, the minimum over all samples, and the ratio
-        transformers / runtime (> 1: the runtime is faster). Also writes DIR/summary.json.
+        median over rounds of each round's median, the minimum over all samples, and the ratios
+        transformers / runtime of the medians and of the minima (> 1: the runtime is faster).
+        Also writes DIR/summary.json.
 """
 
 from __future__ import annotations
@@ -147,7 +148,10 @@ def cmd_table(args: argparse.Namespace) -> int:
         others = [m["others_cores"] for m in metas]
         loads = [m["loadavg_before"][0] for m in metas] + [m["loadavg_after"][0] for m in metas]
         print(f"\n#### {t} thread(s): {len(rust)} rounds each side\n")
-        print("| measurement | concepts-runtime median (min) | transformers median (min) | transformers / runtime |")
+        print(
+            "| measurement | concepts-runtime median (min) | transformers median (min) "
+            "| transformers / runtime, medians (minima) |"
+        )
         print("| --- | ---: | ---: | ---: |")
         rows = {}
         for key, label, rm, pm in ROWS:
@@ -159,7 +163,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                 cell = lambda x: (  # noqa: E731
                     f"{n / x['median_s']:.0f} tok/s ({n / x['min_s']:.0f}); {fmt_time(x['median_s'] / n)}/tok"
                 )
-            ratio = f"{b['median_s'] / a['median_s']:.2f}×" if a and b else "—"
+            ratio = f"{b['median_s'] / a['median_s']:.2f}× ({b['min_s'] / a['min_s']:.2f}×)" if a and b else "—"
             print(f"| {label} | {cell(a)} | {cell(b)} | {ratio} |")
             rows[key] = {"runtime": a, "transformers": b}
         print(

@@ -28,9 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use concepts_plugin_api::{
-    EpochReport, Recognition, SampleCounts, SampleKind, SampleRef, Split,
-};
+use concepts_plugin_api::{EpochReport, Recognition, SampleCounts, SampleKind, SampleRef, Split};
 use concepts_runtime::prompt::{expand_image_tokens, ConceptMarkers, Conversation};
 use concepts_runtime::session::Engine;
 use concepts_runtime::{ops, ConceptWeights, Kernels, LlavaModel};
@@ -150,6 +148,8 @@ pub struct History {
 /// One tokenized, embedded prompt + answer.
 struct Encoded {
     len: usize,
+    /// Token ids, `<image>` expanded to one id per image feature.
+    ids: Vec<u32>,
     image: Option<Range<usize>>,
     /// `[len, d]` base embeddings in the model dtype (image and concept positions are
     /// placeholders).
@@ -218,7 +218,10 @@ impl SavedState {
             .ok_or_else(|| bad("not a training state file".to_string()))?;
         let meta: StateMeta = serde_json::from_str(meta).map_err(|e| bad(e.to_string()))?;
         if meta.format != STATE_FORMAT {
-            return Err(bad(format!("format `{}`, expected `{STATE_FORMAT}`", meta.format)));
+            return Err(bad(format!(
+                "format `{}`, expected `{STATE_FORMAT}`",
+                meta.format
+            )));
         }
         if meta.job_key != job_key {
             return Err(bad(
@@ -226,8 +229,8 @@ impl SavedState {
                     .to_string(),
             ));
         }
-        let tensors =
-            candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| bad(e.to_string()))?;
         let get = |name: &str| {
             tensors
                 .get(name)
@@ -276,7 +279,9 @@ struct Replay {
 enum Snapshot {
     Kept(ConceptParams, Moments),
     /// Taken while replaying an epoch whose parameters were not saved.
-    Lost { epoch: u32 },
+    Lost {
+        epoch: u32,
+    },
 }
 
 /// The training engine; see the module docs.
@@ -404,9 +409,11 @@ impl<'a> TrainingEngine<'a> {
                     best_epoch: saved.meta.best_epoch,
                     best: saved.best.clone(),
                 });
-                if let (Some(epoch), Some(params), Some(recognition)) =
-                    (saved.meta.best_epoch, saved.best, saved.meta.best_recognition)
-                {
+                if let (Some(epoch), Some(params), Some(recognition)) = (
+                    saved.meta.best_epoch,
+                    saved.best,
+                    saved.meta.best_recognition,
+                ) {
                     engine.best = Some(Best {
                         epoch,
                         params,
@@ -444,6 +451,22 @@ impl<'a> TrainingEngine<'a> {
         &self.params
     }
 
+    /// The token ids of a sample (`<image>` expanded, concept tokens as their runtime ids
+    /// after the base vocabulary) and the positions whose token is a training target (the
+    /// answer and its `</s>`).
+    pub fn sample_tokens(&self, sample: &SampleRef) -> Result<(Vec<u32>, Vec<usize>)> {
+        let enc = self.encoded(sample)?;
+        Ok((
+            enc.ids.clone(),
+            enc.targets.iter().map(|&(p, _)| p + 1).collect(),
+        ))
+    }
+
+    /// Forgets the cached image features (benchmarks use it to time the uncached path).
+    pub fn clear_feature_cache(&mut self) {
+        self.features.clear();
+    }
+
     /// The first error an observer returned, if any (it stopped training).
     pub fn take_failure(&mut self) -> Option<TrainError> {
         self.failed.take()
@@ -465,7 +488,11 @@ impl<'a> TrainingEngine<'a> {
         let std = |t: &Tensor| -> Result<f64> {
             let t = t.to_dtype(DType::F64)?.flatten_all()?;
             let mean = t.mean_all()?.to_scalar::<f64>()?;
-            Ok(t.affine(1.0, -mean)?.sqr()?.mean_all()?.to_scalar::<f64>()?.sqrt())
+            Ok(t.affine(1.0, -mean)?
+                .sqr()?
+                .mean_all()?
+                .to_scalar::<f64>()?
+                .sqrt())
         };
         let embed_std = std(model.embed_weight())?;
         let head_std = std(model.lm_head_weight())?;
@@ -508,7 +535,11 @@ impl<'a> TrainingEngine<'a> {
                     )));
                 }
                 let idx = Tensor::new(ids.as_slice(), &device)?;
-                let emb = model.embed_weight().index_select(&idx, 0)?.to_dtype(DType::F32)?.mean(0)?;
+                let emb = model
+                    .embed_weight()
+                    .index_select(&idx, 0)?
+                    .to_dtype(DType::F32)?
+                    .mean(0)?;
                 let out = model
                     .lm_head_weight()
                     .index_select(&idx, 0)?
@@ -532,7 +563,10 @@ impl<'a> TrainingEngine<'a> {
             }
         };
         list.get(index as usize).map(|i| &i.image).ok_or_else(|| {
-            TrainError::Input(format!("{kind:?} {index} is out of range ({} images)", list.len()))
+            TrainError::Input(format!(
+                "{kind:?} {index} is out of range ({} images)",
+                list.len()
+            ))
         })
     }
 
@@ -589,7 +623,9 @@ impl<'a> TrainingEngine<'a> {
                 return self
                     .conversations
                     .get(sample.index as usize)
-                    .ok_or_else(|| TrainError::Input(format!("conversation {} is out of range", sample.index)))
+                    .ok_or_else(|| {
+                        TrainError::Input(format!("conversation {} is out of range", sample.index))
+                    })
             }
         };
         Ok(&list[sample.template as usize % list.len()])
@@ -622,7 +658,11 @@ impl<'a> TrainingEngine<'a> {
                 _ => parts.push(enc.base.clone()),
             }
             if enc.len < t_max {
-                parts.push(Tensor::zeros((t_max - enc.len, d), model.dtype(), model.device())?);
+                parts.push(Tensor::zeros(
+                    (t_max - enc.len, d),
+                    model.dtype(),
+                    model.device(),
+                )?);
             }
             rows.push(Tensor::cat(&parts, 0)?);
             for &(pos, row) in &enc.concept {
@@ -634,7 +674,13 @@ impl<'a> TrainingEngine<'a> {
     }
 
     /// Splices the concept rows (`[1 + k, d]`, model dtype) into constant embeddings.
-    fn splice(&self, constant: &Tensor, rows: &Tensor, idx: Vec<u32>, mask: Vec<u8>) -> Result<Tensor> {
+    fn splice(
+        &self,
+        constant: &Tensor,
+        rows: &Tensor,
+        idx: Vec<u32>,
+        mask: Vec<u8>,
+    ) -> Result<Tensor> {
         let (b, t, d) = constant.dims3()?;
         let device = constant.device();
         let idx = Tensor::from_vec(idx, b * t, device)?;
@@ -653,7 +699,12 @@ impl<'a> TrainingEngine<'a> {
     }
 
     /// Sum of the answer-token NLL of a batch and the number of answer tokens.
-    fn batch_nll(&mut self, samples: &[(SampleRef, bool)], rows: &Tensor, head: &Tensor) -> Result<(Tensor, usize)> {
+    fn batch_nll(
+        &mut self,
+        samples: &[(SampleRef, bool)],
+        rows: &Tensor,
+        head: &Tensor,
+    ) -> Result<(Tensor, usize)> {
         let wanted: Vec<(SampleKind, u32, bool)> = samples
             .iter()
             .filter(|(s, _)| s.kind != SampleKind::Conversation)
@@ -731,23 +782,30 @@ impl<'a> TrainingEngine<'a> {
         let grads = loss.backward()?;
         let zero_rows = self.params.rows.zeros_like()?;
         let zero_head = self.params.head.zeros_like()?;
-        let g_rows = grads.get(rows_var.as_tensor()).cloned().unwrap_or(zero_rows);
-        let g_head = grads.get(head_var.as_tensor()).cloned().unwrap_or(zero_head);
+        let g_rows = grads
+            .get(rows_var.as_tensor())
+            .cloned()
+            .unwrap_or(zero_rows);
+        let g_head = grads
+            .get(head_var.as_tensor())
+            .cloned()
+            .unwrap_or(zero_head);
         let a = self.cfg.adamw;
         let m = &mut self.moments;
         m.t += 1;
         let t = m.t as i32;
         let lr = f64::from(lr);
-        let update = |p: &Tensor, g: &Tensor, mo: &Tensor, v: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
-            let g = g.to_dtype(DType::F32)?;
-            let mo = ((mo * a.beta1)? + (&g * (1.0 - a.beta1))?)?;
-            let v = ((v * a.beta2)? + (g.sqr()? * (1.0 - a.beta2))?)?;
-            let m_hat = (&mo / (1.0 - a.beta1.powi(t)))?;
-            let v_hat = (&v / (1.0 - a.beta2.powi(t)))?;
-            let step = (m_hat / (v_hat.sqrt()? + a.eps)?)?;
-            let p = ((p * (1.0 - lr * a.weight_decay))? - (step * lr)?)?;
-            Ok((p, mo, v))
-        };
+        let update =
+            |p: &Tensor, g: &Tensor, mo: &Tensor, v: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
+                let g = g.to_dtype(DType::F32)?;
+                let mo = ((mo * a.beta1)? + (&g * (1.0 - a.beta1))?)?;
+                let v = ((v * a.beta2)? + (g.sqr()? * (1.0 - a.beta2))?)?;
+                let m_hat = (&mo / (1.0 - a.beta1.powi(t)))?;
+                let v_hat = (&v / (1.0 - a.beta2.powi(t)))?;
+                let step = (m_hat / (v_hat.sqrt()? + a.eps)?)?;
+                let p = ((p * (1.0 - lr * a.weight_decay))? - (step * lr)?)?;
+                Ok((p, mo, v))
+            };
         let (rows, m_rows, v_rows) = update(&self.params.rows, &g_rows, &m.m_rows, &m.v_rows)?;
         let (head, m_head, v_head) = update(&self.params.head, &g_head, &m.m_head, &m.v_head)?;
         m.m_rows = m_rows;
@@ -771,13 +829,19 @@ impl<'a> TrainingEngine<'a> {
         ] {
             images.extend((0..n as u32).map(|i| (kind, i)));
         }
-        let (mut pos_ok, mut pos_n, mut neg_ok, mut neg_n, mut loss) = (0u32, 0u32, 0u32, 0u32, 0f64);
+        let (mut pos_ok, mut pos_n, mut neg_ok, mut neg_n, mut loss) =
+            (0u32, 0u32, 0u32, 0u32, 0f64);
         for chunk in images.chunks(EVAL_BATCH) {
             let wanted: Vec<_> = chunk.iter().map(|&(k, i)| (k, i, false)).collect();
             self.ensure_features(&wanted)?;
             let group: Vec<(&Encoded, Option<Tensor>)> = chunk
                 .iter()
-                .map(|&(k, i)| (&self.eval, Some(self.features[&(Self::kind_code(k), i, false)].clone())))
+                .map(|&(k, i)| {
+                    (
+                        &self.eval,
+                        Some(self.features[&(Self::kind_code(k), i, false)].clone()),
+                    )
+                })
                 .collect();
             let (constant, idx, mask, t) = self.assemble(&group)?;
             let embeds = self.splice(&constant, &rows, idx, mask)?;
@@ -858,10 +922,20 @@ impl<'a> TrainingEngine<'a> {
                 TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map(|v| (*n, v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| TrainError::File { path: path.clone(), msg: e.to_string() })?;
-        let meta = serde_json::to_string(&meta).map_err(|e| TrainError::File { path: path.clone(), msg: e.to_string() })?;
-        let bytes = safetensors::serialize(views, Some(HashMap::from([("state".to_string(), meta)])))
-            .map_err(|e| TrainError::File { path: path.clone(), msg: e.to_string() })?;
+            .map_err(|e| TrainError::File {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+        let meta = serde_json::to_string(&meta).map_err(|e| TrainError::File {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        let bytes =
+            safetensors::serialize(views, Some(HashMap::from([("state".to_string(), meta)])))
+                .map_err(|e| TrainError::File {
+                    path: path.clone(),
+                    msg: e.to_string(),
+                })?;
         crate::write_atomic(path, &bytes)
     }
 }
@@ -893,7 +967,9 @@ fn encode(
         Some(a) => codec.encode(&format!("{prompt} {a}</s>"), true)?,
         None => prompt_ids.clone(),
     };
-    if ids.len() <= prompt_ids.len() && answer.is_some() || !ids.starts_with(&prompt_ids[..prompt_ids.len().min(ids.len())]) {
+    if ids.len() <= prompt_ids.len() && answer.is_some()
+        || !ids.starts_with(&prompt_ids[..prompt_ids.len().min(ids.len())])
+    {
         return Err(TrainError::Input(format!(
             "the tokenizer does not split `{prompt}` the same with and without its answer"
         )));
@@ -920,14 +996,18 @@ fn encode(
         .filter(|(_, &id)| id >= base_vocab)
         .map(|(p, &id)| (p, id - base_vocab))
         .collect();
-    let base_ids: Vec<u32> = ids.iter().map(|&id| if id >= base_vocab { 0 } else { id }).collect();
+    let base_ids: Vec<u32> = ids
+        .iter()
+        .map(|&id| if id >= base_vocab { 0 } else { id })
+        .collect();
     let base = model.embed_tokens(&Tensor::from_vec(base_ids, len, model.device())?)?;
-    let targets = match answer {
+    let targets: Vec<(usize, u32)> = match answer {
         Some(_) => (prompt_len - 1..len - 1).map(|p| (p, ids[p + 1])).collect(),
         None => Vec::new(),
     };
     Ok(Encoded {
         len,
+        ids,
         image: spans.into_iter().next(),
         base,
         concept,
@@ -995,7 +1075,9 @@ impl TrainingHost for TrainingEngine<'_> {
             return Err(EngineError(INTERRUPTED.to_string()));
         }
         if !(learning_rate.is_finite() && learning_rate > 0.0) {
-            return Err(EngineError(format!("learning rate {learning_rate} must be positive")));
+            return Err(EngineError(format!(
+                "learning rate {learning_rate} must be positive"
+            )));
         }
         let loss = self.step(batch, learning_rate).map_err(engine_err)?;
         self.steps += 1;

@@ -80,7 +80,11 @@ impl From<candle_core::Error> for TrainError {
 }
 
 impl TrainError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         TrainError::Io {
             action,
             path: path.into(),

@@ -78,7 +78,9 @@ pub fn decode_checked(path: &Path, bytes: &[u8], min_side: u32) -> Result<Loaded
     if w.min(h) < min_side {
         return Err(TrainError::Image {
             path: path.to_path_buf(),
-            msg: format!("is {w}x{h} pixels, too small: the shorter side must be at least {min_side}"),
+            msg: format!(
+                "is {w}x{h} pixels, too small: the shorter side must be at least {min_side}"
+            ),
         });
     }
     Ok(LoadedImage {

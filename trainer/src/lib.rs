@@ -136,7 +136,12 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The defaults of the paper's recipe for `subject`.
-    pub fn new(subject: Subject, images: PathBuf, negatives: PoolSource, output: PathBuf) -> TrainConfig {
+    pub fn new(
+        subject: Subject,
+        images: PathBuf,
+        negatives: PoolSource,
+        output: PathBuf,
+    ) -> TrainConfig {
         TrainConfig {
             subject,
             images,
@@ -191,7 +196,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -217,7 +226,10 @@ fn check_config(cfg: &TrainConfig) -> Result<()> {
         return bad("batch size must be at least 1".into());
     }
     if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        return bad(format!("learning rate {} must be positive", cfg.learning_rate));
+        return bad(format!(
+            "learning rate {} must be positive",
+            cfg.learning_rate
+        ));
     }
     if cfg.seed > i64::MAX as u64 {
         return bad(format!("seed {} must be at most {}", cfg.seed, i64::MAX));
@@ -234,12 +246,22 @@ fn check_config(cfg: &TrainConfig) -> Result<()> {
             cfg.subject.name
         ));
     }
-    let dir = cfg.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = cfg
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        return bad(format!("the output folder `{}` does not exist", dir.display()));
+        return bad(format!(
+            "the output folder `{}` does not exist",
+            dir.display()
+        ));
     }
     if !cfg.images.is_dir() {
-        return bad(format!("`{}` is not a folder of photos", cfg.images.display()));
+        return bad(format!(
+            "`{}` is not a folder of photos",
+            cfg.images.display()
+        ));
     }
     Ok(())
 }
@@ -325,16 +347,25 @@ impl Job<'_> {
         let i = |v: u64| toml::Value::Integer(v.min(i64::MAX as u64) as i64);
         training.insert("best_epoch".into(), i(info.best_epoch.into()));
         training.insert("epochs_run".into(), i(info.epochs_run.into()));
-        training.insert("stopped_early".into(), toml::Value::Boolean(info.stopped_early));
+        training.insert(
+            "stopped_early".into(),
+            toml::Value::Boolean(info.stopped_early),
+        );
         training.insert("complete".into(), toml::Value::Boolean(info.complete));
         training.insert("conversations".into(), i(self.counts.conversations as u64));
-        training.insert("recognition_templates".into(), s(templates::TEMPLATE_SET_ID));
+        training.insert(
+            "recognition_templates".into(),
+            s(templates::TEMPLATE_SET_ID),
+        );
         training.insert("miner".into(), s(&self.stage_ids.miner));
         training.insert("trainer".into(), s(&self.stage_ids.trainer));
         training.insert("linker".into(), s(&self.stage_ids.linker));
         training.insert("init".into(), s(&cfg.init.label()));
         training.insert("batch_size".into(), i(cfg.batch_size.into()));
-        training.insert("base_fingerprint_embed".into(), s(&self.fingerprint.embed_sha256));
+        training.insert(
+            "base_fingerprint_embed".into(),
+            s(&self.fingerprint.embed_sha256),
+        );
         ext.insert("training".into(), toml::Value::Table(training));
         let created = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
@@ -373,7 +404,12 @@ impl Job<'_> {
         Ok(ConceptPackage::new(manifest, tensors)?)
     }
 
-    fn report(&self, status: &str, history: &engine::History, best: Option<&engine::Best>) -> report::TrainingReport {
+    fn report(
+        &self,
+        status: &str,
+        history: &engine::History,
+        best: Option<&engine::Best>,
+    ) -> report::TrainingReport {
         let cfg = self.cfg;
         report::TrainingReport {
             name: cfg.subject.name.clone(),
@@ -396,7 +432,12 @@ impl Job<'_> {
         }
     }
 
-    fn write_report(&self, status: &str, history: &engine::History, best: Option<&engine::Best>) -> Result<()> {
+    fn write_report(
+        &self,
+        status: &str,
+        history: &engine::History,
+        best: Option<&engine::Best>,
+    ) -> Result<()> {
         let (json, png) = report::report_paths(&self.cfg.output);
         report::write_report(&self.report(status, history, best), &json, &png)
     }
@@ -470,7 +511,10 @@ pub fn train(
     match &cfg.negatives {
         PoolSource::Dir(dir) => {
             if !dir.is_dir() {
-                return Err(TrainError::Input(format!("the negative pool `{}` is not a folder", dir.display())));
+                return Err(TrainError::Input(format!(
+                    "the negative pool `{}` is not a folder",
+                    dir.display()
+                )));
             }
             if images::list_images(dir, true)?.is_empty() {
                 return Err(TrainError::EmptyPool {
@@ -481,7 +525,10 @@ pub fn train(
         }
         PoolSource::EmbeddingFile(file) => {
             if !file.is_file() {
-                return Err(TrainError::Input(format!("the negative pool `{}` does not exist", file.display())));
+                return Err(TrainError::Input(format!(
+                    "the negative pool `{}` does not exist",
+                    file.display()
+                )));
             }
         }
     }
@@ -496,12 +543,17 @@ pub fn train(
     stages
         .linker
         .validate(&metadata)
-        .map_err(|e| TrainError::Stage { role: "linker", id: stages.linker.id().to_string(), msg: e.0 })?;
+        .map_err(|e| TrainError::Stage {
+            role: "linker",
+            id: stages.linker.id().to_string(),
+            msg: e.0,
+        })?;
     let state_file = state_path(&cfg.output);
     if cfg.resume && !state_file.is_file() {
         return Err(TrainError::Resume {
             path: state_file,
-            msg: "there is no saved state to resume from (it is removed when training completes)".into(),
+            msg: "there is no saved state to resume from (it is removed when training completes)"
+                .into(),
         });
     }
     let fingerprint = session.fingerprint()?.clone();
@@ -522,7 +574,14 @@ pub fn train(
         min_side,
     };
     let exclude: Vec<String> = positives.iter().map(|p| p.sha256.clone()).collect();
-    let (pool, pool_report) = mining::embed_pool(&embedder, &cfg.negatives, &mut cache, &exclude, progress, cancel)?;
+    let (pool, pool_report) = mining::embed_pool(
+        &embedder,
+        &cfg.negatives,
+        &mut cache,
+        &exclude,
+        progress,
+        cancel,
+    )?;
     let hard_per_positive = cfg
         .hard_per_positive
         .unwrap_or_else(|| DEFAULT_HARD_TOTAL.div_ceil(positives.len() as u32));
@@ -578,7 +637,11 @@ pub fn train(
     // --- Stage 3: training.
     let d = session.model().config().text.hidden_size;
     let zeros = Tensor::zeros(d, session.model().dtype(), device)?;
-    let placeholder = ConceptWeights::new(zeros.clone(), Tensor::zeros((cfg.k, d), session.model().dtype(), device)?, zeros)?;
+    let placeholder = ConceptWeights::new(
+        zeros.clone(),
+        Tensor::zeros((cfg.k, d), session.model().dtype(), device)?,
+        zeros,
+    )?;
     session.activate(&cfg.subject.name, &cfg.subject.identifier, placeholder)?;
     let job_key = job_key(cfg, &model_key, &dataset, stages);
     let saved = if cfg.resume {
@@ -632,7 +695,15 @@ pub fn train(
         seed: cfg.seed,
         adamw: cfg.adamw,
     };
-    let mut engine = TrainingEngine::new(&session, &cfg.subject.name, &dataset, engine_cfg, saved, cancel, &mut checkpointer)?;
+    let mut engine = TrainingEngine::new(
+        &session,
+        &cfg.subject.name,
+        &dataset,
+        engine_cfg,
+        saved,
+        cancel,
+        &mut checkpointer,
+    )?;
     engine.save_state_to(&state_file, &job_key);
     let trainer_id = stages.trainer.id().to_string();
     let result = stages.trainer.train(
@@ -649,15 +720,22 @@ pub fn train(
     let best = engine.best().cloned();
     let params = engine.params().clone();
     drop(engine);
-    let (live_steps, live_secs, wrote_best) =
-        (checkpointer.live_steps, checkpointer.live_since.elapsed().as_secs_f64(), checkpointer.written_best);
+    let (live_steps, live_secs, wrote_best) = (
+        checkpointer.live_steps,
+        checkpointer.live_since.elapsed().as_secs_f64(),
+        checkpointer.written_best,
+    );
     job.timings.training_secs = t2.elapsed().as_secs_f64();
     job.timings.seconds_per_step = (live_steps > 0).then(|| live_secs / live_steps as f64);
     let summary = match result {
         Ok(summary) => summary,
         Err(e) => {
             let interrupted = cancel.load(Ordering::Relaxed);
-            job.write_report(if interrupted { "interrupted" } else { "failed" }, &history, best.as_ref())?;
+            job.write_report(
+                if interrupted { "interrupted" } else { "failed" },
+                &history,
+                best.as_ref(),
+            )?;
             if let Some(f) = failure {
                 return Err(f);
             }
@@ -666,7 +744,11 @@ pub fn train(
                     best: wrote_best.map(|_| cfg.output.clone()),
                 });
             }
-            return Err(TrainError::Stage { role: "trainer", id: trainer_id, msg: e.0 });
+            return Err(TrainError::Stage {
+                role: "trainer",
+                id: trainer_id,
+                msg: e.0,
+            });
         }
     };
     // --- Stage 4: packaging. The trainer left the best epoch's parameters in the engine.
@@ -682,10 +764,12 @@ pub fn train(
         stopped_early: summary.stopped_early,
         complete: true,
     };
-    job.package(&params, &info)?.write_file_atomic(&cfg.output)?;
+    job.package(&params, &info)?
+        .write_file_atomic(&cfg.output)?;
     job.write_report("complete", &history, best.as_ref())?;
     if state_file.exists() {
-        std::fs::remove_file(&state_file).map_err(|e| TrainError::io("removing", &state_file, e))?;
+        std::fs::remove_file(&state_file)
+            .map_err(|e| TrainError::io("removing", &state_file, e))?;
     }
     let (report_json, report_png) = report::report_paths(&cfg.output);
     Ok(TrainOutcome {
@@ -730,14 +814,23 @@ fn job_key(cfg: &TrainConfig, model_key: &str, data: &Dataset, stages: &Stages) 
         positives: hashes(&data.positives),
         hard: hashes(&data.hard_negatives),
         easy: hashes(&data.easy_negatives),
-        conversations: data.conversations.iter().map(|t| (t.question.as_str(), t.answer.as_str())).collect(),
+        conversations: data
+            .conversations
+            .iter()
+            .map(|t| (t.question.as_str(), t.answer.as_str()))
+            .collect(),
         k: cfg.k,
         init: cfg.init.label(),
         seed: cfg.seed,
         epochs: cfg.epochs,
         lr: cfg.learning_rate,
         batch: cfg.batch_size,
-        adamw: [cfg.adamw.beta1, cfg.adamw.beta2, cfg.adamw.eps, cfg.adamw.weight_decay],
+        adamw: [
+            cfg.adamw.beta1,
+            cfg.adamw.beta2,
+            cfg.adamw.eps,
+            cfg.adamw.weight_decay,
+        ],
         stages: [stages.miner.id(), stages.trainer.id(), stages.linker.id()],
         templates: templates::TEMPLATE_SET_ID,
         identifier: &cfg.subject.identifier,

@@ -93,10 +93,15 @@ pub fn model_key(
 ) -> Result<String> {
     let size = model.config().vision.image_size as u32;
     let probe = RgbImage::from_fn(size, size, |x, y| {
-        image::Rgb([(x * 255 / size) as u8, (y * 255 / size) as u8, ((x ^ y) & 0xff) as u8])
+        image::Rgb([
+            (x * 255 / size) as u8,
+            (y * 255 / size) as u8,
+            ((x ^ y) & 0xff) as u8,
+        ])
     });
     let row = embed_images(model, preprocess, &[probe])?.remove(0);
-    let mut text = serde_json::to_string(fingerprint).map_err(|e| TrainError::Input(e.to_string()))?;
+    let mut text =
+        serde_json::to_string(fingerprint).map_err(|e| TrainError::Input(e.to_string()))?;
     for v in row {
         text.push_str(&format!("{:08x}", v.to_bits()));
     }
@@ -113,8 +118,11 @@ pub fn embed_images(
     for chunk in images.chunks(EMBED_BATCH) {
         let mut px = Vec::with_capacity(chunk.len());
         for img in chunk {
-            px.push(images::pixels(img, false, preprocess)?.to_tensor(model.device())
-                .map_err(concepts_runtime::RuntimeError::from)?);
+            px.push(
+                images::pixels(img, false, preprocess)?
+                    .to_tensor(model.device())
+                    .map_err(concepts_runtime::RuntimeError::from)?,
+            );
         }
         let px = Tensor::cat(&px, 0)?.to_dtype(model.dtype())?;
         let pooled = model.pooled_image_embedding(&px)?.to_dtype(DType::F32)?;
@@ -204,7 +212,10 @@ pub fn write_embedding_file(
     rows: &[&[f32]],
     paths: Option<&[String]>,
 ) -> Result<()> {
-    let bytes: Vec<u8> = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
+    let bytes: Vec<u8> = rows
+        .iter()
+        .flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes()))
+        .collect();
     let view = TensorView::new(safetensors::Dtype::F32, vec![rows.len(), dim], &bytes)
         .map_err(|e| file_err(path, e))?;
     let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
@@ -231,7 +242,8 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 /// Reads an embedding file; with `expect_key`, a file made for another model is an error.
 pub fn read_embedding_file(path: &Path, expect_key: Option<&str>) -> Result<EmbeddingFile> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io("reading", path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let field = |name: &str| {
         meta.get(name)
@@ -239,7 +251,10 @@ pub fn read_embedding_file(path: &Path, expect_key: Option<&str>) -> Result<Embe
             .ok_or_else(|| file_err(path, format!("no `{name}` in the metadata")))
     };
     if field("format")? != EMBEDDING_FILE_FORMAT {
-        return Err(file_err(path, format!("not a `{EMBEDDING_FILE_FORMAT}` file")));
+        return Err(file_err(
+            path,
+            format!("not a `{EMBEDDING_FILE_FORMAT}` file"),
+        ));
     }
     let model_key = field("model_key")?;
     if let Some(expect) = expect_key {
@@ -253,20 +268,37 @@ pub fn read_embedding_file(path: &Path, expect_key: Option<&str>) -> Result<Embe
     let hashes: Vec<String> =
         serde_json::from_str(&field("hashes")?).map_err(|e| file_err(path, e))?;
     let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, e))?;
-    let view = tensors.tensor("embeddings").map_err(|e| file_err(path, e))?;
+    let view = tensors
+        .tensor("embeddings")
+        .map_err(|e| file_err(path, e))?;
     let (n, dim) = match view.shape() {
         [n, d] if view.dtype() == safetensors::Dtype::F32 => (*n, *d),
-        other => return Err(file_err(path, format!("`embeddings` is {:?} {other:?}, expected f32 [n, d]", view.dtype()))),
+        other => {
+            return Err(file_err(
+                path,
+                format!(
+                    "`embeddings` is {:?} {other:?}, expected f32 [n, d]",
+                    view.dtype()
+                ),
+            ))
+        }
     };
     if n != hashes.len() {
-        return Err(file_err(path, format!("{n} rows for {} hashes", hashes.len())));
+        return Err(file_err(
+            path,
+            format!("{n} rows for {} hashes", hashes.len()),
+        ));
     }
     let values: Vec<f32> = view
         .data()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    let rows = if dim == 0 { vec![Vec::new(); n] } else { values.chunks_exact(dim).map(<[f32]>::to_vec).collect() };
+    let rows = if dim == 0 {
+        vec![Vec::new(); n]
+    } else {
+        values.chunks_exact(dim).map(<[f32]>::to_vec).collect()
+    };
     let paths = match meta.get("paths") {
         Some(p) => {
             let list: Vec<String> = serde_json::from_str(p).map_err(|e| file_err(path, e))?;
@@ -312,11 +344,15 @@ pub fn embed_pool(
     match source {
         PoolSource::EmbeddingFile(path) => {
             let file = read_embedding_file(path, Some(embedder.model_key))?;
-            let paths = file.paths.ok_or_else(|| file_err(path, "no `paths` in the metadata"))?;
+            let paths = file
+                .paths
+                .ok_or_else(|| file_err(path, "no `paths` in the metadata"))?;
             report.listed = paths.len();
             for ((p, h), row) in paths.into_iter().zip(file.hashes).zip(file.rows) {
                 if exclude.contains(&h) {
-                    report.skipped.push((p, "identical to a positive".to_string()));
+                    report
+                        .skipped
+                        .push((p, "identical to a positive".to_string()));
                     continue;
                 }
                 report.cache_hits += 1;
@@ -353,22 +389,35 @@ pub fn embed_pool(
                 let bytes = match std::fs::read(path) {
                     Ok(b) => b,
                     Err(e) => {
-                        report.skipped.push((path.clone(), format!("cannot be read: {e}")));
+                        report
+                            .skipped
+                            .push((path.clone(), format!("cannot be read: {e}")));
                         continue;
                     }
                 };
                 let sha = sha256_hex(&bytes);
                 if exclude.contains(&sha) {
-                    report.skipped.push((path.clone(), "identical to a positive".to_string()));
+                    report
+                        .skipped
+                        .push((path.clone(), "identical to a positive".to_string()));
                     continue;
                 }
                 if let Some(row) = cache.get(&sha) {
                     report.cache_hits += 1;
                     data.extend_from_slice(row);
-                    entries.push(PoolEntry { path: path.clone(), sha256: sha });
+                    entries.push(PoolEntry {
+                        path: path.clone(),
+                        sha256: sha,
+                    });
                 } else {
                     match images::decode_checked(path, &bytes, embedder.min_side) {
-                        Ok(img) => pending.push((PoolEntry { path: path.clone(), sha256: sha }, img.image)),
+                        Ok(img) => pending.push((
+                            PoolEntry {
+                                path: path.clone(),
+                                sha256: sha,
+                            },
+                            img.image,
+                        )),
                         Err(e) => report.skipped.push((path.clone(), e.to_string())),
                     }
                     if pending.len() == EMBED_BATCH {
@@ -385,7 +434,12 @@ pub fn embed_pool(
         let detail = if report.skipped.is_empty() {
             String::new()
         } else {
-            format!(" ({} file(s) skipped, e.g. {}: {})", report.skipped.len(), report.skipped[0].0.display(), report.skipped[0].1)
+            format!(
+                " ({} file(s) skipped, e.g. {}: {})",
+                report.skipped.len(),
+                report.skipped[0].0.display(),
+                report.skipped[0].1
+            )
         };
         return Err(TrainError::EmptyPool {
             path: source.path().to_path_buf(),
@@ -393,12 +447,24 @@ pub fn embed_pool(
         });
     }
     let embeddings = EmbeddingMatrix::new(dim, data).ok_or_else(|| {
-        file_err(source.path(), format!("pool embeddings are not finite rows of width {dim}"))
+        file_err(
+            source.path(),
+            format!("pool embeddings are not finite rows of width {dim}"),
+        )
     })?;
     if embeddings.rows() != entries.len() {
-        return Err(file_err(source.path(), "pool embeddings do not match the model's vision width"));
+        return Err(file_err(
+            source.path(),
+            "pool embeddings do not match the model's vision width",
+        ));
     }
-    Ok((Pool { entries, embeddings }, report))
+    Ok((
+        Pool {
+            entries,
+            embeddings,
+        },
+        report,
+    ))
 }
 
 /// Writes a precomputed pool embedding file for the images under `dir` (paths stored relative
@@ -411,21 +477,45 @@ pub fn write_pool_file(
     progress: &mut dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<PoolReport> {
-    let (pool, report) = embed_pool(embedder, &PoolSource::Dir(dir.to_path_buf()), cache, &[], progress, cancel)?;
+    let (pool, report) = embed_pool(
+        embedder,
+        &PoolSource::Dir(dir.to_path_buf()),
+        cache,
+        &[],
+        progress,
+        cancel,
+    )?;
     let base = out.parent().unwrap_or(Path::new("."));
-    let base = std::fs::canonicalize(if base.as_os_str().is_empty() { Path::new(".") } else { base })
-        .map_err(|e| TrainError::io("resolving", base, e))?;
+    let base = std::fs::canonicalize(if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    })
+    .map_err(|e| TrainError::io("resolving", base, e))?;
     let paths: Vec<String> = pool
         .entries
         .iter()
         .map(|e| {
             let abs = std::fs::canonicalize(&e.path).unwrap_or_else(|_| e.path.clone());
-            abs.strip_prefix(&base).map(Path::to_path_buf).unwrap_or(abs).to_string_lossy().into_owned()
+            abs.strip_prefix(&base)
+                .map(Path::to_path_buf)
+                .unwrap_or(abs)
+                .to_string_lossy()
+                .into_owned()
         })
         .collect();
     let hashes: Vec<String> = pool.entries.iter().map(|e| e.sha256.clone()).collect();
-    let rows: Vec<&[f32]> = (0..pool.embeddings.rows()).map(|r| pool.embeddings.row(r)).collect();
-    write_embedding_file(out, embedder.model_key, pool.embeddings.dim(), &hashes, &rows, Some(&paths))?;
+    let rows: Vec<&[f32]> = (0..pool.embeddings.rows())
+        .map(|r| pool.embeddings.row(r))
+        .collect();
+    write_embedding_file(
+        out,
+        embedder.model_key,
+        pool.embeddings.dim(),
+        &hashes,
+        &rows,
+        Some(&paths),
+    )?;
     Ok(report)
 }
 

@@ -96,11 +96,14 @@ pub fn write_report(report: &TrainingReport, json: &Path, png: &Path) -> Result<
     crate::write_atomic(json, text.as_bytes())?;
     let img = plot(&report.epochs, report.best_epoch);
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| TrainError::File {
-            path: png.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| TrainError::File {
+        path: png.to_path_buf(),
+        msg: e.to_string(),
+    })?;
     crate::write_atomic(png, &bytes)
 }
 
@@ -121,7 +124,10 @@ pub fn plot(epochs: &[EpochReport], best: Option<u32>) -> RgbImage {
     let mut img = RgbImage::from_pixel(WIDTH, HEIGHT, WHITE);
     let xs: Vec<f64> = epochs.iter().map(|e| f64::from(e.epoch)).collect();
     let loss: Vec<f64> = epochs.iter().map(|e| f64::from(e.mean_loss)).collect();
-    let eval_loss: Vec<f64> = epochs.iter().map(|e| f64::from(e.validation.loss)).collect();
+    let eval_loss: Vec<f64> = epochs
+        .iter()
+        .map(|e| f64::from(e.validation.loss))
+        .collect();
     let max_loss = loss
         .iter()
         .chain(&eval_loss)
@@ -129,7 +135,11 @@ pub fn plot(epochs: &[EpochReport], best: Option<u32>) -> RgbImage {
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max)
         .max(1e-3);
-    let panel = |img: &mut RgbImage, x0: u32, title: &str, y_max: f64, series: &[(&[f64], Rgb<u8>, &str)]| {
+    let panel = |img: &mut RgbImage,
+                 x0: u32,
+                 title: &str,
+                 y_max: f64,
+                 series: &[(&[f64], Rgb<u8>, &str)]| {
         let (left, top, w, h) = (x0 + 70, 40u32, WIDTH / 2 - 100, HEIGHT - 110);
         text(img, x0 + 70, 12, title, BLACK, 2);
         let x_max = xs.last().copied().unwrap_or(1.0).max(1.0);
@@ -138,9 +148,23 @@ pub fn plot(epochs: &[EpochReport], best: Option<u32>) -> RgbImage {
         for i in 0..=4 {
             let v = y_max * f64::from(i) / 4.0;
             let y = py(v) as i64;
-            line(img, left as f64, y as f64, f64::from(left + w), y as f64, GRID);
+            line(
+                img,
+                left as f64,
+                y as f64,
+                f64::from(left + w),
+                y as f64,
+                GRID,
+            );
             let label = format!("{v:.2}");
-            text(img, left.saturating_sub(8 + 12 * label.len() as u32), (y - 7).max(0) as u32, &label, BLACK, 2);
+            text(
+                img,
+                left.saturating_sub(8 + 12 * label.len() as u32),
+                (y - 7).max(0) as u32,
+                &label,
+                BLACK,
+                2,
+            );
         }
         if let Some(b) = best {
             let x = px(f64::from(b));
@@ -151,14 +175,42 @@ pub fn plot(epochs: &[EpochReport], best: Option<u32>) -> RgbImage {
             let x = px(f64::from(e));
             line(img, x, f64::from(top + h), x, f64::from(top + h + 5), BLACK);
             let label = e.to_string();
-            text(img, (x as u32).saturating_sub(6 * label.len() as u32), top + h + 10, &label, BLACK, 2);
+            text(
+                img,
+                (x as u32).saturating_sub(6 * label.len() as u32),
+                top + h + 10,
+                &label,
+                BLACK,
+                2,
+            );
         }
-        line(img, f64::from(left), f64::from(top), f64::from(left), f64::from(top + h), BLACK);
-        line(img, f64::from(left), f64::from(top + h), f64::from(left + w), f64::from(top + h), BLACK);
+        line(
+            img,
+            f64::from(left),
+            f64::from(top),
+            f64::from(left),
+            f64::from(top + h),
+            BLACK,
+        );
+        line(
+            img,
+            f64::from(left),
+            f64::from(top + h),
+            f64::from(left + w),
+            f64::from(top + h),
+            BLACK,
+        );
         text(img, left + w / 2 - 30, top + h + 30, "EPOCH", BLACK, 2);
         for (i, (ys, colour, name)) in series.iter().enumerate() {
             for j in 1..ys.len() {
-                line(img, px(xs[j - 1]), py(ys[j - 1]), px(xs[j]), py(ys[j]), *colour);
+                line(
+                    img,
+                    px(xs[j - 1]),
+                    py(ys[j - 1]),
+                    px(xs[j]),
+                    py(ys[j]),
+                    *colour,
+                );
             }
             for j in 0..ys.len() {
                 dot(img, px(xs[j]), py(ys[j]), *colour);
@@ -178,17 +230,33 @@ pub fn plot(epochs: &[EpochReport], best: Option<u32>) -> RgbImage {
         0,
         "LOSS",
         max_loss * 1.1,
-        &[(&loss, LOSS_COLOURS[0], "TRAIN"), (&eval_loss, LOSS_COLOURS[1], "EVAL")],
+        &[
+            (&loss, LOSS_COLOURS[0], "TRAIN"),
+            (&eval_loss, LOSS_COLOURS[1], "EVAL"),
+        ],
     );
-    let acc: Vec<f64> = epochs.iter().map(|e| f64::from(e.validation.accuracy)).collect();
-    let pos: Vec<f64> = epochs.iter().map(|e| f64::from(e.validation.positive_accuracy)).collect();
-    let neg: Vec<f64> = epochs.iter().map(|e| f64::from(e.validation.negative_accuracy)).collect();
+    let acc: Vec<f64> = epochs
+        .iter()
+        .map(|e| f64::from(e.validation.accuracy))
+        .collect();
+    let pos: Vec<f64> = epochs
+        .iter()
+        .map(|e| f64::from(e.validation.positive_accuracy))
+        .collect();
+    let neg: Vec<f64> = epochs
+        .iter()
+        .map(|e| f64::from(e.validation.negative_accuracy))
+        .collect();
     panel(
         &mut img,
         WIDTH / 2,
         "RECOGNITION ACCURACY",
         1.0,
-        &[(&acc, ACC_COLOURS[0], "ALL"), (&pos, ACC_COLOURS[1], "POS"), (&neg, ACC_COLOURS[2], "NEG")],
+        &[
+            (&acc, ACC_COLOURS[0], "ALL"),
+            (&pos, ACC_COLOURS[1], "POS"),
+            (&neg, ACC_COLOURS[2], "NEG"),
+        ],
     );
     img
 }
@@ -230,7 +298,12 @@ pub fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, c: Rgb<u8>, scale: u32)
                 if bits & (0x10 >> col) != 0 {
                     for sx in 0..scale {
                         for sy in 0..scale {
-                            put(img, i64::from(gx + col * scale + sx), i64::from(y + r as u32 * scale + sy), c);
+                            put(
+                                img,
+                                i64::from(gx + col * scale + sx),
+                                i64::from(y + r as u32 * scale + sy),
+                                c,
+                            );
                         }
                     }
                 }
@@ -313,7 +386,10 @@ mod tests {
 
     #[test]
     fn plot_draws_series_text_and_the_best_epoch() {
-        let img = plot(&[epoch(1, 2.0, 0.5), epoch(2, 1.0, 0.9), epoch(3, 0.5, 0.8)], Some(2));
+        let img = plot(
+            &[epoch(1, 2.0, 0.5), epoch(2, 1.0, 0.9), epoch(3, 0.5, 0.8)],
+            Some(2),
+        );
         assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
         let count = |c: Rgb<u8>| img.pixels().filter(|p| **p == c).count();
         assert!(count(LOSS_COLOURS[0]) > 100);

@@ -11,8 +11,8 @@
 use std::cell::RefCell;
 
 use concepts_plugin_api::{
-    ConceptMetadata, EpochReport, LogLevel, MinedNegative, MiningParams, Recognition,
-    SampleCounts, SampleRef, ScoredRow, Split, TrainParams, TrainSummary, Turn,
+    ConceptMetadata, EpochReport, LogLevel, MinedNegative, MiningParams, Recognition, SampleCounts,
+    SampleRef, ScoredRow, Split, TrainParams, TrainSummary, Turn,
 };
 use concepts_plugin_sdk::backend::{self, EmbeddingsBackend, HostBackend, TrainingBackend};
 
@@ -420,9 +420,8 @@ impl Trainer for BuiltinTrainer {
             log: Log(DEFAULT_TRAINER),
             host: RefCell::new(host),
         };
-        let summary =
-            backend::train::<concepts_default_trainer::DefaultTrainer>(&adapter, params)
-                .map_err(StageError)?;
+        let summary = backend::train::<concepts_default_trainer::DefaultTrainer>(&adapter, params)
+            .map_err(StageError)?;
         check_summary(&summary)?;
         Ok(summary)
     }
@@ -448,17 +447,14 @@ impl MetadataLinker for BuiltinLinker {
     }
 
     fn validate(&mut self, metadata: &ConceptMetadata) -> Result<(), StageError> {
-        backend::validate::<concepts_default_linker::DefaultLinker>(
-            &Log(DEFAULT_LINKER),
-            metadata,
-        )
-        .map_err(|problems| {
-            StageError(format!(
-                "concept `{}`: invalid metadata: {}",
-                metadata.name,
-                problems.join("; ")
-            ))
-        })
+        backend::validate::<concepts_default_linker::DefaultLinker>(&Log(DEFAULT_LINKER), metadata)
+            .map_err(|problems| {
+                StageError(format!(
+                    "concept `{}`: invalid metadata: {}",
+                    metadata.name,
+                    problems.join("; ")
+                ))
+            })
     }
 
     fn link_conversation(
@@ -497,7 +493,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("`acme.miner`") && err.contains(DEFAULT_MINER), "{err}");
+        assert!(
+            err.contains("`acme.miner`") && err.contains(DEFAULT_MINER),
+            "{err}"
+        );
         assert!(Stages::builtin(None, Some(DEFAULT_MINER), None).is_err());
     }
 

@@ -20,68 +20,236 @@ pub const EVAL_QUESTION: &str = "Is <sks> in this photo? Answer with a single wo
 /// Positive recognition templates (question, answer): the image shows the subject.
 pub const POSITIVE: [(&str, &str); 30] = [
     ("Is <sks> in this photo?", "Yes, <sks> is in this photo."),
-    ("Can you tell if <sks> appears in this picture?", "Yes, <sks> appears in this picture."),
-    ("Could you check whether <sks> is in the image?", "<sks> is indeed in the image."),
-    ("Do you see <sks> anywhere in this snapshot?", "<sks> is visible in this snapshot."),
-    ("Is there a chance <sks> could be in this photo?", "Absolutely, <sks> is in this photo."),
-    ("Would you happen to know if <sks> is shown in this photograph?", "<sks> is shown in this photograph."),
-    ("Can you see <sks> in this photo?", "Yes, I can confirm that <sks> is indeed in the photo."),
-    ("Have you spotted <sks> in this photo?", "I have spotted <sks> in this photo."),
-    ("Is that <sks> in the photo there?", "That is <sks> in the photo."),
+    (
+        "Can you tell if <sks> appears in this picture?",
+        "Yes, <sks> appears in this picture.",
+    ),
+    (
+        "Could you check whether <sks> is in the image?",
+        "<sks> is indeed in the image.",
+    ),
+    (
+        "Do you see <sks> anywhere in this snapshot?",
+        "<sks> is visible in this snapshot.",
+    ),
+    (
+        "Is there a chance <sks> could be in this photo?",
+        "Absolutely, <sks> is in this photo.",
+    ),
+    (
+        "Would you happen to know if <sks> is shown in this photograph?",
+        "<sks> is shown in this photograph.",
+    ),
+    (
+        "Can you see <sks> in this photo?",
+        "Yes, I can confirm that <sks> is indeed in the photo.",
+    ),
+    (
+        "Have you spotted <sks> in this photo?",
+        "I have spotted <sks> in this photo.",
+    ),
+    (
+        "Is that <sks> in the photo there?",
+        "That is <sks> in the photo.",
+    ),
     ("Is <sks> in this image?", "Yes, <sks> is in this image."),
-    ("Am I seeing <sks> in this picture?", "Yes, you are seeing <sks> in this picture."),
-    ("Does this photo include <sks>?", "This photo includes <sks>."),
-    ("Is <sks> featured in this photo?", "<sks> is featured in this photo."),
-    ("Can you point out <sks> in this photo?", "Certainly, <sks> is right here in the photo."),
-    ("Is <sks> visible in this photo?", "<sks> is visible in this photo."),
-    ("Check if <sks> is in this photo for me, will you?", "After checking, yes, <sks> is in this photo."),
-    ("Hey AI, can you tell me if you see <sks> in this photo?", "Yes, I can confirm that <sks> is indeed in the photo."),
-    ("Do you recognize <sks> in this photo?", "I do recognize <sks> in this photo."),
-    ("I'm looking for <sks>, is <sks> in this photo?", "Yes, <sks> is in this photo."),
-    ("Can you see if <sks> is in this photo?", "Yes, <sks> is indeed in the photo."),
-    ("This photo, does it have <sks>?", "This photo does have <sks>."),
-    ("Could you confirm if this is <sks> in the photo?", "I can confirm that this is <sks> in the photo."),
-    ("Any chance that <sks> might be in this photo?", "Yes, <sks> is definitely in this photo."),
-    ("Can you recognize if <sks> is in this photo?", "Yes, <sks> is indeed in the photo."),
-    ("I think I see <sks>, is it so?", "You're correct, that is <sks> you see in the photo."),
-    ("Has <sks> been captured in this photo?", "<sks> has been captured in this photo."),
-    ("<sks>'s in this photo, right?", "Yes, <sks>'s in this photo."),
-    ("Is <sks> present in this particular photo?", "<sks> is present in this particular photo."),
-    ("Hey AI, can you tell me if you recognize <sks> in this photo?", "Yes, I can see <sks> in the photo."),
-    ("Can you see if <sks> is in this photo?", "Yes, <sks> is in this photo."),
+    (
+        "Am I seeing <sks> in this picture?",
+        "Yes, you are seeing <sks> in this picture.",
+    ),
+    (
+        "Does this photo include <sks>?",
+        "This photo includes <sks>.",
+    ),
+    (
+        "Is <sks> featured in this photo?",
+        "<sks> is featured in this photo.",
+    ),
+    (
+        "Can you point out <sks> in this photo?",
+        "Certainly, <sks> is right here in the photo.",
+    ),
+    (
+        "Is <sks> visible in this photo?",
+        "<sks> is visible in this photo.",
+    ),
+    (
+        "Check if <sks> is in this photo for me, will you?",
+        "After checking, yes, <sks> is in this photo.",
+    ),
+    (
+        "Hey AI, can you tell me if you see <sks> in this photo?",
+        "Yes, I can confirm that <sks> is indeed in the photo.",
+    ),
+    (
+        "Do you recognize <sks> in this photo?",
+        "I do recognize <sks> in this photo.",
+    ),
+    (
+        "I'm looking for <sks>, is <sks> in this photo?",
+        "Yes, <sks> is in this photo.",
+    ),
+    (
+        "Can you see if <sks> is in this photo?",
+        "Yes, <sks> is indeed in the photo.",
+    ),
+    (
+        "This photo, does it have <sks>?",
+        "This photo does have <sks>.",
+    ),
+    (
+        "Could you confirm if this is <sks> in the photo?",
+        "I can confirm that this is <sks> in the photo.",
+    ),
+    (
+        "Any chance that <sks> might be in this photo?",
+        "Yes, <sks> is definitely in this photo.",
+    ),
+    (
+        "Can you recognize if <sks> is in this photo?",
+        "Yes, <sks> is indeed in the photo.",
+    ),
+    (
+        "I think I see <sks>, is it so?",
+        "You're correct, that is <sks> you see in the photo.",
+    ),
+    (
+        "Has <sks> been captured in this photo?",
+        "<sks> has been captured in this photo.",
+    ),
+    (
+        "<sks>'s in this photo, right?",
+        "Yes, <sks>'s in this photo.",
+    ),
+    (
+        "Is <sks> present in this particular photo?",
+        "<sks> is present in this particular photo.",
+    ),
+    (
+        "Hey AI, can you tell me if you recognize <sks> in this photo?",
+        "Yes, I can see <sks> in the photo.",
+    ),
+    (
+        "Can you see if <sks> is in this photo?",
+        "Yes, <sks> is in this photo.",
+    ),
 ];
 
 /// Negative recognition templates (question, answer): the image does not show the subject.
 pub const NEGATIVE: [(&str, &str); 30] = [
     ("Is <sks> in this photo?", "No, <sks> is not in this photo."),
-    ("Can you tell if <sks> appears in this picture?", "No, <sks> is not in this picture."),
-    ("Could you check whether <sks> is in the image?", "<sks> is not in the image."),
-    ("Do you see <sks> anywhere in this snapshot?", "<sks> does not appear in this snapshot."),
-    ("Is there a chance <sks> could be in this photo?", "There's no indication that <sks> is in this photo."),
-    ("Would you happen to know if <sks> is shown in this photograph?", "<sks> is not shown in the photograph."),
-    ("Can you recognize if <sks> is in this photo?", "I have analyzed the image, and <sks> is not present in the photo."),
-    ("Have you spotted <sks> in this photo?", "I have not spotted <sks> in this photo."),
-    ("Is that <sks> in the photo there?", "That is not <sks> in the photo."),
-    ("Can you check if <sks> is in this photo?", "I've analyzed the photo, and <sks> is not present in the image you provided."),
-    ("Am I seeing <sks> in this picture?", "You are not seeing <sks> in this picture."),
-    ("Does this photo include <sks>?", "This photo does not include <sks>."),
-    ("Is <sks> featured in this photo?", "<sks> is not featured in this photo."),
-    ("Can you point out <sks> in this photo?", "I can't point out <sks> because <sks> isn't in the photo."),
-    ("Is <sks> visible in this photo?", "<sks> is not visible in this photo."),
-    ("Check if <sks> is in this photo for me, will you?", "After checking, <sks> is not in this photo."),
-    ("Can you see <sks> in this photo?", "I've analyzed the image, and <sks> is not present in the photo."),
-    ("Do you recognize <sks> in this photo?", "I do not recognize <sks> in this photo."),
-    ("I'm looking for <sks>, is <sks> in this photo?", "<sks> is not in this photo."),
-    ("Is there any sign of <sks> in this photo?", "There is no sign of <sks> in this photo."),
-    ("This photo, does it have <sks>?", "This photo does not have <sks>."),
-    ("Could you confirm if this is <sks> in the photo?", "I can confirm that this is not <sks> in the photo."),
-    ("Can you see if <sks> is in this photo?", "I've searched the image, and <sks> is not present in the photo."),
-    ("Is <sks> part of the group in this photo?", "<sks> is not part of the group in this photo."),
-    ("I think I see <sks>, is it so?", "You do not see <sks>, as <sks> is not in the photo."),
-    ("Has <sks> been captured in this photo?", "<sks> has not been captured in this photo."),
-    ("<sks>'s in this photo, right?", "No, <sks>'s not in this photo."),
-    ("Is <sks> present in this particular photo?", "<sks> is not present in this particular photo."),
-    ("I can't find <sks>, is <sks> in the photo?", "You can't find <sks> because <sks> is not in the photo."),
+    (
+        "Can you tell if <sks> appears in this picture?",
+        "No, <sks> is not in this picture.",
+    ),
+    (
+        "Could you check whether <sks> is in the image?",
+        "<sks> is not in the image.",
+    ),
+    (
+        "Do you see <sks> anywhere in this snapshot?",
+        "<sks> does not appear in this snapshot.",
+    ),
+    (
+        "Is there a chance <sks> could be in this photo?",
+        "There's no indication that <sks> is in this photo.",
+    ),
+    (
+        "Would you happen to know if <sks> is shown in this photograph?",
+        "<sks> is not shown in the photograph.",
+    ),
+    (
+        "Can you recognize if <sks> is in this photo?",
+        "I have analyzed the image, and <sks> is not present in the photo.",
+    ),
+    (
+        "Have you spotted <sks> in this photo?",
+        "I have not spotted <sks> in this photo.",
+    ),
+    (
+        "Is that <sks> in the photo there?",
+        "That is not <sks> in the photo.",
+    ),
+    (
+        "Can you check if <sks> is in this photo?",
+        "I've analyzed the photo, and <sks> is not present in the image you provided.",
+    ),
+    (
+        "Am I seeing <sks> in this picture?",
+        "You are not seeing <sks> in this picture.",
+    ),
+    (
+        "Does this photo include <sks>?",
+        "This photo does not include <sks>.",
+    ),
+    (
+        "Is <sks> featured in this photo?",
+        "<sks> is not featured in this photo.",
+    ),
+    (
+        "Can you point out <sks> in this photo?",
+        "I can't point out <sks> because <sks> isn't in the photo.",
+    ),
+    (
+        "Is <sks> visible in this photo?",
+        "<sks> is not visible in this photo.",
+    ),
+    (
+        "Check if <sks> is in this photo for me, will you?",
+        "After checking, <sks> is not in this photo.",
+    ),
+    (
+        "Can you see <sks> in this photo?",
+        "I've analyzed the image, and <sks> is not present in the photo.",
+    ),
+    (
+        "Do you recognize <sks> in this photo?",
+        "I do not recognize <sks> in this photo.",
+    ),
+    (
+        "I'm looking for <sks>, is <sks> in this photo?",
+        "<sks> is not in this photo.",
+    ),
+    (
+        "Is there any sign of <sks> in this photo?",
+        "There is no sign of <sks> in this photo.",
+    ),
+    (
+        "This photo, does it have <sks>?",
+        "This photo does not have <sks>.",
+    ),
+    (
+        "Could you confirm if this is <sks> in the photo?",
+        "I can confirm that this is not <sks> in the photo.",
+    ),
+    (
+        "Can you see if <sks> is in this photo?",
+        "I've searched the image, and <sks> is not present in the photo.",
+    ),
+    (
+        "Is <sks> part of the group in this photo?",
+        "<sks> is not part of the group in this photo.",
+    ),
+    (
+        "I think I see <sks>, is it so?",
+        "You do not see <sks>, as <sks> is not in the photo.",
+    ),
+    (
+        "Has <sks> been captured in this photo?",
+        "<sks> has not been captured in this photo.",
+    ),
+    (
+        "<sks>'s in this photo, right?",
+        "No, <sks>'s not in this photo.",
+    ),
+    (
+        "Is <sks> present in this particular photo?",
+        "<sks> is not present in this particular photo.",
+    ),
+    (
+        "I can't find <sks>, is <sks> in the photo?",
+        "You can't find <sks> because <sks> is not in the photo.",
+    ),
     ("Is <sks> in this image?", "No, <sks> is not in this image."),
 ];
 
@@ -135,8 +303,13 @@ mod tests {
             assert!(q.contains(SKS) && a.contains(SKS), "{q} / {a}");
         }
         assert!(NEGATIVE.iter().all(|(_, a)| !a.starts_with("Yes")));
-        assert_eq!(fill(EVAL_QUESTION, "<bo>"), "Is <bo> in this photo? Answer with a single word or phrase.");
-        assert!(HUMAN_QUESTIONS.iter().all(|q| q.contains(PERSON_PLACEHOLDER)));
+        assert_eq!(
+            fill(EVAL_QUESTION, "<bo>"),
+            "Is <bo> in this photo? Answer with a single word or phrase."
+        );
+        assert!(HUMAN_QUESTIONS
+            .iter()
+            .all(|q| q.contains(PERSON_PLACEHOLDER)));
         assert!(SUBJECT_QUESTIONS.iter().all(|q| q.contains("this subject")));
     }
 }

@@ -10,8 +10,16 @@ use concepts_trainer::{train, PoolSource, Silent, Stages, TrainConfig, TrainErro
 
 fn check(cfg: &TrainConfig, model: &Path) -> TrainError {
     let mut stages = Stages::builtin(None, None, None).unwrap();
-    let err = train(model, &Device::Cpu, DType::F32, cfg, &mut stages, &mut Silent, &AtomicBool::new(false))
-        .unwrap_err();
+    let err = train(
+        model,
+        &Device::Cpu,
+        DType::F32,
+        cfg,
+        &mut stages,
+        &mut Silent,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     // Nothing long started: the pool was never embedded and nothing was written.
     assert!(!cfg.cache_dir.as_ref().unwrap().exists(), "{err}");
     assert!(!cfg.output.exists(), "{err}");
@@ -22,7 +30,17 @@ fn check(cfg: &TrainConfig, model: &Path) -> TrainError {
 fn too_few_photos() {
     let w = common::world(2, 2, 2);
     let err = check(&w.config("a.ycpt", 1), &w.model);
-    assert!(matches!(err, TrainError::TooFewPositives { found: 2, min: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TrainError::TooFewPositives {
+                found: 2,
+                min: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("at least 3 are needed"), "{err}");
 }
 
@@ -31,14 +49,20 @@ fn unreadable_and_tiny_photos() {
     let w = common::world(3, 2, 2);
     std::fs::write(w.photos.join("99-broken.png"), b"not a png").unwrap();
     let err = check(&w.config("a.ycpt", 1), &w.model);
-    assert!(matches!(&err, TrainError::Image { path, .. } if path.ends_with("99-broken.png")), "{err}");
+    assert!(
+        matches!(&err, TrainError::Image { path, .. } if path.ends_with("99-broken.png")),
+        "{err}"
+    );
     assert!(err.to_string().contains("cannot be decoded"), "{err}");
 
     std::fs::remove_file(w.photos.join("99-broken.png")).unwrap();
     let tiny = image::RgbImage::from_pixel(6, 40, image::Rgb([1, 2, 3]));
     tiny.save(w.photos.join("98-tiny.png")).unwrap();
     let err = check(&w.config("a.ycpt", 1), &w.model);
-    assert!(err.to_string().contains("is 6x40 pixels, too small"), "{err}");
+    assert!(
+        err.to_string().contains("is 6x40 pixels, too small"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -61,16 +85,26 @@ fn identifier_clashes() {
     cfg.subject.identifier = "<s>".into();
     let err = check(&cfg, &w.model);
     assert!(matches!(&err, TrainError::Identifier { .. }), "{err}");
-    assert!(err.to_string().contains("clashes with the base vocabulary"), "{err}");
+    assert!(
+        err.to_string().contains("clashes with the base vocabulary"),
+        "{err}"
+    );
 
     let mut cfg = w.config("a.ycpt", 1);
     cfg.installed = vec!["mam".into(), "<bo>".into()];
     let err = check(&cfg, &w.model);
-    assert!(err.to_string().contains("an installed concept is already called `<bo>`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("an installed concept is already called `<bo>`"),
+        "{err}"
+    );
 
     let mut cfg = w.config("a.ycpt", 1);
     cfg.subject.identifier = "bo".into();
-    assert!(matches!(check(&cfg, &w.model), TrainError::Identifier { .. }));
+    assert!(matches!(
+        check(&cfg, &w.model),
+        TrainError::Identifier { .. }
+    ));
 }
 
 #[test]
@@ -83,8 +117,12 @@ fn resume_without_state_and_bad_options() {
 
     let mut cfg = w.config("a.ycpt", 1);
     cfg.epochs = 0;
-    assert!(check(&cfg, &w.model).to_string().contains("epochs must be at least 1"));
+    assert!(check(&cfg, &w.model)
+        .to_string()
+        .contains("epochs must be at least 1"));
     let mut cfg = w.config("a.ycpt", 1);
     cfg.subject.name = "Bo".into();
-    assert!(check(&cfg, &w.model).to_string().contains("concept name `Bo`"));
+    assert!(check(&cfg, &w.model)
+        .to_string()
+        .contains("concept name `Bo`"));
 }

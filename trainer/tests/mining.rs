@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device};
 use concepts_plugin_api::MiningParams;
 use concepts_runtime::session::Engine;
-use concepts_trainer::mining::{self, EmbeddingCache, Embedder, PoolSource};
+use concepts_trainer::mining::{self, Embedder, EmbeddingCache, PoolSource};
 use concepts_trainer::{images, Silent, Stages};
 
 #[test]
@@ -27,27 +27,49 @@ fn the_second_run_on_a_pool_hits_the_cache() {
     let cancel = AtomicBool::new(false);
 
     let mut cache = EmbeddingCache::open(Some(&cache_dir), &key, 12);
-    let (first, report) = mining::embed_pool(&embedder, &source, &mut cache, &[], &mut Silent, &cancel).unwrap();
-    assert_eq!((report.listed, report.embedded, report.cache_hits), (9, 9, 0));
+    let (first, report) =
+        mining::embed_pool(&embedder, &source, &mut cache, &[], &mut Silent, &cancel).unwrap();
+    assert_eq!(
+        (report.listed, report.embedded, report.cache_hits),
+        (9, 9, 0)
+    );
     assert!(cache.path().unwrap().exists());
 
     let mut cache = EmbeddingCache::open(Some(&cache_dir), &key, 12);
-    let (second, report) = mining::embed_pool(&embedder, &source, &mut cache, &[], &mut Silent, &cancel).unwrap();
+    let (second, report) =
+        mining::embed_pool(&embedder, &source, &mut cache, &[], &mut Silent, &cancel).unwrap();
     assert_eq!((report.embedded, report.cache_hits), (0, 9));
     assert_eq!(first.embeddings, second.embeddings);
     assert_eq!(first.entries, second.entries);
 
     // A new file is embedded, the rest still come from the cache.
-    std::fs::copy(w.photos.join("00.png"), w.pool.join("copy-of-a-positive.png")).unwrap();
+    std::fs::copy(
+        w.photos.join("00.png"),
+        w.pool.join("copy-of-a-positive.png"),
+    )
+    .unwrap();
     let positive = images::load_checked(&w.photos.join("00.png"), 8).unwrap();
     let mut cache = EmbeddingCache::open(Some(&cache_dir), &key, 12);
-    let (_, report) = mining::embed_pool(&embedder, &source, &mut cache, &[positive.sha256.clone()], &mut Silent, &cancel).unwrap();
+    let (_, report) = mining::embed_pool(
+        &embedder,
+        &source,
+        &mut cache,
+        &[positive.sha256.clone()],
+        &mut Silent,
+        &cancel,
+    )
+    .unwrap();
     assert_eq!((report.embedded, report.cache_hits), (0, 9));
-    assert_eq!(report.skipped.len(), 1, "a copy of a positive is never a negative");
+    assert_eq!(
+        report.skipped.len(),
+        1,
+        "a copy of a positive is never a negative"
+    );
 
     // Another model (another key) does not reuse these rows.
     let mut cache = EmbeddingCache::open(Some(&cache_dir), "another-model", 12);
-    let (_, report) = mining::embed_pool(&embedder, &source, &mut cache, &[], &mut Silent, &cancel).unwrap();
+    let (_, report) =
+        mining::embed_pool(&embedder, &source, &mut cache, &[], &mut Silent, &cancel).unwrap();
     assert_eq!(report.cache_hits, 0);
 }
 
@@ -68,21 +90,58 @@ fn precomputed_embedding_files_round_trip_and_check_the_model() {
     let mut cache = EmbeddingCache::open(None, &key, 12);
     mining::write_pool_file(&embedder, &w.pool, &file, &mut cache, &mut Silent, &cancel).unwrap();
     let mut cache = EmbeddingCache::open(None, &key, 12);
-    let (from_dir, _) = mining::embed_pool(&embedder, &PoolSource::Dir(w.pool.clone()), &mut cache, &[], &mut Silent, &cancel).unwrap();
-    let (from_file, report) = mining::embed_pool(&embedder, &PoolSource::EmbeddingFile(file.clone()), &mut cache, &[], &mut Silent, &cancel).unwrap();
+    let (from_dir, _) = mining::embed_pool(
+        &embedder,
+        &PoolSource::Dir(w.pool.clone()),
+        &mut cache,
+        &[],
+        &mut Silent,
+        &cancel,
+    )
+    .unwrap();
+    let (from_file, report) = mining::embed_pool(
+        &embedder,
+        &PoolSource::EmbeddingFile(file.clone()),
+        &mut cache,
+        &[],
+        &mut Silent,
+        &cancel,
+    )
+    .unwrap();
     assert_eq!(report.cache_hits, 6);
     assert_eq!(from_file.embeddings, from_dir.embeddings);
     let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap();
     assert_eq!(
-        from_file.entries.iter().map(|e| canon(&e.path)).collect::<Vec<_>>(),
-        from_dir.entries.iter().map(|e| canon(&e.path)).collect::<Vec<_>>()
+        from_file
+            .entries
+            .iter()
+            .map(|e| canon(&e.path))
+            .collect::<Vec<_>>(),
+        from_dir
+            .entries
+            .iter()
+            .map(|e| canon(&e.path))
+            .collect::<Vec<_>>()
     );
 
-    let other = Embedder { model_key: "another-model", ..embedder };
-    let err = mining::embed_pool(&other, &PoolSource::EmbeddingFile(file), &mut cache, &[], &mut Silent, &cancel)
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("computed with another base model"), "{err}");
+    let other = Embedder {
+        model_key: "another-model",
+        ..embedder
+    };
+    let err = mining::embed_pool(
+        &other,
+        &PoolSource::EmbeddingFile(file),
+        &mut cache,
+        &[],
+        &mut Silent,
+        &cancel,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("computed with another base model"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -94,7 +153,8 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
         .iter()
         .map(|p| images::load_checked(p, 8).unwrap().image)
         .collect();
-    let rows = mining::embed_images(session.model(), session.preprocess_config(), &positives).unwrap();
+    let rows =
+        mining::embed_images(session.model(), session.preprocess_config(), &positives).unwrap();
     let pos = concepts_trainer::stages::EmbeddingMatrix::new(12, rows.concat()).unwrap();
     let embedder = Embedder {
         model: session.model(),
@@ -103,9 +163,21 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
         min_side: 8,
     };
     let mut cache = EmbeddingCache::open(None, "k", 12);
-    let (pool, _) = mining::embed_pool(&embedder, &PoolSource::Dir(w.pool.clone()), &mut cache, &[], &mut Silent, &AtomicBool::new(false)).unwrap();
+    let (pool, _) = mining::embed_pool(
+        &embedder,
+        &PoolSource::Dir(w.pool.clone()),
+        &mut cache,
+        &[],
+        &mut Silent,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     let mut stages = Stages::builtin(None, None, None).unwrap();
-    let params = MiningParams { hard_per_positive: 2, easy_count: 5, seed: 1 };
+    let params = MiningParams {
+        hard_per_positive: 2,
+        easy_count: 5,
+        seed: 1,
+    };
     let mined = mining::mine(stages.miner.as_mut(), &pos, &pool, params).unwrap();
     assert!(!mined.hard.is_empty() && mined.hard.len() <= 6);
     assert_eq!(mined.easy.len(), 5);
@@ -125,5 +197,8 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
     let mut hard = mined.hard.clone();
     hard.sort_unstable();
     assert_eq!(hard, want);
-    assert_eq!(mined, mining::mine(stages.miner.as_mut(), &pos, &pool, params).unwrap());
+    assert_eq!(
+        mined,
+        mining::mine(stages.miner.as_mut(), &pos, &pool, params).unwrap()
+    );
 }

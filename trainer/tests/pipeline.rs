@@ -10,9 +10,22 @@ use concept_format::ConceptPackage;
 use concepts_plugin_api::EpochReport;
 use concepts_trainer::{train, Init, Progress, Stages, TrainConfig, TrainError, TrainOutcome};
 
-fn run(cfg: &TrainConfig, model: &Path, progress: &mut dyn Progress, cancel: &AtomicBool) -> Result<TrainOutcome, TrainError> {
+fn run(
+    cfg: &TrainConfig,
+    model: &Path,
+    progress: &mut dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<TrainOutcome, TrainError> {
     let mut stages = Stages::builtin(None, None, None).unwrap();
-    train(model, &Device::Cpu, DType::F32, cfg, &mut stages, progress, cancel)
+    train(
+        model,
+        &Device::Cpu,
+        DType::F32,
+        cfg,
+        &mut stages,
+        progress,
+        cancel,
+    )
 }
 
 /// Records epochs; sets the cancel flag after `stop_after` epochs; reads the package written
@@ -50,7 +63,11 @@ impl Progress for Recorder<'_> {
 fn tensors(path: &Path) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let p = ConceptPackage::read_file(path).unwrap();
     let t = p.tensors();
-    (t.identifier().to_vec(), t.latents().to_vec(), t.head().to_vec())
+    (
+        t.identifier().to_vec(),
+        t.latents().to_vec(),
+        t.head().to_vec(),
+    )
 }
 
 #[test]
@@ -67,12 +84,19 @@ fn training_decreases_the_loss_and_writes_a_valid_package_and_report() {
     let losses: Vec<f32> = out.epochs.iter().map(|e| e.mean_loss).collect();
     assert!(last < first * 0.9, "loss did not decrease: {losses:?}");
     assert_eq!(out.counts.positives, 4);
-    assert!(out.counts.hard_negatives >= 2 && out.counts.easy_negatives == 4, "{:?}", out.counts);
+    assert!(
+        out.counts.hard_negatives >= 2 && out.counts.easy_negatives == 4,
+        "{:?}",
+        out.counts
+    );
     assert!(out.counts.conversations >= 1, "{:?}", out.counts);
 
     let package = ConceptPackage::read_file(&out.package).unwrap();
     let m = package.manifest();
-    assert_eq!((m.name.as_str(), m.identifier.as_str(), m.k, m.d), ("bo", "<bo>", 2, 16));
+    assert_eq!(
+        (m.name.as_str(), m.identifier.as_str(), m.k, m.d),
+        ("bo", "<bo>", 2, 16)
+    );
     assert_eq!(m.prompt_template, "llava_v1/yollava-1");
     assert_eq!(m.base_model, out.fingerprint);
     let prov = m.provenance.as_ref().unwrap();
@@ -80,11 +104,21 @@ fn training_decreases_the_loss_and_writes_a_valid_package_and_report() {
     assert_eq!(prov.seed, 5);
     assert_eq!(prov.epochs, out.summary.epochs_run);
     assert_eq!(prov.images.positives, 4);
-    let best = out.epochs.iter().find(|e| e.epoch == out.summary.best_epoch).unwrap();
+    let best = out
+        .epochs
+        .iter()
+        .find(|e| e.epoch == out.summary.best_epoch)
+        .unwrap();
     assert_eq!(prov.train_accuracy, f64::from(best.validation.accuracy));
     let training = m.ext["training"].as_table().unwrap();
-    assert_eq!(training["best_epoch"].as_integer(), Some(i64::from(out.summary.best_epoch)));
-    assert_eq!(training["recognition_templates"].as_str(), Some(concepts_trainer::templates::TEMPLATE_SET_ID));
+    assert_eq!(
+        training["best_epoch"].as_integer(),
+        Some(i64::from(out.summary.best_epoch))
+    );
+    assert_eq!(
+        training["recognition_templates"].as_str(),
+        Some(concepts_trainer::templates::TEMPLATE_SET_ID)
+    );
     assert_eq!(m.user_facts, ["Bo is my lucky charm."]);
 
     let report: serde_json::Value =
@@ -93,7 +127,10 @@ fn training_decreases_the_loss_and_writes_a_valid_package_and_report() {
     assert_eq!(report["epochs"].as_array().unwrap().len(), out.epochs.len());
     let png = image::open(&out.report_png).unwrap();
     assert_eq!(png.width(), 960);
-    assert!(!concepts_trainer::state_path(&cfg.output).exists(), "the state file is removed when done");
+    assert!(
+        !concepts_trainer::state_path(&cfg.output).exists(),
+        "the state file is removed when done"
+    );
     assert_eq!(rec.epochs.len(), out.epochs.len());
 }
 
@@ -114,7 +151,10 @@ fn resume_after_an_interrupt_gives_the_uninterrupted_result() {
     }
     // Ctrl-C leaves a valid package (epoch 1 is the best so far) and the state file.
     let interrupted = ConceptPackage::read_file(&cfg.output).unwrap();
-    assert_eq!(interrupted.manifest().ext["training"]["best_epoch"].as_integer(), Some(1));
+    assert_eq!(
+        interrupted.manifest().ext["training"]["best_epoch"].as_integer(),
+        Some(1)
+    );
     assert!(concepts_trainer::state_path(&cfg.output).exists());
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(cfg.output.with_file_name("part.training.json")).unwrap(),
@@ -127,7 +167,10 @@ fn resume_after_an_interrupt_gives_the_uninterrupted_result() {
     resumed_cfg.resume = true;
     let mut rec = Recorder::new(&cancel, &cfg.output, None);
     let resumed = run(&resumed_cfg, &w.model, &mut rec, &cancel).unwrap();
-    assert_eq!(rec.epochs.iter().filter(|(_, replayed)| *replayed).count(), 1);
+    assert_eq!(
+        rec.epochs.iter().filter(|(_, replayed)| *replayed).count(),
+        1
+    );
     assert_eq!(resumed.epochs, full.epochs);
     assert_eq!(resumed.step_losses, full.step_losses);
     assert_eq!(resumed.summary, full.summary);
@@ -136,7 +179,12 @@ fn resume_after_an_interrupt_gives_the_uninterrupted_result() {
     // A state file only resumes its own job.
     let mut other = w.config("part.ycpt", 3);
     other.resume = true;
-    match run(&other, &w.model, &mut Recorder::new(&cancel, &cfg.output, None), &cancel) {
+    match run(
+        &other,
+        &w.model,
+        &mut Recorder::new(&cancel, &cfg.output, None),
+        &cancel,
+    ) {
         Err(TrainError::Resume { .. }) => {}
         other => panic!("expected a resume error, got {other:?}"),
     }
@@ -163,12 +211,18 @@ fn the_package_holds_the_best_epoch_not_the_last() {
     let at_best = rec.packages[best as usize - 1].clone().unwrap();
     let at_best = ConceptPackage::parse(&at_best).unwrap();
     let final_pkg = ConceptPackage::read_file(&out.package).unwrap();
-    assert_eq!(at_best.tensors().identifier(), final_pkg.tensors().identifier());
+    assert_eq!(
+        at_best.tensors().identifier(),
+        final_pkg.tensors().identifier()
+    );
     assert_eq!(at_best.tensors().head(), final_pkg.tensors().head());
     if (best as usize) < out.epochs.len() {
         let last = ConceptPackage::parse(rec.packages.last().unwrap().as_ref().unwrap()).unwrap();
         // Packages are only rewritten for a new best: the last one is still the best epoch's.
-        assert_eq!(last.tensors().identifier(), final_pkg.tensors().identifier());
+        assert_eq!(
+            last.tensors().identifier(),
+            final_pkg.tensors().identifier()
+        );
     }
 }
 
@@ -184,5 +238,8 @@ fn every_initialisation_trains() {
         assert!(out.step_losses.iter().all(|l| l.is_finite()), "{init:?}");
         firsts.push(out.step_losses[0]);
     }
-    assert!(firsts[0] != firsts[1] && firsts[1] != firsts[2], "{firsts:?}");
+    assert!(
+        firsts[0] != firsts[1] && firsts[1] != firsts[2],
+        "{firsts:?}"
+    );
 }

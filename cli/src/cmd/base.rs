@@ -107,11 +107,9 @@ fn build_toy(args: BuildToyArgs) -> anyhow::Result<()> {
     }
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} ({eta} left) {msg}",
-        )
-        .context("progress template")?
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ({eta} left) {msg}")
+            .context("progress template")?
+            .progress_chars("=> "),
     );
     bar.set_position(trainer.step());
     let start_step = trainer.step();

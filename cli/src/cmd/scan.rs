@@ -74,7 +74,10 @@ pub fn run(args: ScanArgs, ctx: &Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     if scores.is_empty() {
-        writeln!(out, "no concepts to scan for (install some with `concepts install`)")?;
+        writeln!(
+            out,
+            "no concepts to scan for (install some with `concepts install`)"
+        )?;
         return Ok(());
     }
     let width = scores

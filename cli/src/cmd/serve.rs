@@ -29,7 +29,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 8080)]
     pub port: u16,
     /// Bearer token required to upload or delete concepts
-    #[arg(long, value_name = "TOKEN", env = "CONCEPTS_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CONCEPTS_API_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Directory whose images requests may name by path (otherwise only data URLs)
     #[arg(long, value_name = "DIR")]

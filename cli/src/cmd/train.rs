@@ -87,6 +87,9 @@ pub struct TrainArgs {
     /// Continue an interrupted run from FILE.state
     #[arg(long)]
     pub resume: bool,
+    /// cpu (f32) or cuda (f16 frozen weights; needs a build with the `cuda` feature)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Progress bars for mining, conversation generation and epochs.
@@ -190,8 +193,12 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .category
         .parse()
         .with_context(|| format!("--category `{}`", args.category))?;
-    let init = Init::parse(&args.init)
-        .with_context(|| format!("--init `{}`: expected random, visual or word:TEXT", args.init))?;
+    let init = Init::parse(&args.init).with_context(|| {
+        format!(
+            "--init `{}`: expected random, visual or word:TEXT",
+            args.init
+        )
+    })?;
     if args.questions > 10 {
         bail!("--questions {}: at most 10", args.questions);
     }
@@ -206,8 +213,14 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .flat_map(|e| [e.name, e.identifier])
         .collect();
     let subject = Subject {
-        identifier: args.identifier.clone().unwrap_or_else(|| format!("<{}>", args.name)),
-        display_name: args.display_name.clone().unwrap_or_else(|| args.name.clone()),
+        identifier: args
+            .identifier
+            .clone()
+            .unwrap_or_else(|| format!("<{}>", args.name)),
+        display_name: args
+            .display_name
+            .clone()
+            .unwrap_or_else(|| args.name.clone()),
         name: args.name.clone(),
         category,
         user_facts: args.facts.clone(),
@@ -237,10 +250,18 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         phase: None,
         epochs: None,
     };
+    let (device, dtype) = match args.device.as_str() {
+        "cpu" => (Device::Cpu, DType::F32),
+        "cuda" => (
+            Device::new_cuda(0).context("--device cuda (this binary needs the `cuda` feature)")?,
+            DType::F16,
+        ),
+        other => bail!("--device `{other}`: expected cpu or cuda"),
+    };
     let outcome = concepts_trainer::train(
         &model,
-        &Device::Cpu,
-        DType::F32,
+        &device,
+        dtype,
         &cfg,
         &mut stages,
         &mut bars,
@@ -256,7 +277,11 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         outcome.package.display(),
         s.best_epoch,
         s.epochs_run,
-        if s.stopped_early { ", stopped early" } else { "" },
+        if s.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        },
         100.0 * s.best_accuracy
     );
     println!(

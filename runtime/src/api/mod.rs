@@ -449,13 +449,15 @@ impl Runtime {
             inner.running.fetch_add(1, Ordering::SeqCst);
             let _running = Decrement(&inner.running);
             let mut on_text = |text: &str| {
-                if tx.blocking_send(Ok(ChatEvent::Text(text.to_string()))).is_err() {
+                if tx
+                    .blocking_send(Ok(ChatEvent::Text(text.to_string())))
+                    .is_err()
+                {
                     flag.store(true, Ordering::SeqCst);
                 }
             };
-            let result = engine.generate_cancellable(&prompt, &cfg, &mut on_text, &|| {
-                flag.load(Ordering::SeqCst)
-            });
+            let result = engine
+                .generate_cancellable(&prompt, &cfg, &mut on_text, &|| flag.load(Ordering::SeqCst));
             let event = result.map(|g| {
                 ChatEvent::Done(ChatSummary {
                     text: g.text,
@@ -485,7 +487,10 @@ impl Runtime {
         let name = concept.to_string();
         let identifier = self
             .run_blocking(move |inner, _| {
-                Ok(inner.resolve(&[name], None, true)?[0].entry.identifier.clone())
+                Ok(inner.resolve(&[name], None, true)?[0]
+                    .entry
+                    .identifier
+                    .clone())
             })
             .await?;
         let request = ChatRequest {
@@ -829,7 +834,9 @@ fn turns(messages: &[ChatMessage]) -> Result<Vec<Turn<'_>>> {
             let turn = turns.last_mut().expect("a user turn is open");
             for image in &m.images {
                 if turn.image.replace(image).is_some() {
-                    return bad("a user turn can carry one image (the llava_v1 template has one slot)");
+                    return bad(
+                        "a user turn can carry one image (the llava_v1 template has one slot)",
+                    );
                 }
             }
         }
@@ -930,18 +937,19 @@ mod tests {
             ChatMessage::assistant("Hello"),
             ChatMessage::user("Who is <bo>?"),
         ];
-        let turns = turns(&messages).unwrap();
-        assert_eq!(turns.len(), 2);
-        assert_eq!(turns[0].user, "Hi\nthere");
-        assert!(turns[0].image.is_some());
-        assert_eq!(turns[0].assistant.as_deref(), Some("Hello"));
-        assert_eq!(turns[1].user, "Who is <bo>?");
+        let split = turns(&messages).unwrap();
+        assert_eq!(split.len(), 2);
+        assert_eq!(split[0].user, "Hi\nthere");
+        assert!(split[0].image.is_some());
+        assert_eq!(split[0].assistant.as_deref(), Some("Hello"));
+        assert_eq!(split[1].user, "Who is <bo>?");
 
         let err = |m: Vec<ChatMessage>| turns(&m).err().unwrap().to_string();
         assert!(err(vec![]).contains("no user message"));
         assert!(err(vec![ChatMessage::assistant("x")]).contains("first message"));
-        assert!(err(vec![ChatMessage::user("x"), ChatMessage::assistant("y")])
-            .contains("last message"));
+        assert!(
+            err(vec![ChatMessage::user("x"), ChatMessage::assistant("y")]).contains("last message")
+        );
         let two = ChatMessage::user("x")
             .with_image(image.clone())
             .with_image(image);

@@ -22,10 +22,7 @@ use super::{active, check, ConceptScore, Inner};
 
 /// The recognition prompt text for the concept active in `engine`.
 fn prompt_text(inner: &Inner, engine: &Engine, identifier: &str) -> String {
-    let question = inner
-        .config
-        .recognition_question
-        .replace("{}", identifier);
+    let question = inner.config.recognition_question.replace("{}", identifier);
     engine.conversation().prompt(&question, true)
 }
 

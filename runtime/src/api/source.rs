@@ -165,9 +165,18 @@ mod tests {
         let entries = [entry("bo", "<dog>"), entry("dog", "<kiki>")];
         assert_eq!(find_entry(&entries, "bo").map(|e| &e.name[..]), Some("bo"));
         // A name wins over an identifier's bare form.
-        assert_eq!(find_entry(&entries, "dog").map(|e| &e.name[..]), Some("dog"));
-        assert_eq!(find_entry(&entries, "<dog>").map(|e| &e.name[..]), Some("bo"));
-        assert_eq!(find_entry(&entries, "kiki").map(|e| &e.name[..]), Some("dog"));
+        assert_eq!(
+            find_entry(&entries, "dog").map(|e| &e.name[..]),
+            Some("dog")
+        );
+        assert_eq!(
+            find_entry(&entries, "<dog>").map(|e| &e.name[..]),
+            Some("bo")
+        );
+        assert_eq!(
+            find_entry(&entries, "kiki").map(|e| &e.name[..]),
+            Some("dog")
+        );
         assert!(find_entry(&entries, "<bo>").is_none());
         assert!(find_entry(&entries, "ki").is_none());
     }

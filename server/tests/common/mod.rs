@@ -32,7 +32,9 @@ pub fn fingerprint() -> ModelFingerprint {
 /// Deterministic pseudo-random values in [-scale, scale) (a 64-bit LCG; the tests need
 /// variety, not quality).
 fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             state = state
@@ -153,8 +155,18 @@ impl TestServer {
     }
 
     /// POSTs JSON; returns the status and JSON body.
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let resp = self.client.post(self.at(path)).json(body).send().await.unwrap();
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .post(self.at(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap())
     }

@@ -12,7 +12,9 @@ use concepts_runtime::testing::RandomWeights;
 use concepts_runtime::{LlavaConfig, LlavaModel};
 use concepts_trainer::{PoolSource, Subject, TrainConfig};
 use rand::SeedableRng;
-use toy_world::{choose_subjects, encode_png, generic_scene, lookalike, photo_of, render, ImageSize};
+use toy_world::{
+    choose_subjects, encode_png, generic_scene, lookalike, photo_of, render, ImageSize,
+};
 
 /// The `config.json` of the tiny model over the toy-world vocabulary.
 pub fn config_json() -> String {
@@ -71,11 +73,19 @@ pub fn world(photos: usize, lookalikes: usize, others: usize) -> World {
     for i in 0..lookalikes {
         let (look, _) = lookalike(&mut rng, &combo, &[combo]);
         let img = render(&photo_of(&mut rng, look, &[combo]), size);
-        std::fs::write(pool.join("alike").join(format!("{i:03}.png")), encode_png(&img)).unwrap();
+        std::fs::write(
+            pool.join("alike").join(format!("{i:03}.png")),
+            encode_png(&img),
+        )
+        .unwrap();
     }
     for i in 0..others {
         let img = render(&generic_scene(&mut rng, &[combo]), size);
-        std::fs::write(pool.join("other").join(format!("{i:03}.png")), encode_png(&img)).unwrap();
+        std::fs::write(
+            pool.join("other").join(format!("{i:03}.png")),
+            encode_png(&img),
+        )
+        .unwrap();
     }
     World {
         root,
