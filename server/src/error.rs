@@ -189,9 +189,10 @@ impl From<RuntimeError> for ApiError {
                 param: Some("concepts"),
                 ..ApiError::not_found(message)
             },
-            RuntimeError::Limit { what, .. } if what == "image pixels" => {
-                ApiError::too_large(message)
-            }
+            RuntimeError::Limit {
+                what: "image pixels",
+                ..
+            } => ApiError::too_large(message),
             RuntimeError::Limit { .. } => ApiError {
                 code: "limit_exceeded",
                 ..ApiError::invalid(message)

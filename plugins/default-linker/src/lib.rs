@@ -297,7 +297,7 @@ fn is_word_char(c: char) -> bool {
 /// A fact as a sentence about the concept: neutral references become the identifier; a fact that
 /// still does not mention the identifier gets it as a prefix.
 fn fact_sentence(fact: &str, concept: &ConceptMetadata) -> String {
-    let phrases = phrases(&[concept.display_name.clone()]);
+    let phrases = phrases(std::slice::from_ref(&concept.display_name));
     let mut sentence = link_text(fact.trim(), &concept.identifier, &phrases);
     if !sentence.contains(&concept.identifier) {
         sentence = format!("{}: {sentence}", concept.identifier);
