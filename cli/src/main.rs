@@ -69,7 +69,7 @@ enum Command {
     /// Install, list, remove or describe training-stage plugins (miner, trainer, linker)
     Plugin(cmd::plugin::PluginArgs),
     /// Learn a concept from a handful of photos and write it as a package
-    Train(cmd::train::TrainArgs),
+    Train(Box<cmd::train::TrainArgs>),
     /// The procedurally generated toy world: datasets of held-out subjects
     Toy(cmd::toy::ToyArgs),
     /// The base model: pretrain the toy LLaVA (`base build-toy`)
@@ -93,7 +93,7 @@ fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(args, ctx),
         Command::Scan(args) => cmd::scan::run(args, ctx),
         Command::Plugin(args) => cmd::plugin::run(args, ctx),
-        Command::Train(args) => cmd::train::run(args, ctx),
+        Command::Train(args) => cmd::train::run(*args, ctx),
         Command::Toy(args) => cmd::toy::run(args, ctx),
         Command::Base(args) => cmd::base::run(args, ctx),
     }

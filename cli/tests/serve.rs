@@ -30,7 +30,7 @@ fn install(home: &Path, dir: &Path, name: &str, seed: u32) {
     let (k, d) = (3, fp.hidden_size as usize);
     let wave = |n: usize, phase: u32| -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as f32 * 0.37 + (seed * 7 + phase) as f32).sin()))
+            .map(|i| (i as f32 * 0.37 + (seed * 7 + phase) as f32).sin())
             .collect()
     };
     let tensors = ConceptTensors::from_f32(

@@ -178,7 +178,7 @@ pub fn config_json(cfg: &LlavaConfig) -> Value {
 
 /// A `VarBuilder` backend that draws initial weights and records them by name.
 ///
-/// Norm weights start at 1, biases at 0, other 1-D tensors (CLIP's class embedding) at
+/// Norm weights start at 1, biases at 0 (whatever the hint), other 1-D tensors (CLIP's class embedding) at
 /// `N(0, 0.02²)`, matrices and kernels at `N(0, 1/fan_in)`. Values depend on the seed and
 /// the name only.
 #[derive(Clone)]
@@ -202,8 +202,12 @@ impl SimpleBackend for InitBackend {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(name.as_bytes()));
         let dims = s.dims();
+        // The runtime asks with `vb.get`, whose hint is candle's default `Const(0)`: only an
+        // explicit non-zero constant (norm weights) and biases are taken as constants; every
+        // other tensor is drawn, or the whole network would start (and stay) at zero.
         let (mean, std) = match hint {
-            Init::Const(c) => (c, 0.0),
+            Init::Const(c) if c != 0.0 || name.ends_with("bias") => (c, 0.0),
+            _ if name.ends_with("bias") => (0.0, 0.0),
             _ if dims.len() <= 1 => (0.0, 0.02),
             _ => (
                 0.0,

@@ -87,14 +87,71 @@ pub fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     let xf = x.to_dtype(compute_dtype(dtype))?;
     let out = match kernels {
         Kernels::Fast => candle_nn::ops::softmax_last_dim(&xf.contiguous()?)?,
+        Kernels::Differentiable if !xf.track_op() => {
+            candle_nn::ops::softmax_last_dim(&xf.contiguous()?)?
+        }
         Kernels::Differentiable => {
-            // Softmax is shift-invariant, so the shift needs no gradient.
-            let max = xf.max_keepdim(D::Minus1)?.detach();
-            let exp = xf.broadcast_sub(&max)?.exp()?;
-            exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?
+            // The fused kernel's output, with the softmax backward attached: one pass forward
+            // instead of five, and the backward `y · (g − Σ g·y)` in three ops.
+            let xf = xf.contiguous()?;
+            let y = candle_nn::ops::softmax_last_dim(&xf.detach())?;
+            xf.apply_op2(&y, SoftmaxGrad)?
         }
     };
     Ok(out.to_dtype(dtype)?)
+}
+
+/// `(x, softmax(x)) -> softmax(x)` with the softmax gradient for `x`; the second operand is a
+/// constant (the fused kernel's output).
+struct SoftmaxGrad;
+
+impl SoftmaxGrad {
+    fn fwd<S: candle_core::backend::BackendStorage>(
+        s2: &S,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(S, candle_core::Shape)> {
+        if !l2.is_contiguous() || l2.start_offset() != 0 {
+            candle_core::bail!("softmax-grad: the softmax output must be contiguous");
+        }
+        Ok((s2.try_clone(l2)?, l2.shape().clone()))
+    }
+}
+
+impl candle_core::CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &candle_core::CpuStorage,
+        _l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        Self::fwd(s2, l2)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _s1: &candle_core::CudaStorage,
+        _l1: &candle_core::Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        Self::fwd(s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
+        Ok((Some(res.mul(&grad.broadcast_sub(&dot)?)?), None))
+    }
 }
 
 /// Log-softmax over the last dim, built from differentiable ops, in f32 for half inputs.

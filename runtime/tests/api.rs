@@ -129,10 +129,23 @@ fn scan_gives_the_answers_of_one_by_one_recognition() {
         assert_eq!(one.concept, s.concept);
         let (dy, dn) = ((one.p_yes - s.p_yes).abs(), (one.p_no - s.p_no).abs());
         println!(
-            "{}: p_yes {:.6} vs {:.6} (diff {dy:e}), p_no diff {dn:e}",
-            s.concept.name, s.p_yes, one.p_yes
+            "{}: p_yes {:e} vs {:e} (diff {dy:e}), p_no {:e} (diff {dn:e}), present {}",
+            s.concept.name,
+            s.p_yes,
+            one.p_yes,
+            s.p_no,
+            s.present()
         );
         assert!(dy <= 1e-5 && dn <= 1e-5, "{}: {dy} {dn}", s.concept.name);
+        // The probabilities here are small, so also compare them relatively.
+        let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs()).max(1e-30);
+        assert!(
+            rel(one.p_yes, s.p_yes) <= 1e-4 && rel(one.p_no, s.p_no) <= 1e-4,
+            "{}: relative {} {}",
+            s.concept.name,
+            rel(one.p_yes, s.p_yes),
+            rel(one.p_no, s.p_no)
+        );
         assert_eq!(one.present(), s.present(), "{}", s.concept.name);
         assert!(s.p_yes > 0.0 && s.p_no > 0.0 && s.p_yes + s.p_no <= 1.0);
         decisions.push(s.p_yes);

@@ -179,7 +179,7 @@ fn main() {
     let batch = engine.build_batch(&samples).unwrap();
     let (ids, targets) = engine.sample_tokens(&samples[0]).unwrap();
 
-    let mut time_steps = |engine: &mut TrainingEngine<'_>, cached: bool| {
+    let time_steps = |engine: &mut TrainingEngine<'_>, cached: bool| {
         let mut times = Vec::new();
         for i in 0..a.warmup + a.steps {
             if !cached {

@@ -620,7 +620,6 @@ pub fn train(
         &session,
         &positives,
         &metadata,
-        cfg.subject.category,
         stages.linker.as_mut(),
         &cfg.conversation,
         progress,

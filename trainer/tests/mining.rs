@@ -54,7 +54,7 @@ fn the_second_run_on_a_pool_hits_the_cache() {
         &embedder,
         &source,
         &mut cache,
-        &[positive.sha256.clone()],
+        std::slice::from_ref(&positive.sha256),
         &mut Silent,
         &cancel,
     )

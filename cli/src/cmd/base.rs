@@ -116,6 +116,15 @@ fn build_toy(args: BuildToyArgs) -> anyhow::Result<()> {
     let limit = args.max_steps.map(|n| start_step + n);
     let mut smoothed: Option<f32> = None;
     let mut timing = (0.0f64, 0u64);
+    // A hidden bar (output not a terminal, e.g. `nohup … > log`) drops `println`: log lines
+    // must still reach the log.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let result = trainer.run(
         &paths,
         Duration::from_secs(args.checkpoint_minutes.max(1) * 60),
@@ -135,7 +144,7 @@ fn build_toy(args: BuildToyArgs) -> anyhow::Result<()> {
                     timing.0 / timing.1 as f64
                 ));
                 if (r.step + 1) % 50 == 0 {
-                    bar.println(format!(
+                    say(format!(
                         "step {} stage {} loss {:.4} (smoothed {:.4}) lr {:.2e} |g| {:.2} {:.2}s",
                         r.step + 1,
                         r.stage,
@@ -150,15 +159,15 @@ fn build_toy(args: BuildToyArgs) -> anyhow::Result<()> {
                     stop.store(true, Ordering::SeqCst);
                 }
             }
-            Event::Eval(report) => bar.println(format!(
+            Event::Eval(report) => say(format!(
                 "eval {}",
                 serde_json::to_string(&report).unwrap_or_default()
             )),
             Event::Saved { step, dir } => {
-                bar.println(format!("saved step {step} to `{}`", dir.display()))
+                say(format!("saved step {step} to `{}`", dir.display()))
             }
             Event::Exported { step, dir } => {
-                bar.println(format!("exported step {step} to `{}`", dir.display()))
+                say(format!("exported step {step} to `{}`", dir.display()))
             }
         },
     );

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use concept_format::Category;
 use concepts_plugin_api::EpochReport;
-use concepts_trainer::{Init, Phase, PoolSource, Progress, Stages, Subject, TrainConfig};
+use concepts_trainer::{Init, Phase, PoolSource, Progress, Subject, TrainConfig};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::ctx::Ctx;
@@ -87,6 +87,9 @@ pub struct TrainArgs {
     /// Continue an interrupted run from FILE.state
     #[arg(long)]
     pub resume: bool,
+    /// Allow native (unsandboxed) plugin libraries for the stages
+    #[arg(long)]
+    pub allow_native: bool,
     /// cpu (f32) or cuda (f16 frozen weights; needs a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -202,8 +205,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.questions > 10 {
         bail!("--questions {}: at most 10", args.questions);
     }
-    let mut stages = Stages::builtin(Some(&args.miner), Some(&args.trainer), Some(&args.linker))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut stages = plugin_stages::resolve(ctx, &args)?;
 
     let home = ctx.home()?;
     let registry = ctx.registry()?;
@@ -299,4 +301,158 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         outcome.report_png.display()
     );
     Ok(())
+}
+
+/// The three stages resolved by id through the plugin host (installed plugins first, then the
+/// built-ins), seen through the trainer's stage traits.
+mod plugin_stages {
+    use concepts_plugin_api::{
+        ConceptMetadata, EpochReport, MinedNegative, MiningParams, Recognition, SampleCounts,
+        SampleRef, Split, TrainParams, TrainSummary, Turn,
+    };
+    use concepts_plugin_host as host;
+    use concepts_trainer::stages::{self, EmbeddingMatrix, StageError, Stages};
+
+    use super::TrainArgs;
+    use crate::ctx::Ctx;
+
+    pub fn resolve(ctx: &Ctx, args: &TrainArgs) -> anyhow::Result<Stages> {
+        let (store, plugin_host) = crate::cmd::plugin::store_and_host(ctx, args.allow_native)?;
+        let selection = host::PluginSelection {
+            miner: Some(args.miner.clone()),
+            trainer: Some(args.trainer.clone()),
+            linker: Some(args.linker.clone()),
+        };
+        let set = host::PluginSet::resolve(&plugin_host, Some(&store), &selection)?;
+        Ok(Stages {
+            miner: Box::new(Miner(set.miner)),
+            trainer: Box::new(Trainer(set.trainer)),
+            linker: Box::new(Linker(set.linker)),
+        })
+    }
+
+    fn err(e: impl std::fmt::Display) -> StageError {
+        StageError(e.to_string())
+    }
+
+    struct Miner(Box<dyn host::NegativeMiner>);
+
+    fn matrix(m: &EmbeddingMatrix) -> Result<host::EmbeddingMatrix, StageError> {
+        let data = (0..m.rows())
+            .flat_map(|r| m.row(r).iter().copied())
+            .collect();
+        host::EmbeddingMatrix::new(m.dim(), data).map_err(err)
+    }
+
+    impl stages::NegativeMiner for Miner {
+        fn id(&self) -> &str {
+            self.0.id()
+        }
+
+        fn mine(
+            &mut self,
+            positives: &EmbeddingMatrix,
+            pool: &EmbeddingMatrix,
+            params: MiningParams,
+        ) -> Result<Vec<MinedNegative>, StageError> {
+            self.0
+                .mine(&matrix(positives)?, &matrix(pool)?, params)
+                .map_err(err)
+        }
+    }
+
+    struct Trainer(Box<dyn host::Trainer>);
+
+    impl stages::Trainer for Trainer {
+        fn id(&self) -> &str {
+            self.0.id()
+        }
+
+        fn train(
+            &mut self,
+            engine: &mut dyn stages::TrainingHost,
+            params: TrainParams,
+        ) -> Result<TrainSummary, StageError> {
+            self.0.train(&mut Engine(engine), params).map_err(err)
+        }
+    }
+
+    /// The trainer's engine as the plugin host's `TrainingHost`.
+    struct Engine<'a>(&'a mut dyn stages::TrainingHost);
+
+    impl host::TrainingHost for Engine<'_> {
+        fn counts(&self) -> SampleCounts {
+            self.0.counts()
+        }
+
+        fn build_batch(
+            &mut self,
+            samples: &[SampleRef],
+        ) -> Result<host::BatchId, host::EngineError> {
+            self.0
+                .build_batch(samples)
+                .map(|b| host::BatchId(b.0))
+                .map_err(|e| host::EngineError(e.0))
+        }
+
+        fn drop_batch(&mut self, batch: host::BatchId) {
+            self.0.drop_batch(stages::BatchId(batch.0));
+        }
+
+        fn train_step(
+            &mut self,
+            batch: host::BatchId,
+            learning_rate: f32,
+        ) -> Result<f32, host::EngineError> {
+            self.0
+                .train_step(stages::BatchId(batch.0), learning_rate)
+                .map_err(|e| host::EngineError(e.0))
+        }
+
+        fn evaluate_recognition(&mut self, split: Split) -> Result<Recognition, host::EngineError> {
+            self.0
+                .evaluate_recognition(split)
+                .map_err(|e| host::EngineError(e.0))
+        }
+
+        fn snapshot(&mut self) -> Result<host::SnapshotId, host::EngineError> {
+            self.0
+                .snapshot()
+                .map(|s| host::SnapshotId(s.0))
+                .map_err(|e| host::EngineError(e.0))
+        }
+
+        fn restore(&mut self, snapshot: host::SnapshotId) -> Result<(), host::EngineError> {
+            self.0
+                .restore(stages::SnapshotId(snapshot.0))
+                .map_err(|e| host::EngineError(e.0))
+        }
+
+        fn report_epoch(&mut self, report: &EpochReport) {
+            self.0.report_epoch(report);
+        }
+    }
+
+    struct Linker(Box<dyn host::MetadataLinker>);
+
+    impl stages::MetadataLinker for Linker {
+        fn id(&self) -> &str {
+            self.0.id()
+        }
+
+        fn validate(&mut self, metadata: &ConceptMetadata) -> Result<(), StageError> {
+            self.0.validate(metadata).map_err(err)
+        }
+
+        fn link_conversation(
+            &mut self,
+            metadata: &ConceptMetadata,
+            placeholders: &[String],
+            turns: Vec<Turn>,
+        ) -> Result<Vec<Turn>, StageError> {
+            self.0
+                .link_conversation(metadata, placeholders, turns)
+                .map_err(err)
+        }
+    }
 }

@@ -51,10 +51,14 @@ struct RawManifest {
     sha256: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     description: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "limits_unset")]
     limits: ManifestLimits,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     capabilities: Vec<Capability>,
+}
+
+fn limits_unset(limits: &ManifestLimits) -> bool {
+    *limits == ManifestLimits::default()
 }
 
 fn default_kind() -> PluginKind {

@@ -50,7 +50,7 @@ pub enum MatrixError {
 impl EmbeddingMatrix {
     /// A matrix of `data.len() / dim` rows.
     pub fn new(dim: usize, data: Vec<f32>) -> Result<EmbeddingMatrix, MatrixError> {
-        let rows = if dim == 0 { 0 } else { data.len() / dim };
+        let rows = data.len().checked_div(dim).unwrap_or(0);
         if rows.checked_mul(dim) != Some(data.len()) || (dim == 0 && !data.is_empty()) {
             return Err(MatrixError::Shape {
                 rows,

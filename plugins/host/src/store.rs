@@ -112,7 +112,14 @@ impl PluginStore {
             None
         };
         let staged = staging.keep();
-        std::fs::rename(&staged, &target).map_err(|e| PluginError::io("installing", &target, e))?;
+        if let Err(e) = std::fs::rename(&staged, &target) {
+            // Put the previous version back; the staged copy is left for `remove_dir_all` below.
+            if let Some(old) = &old {
+                let _ = std::fs::rename(old.path().join("pkg"), &target);
+            }
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(PluginError::io("installing", &target, e));
+        }
         drop(old);
         Ok(InstalledPlugin {
             manifest,

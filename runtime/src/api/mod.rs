@@ -937,12 +937,12 @@ mod tests {
             ChatMessage::assistant("Hello"),
             ChatMessage::user("Who is <bo>?"),
         ];
-        let split = turns(&messages).unwrap();
-        assert_eq!(split.len(), 2);
-        assert_eq!(split[0].user, "Hi\nthere");
-        assert!(split[0].image.is_some());
-        assert_eq!(split[0].assistant.as_deref(), Some("Hello"));
-        assert_eq!(split[1].user, "Who is <bo>?");
+        let got = turns(&messages).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].user, "Hi\nthere");
+        assert!(got[0].image.is_some());
+        assert_eq!(got[0].assistant.as_deref(), Some("Hello"));
+        assert_eq!(got[1].user, "Who is <bo>?");
 
         let err = |m: Vec<ChatMessage>| turns(&m).err().unwrap().to_string();
         assert!(err(vec![]).contains("no user message"));
