@@ -163,9 +163,7 @@ fn build_toy(args: BuildToyArgs) -> anyhow::Result<()> {
                 "eval {}",
                 serde_json::to_string(&report).unwrap_or_default()
             )),
-            Event::Saved { step, dir } => {
-                say(format!("saved step {step} to `{}`", dir.display()))
-            }
+            Event::Saved { step, dir } => say(format!("saved step {step} to `{}`", dir.display())),
             Event::Exported { step, dir } => {
                 say(format!("exported step {step} to `{}`", dir.display()))
             }
