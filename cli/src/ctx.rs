@@ -1,6 +1,6 @@
 //! What every subcommand gets besides its own arguments.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use concept_registry::Registry;
@@ -32,5 +32,19 @@ impl Ctx {
     pub fn registry(&self) -> anyhow::Result<Registry> {
         let home = self.home()?;
         Registry::open(&home).with_context(|| format!("opening registry `{}`", home.display()))
+    }
+}
+
+/// The base model folder: `--model` when given, else `$CONCEPTS_DEFAULT_MODEL`, else the embedded
+/// toy model (`models/toy-llava`). Fails, naming the folder, when it holds no `config.json`.
+pub fn model_dir(model: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match model {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => {
+            let from_env = std::env::var_os("CONCEPTS_DEFAULT_MODEL").map(PathBuf::from);
+            Ok(concepts_runtime::default_model::default_model_dir(
+                from_env.as_deref(),
+            )?)
+        }
     }
 }

@@ -74,6 +74,10 @@ enum Command {
     Toy(cmd::toy::ToyArgs),
     /// The base model: pretrain the toy LLaVA (`base build-toy`)
     Base(cmd::base::BaseArgs),
+    /// Evaluate recognition and A/B questions on a dataset: vanilla, description and learned
+    Eval(Box<cmd::eval::EvalArgs>),
+    /// Train `<bo>` on a generated toy subject, install it and ask it questions (a few minutes)
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
@@ -96,6 +100,8 @@ fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Train(args) => cmd::train::run(*args, ctx),
         Command::Toy(args) => cmd::toy::run(args, ctx),
         Command::Base(args) => cmd::base::run(args, ctx),
+        Command::Eval(args) => cmd::eval::run(*args, ctx),
+        Command::Demo(args) => cmd::demo::run(args, ctx),
     }
 }
 

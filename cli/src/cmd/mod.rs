@@ -1,6 +1,8 @@
 //! One module per subcommand: `XArgs` (clap) and `run(args, &Ctx)`.
 
 pub mod base;
+pub mod demo;
+pub mod eval;
 pub mod export;
 pub mod gc;
 pub mod inspect;

@@ -1,4 +1,4 @@
-//! `concepts run --model DIR [--image FILE] [--concept NAME]... [--raw-prompt] --prompt TEXT
+//! `concepts run [--model DIR] [--image FILE] [--concept NAME]... [--raw-prompt] --prompt TEXT
 //! [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--logits-out OUT.safetensors]`
 //!
 //! This command line is a contract: outside parity checks run it. The answer is streamed to
@@ -21,9 +21,10 @@ use crate::ctx::Ctx;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// llava-hf model directory (config.json, *.safetensors, tokenizer.json, preprocessor_config.json)
+    /// llava-hf model directory (config.json, *.safetensors, tokenizer.json,
+    /// preprocessor_config.json) [default: $CONCEPTS_DEFAULT_MODEL, else the embedded toy model]
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Image to ask about (JPEG, PNG or WebP)
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
@@ -58,8 +59,9 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let sampling = Sampling::from_temperature(args.temperature, args.top_p, args.seed)?;
-    let mut engine = Engine::load(&args.model, &Device::Cpu, DType::F32)
-        .with_context(|| format!("loading model `{}`", args.model.display()))?;
+    let model = crate::ctx::model_dir(args.model.as_deref())?;
+    let mut engine = Engine::load(&model, &Device::Cpu, DType::F32)
+        .with_context(|| format!("loading model `{}`", model.display()))?;
     if !args.concepts.is_empty() {
         let registry = ctx.registry()?;
         for name in &args.concepts {

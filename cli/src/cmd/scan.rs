@@ -34,7 +34,7 @@ pub struct ScanArgs {
 }
 
 pub fn run(args: ScanArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let model = super::serve::model_dir(args.model)?;
+    let model = crate::ctx::model_dir(args.model.as_deref())?;
     let registry = ctx.registry()?;
     let source = Arc::new(RegistrySource::new(registry));
     let runtime = Runtime::load(&model, source, RuntimeConfig::recommended())

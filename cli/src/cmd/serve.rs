@@ -53,21 +53,8 @@ pub struct ServeArgs {
     pub max_resident_mb: usize,
 }
 
-/// `--model`, else the embedded default base model (with the environment override).
-pub fn model_dir(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match model {
-        Some(dir) => Ok(dir),
-        None => {
-            let from_env = std::env::var_os("CONCEPTS_DEFAULT_MODEL").map(PathBuf::from);
-            Ok(concepts_runtime::default_model::default_model_dir(
-                from_env.as_deref(),
-            )?)
-        }
-    }
-}
-
 pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let model = model_dir(args.model)?;
+    let model = crate::ctx::model_dir(args.model.as_deref())?;
     let registry = ctx.registry()?;
     let mut runtime_config = RuntimeConfig::recommended();
     runtime_config.max_resident_bytes = args.max_resident_mb << 20;

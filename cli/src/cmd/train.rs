@@ -172,13 +172,7 @@ impl Progress for Bars {
 }
 
 pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let model = match &args.model {
-        Some(dir) => dir.clone(),
-        None => {
-            let from_env = std::env::var_os("CONCEPTS_DEFAULT_MODEL").map(PathBuf::from);
-            concepts_runtime::default_model::default_model_dir(from_env.as_deref())?
-        }
-    };
+    let model = crate::ctx::model_dir(args.model.as_deref())?;
     let negatives = match &args.negatives {
         Some(path) => PoolSource::from_path(path),
         None => {

@@ -1,0 +1,306 @@
+//! `concepts eval --data DIR [--base-model DIR] [--json] [--epochs N] [--k K] [--subjects N]
+//! [--test-photos N] [--seed S] [--negatives DIR] [--work-dir DIR] [--forgetting N]
+//! [--no-multi] [--ablations [--ablation-plot FILE]]`
+//!
+//! This command line is a contract: outside checks run `concepts eval --data DIR
+//! [--base-model DIR] --json`. It trains the concepts it needs (cached under the work folder,
+//! so a rerun only asks questions), then prints the results: one JSON document on stdout with
+//! `--json` (schema: `docs/evaluation.md`), else Markdown tables. Progress goes to stderr.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use concepts_eval::{read_dataset, EvalConfig, EvalProgress, TrainingConfig};
+use concepts_plugin_api::EpochReport;
+use concepts_trainer::{Phase, Progress};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::ctx::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Dataset folder: toy-world layout (`concepts toy dataset`) or Yo'LLaVA layout
+    /// (train/<subject>/, test/<subject>/)
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// llava-hf base model folder [default: CONCEPTS_DEFAULT_MODEL, else the embedded toy model]
+    #[arg(long, value_name = "DIR")]
+    pub base_model: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of tables
+    #[arg(long)]
+    pub json: bool,
+    /// Most training epochs per concept
+    #[arg(long, value_name = "N", default_value_t = 15)]
+    pub epochs: u32,
+    /// Latent tokens per concept
+    #[arg(long, default_value_t = 16)]
+    pub k: usize,
+    /// AdamW learning rate
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Seed for training (mining, templates, initialisation)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Attribute questions the base model answers per photo for the conversation data (0 to 10)
+    #[arg(long, default_value_t = 10)]
+    pub questions: usize,
+    /// Hard negatives per training photo [default: 100 / number of photos]
+    #[arg(long, value_name = "M")]
+    pub hard_per_positive: Option<u32>,
+    /// Easy (random) negatives per concept
+    #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
+    pub easy: u32,
+    /// Evaluate only the first N subjects
+    #[arg(long, value_name = "N")]
+    pub subjects: Option<usize>,
+    /// Use at most N test photos per subject
+    #[arg(long, value_name = "N")]
+    pub test_photos: Option<usize>,
+    /// Negative pool for training [default: the dataset's negatives/ folder]
+    #[arg(long, value_name = "DIR")]
+    pub negatives: Option<PathBuf>,
+    /// Where trained concepts are cached [default: <home>/cache/eval]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Also measure forgetting: N questions per generic toy-world task with 0, 1 and 5
+    /// concepts active
+    #[arg(long, value_name = "N")]
+    pub forgetting: Option<usize>,
+    /// Skip the multi-concept photos
+    #[arg(long)]
+    pub no_multi: bool,
+    /// Also run the paper's ablations (k, number of photos, hard negatives); slow: every
+    /// subject is retrained per variant
+    #[arg(long)]
+    pub ablations: bool,
+    /// Where the ablation plot goes [default: <work dir>/ablations.png]
+    #[arg(long, value_name = "FILE")]
+    pub ablation_plot: Option<PathBuf>,
+}
+
+/// A cancel flag set by Ctrl-C.
+pub fn cancel_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    Ok(cancel)
+}
+
+pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let model = crate::ctx::model_dir(args.base_model.as_deref())?;
+    if args.questions > 10 {
+        bail!("--questions {}: at most 10", args.questions);
+    }
+    if args.subjects == Some(0) || args.test_photos == Some(0) {
+        bail!("--subjects and --test-photos must be at least 1");
+    }
+    let mut dataset = read_dataset(&args.data)
+        .with_context(|| format!("reading the dataset `{}`", args.data.display()))?;
+    if let Some(n) = args.subjects {
+        dataset.truncate_subjects(n);
+    }
+    if let Some(n) = args.test_photos {
+        dataset.truncate_test_photos(n);
+    }
+    let home = ctx.home()?;
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| home.join("cache").join("eval"));
+    let ablation_plot = args.ablations.then(|| {
+        args.ablation_plot
+            .clone()
+            .unwrap_or_else(|| work_dir.join("ablations.png"))
+    });
+    let cfg = EvalConfig {
+        model: model.clone(),
+        work_dir,
+        pool_cache: Some(home.join("cache").join("pool-embeddings")),
+        negatives: args.negatives.clone(),
+        training: TrainingConfig {
+            epochs: args.epochs,
+            k: args.k,
+            learning_rate: args.lr,
+            seed: args.seed,
+            questions_per_image: args.questions,
+            hard_per_positive: args.hard_per_positive,
+            easy_negatives: args.easy,
+        },
+        multi: !args.no_multi,
+        forgetting_per_task: args.forgetting,
+        ablations: args.ablations,
+        ablation_plot,
+    };
+    let cancel = cancel_on_ctrl_c()?;
+    let mut bars = EvalBars::new();
+    let report =
+        concepts_eval::evaluate(&dataset, &cfg, &mut bars, &cancel).with_context(|| {
+            format!(
+                "evaluating `{}` on `{}`",
+                model.display(),
+                args.data.display()
+            )
+        })?;
+    bars.clear();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        use std::io::Write;
+        writeln!(out)?;
+    } else {
+        use std::io::Write;
+        write!(out, "{}", report.to_markdown())?;
+    }
+    Ok(())
+}
+
+fn style(bar: &ProgressBar) {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>13} [{bar:30}] {pos}/{len} ({elapsed} / {eta} left) {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+}
+
+/// Progress bars on stderr: one per scoring pass, and the trainer's phases and epochs.
+pub struct EvalBars {
+    multi: MultiProgress,
+    pass: Option<ProgressBar>,
+    trainer: TrainerBars,
+}
+
+impl EvalBars {
+    pub fn new() -> EvalBars {
+        let multi = MultiProgress::new();
+        EvalBars {
+            trainer: TrainerBars {
+                multi: multi.clone(),
+                subject: String::new(),
+                phase: None,
+                epochs: None,
+            },
+            multi,
+            pass: None,
+        }
+    }
+
+    fn bar(&self, total: u64, prefix: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new(total));
+        style(&bar);
+        bar.set_prefix(prefix.to_string());
+        bar
+    }
+
+    /// Prints a line above the bars.
+    pub fn note(&self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+
+    pub fn clear(&mut self) {
+        if let Some(bar) = self.pass.take() {
+            bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+impl EvalProgress for EvalBars {
+    fn training(&mut self, subject: &str) -> Option<&mut dyn Progress> {
+        self.trainer.subject = subject.to_string();
+        Some(&mut self.trainer)
+    }
+
+    fn concept(&mut self, subject: &str, index: usize, total: usize, cached: bool) {
+        if let Some(bar) = self.trainer.epochs.take() {
+            bar.finish_and_clear();
+        }
+        self.note(&format!(
+            "concept {index}/{total} `<{subject}>` {}",
+            if cached {
+                "reused from the cache"
+            } else {
+                "trained"
+            }
+        ));
+    }
+
+    fn start(&mut self, label: &str, total: u64) {
+        self.pass = Some(self.bar(total, label));
+    }
+
+    fn tick(&mut self) {
+        if let Some(bar) = &self.pass {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.pass.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The trainer's progress: its mining / conversation phases and the epochs, one concept at a
+/// time.
+struct TrainerBars {
+    multi: MultiProgress,
+    subject: String,
+    phase: Option<ProgressBar>,
+    epochs: Option<ProgressBar>,
+}
+
+impl TrainerBars {
+    fn bar(&self, total: u64, prefix: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new(total));
+        style(&bar);
+        bar.set_prefix(prefix.to_string());
+        bar
+    }
+}
+
+impl Progress for TrainerBars {
+    fn start(&mut self, phase: Phase, total: u64) {
+        let name = match phase {
+            Phase::Mining => "embedding pool",
+            Phase::Conversations => "conversations",
+        };
+        self.phase = Some(self.bar(total, name));
+    }
+
+    fn advance(&mut self, _phase: Phase, done: u64) {
+        if let Some(bar) = &self.phase {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&mut self, _phase: Phase) {
+        if let Some(bar) = self.phase.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn training(&mut self, epochs: u32, _replaying: u32) {
+        let bar = self.bar(u64::from(epochs), &format!("<{}>", self.subject));
+        self.epochs = Some(bar);
+    }
+
+    fn step(&mut self, step: u64, loss: f32) {
+        if let Some(bar) = &self.epochs {
+            bar.set_message(format!("step {step} loss {loss:.4}"));
+        }
+    }
+
+    fn epoch(&mut self, r: &EpochReport, _replayed: bool) {
+        if let Some(bar) = &self.epochs {
+            bar.set_position(u64::from(r.epoch));
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+}

@@ -1,0 +1,148 @@
+//! `concepts eval`: the contract command line on a tiny random model and a toy dataset written
+//! by `concepts toy dataset`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use concepts_runtime::testing::RandomWeights;
+use concepts_runtime::{LlavaConfig, LlavaModel};
+
+fn write_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&concepts_runtime::testing::tiny_config_json()).unwrap();
+    v["image_token_index"] = 4.into();
+    v["text_config"]["vocab_size"] = toy_world::vocabulary().len().into();
+    v["text_config"]["max_position_embeddings"] = 256.into();
+    let json = v.to_string();
+    std::fs::write(dir.join("config.json"), &json).unwrap();
+    toy_world::write_tokenizer(&dir.join("tokenizer.json")).unwrap();
+    let weights = RandomWeights::new(5);
+    let cfg = LlavaConfig::from_json_str(&json).unwrap();
+    LlavaModel::from_varbuilder(cfg, weights.varbuilder(DType::F32, &Device::Cpu)).unwrap();
+    let tensors: HashMap<String, Tensor> = weights
+        .recorded()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+fn concepts(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concepts"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("CONCEPTS_DEFAULT_MODEL")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn eval_prints_json_per_condition_and_rejects_bad_datasets() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let model = root.path().join("model");
+    write_model(&model);
+    let data = root.path().join("data");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = concepts(
+        &home,
+        &[
+            "toy",
+            "dataset",
+            "--seed",
+            "4",
+            "--subjects",
+            "2",
+            "--train",
+            "3",
+            "--test",
+            "2",
+            "-o",
+            &s(&data),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let args = [
+        "eval",
+        "--data",
+        &s(&data),
+        "--base-model",
+        &s(&model),
+        "--json",
+        "--epochs",
+        "1",
+        "--k",
+        "2",
+        "--questions",
+        "1",
+        "--hard-per-positive",
+        "1",
+        "--easy",
+        "2",
+        "--test-photos",
+        "1",
+        "--no-multi",
+    ];
+    let out = concepts(&home, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for condition in ["vanilla", "description", "learned"] {
+        for field in ["positive", "negative", "weighted", "text_qa"] {
+            let x = json[condition][field].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{condition}.{field} = {x}");
+        }
+    }
+    assert_eq!(json["subjects"].as_array().unwrap().len(), 2);
+    // The concepts are cached under the registry home; a rerun trains nothing.
+    let again = concepts(&home, &args);
+    let json: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(json["concepts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["cached"] == true));
+
+    // Without --json: Markdown tables.
+    let mut text_args = args.to_vec();
+    text_args.retain(|a| *a != "--json");
+    let out = concepts(&home, &text_args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("| learned |") && text.contains("| vanilla |"),
+        "{text}"
+    );
+
+    // A folder in neither layout.
+    let empty = root.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = concepts(
+        &home,
+        &[
+            "eval",
+            "--data",
+            &s(&empty),
+            "--base-model",
+            &s(&model),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not an evaluation dataset") && err.contains("empty"),
+        "{err}"
+    );
+}

@@ -1,0 +1,332 @@
+//! [`evaluate`]: the whole protocol on one dataset — train what is needed, then ask every
+//! question under every condition.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use concept_format::ConceptPackage;
+use concepts_runtime::session::Engine;
+
+use crate::ask::{picks, says_yes, ImageCache};
+use crate::condition::{identifier, user_message, Condition, RECOGNITION_QUESTION};
+use crate::dataset::EvalDataset;
+use crate::error::{EvalError, Result};
+use crate::metrics::{mean_accuracy, mean_recognition, RecognitionTally, Tally};
+use crate::report::{
+    ConditionReport, EvalReport, SubjectScores, Timings, REPORT_FORMAT, REPORT_VERSION,
+};
+use crate::training::{train_or_reuse, TrainedConcept, TrainingConfig, TrainingJob};
+use crate::{ablation, forgetting, multi};
+
+/// What to run besides the dataset.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// The base model folder (llava-hf layout).
+    pub model: PathBuf,
+    /// Where trained concepts are cached (`<work_dir>/concepts/`).
+    pub work_dir: PathBuf,
+    /// Cache of pool embeddings for the miner; `None` disables it.
+    pub pool_cache: Option<PathBuf>,
+    /// The negative pool; `None`: the dataset's `negatives/` folder.
+    pub negatives: Option<PathBuf>,
+    /// How concepts are trained.
+    pub training: TrainingConfig,
+    /// Also run the multi-concept evaluation (needs the dataset's `multi/` photos).
+    pub multi: bool,
+    /// Also measure forgetting with this many questions per generic toy-world task.
+    pub forgetting_per_task: Option<usize>,
+    /// Also run the ablations (slow: retrains every subject per variant).
+    pub ablations: bool,
+    /// Where the ablation plot (PNG) goes; `None`: no plot.
+    pub ablation_plot: Option<PathBuf>,
+}
+
+/// Receives progress. Only the CLI draws it; every method has a no-op default.
+pub trait EvalProgress {
+    /// The trainer's progress sink while the concept of `subject` trains; `None`: silent.
+    fn training(&mut self, _subject: &str) -> Option<&mut dyn concepts_trainer::Progress> {
+        None
+    }
+    /// Concept `index` of `total` (for `subject`) is ready.
+    fn concept(&mut self, _subject: &str, _index: usize, _total: usize, _cached: bool) {}
+    /// A scoring pass of `total` questions starts.
+    fn start(&mut self, _label: &str, _total: u64) {}
+    /// One more question was asked.
+    fn tick(&mut self) {}
+    /// The scoring pass is over.
+    fn finish(&mut self) {}
+}
+
+/// An [`EvalProgress`] that ignores everything.
+pub struct Quiet;
+
+impl EvalProgress for Quiet {}
+
+fn check_cancel(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(EvalError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs the protocol of `docs/evaluation.md` on `dataset`: trains (or reuses) one concept per
+/// subject, then scores recognition and A/B questions under each condition, and the optional
+/// multi-concept and forgetting parts.
+pub fn evaluate(
+    dataset: &EvalDataset,
+    cfg: &EvalConfig,
+    progress: &mut dyn EvalProgress,
+    cancel: &AtomicBool,
+) -> Result<EvalReport> {
+    let started = Instant::now();
+    if dataset.subjects.is_empty() {
+        return Err(EvalError::Setting("the dataset has no subjects".into()));
+    }
+    let pool = cfg
+        .negatives
+        .clone()
+        .or_else(|| dataset.negatives.clone())
+        .ok_or_else(|| {
+            EvalError::Setting(format!(
+                "no negative pool to train concepts with: `{}` has no `negatives/` folder with \
+                 images; pass one explicitly",
+                dataset.root.display()
+            ))
+        })?;
+    let mut notes = Vec::new();
+    let mut engine = Engine::load(&cfg.model, &Device::Cpu, DType::F32)?;
+    let fingerprint = engine.fingerprint()?.clone();
+
+    // --- Concepts.
+    let t_train = Instant::now();
+    let job = TrainingJob {
+        model: &cfg.model,
+        fingerprint: &fingerprint,
+        pool: &pool,
+        pool_cache: cfg.pool_cache.as_deref(),
+        work_dir: &cfg.work_dir,
+        config: &cfg.training,
+    };
+    let total = dataset.subjects.len();
+    let mut concepts: Vec<TrainedConcept> = Vec::with_capacity(total);
+    for (i, subject) in dataset.subjects.iter().enumerate() {
+        check_cancel(cancel)?;
+        let mut silent = concepts_trainer::Silent;
+        let sink: &mut dyn concepts_trainer::Progress = match progress.training(&subject.name) {
+            Some(p) => p,
+            None => &mut silent,
+        };
+        let trained = train_or_reuse(&job, subject, sink, cancel)?;
+        progress.concept(&subject.name, i + 1, total, trained.cached);
+        concepts.push(trained);
+    }
+    let training_secs = t_train.elapsed().as_secs_f64();
+    let fresh: Vec<f64> = concepts
+        .iter()
+        .filter(|c| !c.cached)
+        .map(|c| c.seconds)
+        .collect();
+    let mut weights = Vec::with_capacity(total);
+    for c in &concepts {
+        let package =
+            ConceptPackage::read_file(&c.package).map_err(|source| EvalError::Package {
+                path: c.package.clone(),
+                source,
+            })?;
+        weights.push(engine.package_weights(&package)?);
+    }
+
+    // --- Questions.
+    let t_score = Instant::now();
+    let mut images = ImageCache::default();
+    let mut scorer = Scorer {
+        dataset,
+        base: &engine,
+        weights: &weights,
+        images: &mut images,
+        progress,
+        cancel,
+    };
+    let vanilla = scorer.condition(Condition::Vanilla)?;
+    let description = if dataset.has_descriptions() {
+        Some(scorer.condition(Condition::Description)?)
+    } else {
+        notes.push(
+            "description: skipped, the dataset has no subject descriptions (Yo'LLaVA layout)"
+                .to_string(),
+        );
+        None
+    };
+    let learned = scorer.condition(Condition::Learned)?;
+    if vanilla.text_qa.is_none() {
+        notes.push("text and visual QA: the dataset has no A/B questions".to_string());
+    }
+    let multi = if cfg.multi {
+        let m = multi::evaluate(&mut scorer)?;
+        if m.is_none() {
+            notes.push("multi: the dataset has no multi-subject photos".to_string());
+        }
+        m
+    } else {
+        None
+    };
+    let forgetting = match cfg.forgetting_per_task {
+        Some(per_task) => Some(forgetting::evaluate(&mut scorer, per_task)?),
+        None => None,
+    };
+    let ablations = if cfg.ablations {
+        Some(ablation::evaluate(
+            &mut scorer,
+            &job,
+            cfg.ablation_plot.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    let scoring_secs = t_score.elapsed().as_secs_f64();
+
+    Ok(EvalReport {
+        format: REPORT_FORMAT,
+        version: REPORT_VERSION,
+        data: dataset.root.display().to_string(),
+        layout: dataset.layout,
+        model: cfg.model.display().to_string(),
+        model_embed_sha256: fingerprint.embed_sha256.clone(),
+        subjects: dataset.subjects.iter().map(|s| s.name.clone()).collect(),
+        test_photos: dataset
+            .subjects
+            .iter()
+            .map(|s| s.test.len())
+            .max()
+            .unwrap_or(0),
+        training_config: cfg.training.clone(),
+        vanilla,
+        description,
+        learned,
+        multi,
+        forgetting,
+        ablations,
+        concepts,
+        notes,
+        timings: Timings {
+            total_secs: started.elapsed().as_secs_f64(),
+            training_secs,
+            seconds_per_concept: (!fresh.is_empty())
+                .then(|| fresh.iter().sum::<f64>() / fresh.len() as f64),
+            scoring_secs,
+        },
+    })
+}
+
+/// Asks questions over the dataset with a chosen set of active concepts.
+pub(crate) struct Scorer<'a> {
+    pub(crate) dataset: &'a EvalDataset,
+    pub(crate) base: &'a Engine,
+    /// The converted weights of each subject's concept, in subject order.
+    pub(crate) weights: &'a [concepts_runtime::ConceptWeights],
+    pub(crate) images: &'a mut ImageCache,
+    pub(crate) progress: &'a mut dyn EvalProgress,
+    pub(crate) cancel: &'a AtomicBool,
+}
+
+impl Scorer<'_> {
+    /// An engine over the base model with the concepts of the subjects at `indices` active.
+    pub(crate) fn engine_with(&self, indices: &[usize]) -> Result<Engine> {
+        let subjects = &self.dataset.subjects;
+        let ids: Vec<String> = indices.iter().map(|&i| identifier(&subjects[i])).collect();
+        let concepts = indices.iter().zip(&ids).map(|(&i, id)| {
+            (
+                subjects[i].name.as_str(),
+                id.as_str(),
+                self.weights[i].clone(),
+            )
+        });
+        Ok(self.base.with_concepts(concepts)?)
+    }
+
+    pub(crate) fn condition(&mut self, condition: Condition) -> Result<ConditionReport> {
+        let subjects = &self.dataset.subjects;
+        let photos: usize = subjects.iter().map(|s| s.test.len()).sum();
+        let questions: usize = subjects
+            .iter()
+            .filter_map(|s| s.qa.as_ref())
+            .map(|q| q.text.len() + q.visual.len())
+            .sum();
+        self.progress.start(
+            condition.as_str(),
+            (subjects.len() * photos + questions) as u64,
+        );
+        let mut per_subject = BTreeMap::new();
+        let (mut recs, mut texts, mut visuals) = (Vec::new(), Vec::new(), Vec::new());
+        for (si, subject) in subjects.iter().enumerate() {
+            let engine = match condition {
+                Condition::Learned => self.engine_with(&[si])?,
+                _ => self.base.with_concepts([])?,
+            };
+            let Some(message) = user_message(condition, subject, RECOGNITION_QUESTION) else {
+                continue;
+            };
+            let mut rec = RecognitionTally::default();
+            for (oi, other) in subjects.iter().enumerate() {
+                for photo in &other.test {
+                    check_cancel(self.cancel)?;
+                    let pixels = self.images.get(&engine, photo)?;
+                    rec.add(oi == si, says_yes(&engine, &message, Some(pixels))?);
+                    self.progress.tick();
+                }
+            }
+            let (mut text, mut visual) = (Tally::default(), Tally::default());
+            if let Some(qa) = &subject.qa {
+                for q in &qa.text {
+                    check_cancel(self.cancel)?;
+                    let msg = user_message(condition, subject, &q.prompt).unwrap_or_default();
+                    text.add(picks(&engine, &msg, None)? == q.answer);
+                    self.progress.tick();
+                }
+                for v in &qa.visual {
+                    check_cancel(self.cancel)?;
+                    let msg =
+                        user_message(condition, subject, &v.question.prompt).unwrap_or_default();
+                    let pixels = self.images.get(&engine, &v.image)?;
+                    visual.add(picks(&engine, &msg, Some(pixels))? == v.question.answer);
+                    self.progress.tick();
+                }
+            }
+            let scores = rec.scores();
+            recs.push(scores);
+            texts.push(text);
+            visuals.push(visual);
+            per_subject.insert(
+                subject.name.clone(),
+                SubjectScores {
+                    recognition: scores,
+                    text_qa: text.accuracy(),
+                    visual_qa: visual.accuracy(),
+                },
+            );
+        }
+        self.progress.finish();
+        let overall = mean_recognition(&recs).ok_or_else(|| {
+            EvalError::Setting(format!(
+                "no subject could be asked about under `{}`",
+                condition.as_str()
+            ))
+        })?;
+        Ok(ConditionReport {
+            positive: overall.positive,
+            negative: overall.negative,
+            weighted: overall.weighted,
+            text_qa: mean_accuracy(&texts),
+            visual_qa: mean_accuracy(&visuals),
+            positives: overall.positives,
+            negatives: overall.negatives,
+            text_questions: texts.iter().map(|t| t.total).sum(),
+            visual_questions: visuals.iter().map(|t| t.total).sum(),
+            per_subject,
+        })
+    }
+}
