@@ -1,33 +1,14 @@
 //! `concepts eval`: the contract command line on a tiny random model and a toy dataset written
 //! by `concepts toy dataset`.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use candle_core::{DType, Device, Tensor};
-use concepts_runtime::testing::RandomWeights;
-use concepts_runtime::{LlavaConfig, LlavaModel};
-
 fn write_model(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut v: serde_json::Value =
-        serde_json::from_str(&concepts_runtime::testing::tiny_config_json()).unwrap();
-    v["image_token_index"] = 4.into();
-    v["text_config"]["vocab_size"] = toy_world::vocabulary().len().into();
-    v["text_config"]["max_position_embeddings"] = 256.into();
-    let json = v.to_string();
-    std::fs::write(dir.join("config.json"), &json).unwrap();
+    let json =
+        concepts_runtime::testing::tiny_config_json_with_vocab(toy_world::vocabulary().len(), 4);
+    concepts_runtime::testing::write_random_checkpoint(dir, &json, 5).unwrap();
     toy_world::write_tokenizer(&dir.join("tokenizer.json")).unwrap();
-    let weights = RandomWeights::new(5);
-    let cfg = LlavaConfig::from_json_str(&json).unwrap();
-    LlavaModel::from_varbuilder(cfg, weights.varbuilder(DType::F32, &Device::Cpu)).unwrap();
-    let tensors: HashMap<String, Tensor> = weights
-        .recorded()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
 }
 
 fn concepts(home: &Path, args: &[&str]) -> Output {

@@ -2,36 +2,18 @@
 //! toy-world dataset (structure and ranges, not quality), plus the CI quality check on the
 //! trained embedded base model.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device, Tensor};
 use concepts_eval::{evaluate, read_dataset, EvalConfig, EvalReport, Quiet, TrainingConfig};
-use concepts_runtime::testing::RandomWeights;
-use concepts_runtime::{LlavaConfig, LlavaModel};
 use toy_world::{write_dataset, DatasetConfig, ImageSize};
 
 /// Writes a tiny random LLaVA with the toy-world tokenizer to `dir`.
 fn write_tiny_model(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut v: serde_json::Value =
-        serde_json::from_str(&concepts_runtime::testing::tiny_config_json()).unwrap();
-    v["image_token_index"] = 4.into();
-    v["text_config"]["vocab_size"] = toy_world::vocabulary().len().into();
-    v["text_config"]["max_position_embeddings"] = 256.into();
-    let json = v.to_string();
-    std::fs::write(dir.join("config.json"), &json).unwrap();
+    let json =
+        concepts_runtime::testing::tiny_config_json_with_vocab(toy_world::vocabulary().len(), 4);
+    concepts_runtime::testing::write_random_checkpoint(dir, &json, 3).unwrap();
     toy_world::write_tokenizer(&dir.join("tokenizer.json")).unwrap();
-    let weights = RandomWeights::new(3);
-    let cfg = LlavaConfig::from_json_str(&json).unwrap();
-    LlavaModel::from_varbuilder(cfg, weights.varbuilder(DType::F32, &Device::Cpu)).unwrap();
-    let tensors: HashMap<String, Tensor> = weights
-        .recorded()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
 }
 
 fn small_dataset(dir: &Path, subjects: usize, test: usize) {

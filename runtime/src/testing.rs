@@ -5,7 +5,8 @@
 //! therefore needs no list of weight names, and the recorded tensors can be written to a
 //! checkpoint to test the file loader. Nothing here touches the file system.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -19,7 +20,7 @@ use crate::config::{
     Activation, ClipVisionConfig, FeatureSelect, LlamaConfig, LlavaConfig, ProjectorConfig,
     VisionStem,
 };
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::model::LlavaModel;
 
 /// A two-layer LLaVA small enough for finite differences: CLIP with hidden 12, 28×28 images
@@ -245,6 +246,40 @@ pub fn random_model(
     let weights = RandomWeights::new(seed);
     let model = LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(dtype, device))?;
     Ok((model, weights))
+}
+
+/// [`tiny_config_json`] over a word-level vocabulary of `vocab_size` tokens whose image token is
+/// `image_token_index` (the toy world's tokenizer: 4), with 256 positions.
+pub fn tiny_config_json_with_vocab(vocab_size: usize, image_token_index: u32) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&tiny_config_json()).expect("the tiny config is valid JSON");
+    v["image_token_index"] = image_token_index.into();
+    v["text_config"]["vocab_size"] = vocab_size.into();
+    v["text_config"]["max_position_embeddings"] = 256.into();
+    serde_json::to_string_pretty(&v).expect("a JSON value serialises")
+}
+
+/// Writes `config_json` and random f32 weights drawn from `seed` (`model.safetensors`) to `dir`,
+/// creating it; with a `tokenizer.json` beside them the folder loads like a llava-hf checkpoint.
+/// Returns the parsed config.
+pub fn write_random_checkpoint(dir: &Path, config_json: &str, seed: u64) -> Result<LlavaConfig> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, config_json).map_err(io(&config_path))?;
+    let cfg = LlavaConfig::from_json_str(config_json)?;
+    let weights = RandomWeights::new(seed);
+    LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(DType::F32, &Device::Cpu))?;
+    let tensors = weights
+        .recorded()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
+        .collect::<Result<HashMap<String, Tensor>>>()?;
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    Ok(cfg)
 }
 
 #[cfg(test)]

@@ -21,8 +21,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use concepts_plugin_api::{SampleKind, SampleRef};
 use concepts_runtime::session::Engine;
-use concepts_runtime::testing::RandomWeights;
-use concepts_runtime::{ConceptWeights, LlavaConfig, LlavaModel};
+use concepts_runtime::ConceptWeights;
 use concepts_trainer::engine::{EngineObserver, EpochEvent};
 use concepts_trainer::images::{self, LoadedImage};
 use concepts_trainer::stages::TrainingHost;
@@ -99,16 +98,7 @@ fn write_wide(dir: &Path) -> PathBuf {
     v["vision_config"]["num_attention_heads"] = 4.into();
     v["vision_config"]["projection_dim"] = 256.into();
     let json = serde_json::to_string_pretty(&v).unwrap();
-    std::fs::write(dir.join("config.json"), &json).unwrap();
-    let cfg = LlavaConfig::from_json_str(&json).unwrap();
-    let weights = RandomWeights::new(3);
-    LlavaModel::from_varbuilder(cfg, weights.varbuilder(DType::F32, &Device::Cpu)).unwrap();
-    let tensors: HashMap<String, Tensor> = weights
-        .recorded()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    concepts_runtime::testing::write_random_checkpoint(dir, &json, 3).unwrap();
     dir.to_path_buf()
 }
 

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use concepts_eval::{read_dataset, EvalConfig, EvalProgress, TrainingConfig};
-use concepts_plugin_api::EpochReport;
-use concepts_trainer::{Phase, Progress};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use concepts_trainer::Progress;
+use indicatif::{MultiProgress, ProgressBar};
 
+use crate::cmd::train::{style_bar, TrainBars};
 use crate::ctx::Ctx;
 
 #[derive(Debug, clap::Args)]
@@ -157,31 +157,18 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn style(bar: &ProgressBar) {
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>13} [{bar:30}] {pos}/{len} ({elapsed} / {eta} left) {msg}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-}
-
 /// Progress bars on stderr: one per scoring pass, and the trainer's phases and epochs.
 pub struct EvalBars {
     multi: MultiProgress,
     pass: Option<ProgressBar>,
-    trainer: TrainerBars,
+    trainer: TrainBars,
 }
 
 impl EvalBars {
     pub fn new() -> EvalBars {
         let multi = MultiProgress::new();
         EvalBars {
-            trainer: TrainerBars {
-                multi: multi.clone(),
-                subject: String::new(),
-                phase: None,
-                epochs: None,
-            },
+            trainer: TrainBars::new(multi.clone(), "", false),
             multi,
             pass: None,
         }
@@ -189,7 +176,7 @@ impl EvalBars {
 
     fn bar(&self, total: u64, prefix: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new(total));
-        style(&bar);
+        style_bar(&bar);
         bar.set_prefix(prefix.to_string());
         bar
     }
@@ -209,14 +196,12 @@ impl EvalBars {
 
 impl EvalProgress for EvalBars {
     fn training(&mut self, subject: &str) -> Option<&mut dyn Progress> {
-        self.trainer.subject = subject.to_string();
+        self.trainer.label = format!("<{subject}>");
         Some(&mut self.trainer)
     }
 
     fn concept(&mut self, subject: &str, index: usize, total: usize, cached: bool) {
-        if let Some(bar) = self.trainer.epochs.take() {
-            bar.finish_and_clear();
-        }
+        self.trainer.clear_epochs();
         self.note(&format!(
             "concept {index}/{total} `<{subject}>` {}",
             if cached {
@@ -241,66 +226,5 @@ impl EvalProgress for EvalBars {
         if let Some(bar) = self.pass.take() {
             bar.finish_and_clear();
         }
-    }
-}
-
-/// The trainer's progress: its mining / conversation phases and the epochs, one concept at a
-/// time.
-struct TrainerBars {
-    multi: MultiProgress,
-    subject: String,
-    phase: Option<ProgressBar>,
-    epochs: Option<ProgressBar>,
-}
-
-impl TrainerBars {
-    fn bar(&self, total: u64, prefix: &str) -> ProgressBar {
-        let bar = self.multi.add(ProgressBar::new(total));
-        style(&bar);
-        bar.set_prefix(prefix.to_string());
-        bar
-    }
-}
-
-impl Progress for TrainerBars {
-    fn start(&mut self, phase: Phase, total: u64) {
-        let name = match phase {
-            Phase::Mining => "embedding pool",
-            Phase::Conversations => "conversations",
-        };
-        self.phase = Some(self.bar(total, name));
-    }
-
-    fn advance(&mut self, _phase: Phase, done: u64) {
-        if let Some(bar) = &self.phase {
-            bar.set_position(done);
-        }
-    }
-
-    fn finish(&mut self, _phase: Phase) {
-        if let Some(bar) = self.phase.take() {
-            bar.finish_and_clear();
-        }
-    }
-
-    fn training(&mut self, epochs: u32, _replaying: u32) {
-        let bar = self.bar(u64::from(epochs), &format!("<{}>", self.subject));
-        self.epochs = Some(bar);
-    }
-
-    fn step(&mut self, step: u64, loss: f32) {
-        if let Some(bar) = &self.epochs {
-            bar.set_message(format!("step {step} loss {loss:.4}"));
-        }
-    }
-
-    fn epoch(&mut self, r: &EpochReport, _replayed: bool) {
-        if let Some(bar) = &self.epochs {
-            bar.set_position(u64::from(r.epoch));
-        }
-    }
-
-    fn note(&mut self, text: &str) {
-        let _ = self.multi.println(text);
     }
 }

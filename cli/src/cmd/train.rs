@@ -95,27 +95,54 @@ pub struct TrainArgs {
     pub device: String,
 }
 
-/// Progress bars for mining, conversation generation and epochs.
-struct Bars {
+/// Progress bars for mining, conversation generation and epochs; `concepts eval` shows one
+/// of these per concept it trains.
+pub(crate) struct TrainBars {
     multi: MultiProgress,
     phase: Option<ProgressBar>,
     epochs: Option<ProgressBar>,
+    /// Prefix of the epoch bar (`epochs`, or the concept being trained).
+    pub(crate) label: String,
+    /// Print a line per epoch (the `train` command) or only move the bar (`eval`).
+    epoch_lines: bool,
 }
 
-impl Bars {
+impl TrainBars {
+    pub(crate) fn new(multi: MultiProgress, label: &str, epoch_lines: bool) -> TrainBars {
+        TrainBars {
+            multi,
+            phase: None,
+            epochs: None,
+            label: label.to_string(),
+            epoch_lines,
+        }
+    }
+
     fn bar(&self, total: u64, prefix: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new(total));
-        if let Ok(style) = ProgressStyle::with_template(
-            "{prefix:>13} [{bar:30}] {pos}/{len} ({elapsed} / {eta} left) {msg}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
+        style_bar(&bar);
         bar.set_prefix(prefix.to_string());
         bar
     }
+
+    /// Removes the epoch bar of the concept just trained.
+    pub(crate) fn clear_epochs(&mut self) {
+        if let Some(bar) = self.epochs.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
-impl Progress for Bars {
+/// The bar style shared by `train` and `eval`.
+pub(crate) fn style_bar(bar: &ProgressBar) {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>13} [{bar:30}] {pos}/{len} ({elapsed} / {eta} left) {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+}
+
+impl Progress for TrainBars {
     fn start(&mut self, phase: Phase, total: u64) {
         let name = match phase {
             Phase::Mining => "embedding pool",
@@ -137,7 +164,7 @@ impl Progress for Bars {
     }
 
     fn training(&mut self, epochs: u32, replaying: u32) {
-        let bar = self.bar(u64::from(epochs), "epochs");
+        let bar = self.bar(u64::from(epochs), &self.label);
         if replaying > 0 {
             bar.println(format!("resuming after epoch {replaying}"));
         }
@@ -153,6 +180,9 @@ impl Progress for Bars {
     fn epoch(&mut self, r: &EpochReport, replayed: bool) {
         if let Some(bar) = &self.epochs {
             bar.set_position(u64::from(r.epoch));
+            if !self.epoch_lines {
+                return;
+            }
             bar.println(format!(
                 "epoch {:>2}{}: loss {:.4}, recognition {:.1}% (positives {:.1}%, negatives {:.1}%){}",
                 r.epoch,
@@ -241,11 +271,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let mut bars = Bars {
-        multi: MultiProgress::new(),
-        phase: None,
-        epochs: None,
-    };
+    let mut bars = TrainBars::new(MultiProgress::new(), "epochs", true);
     let (device, dtype) = match args.device.as_str() {
         "cpu" => (Device::Cpu, DType::F32),
         "cuda" => (

@@ -3,13 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
 use concept_format::Category;
-use concepts_runtime::testing::RandomWeights;
-use concepts_runtime::{LlavaConfig, LlavaModel};
+use concepts_runtime::LlavaConfig;
 use concepts_trainer::{PoolSource, Subject, TrainConfig};
 use rand::SeedableRng;
 use toy_world::{
@@ -18,30 +15,14 @@ use toy_world::{
 
 /// The `config.json` of the tiny model over the toy-world vocabulary.
 pub fn config_json() -> String {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&concepts_runtime::testing::tiny_config_json()).unwrap();
-    let vocab = toy_world::vocabulary().len();
-    v["image_token_index"] = 4.into();
-    v["text_config"]["vocab_size"] = vocab.into();
-    v["text_config"]["max_position_embeddings"] = 256.into();
-    serde_json::to_string_pretty(&v).unwrap()
+    concepts_runtime::testing::tiny_config_json_with_vocab(toy_world::vocabulary().len(), 4)
 }
 
 /// Writes a tiny random model (seed `seed`) to `dir`; returns its config.
 pub fn write_model(dir: &Path, seed: u64) -> LlavaConfig {
-    std::fs::create_dir_all(dir).unwrap();
-    let json = config_json();
-    std::fs::write(dir.join("config.json"), &json).unwrap();
+    let cfg =
+        concepts_runtime::testing::write_random_checkpoint(dir, &config_json(), seed).unwrap();
     toy_world::write_tokenizer(&dir.join("tokenizer.json")).unwrap();
-    let cfg = LlavaConfig::from_json_str(&json).unwrap();
-    let weights = RandomWeights::new(seed);
-    LlavaModel::from_varbuilder(cfg.clone(), weights.varbuilder(DType::F32, &Device::Cpu)).unwrap();
-    let tensors: HashMap<String, Tensor> = weights
-        .recorded()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     cfg
 }
 
