@@ -3,7 +3,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use concepts_plugin_host::api::Role;
+use concepts_plugin_host::{ManifestLimits, PluginKind};
 use rand::SeedableRng;
+
+// Builds the plugin crates from source and writes packages, as the plugin host's own tests do.
+#[path = "../../plugins/host/tests/support/mod.rs"]
+mod support;
 
 fn write_model(dir: &Path) {
     let json =
@@ -130,4 +136,99 @@ fn train_writes_package_and_report_and_refuses_bad_input() {
     assert!(
         String::from_utf8_lossy(&err.stderr).contains("the default base model is not available")
     );
+}
+
+/// The shipped default stages, built as wasm components and installed under ids of their own (so no
+/// built-in can stand in for them), carry a whole `concepts train` run.
+#[test]
+fn train_runs_through_the_default_stages_as_installed_wasm_components() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write_model(&r.join("model"));
+    write_images(&r.join("photos"), 3, true);
+    write_images(&r.join("pool"), 8, false);
+    let home = r.join("home");
+    let stages = [
+        ("test.wasm-miner", Role::Miner, "concepts-default-miner"),
+        (
+            "test.wasm-trainer",
+            Role::Trainer,
+            "concepts-default-trainer",
+        ),
+        ("test.wasm-linker", Role::Linker, "concepts-default-linker"),
+    ];
+    for (id, role, krate) in stages {
+        let dir = support::package(
+            &r.join("packages"),
+            id,
+            role,
+            PluginKind::Wasm,
+            &support::component(krate),
+            ManifestLimits::default(),
+        );
+        let out = concepts(&home, &["plugin", "install", &dir.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list = concepts(&home, &["plugin", "list"]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    for (id, role, _) in stages {
+        let line = listed
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("`{id}` not listed: {listed}"));
+        let role = match role {
+            Role::Miner => "miner",
+            Role::Trainer => "trainer",
+            Role::Linker => "linker",
+        };
+        assert!(line.contains(role) && line.contains("wasm"), "{line}");
+    }
+
+    let s = |p: &str| r.join(p).display().to_string();
+    let out = concepts(
+        &home,
+        &[
+            "train",
+            "bo",
+            "--images",
+            &s("photos"),
+            "--negatives",
+            &s("pool"),
+            "--model",
+            &s("model"),
+            "--epochs",
+            "2",
+            "--k",
+            "2",
+            "--questions",
+            "1",
+            "--easy",
+            "3",
+            "--miner",
+            "test.wasm-miner",
+            "--trainer",
+            "test.wasm-trainer",
+            "--linker",
+            "test.wasm-linker",
+            "-o",
+            &s("bo.ycpt"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let package = concept_format::ConceptPackage::read_file(&r.join("bo.ycpt")).unwrap();
+    let provenance = format!("{:?}", package.manifest());
+    for (id, _, _) in stages {
+        assert!(
+            provenance.contains(id),
+            "`{id}` not in the provenance: {provenance}"
+        );
+    }
 }

@@ -16,8 +16,14 @@ use concepts_plugin_host::{
     TrainingHost,
 };
 
+/// The workspace root (the first ancestor with `Cargo.lock`): this module is also included by
+/// other crates' tests (`#[path]`), which sit at another depth.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .expect("the workspace root has a Cargo.lock")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
