@@ -2,31 +2,16 @@
 //! by `concepts toy dataset`.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn write_model(dir: &Path) {
-    let json =
-        concepts_runtime::testing::tiny_config_json_with_vocab(toy_world::vocabulary().len(), 4);
-    concepts_runtime::testing::write_random_checkpoint(dir, &json, 5).unwrap();
-    toy_world::write_tokenizer(&dir.join("tokenizer.json")).unwrap();
-}
-
-fn concepts(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_concepts"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("CONCEPTS_DEFAULT_MODEL")
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{concepts, write_model};
 
 #[test]
 fn eval_prints_json_per_condition_and_rejects_bad_datasets() {
     let root = tempfile::tempdir().unwrap();
     let home = root.path().join("home");
     let model = root.path().join("model");
-    write_model(&model);
+    write_model(&model, 5);
     let data = root.path().join("data");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let out = concepts(

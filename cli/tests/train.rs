@@ -1,7 +1,10 @@
 //! `concepts train`: the contract command line on a tiny random model and toy-world photos.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
+mod common;
+use common::{concepts, write_model};
 
 use concepts_plugin_host::api::Role;
 use concepts_plugin_host::{ManifestLimits, PluginKind};
@@ -10,13 +13,6 @@ use rand::SeedableRng;
 // Builds the plugin crates from source and writes packages, as the plugin host's own tests do.
 #[path = "../../plugins/host/tests/support/mod.rs"]
 mod support;
-
-fn write_model(dir: &Path) {
-    let json =
-        concepts_runtime::testing::tiny_config_json_with_vocab(toy_world::vocabulary().len(), 4);
-    concepts_runtime::testing::write_random_checkpoint(dir, &json, 1).unwrap();
-    toy_world::write_tokenizer(&dir.join("tokenizer.json")).unwrap();
-}
 
 fn write_images(dir: &Path, n: usize, subject: bool) {
     std::fs::create_dir_all(dir).unwrap();
@@ -33,21 +29,11 @@ fn write_images(dir: &Path, n: usize, subject: bool) {
     }
 }
 
-fn concepts(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_concepts"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("CONCEPTS_DEFAULT_MODEL")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn train_writes_package_and_report_and_refuses_bad_input() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
-    write_model(&r.join("model"));
+    write_model(&r.join("model"), 1);
     write_images(&r.join("photos"), 3, true);
     write_images(&r.join("pool"), 8, false);
     let s = |p: &str| r.join(p).display().to_string();
@@ -144,7 +130,7 @@ fn train_writes_package_and_report_and_refuses_bad_input() {
 fn train_runs_through_the_default_stages_as_installed_wasm_components() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
-    write_model(&r.join("model"));
+    write_model(&r.join("model"), 1);
     write_images(&r.join("photos"), 3, true);
     write_images(&r.join("pool"), 8, false);
     let home = r.join("home");
