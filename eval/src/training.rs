@@ -86,6 +86,8 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject) -> Result<String>
         fingerprint: &'a ModelFingerprint,
         pool: Vec<(String, u64)>,
         config: &'a TrainingConfig,
+        /// The model's own template set, which the trainer reads (not part of the fingerprint).
+        templates: Option<String>,
     }
     let photos = concepts_trainer::images::list_images(&subject.train_dir, false)
         .map_err(|e| EvalError::dataset(&subject.train_dir, e.to_string()))?
@@ -113,6 +115,11 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject) -> Result<String>
         fingerprint: job.fingerprint,
         pool,
         config: job.config,
+        templates: std::fs::read_to_string(
+            job.model
+                .join(concepts_trainer::templates::MODEL_TEMPLATES_FILE),
+        )
+        .ok(),
     };
     let json = serde_json::to_vec(&key).map_err(|source| EvalError::Json {
         path: subject.train_dir.clone(),

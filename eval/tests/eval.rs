@@ -154,7 +154,6 @@ fn yollava_layout_skips_the_description_condition() {
 /// CI's quality gate: a small evaluation on the embedded base model, where the learned concept
 /// must beat vanilla by a wide margin.
 #[test]
-#[ignore = "needs the trained toy base model in models/toy-llava (pretraining in progress)"]
 fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
     let model = concepts_runtime::default_model::builtin_model_dir();
     let root = tempfile::tempdir().unwrap();
@@ -171,11 +170,11 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
         pool_cache: Some(root.path().join("pool-cache")),
         negatives: None,
         training: TrainingConfig {
-            epochs: 6,
+            epochs: 8,
             k: 16,
             learning_rate: 1e-3,
             seed: 0,
-            questions_per_image: 3,
+            questions_per_image: 7,
             hard_per_positive: None,
             easy_negatives: 40,
         },
@@ -186,16 +185,28 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
     };
     let report = evaluate(&dataset, &cfg, &mut Quiet, &AtomicBool::new(false)).unwrap();
     eprintln!("{}", report.to_markdown());
+    // Vanilla sits at 0.5 (it answers "No"); the full-size evaluation reaches 0.90 with
+    // 15 epochs (docs/evaluation.md). This small run must still clear vanilla widely, in
+    // recognition and in text-only questions about the subject.
     assert!(
-        report.learned.weighted >= report.vanilla.weighted + 0.2,
-        "learned {:.3} vs vanilla {:.3}",
+        report.learned.weighted >= report.vanilla.weighted + 0.15 && report.learned.weighted >= 0.7,
+        "recognition: learned {:.3} vs vanilla {:.3}",
         report.learned.weighted,
         report.vanilla.weighted
     );
+    let (learned_qa, vanilla_qa) = (
+        report
+            .learned
+            .text_qa
+            .expect("the toy dataset has text questions"),
+        report
+            .vanilla
+            .text_qa
+            .expect("the toy dataset has text questions"),
+    );
     assert!(
-        report.learned.weighted >= 0.75,
-        "{:.3}",
-        report.learned.weighted
+        learned_qa >= vanilla_qa + 0.15,
+        "text QA: learned {learned_qa:.3} vs vanilla {vanilla_qa:.3}"
     );
 }
 

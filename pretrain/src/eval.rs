@@ -261,41 +261,87 @@ pub fn gate_question(name: &str, description: &str) -> String {
     format!("{name} is {description}. Can you see if {name} is in this photo? {SHORT_ANSWER}")
 }
 
-fn gate(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<GateReport> {
+/// Which kind of photo a gate item shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateKind {
+    /// The subject itself: the right answer is Yes.
+    Positive,
+    /// A look-alike differing in one attribute: No.
+    Lookalike,
+    /// Another held-out subject: No.
+    OtherSubject,
+}
+
+/// One gate question: the prompt's question (with the subject's true description), the
+/// photo, and what it shows.
+#[derive(Debug, Clone)]
+pub struct GateItem {
+    pub question: String,
+    pub image: RgbImage,
+    pub kind: GateKind,
+}
+
+/// The gate's items, a fixed function of `cfg` (the CPU evaluation and the accelerated
+/// trainer's corpus use the same list).
+pub fn gate_items(cfg: &EvalConfig, size: ImageSize) -> Result<Vec<GateItem>> {
     let subjects = choose_subjects(cfg.seed, cfg.gate_subjects)?;
     let combos: Vec<Combo> = subjects.iter().map(|s| *s.combo()).collect();
-    let size = render_size(trainer);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ fnv1a(b"gate"));
-    let (mut pos, mut pos_n, mut look, mut look_n, mut other, mut other_n) = (0, 0, 0, 0, 0, 0);
+    let mut items = Vec::new();
     for (i, subject) in subjects.iter().enumerate() {
         let name = toy_world::text::capitalise(subject.name());
         let q = gate_question(&name, &subject.description());
+        let mut push = |scene: &toy_world::Scene, kind| {
+            items.push(GateItem {
+                question: q.clone(),
+                image: render(scene, size),
+                kind,
+            })
+        };
         for k in 0..cfg.gate_photos {
             let scene = photo_of(&mut rng, combos[i], &combos);
-            pos += usize::from(says_yes(trainer, model, &q, &render(&scene, size))?);
-            pos_n += 1;
+            push(&scene, GateKind::Positive);
             if k % 2 == 0 {
                 let (l, _) = lookalike(&mut rng, &combos[i], &combos);
                 let scene = photo_of(&mut rng, l, &combos);
-                look += usize::from(!says_yes(trainer, model, &q, &render(&scene, size))?);
-                look_n += 1;
+                push(&scene, GateKind::Lookalike);
             } else {
+                // With one subject, `j == i`: the photo shows the subject and counts as a
+                // positive.
                 let j = (i + 1 + k % (combos.len() - 1).max(1)) % combos.len();
                 let scene = photo_of(&mut rng, combos[j], &combos);
-                let answer = says_yes(trainer, model, &q, &render(&scene, size))?;
-                other += usize::from(!answer || j == i);
-                other_n += 1;
+                push(
+                    &scene,
+                    if j == i {
+                        GateKind::Positive
+                    } else {
+                        GateKind::OtherSubject
+                    },
+                );
             }
         }
     }
+    Ok(items)
+}
+
+fn gate(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<GateReport> {
+    let items = gate_items(cfg, render_size(trainer))?;
+    let mut right = [0usize; 3];
+    let mut count = [0usize; 3];
+    for item in &items {
+        let yes = says_yes(trainer, model, &item.question, &item.image)?;
+        let k = item.kind as usize;
+        count[k] += 1;
+        right[k] += usize::from(yes == (item.kind == GateKind::Positive));
+    }
     let frac = |a: usize, n: usize| a as f64 / n.max(1) as f64;
-    let positive = frac(pos, pos_n);
-    let negative = frac(look + other, look_n + other_n);
+    let positive = frac(right[0], count[0]);
+    let negative = frac(right[1] + right[2], count[1] + count[2]);
     Ok(GateReport {
         weighted: (positive + negative) / 2.0,
         positive,
         negative,
-        lookalike: frac(look, look_n),
-        other_subject: frac(other, other_n),
+        lookalike: frac(right[1], count[1]),
+        other_subject: frac(right[2], count[2]),
     })
 }

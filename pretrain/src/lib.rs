@@ -6,6 +6,7 @@
 //! convolutional vision stem). Everything is seeded; a run resumes exactly from its saved
 //! state. This crate prints nothing and reads no environment; the CLI drives it.
 
+pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -132,7 +132,7 @@ impl TrainConfig {
 
 /// Stage-0 class counts, in head order: shape, colour, pattern, secondary colour (or
 /// none), number of objects (1-3).
-fn head_classes() -> [usize; 5] {
+pub fn head_classes() -> [usize; 5] {
     [
         Shape::ALL.len(),
         Colour::ALL.len(),
@@ -279,21 +279,7 @@ impl Trainer {
                 serde_json::to_string(&state.config).unwrap_or_default()
             )));
         }
-        let weights = load_tensors(&dir.join("weights.safetensors"), device)?;
-        let mut model = BTreeMap::new();
-        for (name, _) in t.params.named() {
-            let w = weights
-                .get(&name)
-                .ok_or_else(|| fail(format!("weight `{name}` missing")))?;
-            model.insert(name, w.clone());
-        }
-        t.params = Params::from_tensors(&t.llava, model)?;
-        for (name, var) in &t.heads {
-            let w = weights
-                .get(name)
-                .ok_or_else(|| fail(format!("weight `{name}` missing")))?;
-            var.set(w)?;
-        }
+        t.load_weights(&dir.join("weights.safetensors"))?;
         let moments = load_tensors(&dir.join("optimizer.safetensors"), device)?;
         let mut restored = BTreeMap::new();
         for (name, &count) in &state.adam_t {
@@ -315,6 +301,74 @@ impl Trainer {
         t.opt = AdamW::from_moments(restored);
         t.step = state.step;
         Ok(t)
+    }
+
+    /// Replaces the model and stage-0 head weights with those in the safetensors file at
+    /// `path` (hub-layout names plus `head.*`, as [`Trainer::save`] and the accelerated
+    /// trainer write them). Every weight must be present with its shape; extra tensors
+    /// are an error too, so a file for another model cannot half-load.
+    pub fn load_weights(&mut self, path: &Path) -> Result<()> {
+        let device = self.params.device();
+        let weights = load_tensors(path, &device)?;
+        let fail = |message: String| PretrainError::State {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut model = BTreeMap::new();
+        for (name, var) in self.params.named() {
+            let w = weights
+                .get(&name)
+                .ok_or_else(|| fail(format!("weight `{name}` missing")))?;
+            if w.dims() != var.dims() {
+                return Err(fail(format!(
+                    "weight `{name}` has shape {:?}, expected {:?}",
+                    w.dims(),
+                    var.dims()
+                )));
+            }
+            model.insert(name, w.clone());
+        }
+        for (name, var) in &self.heads {
+            let w = weights
+                .get(name)
+                .ok_or_else(|| fail(format!("weight `{name}` missing")))?;
+            if w.dims() != var.dims() {
+                return Err(fail(format!(
+                    "weight `{name}` has shape {:?}, expected {:?}",
+                    w.dims(),
+                    var.dims()
+                )));
+            }
+        }
+        let known = model.len() + self.heads.len();
+        if weights.len() != known {
+            let extra: Vec<&String> = weights
+                .keys()
+                .filter(|k| !model.contains_key(*k) && !self.heads.iter().any(|(h, _)| h == *k))
+                .take(3)
+                .collect();
+            return Err(fail(format!("unexpected weights {extra:?}")));
+        }
+        self.params = Params::from_tensors(&self.llava, model)?;
+        for (name, var) in &self.heads {
+            var.set(&weights[name].to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
+
+    /// Every weight (model and stage-0 heads) by name, as [`Trainer::load_weights`] reads them.
+    pub fn weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut weights = self.params.tensors()?;
+        for (name, var) in &self.heads {
+            // A copy: an optimizer step or a load updates the `Var`s' storage in place.
+            weights.insert(name.clone(), var.as_tensor().detach().copy()?);
+        }
+        Ok(weights)
+    }
+
+    /// Marks the weights as those after `step` steps (for weights trained elsewhere).
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
     }
 
     /// Resumes from `state_dir` if it holds a state, else starts fresh.
@@ -588,11 +642,7 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let mut weights: BTreeMap<String, Tensor> = self.params.tensors()?;
-        for (name, var) in &self.heads {
-            weights.insert(name.clone(), var.as_tensor().detach());
-        }
-        save_tensors(&weights, &tmp.join("weights.safetensors"))?;
+        save_tensors(&self.weights()?, &tmp.join("weights.safetensors"))?;
         let mut moments = BTreeMap::new();
         let mut adam_t = BTreeMap::new();
         for (name, m) in self.opt.moments() {
@@ -641,6 +691,10 @@ impl Trainer {
         json(
             &preprocessor_json(self.cfg.size.image_size),
             &dir.join("preprocessor_config.json"),
+        )?;
+        json(
+            &recognition_templates_json(),
+            &dir.join("concepts_templates.json"),
         )?;
         let tok = dir.join("tokenizer.json");
         let tmp = tok.with_extension("json.tmp");
@@ -771,7 +825,49 @@ fn init_heads(dv: usize, seed: u64, device: &Device) -> Result<Vec<(String, Var)
     Ok(out)
 }
 
-fn preprocessor_json(size: usize) -> serde_json::Value {
+/// The toy model's own recognition phrasing for concept training (`concepts_templates.json`,
+/// read by the trainer in place of Yo'LLaVA's templates): the questions it was pretrained
+/// on, with `<sks>` for the name, and their one-word answers; and the attribute questions
+/// of the conversation data in its phrasing.
+pub fn recognition_templates_json() -> serde_json::Value {
+    use toy_world::text::SHORT_ANSWER;
+    let questions = [
+        "Can you see if <sks> is in this photo?",
+        "Is <sks> in this photo?",
+        "Can you see <sks> in this photo?",
+        "Is <sks> in this image?",
+        "Can you see if <sks> is in this image?",
+    ];
+    let colours: Vec<&str> = Colour::ALL.iter().map(|c| c.name()).collect();
+    let shapes: Vec<&str> = Shape::ALL.iter().map(|c| c.name()).collect();
+    let patterns: Vec<&str> = Pattern::ALL.iter().map(|c| c.name()).collect();
+    let pairs = |answer: &str| -> Vec<(String, String)> {
+        questions
+            .iter()
+            .map(|q| (format!("{q} {SHORT_ANSWER}"), answer.to_string()))
+            .collect()
+    };
+    serde_json::json!({
+        "id": "toy-world-recognition-v1",
+        "positive": pairs("Yes"),
+        "negative": pairs("No"),
+        // Asked about each training photo (where the subject is the main object), trained
+        // with the subject named; each answer also becomes an A/B question against another
+        // option, in the pretraining's choice layout.
+        "subject_questions": [
+            {"ask": "What colour is the object?", "train": "What colour is this subject?", "options": colours},
+            {"ask": "What shape is the object?", "train": "What shape is this subject?", "options": shapes},
+            {"ask": "What pattern does the object have?", "train": "What pattern does this subject have?", "options": patterns},
+            {"ask": "What colour is the border of the object?", "train": "What colour is the border of this subject?", "options": colours},
+            {"ask": "What colour are the stripes on the object?", "train": "What colour are the stripes on this subject?", "options": colours},
+            {"ask": "What colour are the dots on the object?", "train": "What colour are the dots on this subject?", "options": colours},
+            {"ask": "What colour are the checks on the object?", "train": "What colour are the checks on this subject?", "options": colours},
+        ],
+        "choice_format": format!("{{question}}\nA: {{a}}\nB: {{b}}\n{}", toy_world::text::CHOICE_ANSWER),
+    })
+}
+
+pub(crate) fn preprocessor_json(size: usize) -> serde_json::Value {
     serde_json::json!({
         "crop_size": {"height": size, "width": size},
         "do_center_crop": true,
@@ -803,7 +899,7 @@ fn existing_state(dir: &Path) -> Option<PathBuf> {
         .find(|d| d.join("state.json").is_file())
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = sibling(path, "tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
@@ -812,7 +908,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+pub(crate) fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
         .map_err(|e| PretrainError::State {
             path: path.to_path_buf(),

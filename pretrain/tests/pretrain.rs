@@ -197,3 +197,71 @@ fn run_exports_a_loadable_llava_checkpoint_and_logs_evals() {
     let again = Trainer::resume_or_new(cfg, &paths.state(), &Device::Cpu).unwrap();
     assert_eq!(again.step(), 6);
 }
+
+/// The corpus an external trainer reads carries the run's own tokenization, initial weights
+/// and reference outputs, and weights come back only whole.
+#[test]
+fn corpus_round_trips_weights_and_matches_the_trainers_sequences() {
+    use concepts_pretrain::corpus::{write_corpus, CorpusSize};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = TrainConfig::standard(3);
+    cfg.eval.gate_subjects = 2;
+    cfg.eval.gate_photos = 1;
+    let trainer = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
+    let meta = write_corpus(
+        &trainer,
+        CorpusSize {
+            stage0: 3,
+            stage1: 5,
+            threads: 2,
+        },
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!((meta.stage0, meta.stage1, meta.gate), (3, 5, 4));
+    let s1 = candle_core::safetensors::load(dir.path().join("stage1.safetensors"), &Device::Cpu)
+        .unwrap();
+    let ids = s1["ids"].to_vec2::<i64>().unwrap();
+    let lens = s1["lens"].to_vec1::<i64>().unwrap();
+    let starts = s1["answer_start"].to_vec1::<i64>().unwrap();
+    for (row, (len, start)) in ids.iter().zip(lens.iter().zip(&starts)) {
+        assert!(start < len && *len as usize <= row.len());
+        assert!(row[*len as usize..]
+            .iter()
+            .all(|&t| t == i64::from(meta.pad_id)));
+    }
+    let reference =
+        candle_core::safetensors::load(dir.path().join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(reference["lm_logits"].dims()[0], 4);
+    assert_eq!(reference["head_logits"].dims()[..2], [2, 3]);
+
+    // The initial weights load back bit for bit; a file missing one is refused whole.
+    let mut other = Trainer::new(TrainConfig::standard(4), &Device::Cpu).unwrap();
+    let before = other.weights().unwrap();
+    other
+        .load_weights(&dir.path().join("init.safetensors"))
+        .unwrap();
+    let after = other.weights().unwrap();
+    let want = trainer.weights().unwrap();
+    for (name, t) in &want {
+        assert!(
+            values(t) == values(&after[name]),
+            "{name} did not round-trip"
+        );
+    }
+    let mut partial: BTreeMap<String, Tensor> = want.clone();
+    let (dropped, _) = partial.pop_first().unwrap();
+    let path = dir.path().join("partial.safetensors");
+    candle_core::safetensors::save(&partial.into_iter().collect(), &path).unwrap();
+    let mut fresh = Trainer::new(TrainConfig::standard(4), &Device::Cpu).unwrap();
+    let err = fresh.load_weights(&path).unwrap_err().to_string();
+    assert!(err.contains(&dropped), "{err}");
+    let kept = fresh.weights().unwrap();
+    for (name, t) in &before {
+        assert!(
+            values(t) == values(&kept[name]),
+            "{name} changed by a refused load"
+        );
+    }
+}

@@ -307,6 +307,20 @@ impl TextCodec {
             .ok_or_else(|| RuntimeError::Prompt(format!("`{text}` has no tokens")))
     }
 
+    /// Whether `text` tokenizes without the unknown token `<unk>`. A word-level vocabulary
+    /// such as the toy model's maps every word it lacks to `<unk>`, and a prompt full of
+    /// them teaches nothing; a tokenizer without an `<unk>` token represents everything.
+    pub fn represents(&self, text: &str) -> Result<bool> {
+        let Some(unk) = self.tokenizer.token_to_id("<unk>") else {
+            return Ok(true);
+        };
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| self.tok_err(e))?;
+        Ok(!enc.get_ids().contains(&unk))
+    }
+
     /// The id of a special or added token such as `<image>` or `</s>`.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)

@@ -156,6 +156,7 @@ fn main() {
         init: Init::Random,
         seed: 0,
         adamw: AdamW::REFERENCE,
+        templates: concepts_trainer::templates::TemplateSet::yollava(),
     };
     let mut engine =
         TrainingEngine::new(&session, "bo", &data, cfg, None, &cancel, &mut quiet).unwrap();

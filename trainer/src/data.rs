@@ -49,16 +49,54 @@ pub fn questions_for(category: Category) -> (&'static [&'static str], Vec<String
     }
 }
 
+/// The A/B form of an answered subject question: the answer against another of its options,
+/// on a side chosen by `salt` (deterministic per photo and question). `None` when the set has
+/// no choice layout, the question no options, or the answer is not one of them.
+fn choice_turn(
+    set: &templates::TemplateSet,
+    question: &templates::SubjectQuestion,
+    answer: &str,
+    salt: u64,
+) -> Option<Turn> {
+    let answer = answer.trim_end_matches('.').to_lowercase();
+    if !question.options.contains(&answer) || question.options.len() < 2 {
+        return None;
+    }
+    let others: Vec<&String> = question.options.iter().filter(|o| **o != answer).collect();
+    let mix = splitmix(salt);
+    let other = others[(mix % others.len() as u64) as usize];
+    let (a, b, letter) = if (mix >> 32) & 1 == 0 {
+        (answer.as_str(), other.as_str(), "A")
+    } else {
+        (other.as_str(), answer.as_str(), "B")
+    };
+    Some(Turn {
+        question: set.choice(&question.train, a, b)?,
+        answer: letter.to_string(),
+    })
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Generates the conversation samples: the base model (no concept active) answers each
 /// attribute question about each positive photo, greedily; empty answers are dropped; the
 /// linker rewrites the placeholders to the identifier. Then each user fact becomes a sample.
-/// People (`metadata.category` `person`) get the human-related questions.
+/// People (`metadata.category` `person`) get the human-related questions; other subjects get
+/// `own_questions` (the base model's own, from its template set) when there are any.
+// The stages and settings are separate inputs by design; bundling them would only hide that.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_conversations(
     session: &Engine,
     positives: &[LoadedImage],
     metadata: &ConceptMetadata,
     linker: &mut dyn MetadataLinker,
     cfg: &ConversationConfig,
+    own: &templates::TemplateSet,
     progress: &mut dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<Vec<Turn>> {
@@ -72,7 +110,29 @@ pub fn generate_conversations(
         .parse()
         .map_err(|e| TrainError::Input(format!("{e}")))?;
     let (questions, placeholders) = questions_for(category);
-    let questions = &questions[..cfg.questions_per_image.min(questions.len())];
+    // (asked about the photo, trained): the model's own questions for objects when its
+    // template set has them, else Yo'LLaVA's, asked as trained.
+    let pairs: Vec<templates::SubjectQuestion> =
+        if category != Category::Person && !own.subject_questions.is_empty() {
+            own.subject_questions.clone()
+        } else {
+            questions
+                .iter()
+                .map(|q| templates::SubjectQuestion {
+                    ask: q.to_string(),
+                    train: q.to_string(),
+                    options: Vec::new(),
+                })
+                .collect()
+        };
+    // Questions the base model's vocabulary cannot say would be answered from `<unk>`s.
+    let mut asked = Vec::new();
+    for q in pairs.into_iter().take(cfg.questions_per_image) {
+        if session.codec().represents(&q.ask)? {
+            asked.push(q);
+        }
+    }
+    let questions = &asked[..];
     let gen = GenerateConfig {
         max_tokens: cfg.max_answer_tokens,
         sampling: Sampling::Greedy,
@@ -83,9 +143,10 @@ pub fn generate_conversations(
     progress.start(Phase::Conversations, total);
     let mut turns = Vec::new();
     let mut done = 0;
-    for img in positives {
+    for (p, img) in positives.iter().enumerate() {
         let px = crate::images::pixels(&img.image, false, session.preprocess_config())?;
-        for q in questions {
+        for (qi, sq) in questions.iter().enumerate() {
+            let (q, trained) = (&sq.ask, &sq.train);
             if cancel.load(Ordering::Relaxed) {
                 return Err(TrainError::Interrupted { best: None });
             }
@@ -97,9 +158,12 @@ pub fn generate_conversations(
             let answer = answer.trim();
             if !answer.is_empty() {
                 turns.push(Turn {
-                    question: q.to_string(),
+                    question: trained.clone(),
                     answer: answer.to_string(),
                 });
+                if let Some(turn) = choice_turn(own, sq, answer, (p * 31 + qi) as u64) {
+                    turns.push(turn);
+                }
             }
             done += 1;
             progress.advance(Phase::Conversations, done);
@@ -136,4 +200,36 @@ pub fn generate_conversations(
         );
     }
     Ok(linked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_become_ab_questions_against_another_option_on_either_side() {
+        let set = templates::TemplateSet {
+            choice_format: Some("{question}|{a}|{b}".into()),
+            ..templates::TemplateSet::yollava()
+        };
+        let q = templates::SubjectQuestion {
+            ask: "What colour is the object?".into(),
+            train: "What colour is this subject?".into(),
+            options: vec!["red".into(), "blue".into(), "green".into()],
+        };
+        let mut sides = std::collections::BTreeSet::new();
+        for salt in 0..16 {
+            let t = choice_turn(&set, &q, "Red", salt).unwrap();
+            let parts: Vec<&str> = t.question.split('|').collect();
+            assert_eq!(parts[0], "What colour is this subject?");
+            let right = if t.answer == "A" { parts[1] } else { parts[2] };
+            let wrong = if t.answer == "A" { parts[2] } else { parts[1] };
+            assert_eq!(right, "red");
+            assert!(wrong != "red" && q.options.iter().any(|o| o == wrong));
+            sides.insert(t.answer);
+        }
+        assert_eq!(sides.len(), 2, "the answer must appear on both sides");
+        assert!(choice_turn(&set, &q, "purple", 0).is_none());
+        assert!(choice_turn(&templates::TemplateSet::yollava(), &q, "red", 0).is_none());
+    }
 }

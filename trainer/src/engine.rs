@@ -166,6 +166,8 @@ pub struct EngineConfig {
     pub init: Init,
     pub seed: u64,
     pub adamw: AdamW,
+    /// Recognition templates (the base model's own, or Yo'LLaVA's).
+    pub templates: templates::TemplateSet,
 }
 
 /// Called after each epoch (and for each replayed epoch on resume).
@@ -347,13 +349,37 @@ impl<'a> TrainingEngine<'a> {
             encode(session, &markers, base_vocab, question, answer, image)
         };
         let fill = |t: &str| templates::fill(t, &identifier);
-        let positive = templates::POSITIVE
+        // Only templates the base model's vocabulary can say (a small word-level vocabulary
+        // lacks most of Yo'LLaVA's phrasing); the evaluation question with a one-word answer
+        // is the fallback when none is left.
+        let usable =
+            |pairs: &[(String, String)], fallback: &str| -> Result<Vec<(String, String)>> {
+                let mut out = Vec::new();
+                for (q, a) in pairs {
+                    let (q, a) = (fill(q), fill(a));
+                    if codec.represents(&q)? && codec.represents(&a)? {
+                        out.push((q, a));
+                    }
+                }
+                if out.len() < pairs.len() {
+                    tracing::info!(
+                    kept = out.len(),
+                    of = pairs.len(),
+                    "dropped recognition templates with words outside the base model's vocabulary"
+                );
+                }
+                if out.is_empty() {
+                    out.push((fill(templates::EVAL_QUESTION), fallback.to_string()));
+                }
+                Ok(out)
+            };
+        let positive = usable(&cfg.templates.positive, "Yes")?
             .iter()
-            .map(|(q, a)| enc(&fill(q), Some(&fill(a)), true))
+            .map(|(q, a)| enc(q, Some(a), true))
             .collect::<Result<Vec<_>>>()?;
-        let negative = templates::NEGATIVE
+        let negative = usable(&cfg.templates.negative, "No")?
             .iter()
-            .map(|(q, a)| enc(&fill(q), Some(&fill(a)), true))
+            .map(|(q, a)| enc(q, Some(a), true))
             .collect::<Result<Vec<_>>>()?;
         let conversations = data
             .conversations
@@ -1022,7 +1048,7 @@ impl TrainingHost for TrainingEngine<'_> {
             hard_negatives: self.data.hard_negatives.len() as u32,
             easy_negatives: self.data.easy_negatives.len() as u32,
             conversations: self.data.conversations.len() as u32,
-            recognition_templates: templates::POSITIVE.len() as u32,
+            recognition_templates: self.positive.len().max(self.negative.len()) as u32,
         }
     }
 

@@ -333,6 +333,8 @@ struct Job<'a> {
     pool: report::PoolSummary,
     started: Instant,
     timings: report::Timings,
+    /// Id of the recognition template set.
+    templates: String,
 }
 
 impl Job<'_> {
@@ -353,10 +355,7 @@ impl Job<'_> {
         );
         training.insert("complete".into(), toml::Value::Boolean(info.complete));
         training.insert("conversations".into(), i(self.counts.conversations as u64));
-        training.insert(
-            "recognition_templates".into(),
-            s(templates::TEMPLATE_SET_ID),
-        );
+        training.insert("recognition_templates".into(), s(&self.templates));
         training.insert("miner".into(), s(&self.stage_ids.miner));
         training.insert("trainer".into(), s(&self.stage_ids.trainer));
         training.insert("linker".into(), s(&self.stage_ids.linker));
@@ -533,6 +532,8 @@ pub fn train(
         }
     }
     let mut session = Engine::load(model_dir, device, dtype)?;
+    let recognition_templates =
+        templates::TemplateSet::for_model(model_dir).map_err(TrainError::Input)?;
     let min_side = images::min_image_side(session.model().config().vision.image_size);
     let positives = photo_paths
         .iter()
@@ -622,6 +623,7 @@ pub fn train(
         &metadata,
         stages.linker.as_mut(),
         &cfg.conversation,
+        &recognition_templates,
         progress,
         cancel,
     )?;
@@ -642,7 +644,7 @@ pub fn train(
         zeros,
     )?;
     session.activate(&cfg.subject.name, &cfg.subject.identifier, placeholder)?;
-    let job_key = job_key(cfg, &model_key, &dataset, stages);
+    let job_key = job_key(cfg, &model_key, &dataset, stages, &recognition_templates);
     let saved = if cfg.resume {
         Some(engine::SavedState::read(&state_file, &job_key, device)?)
     } else {
@@ -657,6 +659,7 @@ pub fn train(
     };
     let mut job = Job {
         cfg,
+        templates: recognition_templates.id.clone(),
         fingerprint: fingerprint.clone(),
         counts,
         stage_ids: report::StageIds {
@@ -693,6 +696,7 @@ pub fn train(
         init: cfg.init.clone(),
         seed: cfg.seed,
         adamw: cfg.adamw,
+        templates: recognition_templates.clone(),
     };
     let mut engine = TrainingEngine::new(
         &session,
@@ -786,7 +790,13 @@ pub fn train(
 
 /// A digest of everything that determines the result of training, so a state file is only
 /// resumed by the same job.
-fn job_key(cfg: &TrainConfig, model_key: &str, data: &Dataset, stages: &Stages) -> String {
+fn job_key(
+    cfg: &TrainConfig,
+    model_key: &str,
+    data: &Dataset,
+    stages: &Stages,
+    templates: &templates::TemplateSet,
+) -> String {
     #[derive(Serialize)]
     struct Key<'a> {
         model: &'a str,
@@ -802,7 +812,7 @@ fn job_key(cfg: &TrainConfig, model_key: &str, data: &Dataset, stages: &Stages) 
         batch: u32,
         adamw: [f64; 4],
         stages: [&'a str; 3],
-        templates: &'a str,
+        templates: &'a templates::TemplateSet,
         identifier: &'a str,
     }
     fn hashes(v: &[images::LoadedImage]) -> Vec<&str> {
@@ -831,7 +841,7 @@ fn job_key(cfg: &TrainConfig, model_key: &str, data: &Dataset, stages: &Stages) 
             cfg.adamw.weight_decay,
         ],
         stages: [stages.miner.id(), stages.trainer.id(), stages.linker.id()],
-        templates: templates::TEMPLATE_SET_ID,
+        templates,
         identifier: &cfg.subject.identifier,
     };
     images::sha256_hex(serde_json::to_string(&key).unwrap_or_default().as_bytes())

@@ -8,6 +8,135 @@
 /// The id of this template set, recorded in package provenance.
 pub const TEMPLATE_SET_ID: &str = "yollava-f30/g10-v1";
 
+/// The file in a model folder that holds the model's own recognition phrasing (see
+/// [`TemplateSet::for_model`]).
+pub const MODEL_TEMPLATES_FILE: &str = "concepts_templates.json";
+
+/// The recognition question/answer pairs a concept is trained with, and optionally the
+/// attribute questions of its conversation data.
+///
+/// Yo'LLaVA's 30 + 30 (appendix F) suit a base model instruction-tuned on open English. A base
+/// model may instead ship the phrasing it was tuned on in `concepts_templates.json` next to
+/// its `config.json`: the toy model does, because its word-level vocabulary lacks most of the
+/// paper's words and it was taught one-word answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSet {
+    /// Recorded in package provenance.
+    pub id: String,
+    /// (question, answer) pairs for photos that show the subject.
+    pub positive: Vec<(String, String)>,
+    /// (question, answer) pairs for photos that do not.
+    pub negative: Vec<(String, String)>,
+    /// Attribute questions for the conversation data. Empty: Yo'LLaVA's questions, asked as
+    /// trained.
+    #[serde(default)]
+    pub subject_questions: Vec<SubjectQuestion>,
+    /// The model's multiple-choice layout, with `{question}`, `{a}` and `{b}`: with it, each
+    /// answer of a subject question that has `options` also becomes an A/B question against
+    /// another option.
+    #[serde(default)]
+    pub choice_format: Option<String>,
+}
+
+/// One attribute question of the conversation data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectQuestion {
+    /// Asked of the base model about each positive photo.
+    pub ask: String,
+    /// Trained with the base model's answer; names the subject `this subject`, which the
+    /// linker rewrites to the identifier.
+    pub train: String,
+    /// The answers this question can have (lowercase), for A/B questions.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+impl TemplateSet {
+    /// The A/B question of `question` with options `a` and `b`, if the set has a layout.
+    pub fn choice(&self, question: &str, a: &str, b: &str) -> Option<String> {
+        self.choice_format.as_ref().map(|f| {
+            f.replace("{question}", question)
+                .replace("{a}", a)
+                .replace("{b}", b)
+        })
+    }
+}
+
+impl TemplateSet {
+    /// Yo'LLaVA's templates.
+    pub fn yollava() -> TemplateSet {
+        let own = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(q, a)| (q.to_string(), a.to_string()))
+                .collect()
+        };
+        TemplateSet {
+            id: TEMPLATE_SET_ID.to_string(),
+            positive: own(&POSITIVE),
+            negative: own(&NEGATIVE),
+            subject_questions: Vec::new(),
+            choice_format: None,
+        }
+    }
+
+    /// The templates of the model in `dir`: its `concepts_templates.json` if it has one
+    /// (validated: both lists non-empty, every question naming `<sks>`, no empty answer),
+    /// else Yo'LLaVA's.
+    pub fn for_model(dir: &std::path::Path) -> Result<TemplateSet, String> {
+        let path = dir.join(MODEL_TEMPLATES_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::yollava()),
+            Err(e) => return Err(format!("reading `{}`: {e}", path.display())),
+        };
+        let t: TemplateSet = serde_json::from_str(&text)
+            .map_err(|e| format!("`{}` is not a template set: {e}", path.display()))?;
+        for (kind, list) in [("positive", &t.positive), ("negative", &t.negative)] {
+            if list.is_empty() {
+                return Err(format!("`{}` has no {kind} templates", path.display()));
+            }
+            if let Some((q, _)) = list
+                .iter()
+                .find(|(q, a)| !q.contains(SKS) || a.trim().is_empty())
+            {
+                return Err(format!(
+                    "`{}`: the {kind} template `{q}` must name {SKS} and have an answer",
+                    path.display()
+                ));
+            }
+        }
+        if let Some(q) = t
+            .subject_questions
+            .iter()
+            .map(|q| &q.train)
+            .find(|q| !NEUTRAL_SUBJECT.iter().any(|n| q.contains(n)))
+        {
+            return Err(format!(
+                "`{}`: the subject question `{q}` must name the subject as `this subject`",
+                path.display()
+            ));
+        }
+        if let Some(f) = &t.choice_format {
+            if !["{question}", "{a}", "{b}"].iter().all(|k| f.contains(k)) {
+                return Err(format!(
+                    "`{}`: choice_format must contain {{question}}, {{a}} and {{b}}",
+                    path.display()
+                ));
+            }
+        }
+        if t.id.trim().is_empty() {
+            return Err(format!("`{}` has an empty id", path.display()));
+        }
+        Ok(t)
+    }
+}
+
+/// How trained subject questions name a non-person subject (the linker rewrites it).
+const NEUTRAL_SUBJECT: [&str; 1] = ["this subject"];
+
 /// The placeholder for the identifier in the templates.
 pub const SKS: &str = "<sks>";
 
@@ -296,6 +425,55 @@ pub fn fill(template: &str, identifier: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_without_a_template_file_gets_yollavas_and_a_bad_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            TemplateSet::for_model(dir.path()).unwrap(),
+            TemplateSet::yollava()
+        );
+        let file = dir.path().join(MODEL_TEMPLATES_FILE);
+        for (text, needle) in [
+            (
+                r#"{"id": "x", "positive": [], "negative": [["Is <sks> here?", "No"]]}"#,
+                "no positive",
+            ),
+            (
+                r#"{"id": "x", "positive": [["Is it here?", "Yes"]], "negative": [["Is <sks> here?", "No"]]}"#,
+                "must name",
+            ),
+            (
+                r#"{"id": "x", "positive": [["Is <sks> here?", "Yes"]], "negative": [["Is <sks> here?", "No"]], "choice_format": "{question}"}"#,
+                "choice_format",
+            ),
+            (
+                r#"{"id": "x", "positive": [["Is <sks> here?", "Yes"]], "negative": [["Is <sks> here?", "No"]], "subject_questions": [{"ask": "What colour is it?", "train": "What colour is it?"}]}"#,
+                "this subject",
+            ),
+            (
+                r#"{"id": "x", "positive": [["Is <sks> here?", "Yes"]], "negative": [["Is <sks> here?", "No"]], "extra": 1}"#,
+                "not a template set",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = TemplateSet::for_model(dir.path()).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        std::fs::write(
+            &file,
+            r#"{"id": "mine", "positive": [["Is <sks> here?", "Yes"]], "negative": [["Is <sks> here?", "No"]],
+                "subject_questions": [{"ask": "What colour is the object?", "train": "What colour is this subject?", "options": ["red", "blue"]}],
+                "choice_format": "{question} A: {a} B: {b}"}"#,
+        )
+        .unwrap();
+        let set = TemplateSet::for_model(dir.path()).unwrap();
+        assert_eq!(set.id, "mine");
+        assert_eq!(
+            set.choice("Q?", "red", "blue").unwrap(),
+            "Q? A: red B: blue"
+        );
+    }
 
     #[test]
     fn every_recognition_template_names_the_subject_in_question_and_answer() {

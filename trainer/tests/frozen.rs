@@ -142,6 +142,7 @@ fn base_tensors_are_bit_identical_after_training() {
         init: Init::Random,
         seed: 1,
         adamw: AdamW::REFERENCE,
+        templates: concepts_trainer::templates::TemplateSet::yollava(),
     };
     let mut engine =
         TrainingEngine::new(&session, "bo", &data, engine_cfg, None, &cancel, &mut quiet).unwrap();

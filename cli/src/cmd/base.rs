@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use candle_core::Device;
+use concepts_pretrain::corpus::{write_corpus, CorpusSize};
 use concepts_pretrain::{Event, RunPaths, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -23,6 +24,41 @@ enum BaseCommand {
     /// Pretrain the toy base model (resumes from OUT/train-state when it exists; Ctrl-C saves
     /// and exits). Writes the llava-hf model folder to OUT and OUT/eval.jsonl
     BuildToy(BuildToyArgs),
+    /// Write the toy run's corpus, gate, initial weights and reference outputs as tensor
+    /// files for an external trainer (tools/toy_gpu/train.py on a lent GPU)
+    ExportCorpus(ExportCorpusArgs),
+    /// Import weights trained outside (`weights.safetensors` of tools/toy_gpu/train.py):
+    /// evaluate them with this runtime, write OUT/eval.json and export the model folder
+    Import(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportCorpusArgs {
+    /// Output folder
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Seed of the run (initial weights and data)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stage-0 scenes
+    #[arg(long, default_value_t = 200_000)]
+    stage0: usize,
+    /// Stage-1 samples
+    #[arg(long, default_value_t = 600_000)]
+    stage1: usize,
+    /// Generator threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    /// The trained weights (model and stage-0 heads, hub-layout names)
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Model folder to export to
+    #[arg(long, default_value = "models/toy-llava", value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,7 +95,66 @@ struct BuildToyArgs {
 pub fn run(args: BaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
     match args.command {
         BaseCommand::BuildToy(args) => build_toy(args),
+        BaseCommand::ExportCorpus(args) => export_corpus(args),
+        BaseCommand::Import(args) => import(args),
     }
+}
+
+fn export_corpus(args: ExportCorpusArgs) -> anyhow::Result<()> {
+    let trainer = Trainer::new(TrainConfig::standard(args.seed), &Device::Cpu)?;
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let start = std::time::Instant::now();
+    let meta = write_corpus(
+        &trainer,
+        CorpusSize {
+            stage0: args.stage0,
+            stage1: args.stage1,
+            threads,
+        },
+        &args.out,
+    )
+    .with_context(|| format!("writing the corpus to `{}`", args.out.display()))?;
+    eprintln!(
+        "corpus in `{}`: {} stage-0 scenes, {} stage-1 samples ({} images), {} gate items, {:.1}s",
+        args.out.display(),
+        meta.stage0,
+        meta.stage1,
+        meta.stage1_images,
+        meta.gate,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let cfg = TrainConfig::standard(0);
+    let total = cfg.total_steps();
+    let mut trainer = Trainer::new(cfg, &Device::Cpu)?;
+    trainer
+        .load_weights(&args.weights)
+        .with_context(|| format!("loading `{}`", args.weights.display()))?;
+    trainer.set_step(total);
+    eprintln!("evaluating `{}` …", args.weights.display());
+    let report = trainer.evaluate()?;
+    trainer
+        .export(&args.out)
+        .with_context(|| format!("exporting to `{}`", args.out.display()))?;
+    let path = args.out.join("eval.json");
+    // `step` is the CPU schedule's end: imported weights are evaluated as a finished run.
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "weights": args.weights.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "evaluation": report,
+    }))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, format!("{text}\n"))
+        .with_context(|| format!("writing `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing `{}`", path.display()))?;
+    println!("{text}");
+    Ok(())
 }
 
 fn build_toy(args: BuildToyArgs) -> anyhow::Result<()> {

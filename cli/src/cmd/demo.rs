@@ -47,7 +47,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Most training epochs per concept
-    #[arg(long, value_name = "N", default_value_t = 6)]
+    #[arg(long, value_name = "N", default_value_t = 10)]
     pub epochs: u32,
     /// Latent tokens per concept
     #[arg(long, default_value_t = 16)]
@@ -264,7 +264,7 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             k: args.k,
             learning_rate: 1e-3,
             seed: 0,
-            questions_per_image: 3,
+            questions_per_image: 7,
             hard_per_positive: Some(4),
             easy_negatives: 20,
         },

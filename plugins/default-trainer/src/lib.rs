@@ -1,10 +1,12 @@
 //! concepts-default-trainer: the default training policy.
 //!
-//! Each epoch mixes every sample once — each positive asked with a seeded random recognition
-//! template, every hard and easy negative likewise, and every conversation — shuffles them (seeded),
-//! and trains in batches at a cosine-decayed learning rate ([`learning_rate`]). After each epoch it
-//! evaluates recognition on the validation split; a better epoch (higher accuracy, ties broken by
-//! lower loss) is snapshotted. Training stops early after [`PATIENCE`] epochs without improvement,
+//! Each epoch mixes every hard and easy negative once with a seeded random recognition template,
+//! every positive as often as it takes to match the negatives (each time with its own template;
+//! see [`positive_repeats`]), and every conversation once; it shuffles them (seeded) and trains
+//! in batches at a cosine-decayed learning rate ([`learning_rate`]). After each epoch it
+//! evaluates recognition on the validation split; a better epoch (higher weighted accuracy —
+//! the mean of positive and negative accuracy, as the paper scores — ties broken by lower loss)
+//! is snapshotted. Training stops early after [`PATIENCE`] epochs without improvement,
 //! and the best snapshot is restored at the end. Key design choice: the policy owns every decision
 //! and the host owns every tensor; nothing here depends on how the host trains.
 //!
@@ -87,8 +89,8 @@ impl Trainer for DefaultTrainer {
             let is_best = match &best {
                 None => true,
                 Some((_, b, _)) => {
-                    validation.accuracy > b.accuracy
-                        || (validation.accuracy == b.accuracy && validation.loss < b.loss)
+                    weighted(&validation) > weighted(b)
+                        || (weighted(&validation) == weighted(b) && validation.loss < b.loss)
                 }
             };
             if is_best {
@@ -120,7 +122,7 @@ impl Trainer for DefaultTrainer {
         Ok(TrainSummary {
             epochs_run,
             best_epoch,
-            best_accuracy: best_recognition.accuracy,
+            best_accuracy: weighted(&best_recognition),
             stopped_early,
         })
     }
@@ -128,8 +130,28 @@ impl Trainer for DefaultTrainer {
 
 register_trainer!(DefaultTrainer);
 
-/// One epoch's data mix, shuffled: every positive and negative once with a random recognition
-/// template, and every conversation once.
+/// The paper's recognition score: the mean of positive and negative accuracy, so that a
+/// policy answering "no" to everything scores 0.5 however many negatives there are.
+pub fn weighted(r: &Recognition) -> f32 {
+    (r.positive_accuracy + r.negative_accuracy) / 2.0
+}
+
+/// How often each positive enters an epoch: enough to match the negatives (a handful of
+/// photos against a hundred negatives otherwise teaches "no"), at most [`MAX_POSITIVE_REPEATS`].
+pub fn positive_repeats(counts: concepts_plugin_sdk::SampleCounts) -> u32 {
+    let negatives = counts.hard_negatives + counts.easy_negatives;
+    match counts.positives {
+        0 => 0,
+        p => negatives.div_ceil(p).clamp(1, MAX_POSITIVE_REPEATS),
+    }
+}
+
+/// Cap of [`positive_repeats`].
+pub const MAX_POSITIVE_REPEATS: u32 = 32;
+
+/// One epoch's data mix, shuffled: every negative once and every positive
+/// [`positive_repeats`] times, each with a random recognition template, and every
+/// conversation once.
 pub fn epoch_samples(
     counts: concepts_plugin_sdk::SampleCounts,
     rng: &mut SplitMix64,
@@ -141,13 +163,20 @@ pub fn epoch_samples(
         SampleKind::HardNegative,
         SampleKind::EasyNegative,
     ] {
+        let repeats = if kind == SampleKind::Positive {
+            positive_repeats(counts)
+        } else {
+            1
+        };
         for index in 0..counts.of(kind) {
-            let template = rng.below(u64::from(templates)) as u32;
-            samples.push(SampleRef {
-                kind,
-                index,
-                template,
-            });
+            for _ in 0..repeats {
+                let template = rng.below(u64::from(templates)) as u32;
+                samples.push(SampleRef {
+                    kind,
+                    index,
+                    template,
+                });
+            }
         }
     }
     for index in 0..counts.conversations {
@@ -191,7 +220,7 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concepts_plugin_sdk::SampleCounts;
+    use concepts_plugin_sdk::{Recognition, SampleCounts};
 
     #[test]
     fn schedule_decays_from_base_to_a_tenth() {
@@ -203,7 +232,58 @@ mod tests {
     }
 
     #[test]
-    fn every_sample_once_per_epoch() {
+    fn positives_are_repeated_to_match_the_negatives() {
+        let counts = SampleCounts {
+            positives: 5,
+            hard_negatives: 31,
+            easy_negatives: 100,
+            conversations: 0,
+            recognition_templates: 30,
+        };
+        let samples = epoch_samples(counts, &mut SplitMix64(1));
+        let pos = samples
+            .iter()
+            .filter(|s| s.kind == SampleKind::Positive)
+            .count();
+        assert_eq!(pos, 5 * 27);
+        for i in 0..5 {
+            assert_eq!(
+                samples
+                    .iter()
+                    .filter(|s| s.kind == SampleKind::Positive && s.index == i)
+                    .count(),
+                27
+            );
+        }
+        let one = SampleCounts {
+            positives: 1,
+            hard_negatives: 1000,
+            ..counts
+        };
+        assert_eq!(positive_repeats(one), MAX_POSITIVE_REPEATS);
+    }
+
+    #[test]
+    fn the_best_epoch_is_judged_by_weighted_accuracy() {
+        let all_no = Recognition {
+            accuracy: 0.96,
+            positive_accuracy: 0.0,
+            negative_accuracy: 1.0,
+            loss: 0.3,
+            examples: 136,
+        };
+        let balanced = Recognition {
+            accuracy: 0.9,
+            positive_accuracy: 0.8,
+            negative_accuracy: 0.9,
+            loss: 0.4,
+            examples: 136,
+        };
+        assert!(weighted(&balanced) > weighted(&all_no));
+    }
+
+    #[test]
+    fn every_sample_in_every_epoch() {
         let counts = SampleCounts {
             positives: 3,
             hard_negatives: 4,
@@ -212,7 +292,8 @@ mod tests {
             recognition_templates: 3,
         };
         let samples = epoch_samples(counts, &mut SplitMix64(9));
-        assert_eq!(samples.len(), 14);
+        // 3 positives × 3 repeats (9 negatives), 9 negatives, 2 conversations.
+        assert_eq!(samples.len(), 20);
         for kind in [
             SampleKind::Positive,
             SampleKind::HardNegative,
@@ -225,6 +306,7 @@ mod tests {
                 .map(|s| s.index)
                 .collect();
             idx.sort_unstable();
+            idx.dedup();
             assert_eq!(idx, (0..counts.of(kind)).collect::<Vec<_>>(), "{kind:?}");
         }
         assert!(samples.iter().all(|s| s.template < 3));

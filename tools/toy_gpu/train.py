@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""Trains the toy base model in PyTorch (on a GPU when one is lent) from a corpus written by
+`concepts base export-corpus`, and writes weights that `concepts base import` evaluates and
+exports with the Rust runtime.
+
+The model here is a plain functional reimplementation of the runtime's forward — conv stem,
+CLIP encoder (hidden_states[-2] for features, post_layernorm on the class token for the
+pooled embedding), LLaVA's mlp2x_gelu projector, Llama decoder — over a flat dict of
+parameters under their hub-layout names, so the weights round-trip by name. Before training
+it checks itself against `reference.safetensors` (the runtime's outputs on the same initial
+weights and inputs) and stops if they disagree, so a drift between the two implementations
+cannot produce a model the runtime then runs differently.
+
+Recipe: the two stages of the Rust trainer (`pretrain/src/train.rs`): stage 0 trains the
+tower and the attribute heads on stage-0 scenes; stage 1 trains projector + decoder on the
+task mix with the answer-only loss, the tower joining at `--tower-lr-scale` of the rate
+after `--unfreeze-at` steps with the stage-0 loss as an auxiliary term. AdamW (0.9, 0.99,
+eps 1e-8, weight decay 0.01 on matrices), global-norm clipping at 1, linear warmup then
+cosine to 10%. Stage 1's step count can be derived from a wall-clock budget
+(`--stage1-seconds`): the first steps are timed and the schedule is fixed from them.
+
+    python3 tools/toy_gpu/train.py --corpus0 C0 --corpus1 C1 --out OUT [--device cuda]
+
+Writes OUT/weights.safetensors (final), OUT/best.safetensors (best gate), OUT/log.jsonl.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+V = "vision_tower.vision_model."
+L = "language_model.model."
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+class Toy:
+    """The runtime's forward over `params` (hub-layout names)."""
+
+    def __init__(self, cfg, meta, params):
+        self.p = params
+        v, t = cfg["vision_config"], cfg["text_config"]
+        self.v_layers = v["num_hidden_layers"]
+        self.v_heads = v["num_attention_heads"]
+        self.v_eps = v["layer_norm_eps"]
+        self.stem = sorted({k.split(".")[4] for k in params if k.startswith(V + "embeddings.stem.")})
+        self.t_layers = t["num_hidden_layers"]
+        self.t_heads = t["num_attention_heads"]
+        self.head_dim = t["head_dim"]
+        self.rms_eps = t["rms_norm_eps"]
+        self.theta = t["rope_theta"]
+        self.feature_layer = meta["vision_feature_layer"]
+        self.rope_cache = {}
+
+    def vision_states(self, px):
+        p = self.p
+        x = px
+        last = len(self.stem) - 1
+        for i, s in enumerate(self.stem):
+            x = F.conv2d(x, p[f"{V}embeddings.stem.{s}.weight"], p[f"{V}embeddings.stem.{s}.bias"], stride=2, padding=1)
+            if i < last:
+                x = F.gelu(x)
+        b, c = x.shape[:2]
+        x = x.flatten(2).transpose(1, 2)
+        cls = p[V + "embeddings.class_embedding"].view(1, 1, c).expand(b, 1, c)
+        x = torch.cat([cls, x], 1) + p[V + "embeddings.position_embedding.weight"]
+        x = F.layer_norm(x, (c,), p[V + "pre_layrnorm.weight"], p[V + "pre_layrnorm.bias"], self.v_eps)
+        states = [x]
+        nh = self.v_heads
+        for l in range(self.v_layers):
+            q = f"{V}encoder.layers.{l}."
+            h = F.layer_norm(x, (c,), p[q + "layer_norm1.weight"], p[q + "layer_norm1.bias"], self.v_eps)
+            t = h.shape[1]
+
+            def proj(n):
+                return F.linear(h, p[q + f"self_attn.{n}.weight"], p[q + f"self_attn.{n}.bias"]).view(b, t, nh, c // nh).transpose(1, 2)
+
+            a = F.scaled_dot_product_attention(proj("q_proj"), proj("k_proj"), proj("v_proj"))
+            a = a.transpose(1, 2).reshape(b, t, c)
+            x = x + F.linear(a, p[q + "self_attn.out_proj.weight"], p[q + "self_attn.out_proj.bias"])
+            h = F.layer_norm(x, (c,), p[q + "layer_norm2.weight"], p[q + "layer_norm2.bias"], self.v_eps)
+            h = F.linear(h, p[q + "mlp.fc1.weight"], p[q + "mlp.fc1.bias"])
+            h = h * torch.sigmoid(1.702 * h)
+            x = x + F.linear(h, p[q + "mlp.fc2.weight"], p[q + "mlp.fc2.bias"])
+            states.append(x)
+        return states
+
+    def heads(self, states):
+        p = self.p
+        c = states[-1].shape[-1]
+        pooled = F.layer_norm(states[-1][:, 0], (c,), p[V + "post_layernorm.weight"], p[V + "post_layernorm.bias"], self.v_eps)
+        mean = states[self.feature_layer][:, 1:].mean(1)
+        return [
+            F.linear(pooled, p["head.pooled.weight"], p["head.pooled.bias"]),
+            F.linear(mean, p["head.mean.weight"], p["head.mean.bias"]),
+        ]
+
+    def project(self, states):
+        p = self.p
+        x = states[self.feature_layer][:, 1:]
+        x = F.linear(x, p["multi_modal_projector.linear_1.weight"], p["multi_modal_projector.linear_1.bias"])
+        x = F.gelu(x)
+        return F.linear(x, p["multi_modal_projector.linear_2.weight"], p["multi_modal_projector.linear_2.bias"])
+
+    def rms(self, x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.rms_eps) * w
+
+    def rope(self, t, device):
+        key = (t, str(device))
+        if key not in self.rope_cache:
+            half = self.head_dim // 2
+            inv = 1.0 / (self.theta ** (torch.arange(half, dtype=torch.float64) * 2 / self.head_dim))
+            inv = inv.float()
+            f = torch.arange(t, dtype=torch.float32)[:, None] * inv[None]
+            emb = torch.cat([f, f], -1)
+            self.rope_cache[key] = (emb.cos().to(device), emb.sin().to(device))
+        return self.rope_cache[key]
+
+    def decoder(self, x):
+        p = self.p
+        b, t, d = x.shape
+        nh, hd = self.t_heads, self.head_dim
+        cos, sin = self.rope(t, x.device)
+
+        def rot(y):
+            y1, y2 = y[..., : hd // 2], y[..., hd // 2:]
+            return y * cos + torch.cat([-y2, y1], -1) * sin
+
+        for l in range(self.t_layers):
+            q = f"{L}layers.{l}."
+            h = self.rms(x, p[q + "input_layernorm.weight"])
+
+            def proj(n):
+                return F.linear(h, p[q + f"self_attn.{n}.weight"]).view(b, t, nh, hd).transpose(1, 2)
+
+            a = F.scaled_dot_product_attention(rot(proj("q_proj")), rot(proj("k_proj")), proj("v_proj"), is_causal=True)
+            x = x + F.linear(a.transpose(1, 2).reshape(b, t, nh * hd), p[q + "self_attn.o_proj.weight"])
+            h = self.rms(x, p[q + "post_attention_layernorm.weight"])
+            g = F.silu(F.linear(h, p[q + "mlp.gate_proj.weight"])) * F.linear(h, p[q + "mlp.up_proj.weight"])
+            x = x + F.linear(g, p[q + "mlp.down_proj.weight"])
+        return self.rms(x, p[L + "norm.weight"])
+
+    def logits(self, hidden):
+        return F.linear(hidden, self.p["language_model.lm_head.weight"])
+
+    def embed(self, ids, image_start, features):
+        """Token embeddings with each image row's span replaced by its features."""
+        x = F.embedding(ids, self.p[L + "embed_tokens.weight"])
+        if features is None:
+            return x
+        rows = torch.nonzero(image_start >= 0).squeeze(1)
+        n = features.shape[1]
+        cols = image_start[rows][:, None] + torch.arange(n, device=ids.device)[None]
+        return x.index_put((rows[:, None].expand_as(cols), cols), features)
+
+
+def normalise(images, mean, std):
+    """u8 [N, H, W, 3] -> CLIP-normalised f32 [N, 3, H, W]."""
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def head_loss(logits, labels, classes):
+    total = 0.0
+    for lg in logits:
+        off = 0
+        for h, n in enumerate(classes):
+            total = total + F.cross_entropy(lg[:, off:off + n], labels[:, h])
+            off += n
+    return total / (2 * len(classes))
+
+
+def lr_at(step, total, warmup, peak, floor=0.1):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class AdamW:
+    """AdamW with per-group learning-rate scales, decay on matrices only, as the Rust trainer."""
+
+    def __init__(self, params, betas=(0.9, 0.99), eps=1e-8, wd=0.01):
+        decay = [p for p in params if p.dim() >= 2]
+        plain = [p for p in params if p.dim() < 2]
+        groups = [g for g in ({"params": decay, "weight_decay": wd}, {"params": plain, "weight_decay": 0.0}) if g["params"]]
+        fused = all(p.is_cuda for p in params)
+        self.opt = torch.optim.AdamW(groups, lr=1e-3, betas=betas, eps=eps, fused=fused or None)
+        self.params = params
+
+    def step(self, lr, clip=1.0):
+        torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def load_corpus(path, device):
+    return {k: v.to(device) for k, v in load_file(path).items()}
+
+
+def check_reference(model, corpus, mean, std, device):
+    """The runtime's outputs on the initial weights must be reproduced here."""
+    ref = load_corpus(os.path.join(corpus, "reference.safetensors"), device)
+    s0 = load_file(os.path.join(corpus, "stage0.safetensors"))
+    s1 = load_file(os.path.join(corpus, "stage1.safetensors"))
+    r = ref["pixels"].shape[0]
+    px = normalise(s0["images"][:r].to(device), mean, std)
+    err_px = (px - ref["pixels"]).abs().max().item()
+    with torch.no_grad():
+        heads = torch.stack(model.heads(model.vision_states(ref["pixels"])))
+        err_heads = (heads - ref["head_logits"]).abs().max().item()
+        r1, t = ref["lm_logits"].shape[:2]
+        ids = s1["ids"][:r1, :t].to(device)
+        start = s1["image_start"][:r1].to(device)
+        idx = s1["image_index"][:r1]
+        feats = None
+        if (idx >= 0).any():
+            imgs = s1["images"][idx[idx >= 0]].to(device)
+            feats = model.project(model.vision_states(normalise(imgs, mean, std)))
+        logits = model.logits(model.decoder(model.embed(ids, start, feats)))
+        lens = s1["lens"][:r1]
+        err_lm = max((logits[b, : lens[b]] - ref["lm_logits"][b, : lens[b]]).abs().max().item() for b in range(r1))
+    scale = ref["lm_logits"].abs().max().item()
+    log(f"reference check: pixels {err_px:.2e}, head logits {err_heads:.2e}, lm logits {err_lm:.2e} (|max| {scale:.2f})")
+    if err_px > 1e-5 or err_heads > 1e-3 or err_lm > 1e-3 * max(1.0, scale):
+        sys.exit("the PyTorch forward disagrees with the runtime's reference outputs: not training")
+
+
+def gate_eval(model, gate, meta, mean, std):
+    with torch.no_grad():
+        feats = model.project(model.vision_states(normalise(gate["images"], mean, std)))
+        hidden = model.decoder(model.embed(gate["ids"], gate["image_start"], feats))
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), gate["lens"] - 1]
+        lg = model.logits(last)
+        yes = lg[:, meta["yes_id"]] > lg[:, meta["no_id"]]
+    kind = gate["kind"]
+    pos = yes[kind == 0].float().mean().item()
+    neg = (~yes[kind > 0]).float().mean().item()
+    look = (~yes[kind == 1]).float().mean().item()
+    other = (~yes[kind == 2]).float().mean().item()
+    return {"weighted": (pos + neg) / 2, "positive": pos, "negative": neg, "lookalike": look, "other_subject": other}
+
+
+def lm_batch(model, s1, rows, mean, std, with_states):
+    ids_all = s1["ids"][rows]
+    lens = s1["lens"][rows]
+    t = int(lens.max().item())
+    ids = ids_all[:, :t]
+    start = s1["image_start"][rows]
+    idx = s1["image_index"][rows]
+    has = idx >= 0
+    states = None
+    feats = None
+    if has.any():
+        px = normalise(s1["images"][idx[has]], mean, std)
+        if with_states:
+            states = model.vision_states(px)
+        else:
+            with torch.no_grad():
+                states = [s.detach() for s in model.vision_states(px)]
+        feats = model.project(states)
+    hidden = model.decoder(model.embed(ids, start, feats))
+    pos = torch.arange(t, device=ids.device)[None]
+    ans = s1["answer_start"][rows][:, None]
+    target = (pos >= ans) & (pos < lens[:, None])  # positions whose token is a target
+    mask = target[:, 1:]
+    h = hidden[:, :-1][mask]
+    logits = model.logits(h)
+    targets = ids[:, 1:][mask]
+    loss = F.cross_entropy(logits, targets)
+    return loss, states, s1["labels"][idx[has]] if has.any() else None, (logits.argmax(-1) == targets), mask
+
+
+def task_accuracy(model, s1, rows, meta, mean, std, batch=512):
+    """Teacher-forced exact match of whole answers on held-out rows, per task."""
+    right = torch.zeros(len(meta["tasks"]))
+    count = torch.zeros(len(meta["tasks"]))
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            r = rows[i:i + batch]
+            _, _, _, ok, mask = lm_batch(model, s1, r, mean, std, False)
+            per_row = torch.ones(mask.shape, dtype=torch.bool, device=mask.device)
+            per_row[mask] = ok
+            exact = per_row.all(1)
+            task = s1["task"][r]
+            for k in range(len(meta["tasks"])):
+                sel = task == k
+                right[k] += exact[sel].sum().item()
+                count[k] += sel.sum().item()
+    acc = {meta["tasks"][k]: (right[k] / count[k]).item() for k in range(len(meta["tasks"])) if count[k] > 0}
+    acc["mean"] = sum(acc.values()) / max(len(acc), 1)
+    return acc
+
+
+def save(params, path):
+    tmp = path + ".tmp"
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in params.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus0", required=True, help="corpus whose stage0/gate/init/reference are used")
+    ap.add_argument("--corpus1", help="corpus whose stage1 is used [default: corpus0]; waited for")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--stage0-steps", type=int, default=3000)
+    ap.add_argument("--stage0-batch", type=int, default=256)
+    ap.add_argument("--stage0-lr", type=float, default=3e-3)
+    ap.add_argument("--stage1-steps", type=int, default=0, help="0: from --stage1-seconds")
+    ap.add_argument("--stage1-seconds", type=float, default=300)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--unfreeze-at", type=float, default=0.25, help="fraction of stage 1 after which the tower trains")
+    ap.add_argument("--tower-lr-scale", type=float, default=0.3)
+    ap.add_argument("--aux-weight", type=float, default=0.2)
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--holdout", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deadline-seconds", type=float, default=0, help="end stage 1 (evaluating and saving) by then")
+    ap.add_argument("--wait-seconds", type=float, default=900, help="give up waiting for a corpus after this")
+    args = ap.parse_args()
+    start = time.time()
+
+    def wait_for(corpus):
+        while not os.path.exists(os.path.join(corpus, "corpus.json")):
+            if time.time() - start > args.wait_seconds:
+                sys.exit(f"no corpus in `{corpus}` after {args.wait_seconds:.0f}s")
+            time.sleep(1)
+
+    torch.manual_seed(args.seed)
+    dev = torch.device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    logf = open(os.path.join(args.out, "log.jsonl"), "a")
+
+    def record(entry):
+        logf.write(json.dumps(entry) + "\n")
+        logf.flush()
+        log(json.dumps(entry))
+
+    c0 = args.corpus0
+    wait_for(c0)
+    meta = json.load(open(os.path.join(c0, "corpus.json")))
+    if meta["version"] != 1:
+        sys.exit(f"corpus layout {meta['version']}, this trainer reads 1")
+    cfg = json.load(open(os.path.join(c0, "config.json")))
+    pre = json.load(open(os.path.join(c0, "preprocessor_config.json")))
+    mean = torch.tensor(pre["image_mean"], device=dev)
+    std = torch.tensor(pre["image_std"], device=dev)
+    params = {k: v.to(dev).requires_grad_(True) for k, v in load_file(os.path.join(c0, "init.safetensors")).items()}
+    model = Toy(cfg, meta, params)
+    classes = [n for _, n in meta["heads"]]
+    # The check runs in full f32; training then uses TF32 matmuls.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    check_reference(model, c0, mean, std, dev)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    gate = load_corpus(os.path.join(c0, "gate.safetensors"), dev)
+    tower = [v for k, v in params.items() if k.startswith("vision_tower.")] + [v for k, v in params.items() if k.startswith("head.")]
+    lm = [v for k, v in params.items() if not k.startswith("vision_tower.") and not k.startswith("head.")]
+    t0 = time.time()
+
+    # Stage 0: the tower and its heads.
+    s0 = load_corpus(os.path.join(c0, "stage0.safetensors"), dev)
+    n0 = s0["images"].shape[0]
+    opt0 = AdamW(tower)
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    for step in range(args.stage0_steps):
+        rows = torch.randint(0, n0, (args.stage0_batch,), generator=g).to(dev)
+        px = normalise(s0["images"][rows], mean, std)
+        loss = head_loss(model.heads(model.vision_states(px)), s0["labels"][rows], classes)
+        loss.backward()
+        opt0.step(lr_at(step, args.stage0_steps, min(100, args.stage0_steps), args.stage0_lr))
+        if step % 250 == 0 or step == args.stage0_steps - 1:
+            with torch.no_grad():
+                rows = torch.arange(min(2048, n0), device=dev)  # training scenes: a fit check only
+                lg = model.heads(model.vision_states(normalise(s0["images"][rows], mean, std)))[0]
+                acc, off = {}, 0
+                for h, (name, n) in enumerate(meta["heads"]):
+                    acc[name] = (lg[:, off:off + n].argmax(-1) == s0["labels"][rows][:, h]).float().mean().item()
+                    off += n
+            record({"stage": 0, "step": step, "loss": loss.item(), "probe_train": acc, "seconds": time.time() - t0})
+    del s0
+
+    # Stage 1: projector + decoder (tower later), on corpus1 once it is complete.
+    c1 = args.corpus1 or c0
+    wait_for(c1)
+    s1 = load_corpus(os.path.join(c1, "stage1.safetensors"), dev)
+    n1 = s1["ids"].shape[0]
+    train_n = n1 - args.holdout
+    held = torch.arange(train_n, n1, device=dev)
+    record({"stage": 1, "samples": n1, "images": int(s1["images"].shape[0]), "loaded_at": time.time() - t0})
+    opt_lm = AdamW(lm)
+    opt_tower = AdamW(tower)
+    total = args.stage1_steps
+    timing_start = None
+    best = -1.0
+    step = 0
+    while True:
+        if total and step >= total:
+            break
+        if args.deadline_seconds and time.time() - start > args.deadline_seconds:
+            record({"stage": 1, "deadline": True, "step": step})
+            total = step
+            gate_r = gate_eval(model, gate, meta, mean, std)
+            tasks = task_accuracy(model, s1, held, meta, mean, std)
+            record({"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0})
+            save(params, os.path.join(args.out, "weights.safetensors"))
+            if gate_r["weighted"] >= best:
+                best = gate_r["weighted"]
+                save(params, os.path.join(args.out, "best.safetensors"))
+            break
+        if not total and step == 60:
+            per = (time.time() - timing_start) / 50
+            total = max(int(args.stage1_seconds / per), 100)
+            record({"stage": 1, "seconds_per_step": per, "steps": total})
+        if step == 10:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            timing_start = time.time()
+        planned = total or int(1e9)
+        unfreeze = int(args.unfreeze_at * planned) if total else int(1e9)
+        tower_on = step >= unfreeze
+        rows = torch.randint(0, train_n, (args.batch,), generator=g).to(dev)
+        loss, states, labels, _, _ = lm_batch(model, s1, rows, mean, std, tower_on)
+        full = loss
+        if tower_on and states is not None:
+            full = loss + args.aux_weight * head_loss(model.heads(states), labels, classes)
+        full.backward()
+        lr = lr_at(step, planned, args.warmup, args.lr)
+        opt_lm.step(lr)
+        if tower_on:
+            opt_tower.step(lr * args.tower_lr_scale)
+        else:
+            for p in tower:
+                p.grad = None
+        step += 1
+        if step % 100 == 0:
+            record({"stage": 1, "step": step, "loss": loss.item(), "lr": lr, "tower": tower_on, "seconds": time.time() - t0})
+        if (total and step == total) or step % args.eval_every == 0:
+            gate_r = gate_eval(model, gate, meta, mean, std)
+            tasks = task_accuracy(model, s1, held, meta, mean, std)
+            record({"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0})
+            save(params, os.path.join(args.out, "weights.safetensors"))
+            if gate_r["weighted"] >= best:
+                best = gate_r["weighted"]
+                save(params, os.path.join(args.out, "best.safetensors"))
+    record({"done": True, "steps": step, "best_gate": best, "seconds": time.time() - t0})
+
+
+if __name__ == "__main__":
+    main()
