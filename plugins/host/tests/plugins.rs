@@ -244,8 +244,8 @@ mod defaults {
         // The learning-rate schedule: constant within an epoch, cosine-decayed across epochs.
         let per_epoch = task.step_lrs.len() / 6;
         assert_eq!(
-            per_epoch, 7,
-            "(8 + 8 + 8 samples + 3 conversations) / batch 4, rounded up"
+            per_epoch, 9,
+            "(8 positives × 2 to match 16 negatives + 8 + 8 + 3 conversations) / batch 4, rounded up"
         );
         for (i, lr) in task.step_lrs.iter().enumerate() {
             let epoch = (i / per_epoch) as u32 + 1;

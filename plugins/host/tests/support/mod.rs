@@ -288,14 +288,22 @@ impl LogisticHost {
         }
     }
 
-    /// Validation accuracy of the current weights, without recording anything.
+    /// Weighted validation accuracy ((positive + negative) / 2, what the default trainer
+    /// reports as its best) of the current weights, without recording anything.
     pub fn evaluate_at_start(&self) -> f32 {
-        let correct = self
-            .validation
-            .iter()
-            .filter(|(x, y)| (self.predict(x) >= 0.5) == (*y == 1.0))
-            .count();
-        correct as f32 / self.validation.len() as f32
+        let rate = |label: f32| {
+            let of: Vec<_> = self
+                .validation
+                .iter()
+                .filter(|(_, y)| *y == label)
+                .collect();
+            let ok = of
+                .iter()
+                .filter(|(x, _)| (self.predict(x) >= 0.5) == (label == 1.0))
+                .count();
+            ok as f32 / of.len().max(1) as f32
+        };
+        (rate(1.0) + rate(0.0)) / 2.0
     }
 
     pub fn live_batches(&self) -> usize {
