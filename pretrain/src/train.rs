@@ -314,21 +314,7 @@ impl Trainer {
             path: path.to_path_buf(),
             message,
         };
-        let mut model = BTreeMap::new();
-        for (name, var) in self.params.named() {
-            let w = weights
-                .get(&name)
-                .ok_or_else(|| fail(format!("weight `{name}` missing")))?;
-            if w.dims() != var.dims() {
-                return Err(fail(format!(
-                    "weight `{name}` has shape {:?}, expected {:?}",
-                    w.dims(),
-                    var.dims()
-                )));
-            }
-            model.insert(name, w.clone());
-        }
-        for (name, var) in &self.heads {
+        let checked = |name: &str, var: &Var| -> Result<Tensor> {
             let w = weights
                 .get(name)
                 .ok_or_else(|| fail(format!("weight `{name}` missing")))?;
@@ -339,6 +325,15 @@ impl Trainer {
                     var.dims()
                 )));
             }
+            Ok(w.clone())
+        };
+        let mut model = BTreeMap::new();
+        for (name, var) in self.params.named() {
+            let w = checked(&name, &var)?;
+            model.insert(name, w);
+        }
+        for (name, var) in &self.heads {
+            checked(name, var)?;
         }
         let known = model.len() + self.heads.len();
         if weights.len() != known {

@@ -407,6 +407,17 @@ def main():
     opt_lm = AdamW(lm)
     opt_tower = AdamW(tower)
     total = args.stage1_steps
+    def evaluate_and_save(step, best):
+        """Gate and held-out task accuracy, logged; weights saved; returns the best gate."""
+        gate_r = gate_eval(model, gate, meta, mean, std)
+        tasks = task_accuracy(model, s1, held, meta, mean, std)
+        record({"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0})
+        save(params, os.path.join(args.out, "weights.safetensors"))
+        if gate_r["weighted"] >= best:
+            best = gate_r["weighted"]
+            save(params, os.path.join(args.out, "best.safetensors"))
+        return best
+
     timing_start = None
     best = -1.0
     step = 0
@@ -415,14 +426,7 @@ def main():
             break
         if args.deadline_seconds and time.time() - start > args.deadline_seconds:
             record({"stage": 1, "deadline": True, "step": step})
-            total = step
-            gate_r = gate_eval(model, gate, meta, mean, std)
-            tasks = task_accuracy(model, s1, held, meta, mean, std)
-            record({"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0})
-            save(params, os.path.join(args.out, "weights.safetensors"))
-            if gate_r["weighted"] >= best:
-                best = gate_r["weighted"]
-                save(params, os.path.join(args.out, "best.safetensors"))
+            best = evaluate_and_save(step, best)
             break
         if not total and step == 60:
             per = (time.time() - timing_start) / 50
@@ -452,13 +456,7 @@ def main():
         if step % 100 == 0:
             record({"stage": 1, "step": step, "loss": loss.item(), "lr": lr, "tower": tower_on, "seconds": time.time() - t0})
         if (total and step == total) or step % args.eval_every == 0:
-            gate_r = gate_eval(model, gate, meta, mean, std)
-            tasks = task_accuracy(model, s1, held, meta, mean, std)
-            record({"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0})
-            save(params, os.path.join(args.out, "weights.safetensors"))
-            if gate_r["weighted"] >= best:
-                best = gate_r["weighted"]
-                save(params, os.path.join(args.out, "best.safetensors"))
+            best = evaluate_and_save(step, best)
     record({"done": True, "steps": step, "best_gate": best, "seconds": time.time() - t0})
 
 
