@@ -2,7 +2,7 @@
 //! toy-world dataset (structure and ranges, not quality), plus the CI quality check on the
 //! trained embedded base model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use concepts_eval::{evaluate, read_dataset, EvalConfig, EvalReport, Quiet, TrainingConfig};
@@ -58,6 +58,21 @@ fn check_structure(report: &EvalReport, subjects: usize, test: usize) {
     }
 }
 
+/// An evaluation of `model` working under `root`, with nothing optional switched on.
+fn config(root: &Path, model: PathBuf, training: TrainingConfig) -> EvalConfig {
+    EvalConfig {
+        model,
+        work_dir: root.join("work"),
+        pool_cache: Some(root.join("pool-cache")),
+        negatives: None,
+        training,
+        multi: false,
+        forgetting_per_task: None,
+        ablations: false,
+        ablation_plot: None,
+    }
+}
+
 #[test]
 fn evaluates_a_toy_dataset_end_to_end_and_reuses_trained_concepts() {
     let root = tempfile::tempdir().unwrap();
@@ -67,15 +82,9 @@ fn evaluates_a_toy_dataset_end_to_end_and_reuses_trained_concepts() {
     small_dataset(&data, 2, 2);
     let dataset = read_dataset(&data).unwrap();
     let cfg = EvalConfig {
-        model,
-        work_dir: root.path().join("work"),
-        pool_cache: Some(root.path().join("pool-cache")),
-        negatives: None,
-        training: tiny_training(),
         multi: true,
         forgetting_per_task: Some(1),
-        ablations: false,
-        ablation_plot: None,
+        ..config(root.path(), model, tiny_training())
     };
     let cancel = AtomicBool::new(false);
     let report = evaluate(&dataset, &cfg, &mut Quiet, &cancel).unwrap();
@@ -131,15 +140,10 @@ fn yollava_layout_skips_the_description_condition() {
     }
     let dataset = read_dataset(&data).unwrap();
     let cfg = EvalConfig {
-        model,
-        work_dir: root.path().join("work"),
         pool_cache: None,
         negatives: Some(toy.join("negatives")),
-        training: tiny_training(),
         multi: true,
-        forgetting_per_task: None,
-        ablations: false,
-        ablation_plot: None,
+        ..config(root.path(), model, tiny_training())
     };
     let report = evaluate(&dataset, &cfg, &mut Quiet, &AtomicBool::new(false)).unwrap();
     assert!(report.description.is_none());
@@ -164,12 +168,10 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
     };
     write_dataset(&data, 2026, 3, &cfg).unwrap();
     let dataset = read_dataset(&data).unwrap();
-    let cfg = EvalConfig {
+    let cfg = config(
+        root.path(),
         model,
-        work_dir: root.path().join("work"),
-        pool_cache: Some(root.path().join("pool-cache")),
-        negatives: None,
-        training: TrainingConfig {
+        TrainingConfig {
             epochs: 8,
             k: 16,
             learning_rate: 1e-3,
@@ -178,11 +180,7 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
             hard_per_positive: None,
             easy_negatives: 40,
         },
-        multi: false,
-        forgetting_per_task: None,
-        ablations: false,
-        ablation_plot: None,
-    };
+    );
     let report = evaluate(&dataset, &cfg, &mut Quiet, &AtomicBool::new(false)).unwrap();
     eprintln!("{}", report.to_markdown());
     // Vanilla sits at 0.5 (it answers "No"); the full-size evaluation reaches 0.90 with
@@ -220,15 +218,9 @@ fn ablations_write_a_table_and_a_plot() {
     let dataset = read_dataset(&data).unwrap();
     let plot = root.path().join("ablations.png");
     let cfg = EvalConfig {
-        model,
-        work_dir: root.path().join("work"),
-        pool_cache: Some(root.path().join("pool-cache")),
-        negatives: None,
-        training: tiny_training(),
-        multi: false,
-        forgetting_per_task: None,
         ablations: true,
         ablation_plot: Some(plot.clone()),
+        ..config(root.path(), model, tiny_training())
     };
     let report = evaluate(&dataset, &cfg, &mut Quiet, &AtomicBool::new(false)).unwrap();
     let a = report.ablations.as_ref().unwrap();

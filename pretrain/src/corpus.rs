@@ -191,7 +191,7 @@ pub fn write_corpus(trainer: &Trainer, size: CorpusSize, dir: &Path) -> Result<C
     save_tensors(&tensors, &dir.join("gate.safetensors"))?;
 
     save_tensors(&trainer.weights()?, &dir.join("init.safetensors"))?;
-    write_reference(trainer, &images0, &seqs, &stage1, dir)?;
+    write_reference(trainer, &images0, &stage1, dir)?;
 
     let enc = |w: &str| -> Result<u32> {
         Ok(encode(trainer.tokenizer(), trainer.special(), w, false)?[0])
@@ -242,7 +242,6 @@ pub fn write_corpus(trainer: &Trainer, size: CorpusSize, dir: &Path) -> Result<C
 fn write_reference(
     trainer: &Trainer,
     images0: &[RgbImage],
-    seqs: &[&Sequence],
     stage1: &[Stage1Sample],
     dir: &Path,
 ) -> Result<()> {
@@ -254,12 +253,10 @@ fn write_reference(
     let mut tensors = BTreeMap::new();
     tensors.insert("pixels".to_string(), px);
     tensors.insert("head_logits".to_string(), Tensor::stack(&heads, 0)?);
-    let r1 = REFERENCE_ROWS.min(seqs.len());
+    let r1 = REFERENCE_ROWS.min(stage1.len());
     if r1 > 0 {
-        let batch = Batch::new(
-            &seqs[..r1].iter().map(|s| (*s).clone()).collect::<Vec<_>>(),
-            trainer.special().pad,
-        );
+        let seqs: Vec<Sequence> = stage1[..r1].iter().map(|(s, _, _)| s.clone()).collect();
+        let batch = Batch::new(&seqs, trainer.special().pad);
         let imgs: Vec<&RgbImage> = stage1[..r1]
             .iter()
             .filter_map(|(_, i, _)| i.as_ref())
