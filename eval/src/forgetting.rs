@@ -1,14 +1,18 @@
 //! Forgetting: exact-match accuracy on the toy world's generic pretraining tasks (captions,
 //! attributes, existence, counting, name binding) with 0, 1 and 5 concepts active.
 //!
-//! An active concept adds its personal prompt to every request, so this measures how much an
-//! installed concept disturbs answers that do not concern it. It only means something for a
-//! base model pretrained on the toy world.
+//! Each count is run the way the runtime asks by default ([`PersonalPrompts::Mentioned`]: the
+//! generic questions mention no concept, so the concepts act only through their tokens and
+//! LM-head columns, which can steal the argmax) and, for comparison, with every active
+//! concept's personal prompt before each question ([`PersonalPrompts::All`]), which measures
+//! how much an unrelated `<sks> is <sks:1>….` disturbs the base model. It only means
+//! something for a base model pretrained on the toy world.
 
 use std::collections::BTreeMap;
 
 use concepts_runtime::generate::{GenerateConfig, Sampling};
 use concepts_runtime::preprocess::preprocess;
+use concepts_runtime::prompt::PersonalPrompts;
 use rand::SeedableRng;
 use toy_world::{ImageSize, TaskKind, TaskMix};
 
@@ -35,16 +39,27 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>, per_task: usize) -> Result<Forge
     let available = scorer.weights.len();
     let mut counts: Vec<usize> = COUNTS.iter().map(|&n| n.min(available)).collect();
     counts.dedup();
+    let runs_wanted: Vec<(usize, PersonalPrompts)> = counts
+        .iter()
+        .map(|&n| (n, PersonalPrompts::Mentioned))
+        .chain(
+            counts
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| (n, PersonalPrompts::All)),
+        )
+        .collect();
     let px = scorer.base.model().config().vision.image_size as u32;
     let size = ImageSize::new(px).unwrap_or(ImageSize::DEFAULT);
     scorer.progress.start(
         "forgetting",
-        (counts.len() * TaskKind::ALL.len() * per_task) as u64,
+        (runs_wanted.len() * TaskKind::ALL.len() * per_task) as u64,
     );
     let mut runs = Vec::new();
-    for n in counts {
+    for (n, personal_prompts) in runs_wanted {
         let indices: Vec<usize> = (0..n).collect();
-        let engine = scorer.engine_with(&indices)?;
+        let mut engine = scorer.engine_with(&indices)?;
+        engine.set_personal_prompts(personal_prompts);
         let (mut right, mut total) = (0usize, 0usize);
         let mut tasks = BTreeMap::new();
         for (k, kind) in TaskKind::ALL.into_iter().enumerate() {
@@ -81,6 +96,7 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>, per_task: usize) -> Result<Forge
         }
         runs.push(ForgettingRun {
             concepts: n,
+            personal_prompts,
             accuracy: right as f64 / total.max(1) as f64,
             tasks,
         });

@@ -1,18 +1,24 @@
 //! Multi-concept recognition: photos with two subjects (or one subject and a look-alike of
 //! another), every labelled subject's concept active at once, each asked about.
+//!
+//! Asked as the runtime asks by default, only the concept a question mentions has its
+//! personal prompt in the prompt; the other active concepts act through their tokens and
+//! LM-head columns. The same questions are also asked with every active concept's personal
+//! prompt in the prompt ([`PersonalPrompts::All`]).
+
+use concepts_runtime::prompt::PersonalPrompts;
 
 use crate::ask::says_yes;
 use crate::condition::{user_message, Condition, RECOGNITION_QUESTION};
 use crate::error::Result;
 use crate::metrics::{RecognitionTally, Tally};
 use crate::protocol::Scorer;
-use crate::report::MultiReport;
+use crate::report::{MultiReport, MultiScores};
 
 /// Scores the dataset's multi photos; `None` when it has none.
 pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
-    let dataset = scorer.dataset;
-    let index = |name: &str| dataset.subjects.iter().position(|s| s.name == name);
-    let photos: Vec<_> = dataset
+    let photos: Vec<_> = scorer
+        .dataset
         .multi
         .iter()
         .filter(|m| !m.subjects.is_empty())
@@ -24,14 +30,35 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
         .iter()
         .map(|m| m.subjects.len() + m.lookalikes.len())
         .sum();
-    scorer.progress.start("multi", questions as u64);
+    scorer.progress.start("multi", 2 * questions as u64);
+    let mentioned = scores(scorer, &photos, PersonalPrompts::Mentioned)?;
+    let all_introduced = scores(scorer, &photos, PersonalPrompts::All)?;
+    scorer.progress.finish();
+    Ok(Some(MultiReport {
+        photos: photos.len(),
+        pair_photos: mentioned.1,
+        both_recognised: mentioned.0.both_recognised,
+        recognition: mentioned.0.recognition,
+        all_introduced: all_introduced.0,
+    }))
+}
+
+/// The scores of `photos` asked with `personal_prompts`, and the number of two-subject photos.
+fn scores(
+    scorer: &mut Scorer<'_>,
+    photos: &[&crate::dataset::MultiPhoto],
+    personal_prompts: PersonalPrompts,
+) -> Result<(MultiScores, usize)> {
+    let dataset = scorer.dataset;
+    let index = |name: &str| dataset.subjects.iter().position(|s| s.name == name);
     let mut rec = RecognitionTally::default();
     let mut both = Tally::default();
-    for photo in &photos {
+    for photo in photos {
         let present: Vec<usize> = photo.subjects.iter().filter_map(|s| index(s)).collect();
         let absent: Vec<usize> = photo.lookalikes.iter().filter_map(|s| index(s)).collect();
         let active: Vec<usize> = present.iter().chain(&absent).copied().collect();
-        let engine = scorer.engine_with(&active)?;
+        let mut engine = scorer.engine_with(&active)?;
+        engine.set_personal_prompts(personal_prompts);
         let mut all_yes = true;
         for &i in &active {
             let is_present = present.contains(&i);
@@ -51,11 +78,9 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
             both.add(all_yes);
         }
     }
-    scorer.progress.finish();
-    Ok(Some(MultiReport {
-        photos: photos.len(),
-        pair_photos: both.total,
+    let scores = MultiScores {
         both_recognised: both.accuracy().unwrap_or(0.0),
         recognition: rec.scores(),
-    }))
+    };
+    Ok((scores, both.total))
 }

@@ -262,6 +262,7 @@ impl Scorer<'_> {
         );
         let mut per_subject = BTreeMap::new();
         let (mut recs, mut texts, mut visuals) = (Vec::new(), Vec::new(), Vec::new());
+        let mut by_topic: BTreeMap<String, Tally> = BTreeMap::new();
         for (si, subject) in subjects.iter().enumerate() {
             let engine = match condition {
                 Condition::Learned => self.engine_with(&[si])?,
@@ -284,7 +285,9 @@ impl Scorer<'_> {
                 for q in &qa.text {
                     check_cancel(self.cancel)?;
                     let msg = user_message(condition, subject, &q.prompt).unwrap_or_default();
-                    text.add(picks(&engine, &msg, None)? == q.answer);
+                    let right = picks(&engine, &msg, None)? == q.answer;
+                    text.add(right);
+                    by_topic.entry(q.about.clone()).or_default().add(right);
                     self.progress.tick();
                 }
                 for v in &qa.visual {
@@ -321,6 +324,10 @@ impl Scorer<'_> {
             negative: overall.negative,
             weighted: overall.weighted,
             text_qa: mean_accuracy(&texts),
+            text_qa_by_topic: by_topic
+                .into_iter()
+                .filter_map(|(topic, t)| Some((topic, t.accuracy()?)))
+                .collect(),
             visual_qa: mean_accuracy(&visuals),
             positives: overall.positives,
             negatives: overall.negatives,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use concepts_runtime::prompt::PersonalPrompts;
 use serde::Serialize;
 
 use crate::ablation::AblationReport;
@@ -69,6 +70,9 @@ pub struct ConditionReport {
     pub weighted: f64,
     /// Text-only A/B accuracy; `null` when the dataset has no questions.
     pub text_qa: Option<f64>,
+    /// Text-only A/B accuracy per topic (`shape`, `colour`, `pattern`, …), over all the
+    /// subjects' questions on that topic.
+    pub text_qa_by_topic: BTreeMap<String, f64>,
     /// A/B accuracy about test photos; `null` when the dataset has no such questions.
     pub visual_qa: Option<f64>,
     /// Positive photos asked about, over all subjects.
@@ -107,6 +111,18 @@ pub struct MultiReport {
     pub both_recognised: f64,
     /// Recognition over every (photo, active concept) question.
     pub recognition: RecognitionScores,
+    /// The same questions with every active concept's personal prompt in the prompt (the
+    /// scores above introduce only the concept asked about, as the runtime does by default).
+    pub all_introduced: MultiScores,
+}
+
+/// Multi-concept scores under one way of introducing the active concepts.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiScores {
+    /// Share of two-subject photos where both concepts were recognised.
+    pub both_recognised: f64,
+    /// Recognition over every (photo, active concept) question.
+    pub recognition: RecognitionScores,
 }
 
 /// Generic (non-personal) task accuracy as concepts are added.
@@ -114,7 +130,9 @@ pub struct MultiReport {
 pub struct ForgettingReport {
     /// Questions per generic task.
     pub per_task: usize,
-    /// One entry per number of active concepts.
+    /// One entry per number of active concepts and way of introducing them: 0, 1, 5
+    /// concepts as the runtime asks by default (`mentioned`), then 1 and 5 with every
+    /// personal prompt before each question (`all`).
     pub runs: Vec<ForgettingRun>,
 }
 
@@ -123,6 +141,8 @@ pub struct ForgettingReport {
 pub struct ForgettingRun {
     /// Active concepts.
     pub concepts: usize,
+    /// Which of them had their personal prompt before each (concept-free) question.
+    pub personal_prompts: PersonalPrompts,
     /// Exact-match accuracy over all tasks.
     pub accuracy: f64,
     /// Per task.
@@ -189,6 +209,24 @@ impl EvalReport {
                 opt_pct(c.visual_qa)
             );
         }
+        let topics: std::collections::BTreeSet<&str> = self
+            .conditions()
+            .iter()
+            .flat_map(|(_, c)| c.text_qa_by_topic.keys().map(String::as_str))
+            .collect();
+        if !topics.is_empty() {
+            let _ = writeln!(s, "\nText QA per topic:\n");
+            let topics: Vec<&str> = topics.into_iter().collect();
+            let _ = writeln!(s, "| condition | {} |", topics.join(" | "));
+            let _ = writeln!(s, "|---|{}", "---:|".repeat(topics.len()));
+            for (name, c) in self.conditions() {
+                let cells: Vec<String> = topics
+                    .iter()
+                    .map(|t| opt_pct(c.text_qa_by_topic.get(*t).copied()))
+                    .collect();
+                let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+            }
+        }
         let _ = writeln!(s);
         let _ = writeln!(s, "Weighted recognition per subject:\n");
         let names: Vec<&str> = self.conditions().iter().map(|(n, _)| *n).collect();
@@ -223,13 +261,24 @@ impl EvalReport {
                     pct(m.recognition.negative)
                 );
             }
-            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "; with every active concept introduced: both recognised {}%, present {}%",
+                pct(m.all_introduced.both_recognised),
+                pct(m.all_introduced.recognition.positive)
+            );
         }
         if let Some(f) = &self.forgetting {
             let runs: Vec<String> = f
                 .runs
                 .iter()
-                .map(|r| format!("{} concepts {}%", r.concepts, pct(r.accuracy)))
+                .map(|r| {
+                    let how = match (r.concepts, r.personal_prompts) {
+                        (0, _) | (_, PersonalPrompts::Mentioned) => "",
+                        (_, PersonalPrompts::All) => " (all introduced)",
+                    };
+                    format!("{} concepts{how} {}%", r.concepts, pct(r.accuracy))
+                })
                 .collect();
             let _ = writeln!(s, "\nGeneric accuracy: {}", runs.join(", "));
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use concepts_eval::{evaluate, read_dataset, EvalConfig, EvalReport, Quiet, TrainingConfig};
+use concepts_runtime::prompt::PersonalPrompts;
 use toy_world::{write_dataset, DatasetConfig, ImageSize};
 
 /// Writes a tiny random LLaVA with the toy-world tokenizer to `dir`.
@@ -98,10 +99,25 @@ fn evaluates_a_toy_dataset_end_to_end_and_reuses_trained_concepts() {
     assert!(report.timings.seconds_per_concept.is_some());
     let multi = report.multi.as_ref().unwrap();
     assert_eq!(multi.photos, 3);
-    assert!(in_unit(multi.both_recognised));
+    assert!(in_unit(multi.both_recognised) && in_unit(multi.all_introduced.both_recognised));
     let forgetting = report.forgetting.as_ref().unwrap();
-    let counts: Vec<usize> = forgetting.runs.iter().map(|r| r.concepts).collect();
-    assert_eq!(counts, [0, 1, 2], "5 is capped at the 2 subjects");
+    let runs: Vec<(usize, PersonalPrompts)> = forgetting
+        .runs
+        .iter()
+        .map(|r| (r.concepts, r.personal_prompts))
+        .collect();
+    use PersonalPrompts::{All, Mentioned};
+    assert_eq!(
+        runs,
+        [
+            (0, Mentioned),
+            (1, Mentioned),
+            (2, Mentioned),
+            (1, All),
+            (2, All)
+        ],
+        "5 is capped at the 2 subjects"
+    );
 
     // The JSON document has the contract's fields.
     let json = serde_json::to_value(&report).unwrap();

@@ -31,8 +31,18 @@
 //! {system} USER: <image>\n<bo> is <bo:1>…<bo:16>. {question} ASSISTANT:
 //! ```
 //!
-//! with one `<T> is <T:1>…<T:k>.` sentence per active concept, `<image>\n` only when an image
-//! is given, and earlier exchanges rendered as `USER: {q} ASSISTANT: {a}</s>`.
+//! with one `<T> is <T:1>…<T:k>.` sentence per introduced concept, `<image>\n` only when an
+//! image is given, and earlier exchanges rendered as `USER: {q} ASSISTANT: {a}</s>`.
+//!
+//! # Which active concepts are introduced
+//!
+//! An active concept always has its token ids and LM-head column; its personal prompt is
+//! written only where [`PersonalPrompts`] says. The runtime's default,
+//! [`PersonalPrompts::Mentioned`], introduces the concepts whose identifier appears in the
+//! conversation, so a question that does not concern an installed concept gets exactly the
+//! prompt it would get without it (and a prompt does not grow by k + 4 tokens per installed
+//! concept). [`PersonalPrompts::All`] introduces every active concept, as the trainer does
+//! and as a question like "Who is in this photo?" needs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +120,41 @@ impl ConceptMarkers {
     }
 }
 
+/// Which active concepts get their personal prompt `<bo> is <bo:1>…<bo:k>.`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonalPrompts {
+    /// Those whose identifier appears in a message or answer of the conversation.
+    #[default]
+    Mentioned,
+    /// All of them, mentioned or not.
+    All,
+}
+
+impl PersonalPrompts {
+    /// `"mentioned"` or `"all"`, as in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PersonalPrompts::Mentioned => "mentioned",
+            PersonalPrompts::All => "all",
+        }
+    }
+}
+
+impl std::str::FromStr for PersonalPrompts {
+    type Err = RuntimeError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mentioned" => Ok(PersonalPrompts::Mentioned),
+            "all" => Ok(PersonalPrompts::All),
+            other => Err(RuntimeError::InvalidInput(format!(
+                "personal prompts `{other}`: expected `mentioned` or `all`"
+            ))),
+        }
+    }
+}
+
 /// One finished exchange of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
@@ -125,16 +170,41 @@ pub struct Exchange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     concepts: Vec<ConceptMarkers>,
+    personal_prompts: PersonalPrompts,
     history: Vec<Exchange>,
 }
 
 impl Conversation {
-    /// A new conversation about `concepts` (possibly none).
+    /// A new conversation about `concepts` (possibly none), introducing all of them
+    /// ([`PersonalPrompts::All`]).
     pub fn new(concepts: Vec<ConceptMarkers>) -> Self {
         Self {
             concepts,
+            personal_prompts: PersonalPrompts::All,
             history: Vec::new(),
         }
+    }
+
+    /// The same conversation, introducing the concepts `personal_prompts` selects.
+    pub fn with_personal_prompts(mut self, personal_prompts: PersonalPrompts) -> Self {
+        self.personal_prompts = personal_prompts;
+        self
+    }
+
+    /// The active concepts whose personal prompt a prompt asking `question` next contains.
+    pub fn introduced(&self, question: &str) -> Vec<&ConceptMarkers> {
+        let mentioned = |c: &ConceptMarkers| {
+            let id = c.identifier();
+            question.contains(id)
+                || self
+                    .history
+                    .iter()
+                    .any(|e| e.user.contains(id) || e.assistant.contains(id))
+        };
+        self.concepts
+            .iter()
+            .filter(|c| self.personal_prompts == PersonalPrompts::All || mentioned(c))
+            .collect()
     }
 
     /// The active concepts.
@@ -152,9 +222,10 @@ impl Conversation {
         self.history.push(exchange);
     }
 
-    /// The prompt asking `question` next, ending in `ASSISTANT:`. The personal prompts go
-    /// into the first user message.
+    /// The prompt asking `question` next, ending in `ASSISTANT:`. The personal prompts of
+    /// the [introduced](Self::introduced) concepts go into the first user message.
     pub fn prompt(&self, question: &str, image: bool) -> String {
+        let introduced = self.introduced(question);
         let mut out = format!("{LLAVA_V1_SYSTEM} ");
         let turns = self
             .history
@@ -168,7 +239,7 @@ impl Conversation {
                 msg.push('\n');
             }
             if i == 0 {
-                for c in &self.concepts {
+                for c in &introduced {
                     msg.push_str(&c.personal_prompt());
                     msg.push(' ');
                 }
@@ -400,6 +471,53 @@ mod tests {
                  USER: And now? ASSISTANT:"
             )
         );
+    }
+
+    #[test]
+    fn mentioned_concepts_only_are_introduced() {
+        let bo = ConceptMarkers::new("<bo>", 1).expect("valid");
+        let t = ConceptMarkers::new("<T>", 1).expect("valid");
+        let bob = ConceptMarkers::new("<bob>", 1).expect("valid");
+        let conv = Conversation::new(vec![bo.clone(), t.clone(), bob])
+            .with_personal_prompts(PersonalPrompts::Mentioned);
+        assert_eq!(
+            conv.prompt("What colour is the star?", true),
+            format!("{LLAVA_V1_SYSTEM} USER: <image>\nWhat colour is the star? ASSISTANT:"),
+            "an unmentioned concept leaves the prompt as it is without concepts"
+        );
+        assert_eq!(
+            conv.prompt("Is <T> with <bo>?", false),
+            format!("{LLAVA_V1_SYSTEM} USER: <bo> is <bo:1>. <T> is <T:1>. Is <T> with <bo>? ASSISTANT:"),
+            "mentioned concepts keep their activation order; `<bob>` is not `<bo>`"
+        );
+        // A mention in any earlier message or answer introduces the concept in the first message.
+        let mut conv = conv;
+        conv.push(Exchange {
+            user: "Who is here?".into(),
+            image: false,
+            assistant: "<T>.".into(),
+        });
+        assert_eq!(
+            conv.prompt("Thanks", false),
+            format!(
+                "{LLAVA_V1_SYSTEM} USER: <T> is <T:1>. Who is here? ASSISTANT: <T>.</s>\
+                 USER: Thanks ASSISTANT:"
+            )
+        );
+        let all = Conversation::new(vec![t]).with_personal_prompts(PersonalPrompts::All);
+        assert_eq!(
+            all.prompt("Hi", false),
+            format!("{LLAVA_V1_SYSTEM} USER: <T> is <T:1>. Hi ASSISTANT:")
+        );
+        assert_eq!(
+            "all".parse::<PersonalPrompts>().expect("valid"),
+            PersonalPrompts::All
+        );
+        assert!("some"
+            .parse::<PersonalPrompts>()
+            .unwrap_err()
+            .to_string()
+            .contains("`some`"));
     }
 
     #[test]

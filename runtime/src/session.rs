@@ -26,8 +26,8 @@ use crate::model::{KvCache, LlavaModel};
 use crate::ops::Kernels;
 use crate::preprocess::{PixelValues, PreprocessConfig};
 use crate::prompt::{
-    expand_image_tokens, load_tokenizer, ConceptMarkers, Conversation, MarkerId, TextCodec,
-    IMAGE_MARKER, TEMPLATE_ID,
+    expand_image_tokens, load_tokenizer, ConceptMarkers, Conversation, MarkerId, PersonalPrompts,
+    TextCodec, IMAGE_MARKER, TEMPLATE_ID,
 };
 
 /// A prompt's text and the images its `<image>` markers stand for, in order.
@@ -48,6 +48,7 @@ pub struct Engine {
     fingerprint: Option<ModelFingerprint>,
     table: ConceptTable,
     markers: Vec<(String, ConceptMarkers)>,
+    personal_prompts: PersonalPrompts,
     codec: TextCodec,
 }
 
@@ -94,6 +95,7 @@ impl Engine {
             fingerprint: None,
             table,
             markers: Vec::new(),
+            personal_prompts: PersonalPrompts::default(),
             codec,
         })
     }
@@ -157,6 +159,7 @@ impl Engine {
             fingerprint: self.fingerprint.clone(),
             table,
             markers,
+            personal_prompts: self.personal_prompts,
             codec,
         })
     }
@@ -233,12 +236,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Which active concepts [`Engine::conversation`] introduces with their personal prompt
+    /// (default: the [mentioned](PersonalPrompts::Mentioned) ones).
+    pub fn set_personal_prompts(&mut self, personal_prompts: PersonalPrompts) {
+        self.personal_prompts = personal_prompts;
+    }
+
+    /// See [`Engine::set_personal_prompts`].
+    pub fn personal_prompts(&self) -> PersonalPrompts {
+        self.personal_prompts
+    }
+
     /// A `llava_v1/yollava-1` conversation over the active concepts.
     pub fn conversation(&self) -> Conversation {
         Conversation::new(self.markers.iter().map(|(_, m)| m.clone()).collect())
+            .with_personal_prompts(self.personal_prompts)
     }
 
-    /// The chat prompt for one question, with the personal prompts of the active concepts.
+    /// The chat prompt for one question, with the personal prompts of the active concepts
+    /// it introduces ([`Engine::set_personal_prompts`]).
     pub fn chat_prompt(&self, question: &str, image: Option<PixelValues>) -> PromptInput {
         PromptInput {
             text: self.conversation().prompt(question, image.is_some()),

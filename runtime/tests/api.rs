@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest, ModelFingerprint};
 use concepts_runtime::api::{
-    ChatEvent, ChatMessage, ChatRequest, FinishReason, ImageInput, MemorySource, Runtime,
-    RuntimeConfig, Selection,
+    ChatEvent, ChatMessage, ChatRequest, FinishReason, ImageInput, MemorySource, PersonalPrompts,
+    Runtime, RuntimeConfig, Selection,
 };
 use concepts_runtime::generate::{GenerateConfig, Sampling};
 use concepts_runtime::session::Engine;
@@ -96,6 +96,7 @@ fn chat(text: &str, concepts: &[&str], max_tokens: usize) -> ChatRequest {
         messages: vec![ChatMessage::user(text)],
         concepts: concepts.iter().map(|s| s.to_string()).collect(),
         resolve_identifiers: true,
+        personal_prompts: PersonalPrompts::Mentioned,
         max_tokens,
         sampling: Sampling::Greedy,
         stop_at_eos: true,
@@ -182,6 +183,33 @@ fn recognise_equals_the_engine_with_that_concept_active() {
     );
     let r = engine.recognize(&prompt).unwrap();
     assert_eq!((score.p_yes, score.p_no), (r.p_yes, r.p_no));
+}
+
+#[test]
+fn only_mentioned_concepts_are_introduced_unless_all_are_asked_for() {
+    let (runtime, _) = runtime_with(&["bo", "kiki"], RuntimeConfig::recommended());
+    let rt = tokio();
+    let tokens = |text: &str, concepts: &[&str], personal_prompts| {
+        let request = ChatRequest {
+            personal_prompts,
+            ..chat(text, concepts, 1)
+        };
+        let stream = rt.block_on(runtime.chat(request)).unwrap();
+        let names: Vec<String> = stream.concepts().iter().map(|c| c.name.clone()).collect();
+        (stream.prompt_tokens(), names)
+    };
+    let (plain, _) = tokens("What is here?", &[], PersonalPrompts::Mentioned);
+    // Named but not mentioned: active (its token exists), yet the prompt is the plain one.
+    let (named, names) = tokens("What is here?", &["bo", "kiki"], PersonalPrompts::Mentioned);
+    assert_eq!(names, ["bo", "kiki"]);
+    assert_eq!(named, plain);
+    // A personal prompt `<bo> is <bo:1>…<bo:K>. ` is at least K + 3 tokens.
+    let (all, _) = tokens("What is here?", &["bo", "kiki"], PersonalPrompts::All);
+    assert!(all >= plain + 2 * (K + 3), "{all} vs {plain}");
+    let (mentioned, _) = tokens("Is <bo> here?", &["bo", "kiki"], PersonalPrompts::Mentioned);
+    let (both, _) = tokens("Is <bo> here?", &["bo", "kiki"], PersonalPrompts::All);
+    assert!(both >= mentioned + K + 3, "{both} vs {mentioned}");
+    assert!(mentioned >= plain + K + 3, "{mentioned} vs {plain}");
 }
 
 #[test]

@@ -23,7 +23,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use concepts_runtime::api::{
-    ActiveConcept, ChatEvent, ChatMessage, ChatRequest, ChatStream, ChatSummary, FinishReason, Role,
+    ActiveConcept, ChatEvent, ChatMessage, ChatRequest, ChatStream, ChatSummary, FinishReason,
+    PersonalPrompts, Role,
 };
 use concepts_runtime::generate::Sampling;
 use futures_util::stream::{self, Stream};
@@ -58,6 +59,10 @@ struct CompletionRequest {
     /// Extension: concepts to activate by name or identifier.
     #[serde(default)]
     concepts: Vec<String>,
+    /// Extension: `"mentioned"` (default) introduces only the active concepts the messages
+    /// mention with their personal prompt, `"all"` every active one.
+    #[serde(default)]
+    personal_prompts: PersonalPrompts,
     /// Extension (as in vLLM): generate until `max_tokens` even past end-of-sequence.
     #[serde(default)]
     ignore_eos: bool,
@@ -228,6 +233,7 @@ fn to_chat_request(state: &AppState, request: CompletionRequest) -> Result<ChatR
         messages,
         concepts: request.concepts,
         resolve_identifiers: true,
+        personal_prompts: request.personal_prompts,
         max_tokens: max_tokens as usize,
         sampling,
         stop_at_eos: !request.ignore_eos,

@@ -72,6 +72,7 @@ async fn streaming_chat_with_two_concepts_follows_the_openai_schema() {
             "stream": stream,
             "stream_options": {"include_usage": true},
             "concepts": concepts,
+            "personal_prompts": "all",
         })
     };
     let resp = server
@@ -139,6 +140,27 @@ async fn streaming_chat_with_two_concepts_follows_the_openai_schema() {
         with >= without + 2 * (common::K as u64 + 2),
         "{with} vs {without}"
     );
+
+    // By default only the mentioned `<kiki>` is introduced; `bo` stays active.
+    let mut mentioned = request(false, json!(["bo"]), "Is <kiki> in this photo?");
+    mentioned
+        .as_object_mut()
+        .unwrap()
+        .remove("personal_prompts");
+    let (status, body) = server.post_json("/v1/chat/completions", &mentioned).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["concepts"], json!(["bo", "kiki"]));
+    let one = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    let per_prompt = common::K as u64 + 2;
+    // Shorter than with both by bo's prompt, longer than the plain-text question.
+    assert!(
+        one + per_prompt <= with && one > without,
+        "{one}: {without}..{with}"
+    );
+    let mut bad = mentioned;
+    bad["personal_prompts"] = json!("some");
+    let (status, body) = server.post_json("/v1/chat/completions", &bad).await;
+    assert_eq!(status, 400, "{body}");
     server.stop().await;
 }
 

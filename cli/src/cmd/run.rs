@@ -1,6 +1,8 @@
 //! `concepts run [--model DIR] [--image FILE] [--concept NAME]... [--raw-prompt] --prompt TEXT
 //! [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--logits-out OUT.safetensors]`
 //!
+//! Every `--concept` is introduced with its personal prompt, mentioned or not.
+//!
 //! This command line is a contract: outside parity checks run it. The answer is streamed to
 //! stdout; `--logits-out` writes `logits` (f32 `[T, V + n]`, every prompt position),
 //! `input_ids` (i64 `[T]`, each `<image>` expanded to one id per image feature) and, when
@@ -13,6 +15,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use concepts_runtime::generate::{GenerateConfig, Generation, Sampling};
 use concepts_runtime::preprocess::preprocess_file;
+use concepts_runtime::prompt::PersonalPrompts;
 use concepts_runtime::session::{Engine, PromptInput};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -73,6 +76,9 @@ pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 .with_context(|| format!("activating concept `{name}`"))?;
         }
     }
+    // `--concept` names the concepts this prompt is about: every one is introduced, as in
+    // the reference layout that the parity checks compare against.
+    engine.set_personal_prompts(PersonalPrompts::All);
     let image = match &args.image {
         Some(path) => {
             let config = engine

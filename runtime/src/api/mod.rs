@@ -36,7 +36,8 @@
 //! use std::sync::Arc;
 //!
 //! use concepts_runtime::api::{
-//!     ChatMessage, ChatRequest, ImageInput, MemorySource, Runtime, RuntimeConfig, Selection,
+//!     ChatMessage, ChatRequest, ImageInput, MemorySource, PersonalPrompts, Runtime, RuntimeConfig,
+//!     Selection,
 //! };
 //! use concepts_runtime::generate::Sampling;
 //!
@@ -53,6 +54,7 @@
 //!             .with_image(ImageInput::File(fixture.join("images/logo.png")))],
 //!         concepts: vec![],
 //!         resolve_identifiers: true,
+//!         personal_prompts: PersonalPrompts::Mentioned,
 //!         max_tokens: 4,
 //!         sampling: Sampling::Greedy,
 //!         stop_at_eos: true,
@@ -100,6 +102,7 @@ use crate::error::{Result, RuntimeError};
 use crate::generate::{GenerateConfig, Sampling, StopReason};
 use crate::preprocess::{decode_image, preprocess, PixelValues};
 use crate::prompt::Exchange;
+pub use crate::prompt::PersonalPrompts;
 use crate::session::{Engine, PromptInput};
 
 use resident::{ResidentCache, ResidentConcept};
@@ -216,6 +219,9 @@ pub struct ChatRequest {
     pub concepts: Vec<String>,
     /// Also activate installed concepts whose identifier (`<bo>`) appears in the messages.
     pub resolve_identifiers: bool,
+    /// Which active concepts get their personal prompt: the ones the messages mention
+    /// (the default), or all of them ("Who is in this photo?" about named concepts).
+    pub personal_prompts: PersonalPrompts,
     /// Most tokens to generate.
     pub max_tokens: usize,
     pub sampling: Sampling,
@@ -497,6 +503,7 @@ impl Runtime {
             messages: vec![ChatMessage::user(question.replace("{}", &identifier))],
             concepts: vec![concept.to_string()],
             resolve_identifiers: false,
+            personal_prompts: PersonalPrompts::Mentioned,
             max_tokens,
             sampling: Sampling::Greedy,
             stop_at_eos: true,
@@ -735,7 +742,8 @@ impl Inner {
             request.resolve_identifiers.then_some(all_text.as_str()),
             true,
         )?;
-        let engine = self.engine_for(&concepts)?;
+        let mut engine = self.engine_for(&concepts)?;
+        engine.set_personal_prompts(request.personal_prompts);
         let mut conversation = engine.conversation();
         let (last, earlier) = turns.split_last().expect("turns() returns at least one");
         for turn in earlier {
