@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
+use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest, ModelFingerprint};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
@@ -280,6 +281,52 @@ pub fn write_random_checkpoint(dir: &Path, config_json: &str, seed: u64) -> Resu
         .collect::<Result<HashMap<String, Tensor>>>()?;
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
     Ok(cfg)
+}
+
+/// A valid concept package `<name>` for the model with fingerprint `fp`: `k` latent tokens and
+/// tensors drawn uniformly from `[-scale, scale)` with `seed` (different scales move the logits
+/// differently). The manifest is fixed apart from the name, so equal arguments give equal bytes.
+pub fn random_concept_package(
+    name: &str,
+    fp: &ModelFingerprint,
+    k: usize,
+    seed: u64,
+    scale: f32,
+) -> Result<ConceptPackage> {
+    let d = fp.hidden_size as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+            .collect()
+    };
+    let invalid = |e: concept_format::FormatError| RuntimeError::Concept {
+        name: name.to_string(),
+        msg: e.to_string(),
+    };
+    let (identifier, latents, head) = (values(d), values(k * d), values(d));
+    let tensors =
+        ConceptTensors::from_f32(concept_format::DType::F32, k, d, identifier, latents, head)
+            .map_err(invalid)?;
+    let manifest = Manifest {
+        name: name.into(),
+        identifier: format!("<{name}>"),
+        display_name: name.into(),
+        category: Category::Pet,
+        k: k as u32,
+        d: d as u32,
+        dtype: concept_format::DType::F32,
+        base_model: fp.clone(),
+        prompt_template: crate::prompt::TEMPLATE_ID.into(),
+        provenance: None,
+        user_facts: vec![],
+        relations: vec![],
+        license: "CC0-1.0".into(),
+        created: "2025-05-03T12:00:00Z".into(),
+        body_sha256: String::new(),
+        ext: Default::default(),
+    };
+    ConceptPackage::new(manifest, tensors).map_err(invalid)
 }
 
 #[cfg(test)]

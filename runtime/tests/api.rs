@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest, ModelFingerprint};
+use concept_format::{ConceptPackage, ModelFingerprint};
 use concepts_runtime::api::{
     ChatEvent, ChatMessage, ChatRequest, FinishReason, ImageInput, MemorySource, PersonalPrompts,
     Runtime, RuntimeConfig, Selection,
@@ -16,8 +16,6 @@ use concepts_runtime::api::{
 use concepts_runtime::generate::{GenerateConfig, Sampling};
 use concepts_runtime::session::Engine;
 use concepts_runtime::RuntimeError;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 const K: usize = 4;
 
@@ -36,41 +34,7 @@ fn image() -> ImageInput {
 /// A concept package for the fixture model with seeded random tensors (`scale` sets their
 /// size, so different concepts move the logits differently).
 fn package(name: &str, fp: &ModelFingerprint, seed: u64, scale: f32) -> ConceptPackage {
-    let d = fp.hidden_size as usize;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut values = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
-            .collect()
-    };
-    let tensors = ConceptTensors::from_f32(
-        concept_format::DType::F32,
-        K,
-        d,
-        values(d),
-        values(K * d),
-        values(d),
-    )
-    .unwrap();
-    let manifest = Manifest {
-        name: name.into(),
-        identifier: format!("<{name}>"),
-        display_name: name.into(),
-        category: Category::Pet,
-        k: K as u32,
-        d: d as u32,
-        dtype: concept_format::DType::F32,
-        base_model: fp.clone(),
-        prompt_template: "llava_v1/yollava-1".into(),
-        provenance: None,
-        user_facts: vec![],
-        relations: vec![],
-        license: "CC0-1.0".into(),
-        created: "2025-05-03T12:00:00Z".into(),
-        body_sha256: String::new(),
-        ext: Default::default(),
-    };
-    ConceptPackage::new(manifest, tensors).unwrap()
+    concepts_runtime::testing::random_concept_package(name, fp, K, seed, scale).unwrap()
 }
 
 fn runtime_with(names: &[&str], config: RuntimeConfig) -> (Runtime, Arc<MemorySource>) {

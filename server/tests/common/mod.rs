@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest, ModelFingerprint};
+use concept_format::ModelFingerprint;
 use concept_registry::Registry;
 use concepts_runtime::api::{Runtime, RuntimeConfig};
 use concepts_server::{RegistrySource, Server, ServerConfig, ServerError};
@@ -29,53 +29,11 @@ pub fn fingerprint() -> ModelFingerprint {
     concepts_runtime::fingerprint(&model_dir()).unwrap()
 }
 
-/// Deterministic pseudo-random values in [-scale, scale) (a 64-bit LCG; the tests need
-/// variety, not quality).
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-/// The `.ycpt` bytes of a concept `<name>` for `fp`.
+/// The `.ycpt` bytes of a concept `<name>` for `fp` with seeded random tensors.
 pub fn package_bytes(name: &str, fp: &ModelFingerprint, seed: u64, scale: f32) -> Vec<u8> {
-    let d = fp.hidden_size as usize;
-    let tensors = ConceptTensors::from_f32(
-        concept_format::DType::F32,
-        K,
-        d,
-        values(seed, d, scale),
-        values(seed + 1000, K * d, scale),
-        values(seed + 2000, d, scale),
-    )
-    .unwrap();
-    let manifest = Manifest {
-        name: name.into(),
-        identifier: format!("<{name}>"),
-        display_name: name.into(),
-        category: Category::Pet,
-        k: K as u32,
-        d: d as u32,
-        dtype: concept_format::DType::F32,
-        base_model: fp.clone(),
-        prompt_template: "llava_v1/yollava-1".into(),
-        provenance: None,
-        user_facts: vec![],
-        relations: vec![],
-        license: "CC0-1.0".into(),
-        created: "2025-05-03T12:00:00Z".into(),
-        body_sha256: String::new(),
-        ext: Default::default(),
-    };
-    ConceptPackage::new(manifest, tensors).unwrap().to_bytes()
+    concepts_runtime::testing::random_concept_package(name, fp, K, seed, scale)
+        .unwrap()
+        .to_bytes()
 }
 
 /// A file as a `data:` URL.
