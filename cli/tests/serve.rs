@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest};
 use serde_json::Value;
 
 fn fixture() -> PathBuf {
@@ -27,45 +26,11 @@ fn concepts(home: &Path) -> Command {
 /// Packs `<name>` for the fixture model (tensors from `seed`) and installs it.
 fn install(home: &Path, dir: &Path, name: &str, seed: u32) {
     let fp = concepts_runtime::fingerprint(&model_dir()).unwrap();
-    let (k, d) = (3, fp.hidden_size as usize);
-    let wave = |n: usize, phase: u32| -> Vec<f32> {
-        (0..n)
-            .map(|i| (i as f32 * 0.37 + (seed * 7 + phase) as f32).sin())
-            .collect()
-    };
-    let tensors = ConceptTensors::from_f32(
-        concept_format::DType::F32,
-        k,
-        d,
-        wave(d, 0),
-        wave(k * d, 1),
-        wave(d, 2),
-    )
-    .unwrap();
-    let manifest = Manifest {
-        name: name.into(),
-        identifier: format!("<{name}>"),
-        display_name: name.into(),
-        category: Category::Pet,
-        k: k as u32,
-        d: d as u32,
-        dtype: concept_format::DType::F32,
-        base_model: fp,
-        prompt_template: "llava_v1/yollava-1".into(),
-        provenance: None,
-        user_facts: vec![],
-        relations: vec![],
-        license: "CC0-1.0".into(),
-        created: "2025-05-03T12:00:00Z".into(),
-        body_sha256: String::new(),
-        ext: Default::default(),
-    };
+    let package =
+        concepts_runtime::testing::random_concept_package(name, &fp, 3, u64::from(seed), 1.0)
+            .unwrap();
     let path = dir.join(format!("{name}.ycpt"));
-    std::fs::write(
-        &path,
-        ConceptPackage::new(manifest, tensors).unwrap().to_bytes(),
-    )
-    .unwrap();
+    std::fs::write(&path, package.to_bytes()).unwrap();
     let out = concepts(home).arg("install").arg(&path).output().unwrap();
     assert!(
         out.status.success(),
