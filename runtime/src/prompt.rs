@@ -40,8 +40,8 @@
 //! written only where [`PersonalPrompts`] says. The runtime's default,
 //! [`PersonalPrompts::Mentioned`], introduces the concepts whose identifier appears in the
 //! conversation, so a question that does not concern an installed concept gets exactly the
-//! prompt it would get without it (and a prompt does not grow by k + 4 tokens per installed
-//! concept). [`PersonalPrompts::All`] introduces every active concept, as the trainer does
+//! prompt it would get without it (and a prompt does not grow by the k + 3 or more tokens of
+//! each installed concept's sentence). [`PersonalPrompts::All`] introduces every active concept, as the trainer does
 //! and as a question like "Who is in this photo?" needs.
 
 use std::collections::HashMap;
