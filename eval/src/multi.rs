@@ -31,19 +31,20 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
         .map(|m| m.subjects.len() + m.lookalikes.len())
         .sum();
     scorer.progress.start("multi", 2 * questions as u64);
-    let mentioned = scores(scorer, &photos, PersonalPrompts::Mentioned)?;
-    let all_introduced = scores(scorer, &photos, PersonalPrompts::All)?;
+    let (mentioned, pair_photos) = scores(scorer, &photos, PersonalPrompts::Mentioned)?;
+    let (all_introduced, _) = scores(scorer, &photos, PersonalPrompts::All)?;
     scorer.progress.finish();
     Ok(Some(MultiReport {
         photos: photos.len(),
-        pair_photos: mentioned.1,
-        both_recognised: mentioned.0.both_recognised,
-        recognition: mentioned.0.recognition,
-        all_introduced: all_introduced.0,
+        pair_photos,
+        both_recognised: mentioned.both_recognised,
+        recognition: mentioned.recognition,
+        all_introduced,
     }))
 }
 
-/// The scores of `photos` asked with `personal_prompts`, and the number of two-subject photos.
+/// The scores of `photos` asked with `personal_prompts`, and the number of photos showing two
+/// of the dataset's subjects (the same whichever way they are asked).
 fn scores(
     scorer: &mut Scorer<'_>,
     photos: &[&crate::dataset::MultiPhoto],

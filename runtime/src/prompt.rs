@@ -131,30 +131,6 @@ pub enum PersonalPrompts {
     All,
 }
 
-impl PersonalPrompts {
-    /// `"mentioned"` or `"all"`, as in JSON and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PersonalPrompts::Mentioned => "mentioned",
-            PersonalPrompts::All => "all",
-        }
-    }
-}
-
-impl std::str::FromStr for PersonalPrompts {
-    type Err = RuntimeError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "mentioned" => Ok(PersonalPrompts::Mentioned),
-            "all" => Ok(PersonalPrompts::All),
-            other => Err(RuntimeError::InvalidInput(format!(
-                "personal prompts `{other}`: expected `mentioned` or `all`"
-            ))),
-        }
-    }
-}
-
 /// One finished exchange of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
@@ -509,15 +485,6 @@ mod tests {
             all.prompt("Hi", false),
             format!("{LLAVA_V1_SYSTEM} USER: <T> is <T:1>. Hi ASSISTANT:")
         );
-        assert_eq!(
-            "all".parse::<PersonalPrompts>().expect("valid"),
-            PersonalPrompts::All
-        );
-        assert!("some"
-            .parse::<PersonalPrompts>()
-            .unwrap_err()
-            .to_string()
-            .contains("`some`"));
     }
 
     #[test]
