@@ -265,3 +265,18 @@ fn corpus_round_trips_weights_and_matches_the_trainers_sequences() {
         );
     }
 }
+
+#[test]
+fn the_committed_template_set_is_the_one_the_trainer_writes() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/toy-llava/concepts_templates.json"
+    );
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        committed,
+        concepts_pretrain::train::recognition_templates_json(),
+        "regenerate models/toy-llava/concepts_templates.json from recognition_templates_json()"
+    );
+}

@@ -164,6 +164,15 @@ named_enum! {
     }
 }
 
+impl Pattern {
+    /// Whether the main and the secondary colour cover about equal areas (stripes and checks
+    /// alternate bands or cells of the same width), so that a photo does not show which of the
+    /// two is the main one.
+    pub fn is_balanced(self) -> bool {
+        matches!(self, Pattern::Stripes | Pattern::Checks)
+    }
+}
+
 named_enum! {
     /// How large an object is drawn, relative to the image side.
     pub enum Size {

@@ -276,6 +276,39 @@ fn json_files_describe_the_dataset() {
 }
 
 #[test]
+fn colour_questions_about_balanced_patterns_never_offer_the_secondary_colour() {
+    // Stripes and checks show both colours over equal areas, so "white or black?" about a
+    // white cross with black stripes has no answer a viewer could see.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut balanced_colour_questions = 0;
+    for seed in 0..6 {
+        let dir = tmp.path().join(format!("ds{seed}"));
+        let summary = write_dataset(&dir, seed, 6, &small_config()).unwrap();
+        for s in &summary.subjects {
+            let (combo, name) = (s.combo(), s.name());
+            if !combo.pattern().is_balanced() {
+                continue;
+            }
+            let secondary = combo.secondary().unwrap().name();
+            let qa: serde_json::Value =
+                serde_json::from_slice(&fs::read(dir.join(format!("qa/{name}.json"))).unwrap())
+                    .unwrap();
+            for q in qa["text"].as_array().unwrap() {
+                if q["about"] == "colour" {
+                    balanced_colour_questions += 1;
+                    assert_ne!(q["option_a"], secondary, "{q}");
+                    assert_ne!(q["option_b"], secondary, "{q}");
+                }
+            }
+        }
+    }
+    assert!(
+        balanced_colour_questions >= 4,
+        "too few striped or checked subjects to check ({balanced_colour_questions} questions)"
+    );
+}
+
+#[test]
 fn refuses_non_empty_dir_unless_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ds");
