@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use concept_format::ConceptPackage;
 use concept_registry::{Entry, InstallOptions, InstallOutcome};
-use concepts_runtime::api::Selection;
+use concepts_runtime::api::{ConceptScore, Selection};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -204,18 +204,7 @@ pub(crate) async fn recognise(
     };
     let _permit = state.admission.admit().await?;
     let scores = state.runtime.recognise_all(image, selection).await?;
-    let data: Vec<Value> = scores
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.concept.name,
-                "identifier": s.concept.identifier,
-                "p_yes": s.p_yes,
-                "p_no": s.p_no,
-                "present": s.present(),
-            })
-        })
-        .collect();
+    let data: Vec<Value> = scores.iter().map(ConceptScore::to_json).collect();
     Ok(Json(json!({
         "object": "list",
         "model": state.runtime.model_id(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use concepts_runtime::api::{ImageInput, Runtime, RuntimeConfig, Selection};
+use concepts_runtime::api::{ConceptScore, ImageInput, Runtime, RuntimeConfig, Selection};
 use concepts_server::RegistrySource;
 use serde_json::json;
 
@@ -53,18 +53,7 @@ pub fn run(args: ScanArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("scanning `{}`", args.image.display()))?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let concepts: Vec<_> = scores
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.concept.name,
-                    "identifier": s.concept.identifier,
-                    "p_yes": s.p_yes,
-                    "p_no": s.p_no,
-                    "present": s.present(),
-                })
-            })
-            .collect();
+        let concepts: Vec<_> = scores.iter().map(ConceptScore::to_json).collect();
         let doc = json!({
             "image": args.image.display().to_string(),
             "model": runtime.model_id(),

@@ -13,6 +13,7 @@
 //! Built for `wasm32-wasip2` this crate is the component `concepts.default-trainer`; built for the
 //! host it is the same policy as in-process Rust.
 
+use concepts_plugin_sdk::rng::SplitMix64;
 use concepts_plugin_sdk::{
     register_trainer, EpochReport, Recognition, Result, SampleKind, SampleRef, Split, TrainParams,
     TrainSummary, Trainer, TrainingJob,
@@ -191,30 +192,6 @@ pub fn epoch_samples(
         samples.swap(i, j);
     }
     samples
-}
-
-/// SplitMix64: small, seedable, and the same on every target.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`, `n > 0`.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - (u64::MAX % n);
-        loop {
-            let x = self.next();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ pub mod backend;
 
 #[doc(hidden)]
 pub mod __private;
+pub mod rng;
 
 pub use concepts_plugin_api::{ApiVersion, LogLevel, Role, API_VERSION};
 pub use context::Context;

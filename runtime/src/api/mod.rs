@@ -339,6 +339,18 @@ impl ConceptScore {
     pub fn present(&self) -> bool {
         self.p_yes > self.p_no
     }
+
+    /// The score as `concepts scan --json` and the server's `/v1/recognize` print it:
+    /// `{name, identifier, p_yes, p_no, present}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.concept.name,
+            "identifier": self.concept.identifier,
+            "p_yes": self.p_yes,
+            "p_no": self.p_no,
+            "present": self.present(),
+        })
+    }
 }
 
 /// A snapshot of the runtime's load.
