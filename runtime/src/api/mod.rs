@@ -340,7 +340,7 @@ impl ConceptScore {
         self.p_yes > self.p_no
     }
 
-    /// The score as `concepts scan --json` and the server's `/v1/recognize` print it:
+    /// The score as `concepts scan --json` and the server's `/v1/recognise` print it:
     /// `{name, identifier, p_yes, p_no, present}`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
