@@ -643,13 +643,8 @@ async fn models_health_local_images_and_recognise() {
     assert_eq!(data.len(), 3);
     for (got, want) in data.iter().zip(&direct) {
         assert_eq!(got["name"], want.concept.name);
-        // serde_json parses floats to within an ulp unless its `float_roundtrip` is on.
-        let p_yes = got["p_yes"].as_f64().unwrap();
-        assert!(
-            (p_yes - want.p_yes).abs() <= 1e-12 * want.p_yes.abs(),
-            "{p_yes} vs {}",
-            want.p_yes
-        );
+        // Exact: the dev-dependency turns on serde_json's `float_roundtrip`.
+        assert_eq!(got["p_yes"].as_f64().unwrap(), want.p_yes);
         assert_eq!(got["present"], want.present());
     }
     let (status, body) = server
