@@ -25,7 +25,7 @@ use crate::render::{encode_png, render, ImageSize, Scene};
 use crate::subject::{
     choose_subjects, generic_scene, lookalike, pair_photo, photo_of, stream, Subject,
 };
-use crate::tasks::{intrinsic_choice, visual_choice, Choice, Letter};
+use crate::tasks::{intrinsic_choices, visual_choice, Choice, Letter};
 use crate::text::SKS;
 
 /// Version of the folder layout, written to `subjects.json`.
@@ -375,29 +375,21 @@ fn write_contents(
                 lists[k].push(rel);
             }
         }
-        let mut rng = stream(seed, &format!("{name}/qa"));
+        // Every text question about each attribute: the right value against each wrong one, on
+        // both sides. A couple of drawn questions per attribute left text QA at the mercy of
+        // which wrong option was drawn (one question moved a topic's accuracy by 8 points).
         for &attr in Attribute::ALL {
-            // Two questions per attribute, with different wrong options.
-            let mut wrong_seen = Vec::new();
-            for _ in 0..20 {
-                let Some(choice) = intrinsic_choice(&mut rng, SKS, s.combo(), attr) else {
-                    break;
-                };
-                let wrong = match choice.answer {
-                    Letter::A => choice.option_b.clone(),
-                    Letter::B => choice.option_a.clone(),
-                };
-                if attr == Attribute::Colour && main_colour_is_unseeable(s.combo(), &wrong) {
-                    continue;
-                }
-                if !wrong_seen.contains(&wrong) {
-                    wrong_seen.push(wrong);
-                    qa.text.push(choice);
-                }
-                if wrong_seen.len() == 2 {
-                    break;
-                }
-            }
+            qa.text.extend(
+                intrinsic_choices(SKS, s.combo(), attr)
+                    .into_iter()
+                    .filter(|choice| {
+                        let wrong = match choice.answer {
+                            Letter::A => &choice.option_b,
+                            Letter::B => &choice.option_a,
+                        };
+                        attr != Attribute::Colour || !main_colour_is_unseeable(s.combo(), wrong)
+                    }),
+            );
         }
         questions += qa.text.len() + qa.visual.len();
         w.json(&format!("qa/{name}.json"), &qa)?;

@@ -57,7 +57,8 @@ pub use subject::{
     choose_subjects, generic_scene, lookalike, pair_photo, photo_of, Subject, MAX_SUBJECTS,
 };
 pub use tasks::{
-    caption_of, intrinsic_choice, sample, visual_choice, Choice, Letter, Sample, TaskKind, TaskMix,
+    caption_of, intrinsic_choice, intrinsic_choices, sample, visual_choice, Choice, Letter, Sample,
+    TaskKind, TaskMix,
 };
 pub use tokenizer::{
     build_tokenizer, vocabulary, write_tokenizer, BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, UNK,

@@ -175,6 +175,17 @@ impl Choice {
         } else {
             Letter::B
         };
+        Choice::with_answer(about, question, right, wrong, answer)
+    }
+
+    /// The question with `right` as option `answer` and `wrong` as the other.
+    fn with_answer(
+        about: &str,
+        question: String,
+        right: &str,
+        wrong: &str,
+        answer: Letter,
+    ) -> Choice {
         let (a, b) = match answer {
             Letter::A => (right, wrong),
             Letter::B => (wrong, right),
@@ -640,6 +651,52 @@ fn wrong_value<R: Rng + ?Sized>(rng: &mut R, attribute: Attribute, c: &Combo) ->
     }
 }
 
+/// Every value [`wrong_value`] can draw, in the order of the attribute's `ALL` list.
+fn wrong_values(attribute: Attribute, c: &Combo) -> Vec<&'static str> {
+    fn names<T: Copy>(
+        all: &[T],
+        keep: impl Fn(T) -> bool,
+        name: fn(T) -> &'static str,
+    ) -> Vec<&'static str> {
+        all.iter().copied().filter(|&v| keep(v)).map(name).collect()
+    }
+    match attribute {
+        Attribute::Shape => names(Shape::ALL, |s| s != c.shape(), Shape::name),
+        Attribute::Colour => names(Colour::ALL, |x| x != c.colour(), Colour::name),
+        Attribute::Pattern => names(Pattern::ALL, |p| p != c.pattern(), Pattern::name),
+        Attribute::Secondary => names(
+            Colour::ALL,
+            |x| x.contrasts_with(c.colour()) && Some(x) != c.secondary(),
+            Colour::name,
+        ),
+    }
+}
+
+/// Every A/B question [`intrinsic_choice`] can ask about `attribute` of `combo`: the right
+/// value against each possible wrong one, once as option A and once as option B (so a model
+/// that always answers one letter scores exactly 0.5). Empty when the attribute does not apply.
+pub fn intrinsic_choices(subject: &str, combo: &Combo, attribute: Attribute) -> Vec<Choice> {
+    let (Some(question), Some(right)) = (
+        choice_question(attribute, subject, combo),
+        attribute_value(attribute, combo),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for wrong in wrong_values(attribute, combo) {
+        for answer in [Letter::A, Letter::B] {
+            out.push(Choice::with_answer(
+                attribute.name(),
+                question.clone(),
+                right,
+                wrong,
+                answer,
+            ));
+        }
+    }
+    out
+}
+
 /// An A/B question about one intrinsic attribute of `combo`, asked about `subject`.
 pub fn intrinsic_choice<R: Rng + ?Sized>(
     rng: &mut R,
@@ -746,6 +803,32 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn intrinsic_choices_are_every_question_intrinsic_choice_can_draw() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for c in Combo::all().iter().step_by(37) {
+            for &attr in Attribute::ALL {
+                let all = intrinsic_choices("<sks>", c, attr);
+                let mut drawn = Vec::new();
+                for _ in 0..400 {
+                    match intrinsic_choice(&mut rng, "<sks>", c, attr) {
+                        Some(q) => {
+                            assert!(all.contains(&q), "{q:?} is not among the listed choices");
+                            if !drawn.contains(&q) {
+                                drawn.push(q);
+                            }
+                        }
+                        None => assert!(all.is_empty()),
+                    }
+                }
+                // 400 draws reach each of at most 18 questions (a miss has odds of about 1e-9).
+                assert_eq!(drawn.len(), all.len(), "{attr:?} of {}", c.key());
+                let a = all.iter().filter(|q| q.answer == Letter::A).count();
+                assert_eq!(2 * a, all.len(), "each question once on each side");
+            }
+        }
+    }
 
     #[test]
     fn pretraining_never_draws_held_out_combos() {

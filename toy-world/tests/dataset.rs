@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use toy_world::{write_dataset, Combo, DatasetConfig, Error, ImageSize};
+use toy_world::{write_dataset, Attribute, Combo, DatasetConfig, Error, ImageSize};
 
 fn small_config() -> DatasetConfig {
     DatasetConfig {
@@ -213,13 +213,30 @@ fn json_files_describe_the_dataset() {
         let qa = read(&format!("qa/{}.json", s.name()));
         assert_eq!(qa["placeholder"], "<sks>");
         let text = qa["text"].as_array().unwrap();
-        // Two distinct questions per attribute (no secondary colour for solid subjects).
-        let expected = if s.combo().secondary().is_some() {
-            8
+        // Every wrong option of every attribute on both sides (no secondary colour for solid
+        // subjects; no main-colour question offering the secondary colour of stripes or checks).
+        let per_attribute: usize = Attribute::ALL
+            .iter()
+            .map(|&a| toy_world::intrinsic_choices("<sks>", s.combo(), a).len())
+            .sum();
+        let unseeable = if s.combo().pattern().is_balanced() {
+            2
         } else {
-            6
+            0
         };
-        assert_eq!(text.len(), expected);
+        assert_eq!(text.len(), per_attribute - unseeable);
+        assert!(text.len() >= 18 + 16 + 8, "{}", text.len());
+        for about in ["shape", "colour", "pattern"] {
+            let (mut a, mut b) = (0, 0);
+            for q in text.iter().filter(|q| q["about"] == about) {
+                if q["answer"] == "A" {
+                    a += 1
+                } else {
+                    b += 1
+                }
+            }
+            assert_eq!(a, b, "{about}: the right option as often first as second");
+        }
         for (i, q) in text.iter().enumerate() {
             assert!(!text[i + 1..].contains(q), "duplicate question {q}");
         }
