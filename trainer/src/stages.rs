@@ -1,15 +1,18 @@
 //! The three replaceable stages as traits shaped like their WIT worlds, and the built-ins.
 //!
 //! The pipeline calls negative mining, the training policy and metadata linking only through
-//! [`NegativeMiner`], [`Trainer`] (which drives a [`TrainingHost`]) and [`MetadataLinker`]. The
-//! traits mirror `concepts_plugin_host`'s role traits method for method (same names, same
-//! `concepts_plugin_api` records), so a wasm component, a native plugin or an in-process
-//! built-in can stand behind them without changing behaviour. The built-ins here run the SDK
+//! [`NegativeMiner`], [`Trainer`] (which drives a [`TrainingHost`]) and [`MetadataLinker`].
+//! [`TrainingHost`] is `concepts_plugin_api`'s, the very trait the plugin host hands to plugin
+//! trainers; the three role traits mirror `concepts_plugin_host`'s method for method (same names,
+//! same `concepts_plugin_api` records) with the trainer's error type, so a wasm component, a
+//! native plugin or an in-process built-in can stand behind them without changing behaviour. The built-ins here run the SDK
 //! crates of the default components (`concepts.default-miner`, `-trainer`, `-linker`)
 //! in-process through [`concepts_plugin_sdk::backend`], exactly as the plugin host's built-ins do.
 
 use std::cell::RefCell;
 
+/// The training engine's interface and ids, shared with the plugin host.
+pub use concepts_plugin_api::{BatchId, EngineError, SnapshotId, TrainingHost};
 use concepts_plugin_api::{
     ConceptMetadata, EpochReport, LogLevel, MinedNegative, MiningParams, Recognition, SampleCounts,
     SampleRef, ScoredRow, Split, TrainParams, TrainSummary, Turn,
@@ -27,11 +30,6 @@ pub const DEFAULT_LINKER: &str = "concepts.default-linker";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct StageError(pub String);
-
-/// A failure of the training engine, reported to the trainer stage as a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EngineError(pub String);
 
 /// A read-only, row-major `rows × dim` matrix of `f32` image embeddings with row norms.
 ///
@@ -117,14 +115,6 @@ impl EmbeddingMatrix {
     }
 }
 
-/// A batch of encoded samples held by a [`TrainingHost`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BatchId(pub u32);
-
-/// A snapshot of trainable parameters held by a [`TrainingHost`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SnapshotId(pub u32);
-
 /// World `negative-miner`: chooses negatives for the subject from a pool of images.
 pub trait NegativeMiner {
     /// The plugin id.
@@ -137,31 +127,6 @@ pub trait NegativeMiner {
         pool: &EmbeddingMatrix,
         params: MiningParams,
     ) -> Result<Vec<MinedNegative>, StageError>;
-}
-
-/// The training engine as a trainer stage sees it (WIT interface `training-host`).
-///
-/// Tensors never leave the host: samples are referred to by kind and index, batches and
-/// snapshots by id.
-pub trait TrainingHost {
-    /// The sizes of the sample lists.
-    fn counts(&self) -> SampleCounts;
-    /// Encodes samples into a batch.
-    fn build_batch(&mut self, samples: &[SampleRef]) -> Result<BatchId, EngineError>;
-    /// Samples in a batch (0 for an unknown batch).
-    fn batch_len(&self, batch: BatchId) -> u32;
-    /// Frees a batch.
-    fn drop_batch(&mut self, batch: BatchId);
-    /// One optimiser step on `batch`; returns the batch loss before the step.
-    fn train_step(&mut self, batch: BatchId, learning_rate: f32) -> Result<f32, EngineError>;
-    /// Recognition on a split, without changing parameters.
-    fn evaluate_recognition(&mut self, split: Split) -> Result<Recognition, EngineError>;
-    /// Copies the trainable parameters and optimiser state.
-    fn snapshot(&mut self) -> Result<SnapshotId, EngineError>;
-    /// Restores a snapshot.
-    fn restore(&mut self, snapshot: SnapshotId) -> Result<(), EngineError>;
-    /// Records an epoch's outcome.
-    fn report_epoch(&mut self, report: &EpochReport);
 }
 
 /// World `trainer`: drives a training job through a [`TrainingHost`].

@@ -327,8 +327,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
 /// built-ins), seen through the trainer's stage traits.
 mod plugin_stages {
     use concepts_plugin_api::{
-        ConceptMetadata, EpochReport, MinedNegative, MiningParams, Recognition, SampleCounts,
-        SampleRef, Split, TrainParams, TrainSummary, Turn,
+        ConceptMetadata, MinedNegative, MiningParams, TrainParams, TrainSummary, Turn,
     };
     use concepts_plugin_host as host;
     use concepts_trainer::stages::{self, EmbeddingMatrix, StageError, Stages};
@@ -393,63 +392,7 @@ mod plugin_stages {
             engine: &mut dyn stages::TrainingHost,
             params: TrainParams,
         ) -> Result<TrainSummary, StageError> {
-            self.0.train(&mut Engine(engine), params).map_err(err)
-        }
-    }
-
-    /// The trainer's engine as the plugin host's `TrainingHost`.
-    struct Engine<'a>(&'a mut dyn stages::TrainingHost);
-
-    impl host::TrainingHost for Engine<'_> {
-        fn counts(&self) -> SampleCounts {
-            self.0.counts()
-        }
-
-        fn build_batch(
-            &mut self,
-            samples: &[SampleRef],
-        ) -> Result<host::BatchId, host::EngineError> {
-            self.0
-                .build_batch(samples)
-                .map(|b| host::BatchId(b.0))
-                .map_err(|e| host::EngineError(e.0))
-        }
-
-        fn drop_batch(&mut self, batch: host::BatchId) {
-            self.0.drop_batch(stages::BatchId(batch.0));
-        }
-
-        fn train_step(
-            &mut self,
-            batch: host::BatchId,
-            learning_rate: f32,
-        ) -> Result<f32, host::EngineError> {
-            self.0
-                .train_step(stages::BatchId(batch.0), learning_rate)
-                .map_err(|e| host::EngineError(e.0))
-        }
-
-        fn evaluate_recognition(&mut self, split: Split) -> Result<Recognition, host::EngineError> {
-            self.0
-                .evaluate_recognition(split)
-                .map_err(|e| host::EngineError(e.0))
-        }
-
-        fn snapshot(&mut self) -> Result<host::SnapshotId, host::EngineError> {
-            self.0
-                .snapshot()
-                .map(|s| host::SnapshotId(s.0))
-                .map_err(|e| host::EngineError(e.0))
-        }
-
-        fn restore(&mut self, snapshot: host::SnapshotId) -> Result<(), host::EngineError> {
-            self.0
-                .restore(stages::SnapshotId(snapshot.0))
-                .map_err(|e| host::EngineError(e.0))
-        }
-
-        fn report_epoch(&mut self, report: &EpochReport) {
-            self.0.report_epoch(report);
+            self.0.train(engine, params).map_err(err)
         }
     }
 

@@ -1,8 +1,8 @@
 //! concepts-plugin-api: the plain-Rust face of the `concepts:plugin` WIT package.
 //!
 //! Its one job is to name, once, the data that crosses a plugin boundary: the records of the WIT
-//! package in `spec/plugins/wit/` as Rust types, the roles and their worlds, the API version, and the
-//! C ABI of native plugins. Key design choice: both sides of the boundary (the host crate and the
+//! package in `spec/plugins/wit/` as Rust types, the roles and their worlds, the API version, the
+//! training engine a trainer drives ([`TrainingHost`]), and the C ABI of native plugins. Key design choice: both sides of the boundary (the host crate and the
 //! plugin SDK) use these types, so a record cannot drift between them; the wasm bindings on either
 //! side convert into and out of them field by field.
 //!
@@ -12,6 +12,9 @@
 #![deny(missing_docs)]
 
 pub mod native;
+mod training_host;
+
+pub use training_host::{BatchId, EngineError, SnapshotId, TrainingHost};
 
 #[cfg(not(target_arch = "wasm32"))]
 use serde::{Deserialize, Serialize};

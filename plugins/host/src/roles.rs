@@ -4,10 +4,9 @@
 //! a wasm component, a native library and an in-process built-in — and the choice between them is
 //! the [`crate::PluginSet`]'s, so moving a stage between them changes no behaviour.
 
-use concepts_plugin_api::{
-    ConceptMetadata, EpochReport, MinedNegative, MiningParams, Recognition, SampleCounts,
-    SampleRef, Split, TrainParams, TrainSummary, Turn,
-};
+use concepts_plugin_api::TrainParams;
+pub use concepts_plugin_api::{BatchId, EngineError, SnapshotId, TrainingHost};
+use concepts_plugin_api::{ConceptMetadata, MinedNegative, MiningParams, TrainSummary, Turn};
 
 use crate::matrix::EmbeddingMatrix;
 use crate::PluginError;
@@ -27,43 +26,6 @@ pub trait NegativeMiner {
         pool: &EmbeddingMatrix,
         params: MiningParams,
     ) -> Result<Vec<MinedNegative>, PluginError>;
-}
-
-/// A failure of the training engine, reported to the trainer plugin as a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EngineError(pub String);
-
-/// A batch of encoded samples held by a [`TrainingHost`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BatchId(pub u32);
-
-/// A snapshot of trainable parameters held by a [`TrainingHost`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SnapshotId(pub u32);
-
-/// The training engine as a trainer plugin sees it (WIT interface `training-host`).
-///
-/// The training pipeline implements this over its model; tensors never leave it. Samples are
-/// referred to by kind and index, batches and snapshots by id. Errors are reported to the plugin,
-/// which decides what to do (normally it gives up and returns the error).
-pub trait TrainingHost {
-    /// The sizes of the sample lists.
-    fn counts(&self) -> SampleCounts;
-    /// Encodes samples into a batch.
-    fn build_batch(&mut self, samples: &[SampleRef]) -> Result<BatchId, EngineError>;
-    /// Frees a batch; the plugin dropped it.
-    fn drop_batch(&mut self, batch: BatchId);
-    /// One optimiser step on `batch`; returns the batch loss before the step.
-    fn train_step(&mut self, batch: BatchId, learning_rate: f32) -> Result<f32, EngineError>;
-    /// Recognition on a split, without changing parameters.
-    fn evaluate_recognition(&mut self, split: Split) -> Result<Recognition, EngineError>;
-    /// Copies the trainable parameters (and optimiser state).
-    fn snapshot(&mut self) -> Result<SnapshotId, EngineError>;
-    /// Restores a snapshot.
-    fn restore(&mut self, snapshot: SnapshotId) -> Result<(), EngineError>;
-    /// Records an epoch's outcome (progress display, provenance).
-    fn report_epoch(&mut self, report: &EpochReport);
 }
 
 /// World `trainer`: drives a training job through a [`TrainingHost`].

@@ -531,6 +531,9 @@ mod hostile {
             {
                 self.0.build_batch(s)
             }
+            fn batch_len(&self, b: concepts_plugin_host::BatchId) -> u32 {
+                self.0.batch_len(b)
+            }
             fn drop_batch(&mut self, b: concepts_plugin_host::BatchId) {
                 self.0.drop_batch(b)
             }

@@ -379,6 +379,10 @@ impl TrainingHost for LogisticHost {
         Ok(BatchId(id))
     }
 
+    fn batch_len(&self, batch: BatchId) -> u32 {
+        self.batches.get(&batch.0).map_or(0, |b| b.len() as u32)
+    }
+
     fn drop_batch(&mut self, batch: BatchId) {
         assert!(
             self.batches.remove(&batch.0).is_some(),
