@@ -5,9 +5,10 @@
 //! [`TrainingHost`] is `concepts_plugin_api`'s, the very trait the plugin host hands to plugin
 //! trainers; the three role traits mirror `concepts_plugin_host`'s method for method (same names,
 //! same `concepts_plugin_api` records) with the trainer's error type, so a wasm component, a
-//! native plugin or an in-process built-in can stand behind them without changing behaviour. The built-ins here run the SDK
-//! crates of the default components (`concepts.default-miner`, `-trainer`, `-linker`)
-//! in-process through [`concepts_plugin_sdk::backend`], exactly as the plugin host's built-ins do.
+//! native plugin or an in-process built-in can stand behind them without changing behaviour.
+//! The built-ins here run the SDK crates of the default components (`concepts.default-miner`,
+//! `-trainer`, `-linker`) in-process through [`concepts_plugin_sdk::backend`], exactly as the
+//! plugin host's built-ins do.
 
 use std::cell::RefCell;
 

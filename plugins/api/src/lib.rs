@@ -2,9 +2,10 @@
 //!
 //! Its one job is to name, once, the data that crosses a plugin boundary: the records of the WIT
 //! package in `spec/plugins/wit/` as Rust types, the roles and their worlds, the API version, the
-//! training engine a trainer drives ([`TrainingHost`]), and the C ABI of native plugins. Key design choice: both sides of the boundary (the host crate and the
-//! plugin SDK) use these types, so a record cannot drift between them; the wasm bindings on either
-//! side convert into and out of them field by field.
+//! training engine a trainer drives ([`TrainingHost`]), and the C ABI of native plugins. Key
+//! design choice: both sides of the boundary (the host crate and the plugin SDK) use these types,
+//! so a record cannot drift between them; the wasm bindings on either side convert into and out
+//! of them field by field.
 //!
 //! The crate has no dependencies on wasm targets; on native targets it derives `serde` for the JSON
 //! that native plugins exchange (see [`native`]).

@@ -167,11 +167,12 @@ impl<T: concepts_plugin_sdk::Trainer> BuiltinTrainer<T> {
 struct TrainerBackend<'a> {
     events: &'a Events,
     host: RefCell<&'a mut dyn TrainingHost>,
-    batches: RefCell<Vec<Option<(BatchId, u32)>>>,
+    /// The plugin's batch handles (indices); the host's batch ids behind them.
+    batches: RefCell<Vec<Option<BatchId>>>,
 }
 
 impl TrainerBackend<'_> {
-    fn batch(&self, handle: u32) -> Result<(BatchId, u32), String> {
+    fn batch(&self, handle: u32) -> Result<BatchId, String> {
         self.batches
             .borrow()
             .get(handle as usize)
@@ -197,12 +198,13 @@ impl TrainingBackend for TrainerBackend<'_> {
             .build_batch(samples)
             .map_err(|e| e.0)?;
         let mut batches = self.batches.borrow_mut();
-        batches.push(Some((id, samples.len() as u32)));
+        batches.push(Some(id));
         Ok(batches.len() as u32 - 1)
     }
 
     fn batch_len(&self, batch: u32) -> u32 {
-        self.batch(batch).map_or(0, |(_, len)| len)
+        self.batch(batch)
+            .map_or(0, |id| self.host.borrow().batch_len(id))
     }
 
     fn drop_batch(&self, batch: u32) {
@@ -211,13 +213,13 @@ impl TrainingBackend for TrainerBackend<'_> {
             .borrow_mut()
             .get_mut(batch as usize)
             .and_then(Option::take);
-        if let Some((id, _)) = taken {
+        if let Some(id) = taken {
             self.host.borrow_mut().drop_batch(id);
         }
     }
 
     fn train_step(&self, batch: u32, learning_rate: f32) -> Result<f32, String> {
-        let (id, _) = self.batch(batch)?;
+        let id = self.batch(batch)?;
         self.host
             .borrow_mut()
             .train_step(id, learning_rate)

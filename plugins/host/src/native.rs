@@ -211,7 +211,8 @@ impl Services for MinerServices {
 struct TrainerServices<'a> {
     events: Events,
     host: &'a mut dyn TrainingHost,
-    batches: HashMap<u32, (BatchId, u32)>,
+    /// The plugin's batch handles; the host's batch ids behind them.
+    batches: HashMap<u32, BatchId>,
     next_batch: u32,
 }
 
@@ -226,22 +227,23 @@ impl Services for TrainerServices<'_> {
                 let id = self.host.build_batch(&samples).map_err(err)?;
                 let handle = self.next_batch;
                 self.next_batch += 1;
-                self.batches.insert(handle, (id, samples.len() as u32));
+                self.batches.insert(handle, id);
                 encode(&handle)
             }
             method::BATCH_LEN => {
                 let b: u32 = decode(name, input)?;
-                encode(&self.batches.get(&b).ok_or_else(|| no_batch(b))?.1)
+                let id = *self.batches.get(&b).ok_or_else(|| no_batch(b))?;
+                encode(&self.host.batch_len(id))
             }
             method::DROP_BATCH => {
                 let b: u32 = decode(name, input)?;
-                let (id, _) = self.batches.remove(&b).ok_or_else(|| no_batch(b))?;
+                let id = self.batches.remove(&b).ok_or_else(|| no_batch(b))?;
                 self.host.drop_batch(id);
                 encode(&())
             }
             method::TRAIN_STEP => {
                 let s: msg::TrainStep = decode(name, input)?;
-                let (id, _) = *self
+                let id = *self
                     .batches
                     .get(&s.batch)
                     .ok_or_else(|| no_batch(s.batch))?;
@@ -443,7 +445,7 @@ impl Trainer for NativeTrainer {
             self.0
                 .invoke("train", method::TRAIN, &params, &mut services)?;
         // Batches the plugin leaked are freed here.
-        for (_, (id, _)) in services.batches.drain() {
+        for (_, id) in services.batches.drain() {
             services.host.drop_batch(id);
         }
         roles::check_summary(self.id(), &summary)?;

@@ -4,9 +4,10 @@
 //! a wasm component, a native library and an in-process built-in — and the choice between them is
 //! the [`crate::PluginSet`]'s, so moving a stage between them changes no behaviour.
 
-use concepts_plugin_api::TrainParams;
 pub use concepts_plugin_api::{BatchId, EngineError, SnapshotId, TrainingHost};
-use concepts_plugin_api::{ConceptMetadata, MinedNegative, MiningParams, TrainSummary, Turn};
+use concepts_plugin_api::{
+    ConceptMetadata, MinedNegative, MiningParams, TrainParams, TrainSummary, Turn,
+};
 
 use crate::matrix::EmbeddingMatrix;
 use crate::PluginError;

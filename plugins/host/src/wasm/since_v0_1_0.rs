@@ -53,10 +53,9 @@ pub(crate) mod linker {
 use miner::concepts::plugin::{embeddings, host};
 use trainer::concepts::plugin::training_host as th;
 
-/// A batch resource: the host's batch id and its size.
+/// A batch resource: the training host's batch id (it knows the batch's size).
 pub struct BatchRep {
     id: BatchId,
-    len: u32,
 }
 
 /// Adds this version's host interfaces to `linker`.
@@ -347,7 +346,8 @@ fn engine_result<T>(r: Result<T, crate::roles::EngineError>) -> Result<T, String
 
 impl th::HostBatch for StoreState {
     fn len(&mut self, this: Resource<BatchRep>) -> wasmtime::Result<u32> {
-        Ok(self.table.get(&this)?.len)
+        let id = self.table.get(&this)?.id;
+        Ok(self.training()?.batch_len(id))
     }
 
     fn drop(&mut self, this: Resource<BatchRep>) -> wasmtime::Result<()> {
@@ -396,10 +396,7 @@ impl th::Host for StoreState {
         let built = self.training()?.build_batch(&samples);
         self.clock.in_host += started.elapsed();
         match built {
-            Ok(id) => {
-                let len = samples.len() as u32;
-                Ok(Ok(self.table.push(BatchRep { id, len })?))
-            }
+            Ok(id) => Ok(Ok(self.table.push(BatchRep { id })?)),
             Err(e) => Ok(Err(e.0)),
         }
     }
