@@ -21,6 +21,10 @@ cosine to 10%. Stage 1's step count can be derived from a wall-clock budget
 
     python3 tools/toy_gpu/train.py --corpus0 C0 --corpus1 C1 --out OUT [--device cuda]
 
+`--init model.safetensors` fine-tunes existing weights instead (after the reference check,
+which always runs on the corpus's seeded initial weights); `--freeze-decoder` then keeps the
+decoder fixed, so stage 1 adapts only the projector and the tower.
+
 Writes OUT/weights.safetensors (final), OUT/best.safetensors (best gate), OUT/log.jsonl.
 """
 
@@ -329,6 +333,10 @@ def main():
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--holdout", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--freeze-decoder", action="store_true",
+                    help="stage 1 trains the projector and the tower only (for a fine-tune on a changed world)")
+    ap.add_argument("--init", help="fine-tune: start from these weights (a model.safetensors in the hub layout) "
+                    "instead of the corpus's seeded initial ones; tensors it lacks (the stage-0 heads) keep theirs")
     ap.add_argument("--deadline-seconds", type=float, default=0, help="end stage 1 (evaluating and saving) by then")
     ap.add_argument("--wait-seconds", type=float, default=900, help="give up waiting for a corpus after this")
     args = ap.parse_args()
@@ -368,10 +376,26 @@ def main():
     check_reference(model, c0, mean, std, dev)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    if args.init:
+        start_from = load_file(args.init)
+        unknown = sorted(set(start_from) - set(params))
+        if unknown:
+            sys.exit(f"`{args.init}` has tensors this model lacks: {unknown[:5]}")
+        with torch.no_grad():
+            for k, v in start_from.items():
+                if v.shape != params[k].shape:
+                    sys.exit(f"`{args.init}`: {k} is {tuple(v.shape)}, the model wants {tuple(params[k].shape)}")
+                params[k].copy_(v.to(dev, params[k].dtype))
+        record({"init": args.init, "tensors": len(start_from), "kept": sorted(set(params) - set(start_from))})
 
     gate = load_corpus(os.path.join(c0, "gate.safetensors"), dev)
     tower = [v for k, v in params.items() if k.startswith("vision_tower.")] + [v for k, v in params.items() if k.startswith("head.")]
-    lm = [v for k, v in params.items() if not k.startswith("vision_tower.") and not k.startswith("head.")]
+    lm = [v for k, v in params.items() if not k.startswith("vision_tower.") and not k.startswith("head.")
+          and not (args.freeze_decoder and k.startswith("language_model."))]
+    if args.freeze_decoder:
+        for k, v in params.items():
+            if k.startswith("language_model."):
+                v.requires_grad_(False)
     t0 = time.time()
 
     # Stage 0: the tower and its heads.
