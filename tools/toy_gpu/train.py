@@ -390,12 +390,12 @@ def main():
 
     gate = load_corpus(os.path.join(c0, "gate.safetensors"), dev)
     tower = [v for k, v in params.items() if k.startswith("vision_tower.")] + [v for k, v in params.items() if k.startswith("head.")]
-    lm = [v for k, v in params.items() if not k.startswith("vision_tower.") and not k.startswith("head.")
-          and not (args.freeze_decoder and k.startswith("language_model."))]
     if args.freeze_decoder:
         for k, v in params.items():
             if k.startswith("language_model."):
                 v.requires_grad_(False)
+    lm = [v for k, v in params.items()
+          if not k.startswith("vision_tower.") and not k.startswith("head.") and v.requires_grad]
     t0 = time.time()
 
     # Stage 0: the tower and its heads.

@@ -621,37 +621,25 @@ fn name_attribute<R: Rng + ?Sized>(rng: &mut R) -> (String, String) {
     (format!("{} {q}", binding(name, &c)), a)
 }
 
-/// A wrong value for `attribute` that still makes a valid combo with `c`'s other values.
+/// A wrong value for `attribute` that still makes a valid combo with `c`'s other values: one of
+/// [`wrong_values`], drawn by rejection from the attribute's `ALL` list (the draws the
+/// pretraining stream, and so the golden fingerprints, are built on).
 fn wrong_value<R: Rng + ?Sized>(rng: &mut R, attribute: Attribute, c: &Combo) -> &'static str {
-    match attribute {
-        Attribute::Shape => loop {
-            let s = *pick(rng, Shape::ALL);
-            if s != c.shape() {
-                return s.name();
-            }
-        },
-        Attribute::Colour => loop {
-            let x = *pick(rng, Colour::ALL);
-            if x != c.colour() {
-                return x.name();
-            }
-        },
-        Attribute::Pattern => loop {
-            let p = *pick(rng, Pattern::ALL);
-            if p != c.pattern() {
-                return p.name();
-            }
-        },
-        Attribute::Secondary => loop {
-            let x = *pick(rng, Colour::ALL);
-            if x.contrasts_with(c.colour()) && Some(x) != c.secondary() {
-                return x.name();
-            }
-        },
+    let wrong = wrong_values(attribute, c);
+    let (n, name): (usize, fn(usize) -> &'static str) = match attribute {
+        Attribute::Shape => (Shape::ALL.len(), |i| Shape::ALL[i].name()),
+        Attribute::Colour | Attribute::Secondary => (Colour::ALL.len(), |i| Colour::ALL[i].name()),
+        Attribute::Pattern => (Pattern::ALL.len(), |i| Pattern::ALL[i].name()),
+    };
+    loop {
+        let v = name(rng.random_range(0..n));
+        if wrong.contains(&v) {
+            return v;
+        }
     }
 }
 
-/// Every value [`wrong_value`] can draw, in the order of the attribute's `ALL` list.
+/// Every wrong value of `attribute` for `c`, in the order of the attribute's `ALL` list.
 fn wrong_values(attribute: Attribute, c: &Combo) -> Vec<&'static str> {
     fn names<T: Copy>(
         all: &[T],
