@@ -74,7 +74,7 @@ enum Command {
     Toy(cmd::toy::ToyArgs),
     /// The base model: pretrain the toy LLaVA (`base build-toy`)
     Base(cmd::base::BaseArgs),
-    /// Evaluate recognition and A/B questions on a dataset: vanilla, description and learned
+    /// Evaluate recognition and A/B questions on a dataset: vanilla, true and model-written description, learned
     Eval(Box<cmd::eval::EvalArgs>),
     /// Train `<bo>` on a generated toy subject, install it and ask it questions (a few minutes)
     Demo(cmd::demo::DemoArgs),

@@ -164,6 +164,7 @@ pub(crate) fn evaluate(
             dataset,
             base: scorer.base,
             weights: &weights,
+            model_descriptions: scorer.model_descriptions,
             images: &mut *scorer.images,
             progress: &mut *scorer.progress,
             cancel: scorer.cancel,

@@ -5,6 +5,8 @@
 //! * **description**: the subject's true text description in place of the soft tokens, in the
 //!   layout of the toy world's in-context name-binding task the base model was pretrained on:
 //!   "Ziggy is a red star with blue dots. Can you see if Ziggy is in this photo? …".
+//! * **model_description**: a description the base model wrote from the subject's training
+//!   photos ([`crate::model_description`]; the paper's automated baseline) in the same layout.
 //! * **learned**: the trained concept is active, so the runtime's template adds the personal
 //!   prompt `<ziggy> is <ziggy:1>…<ziggy:k>.` and the question says `<ziggy>`.
 
@@ -24,23 +26,27 @@ pub enum Condition {
     Vanilla,
     /// The true description in the prompt.
     Description,
+    /// A description the base model wrote from the training photos, in the prompt.
+    ModelDescription,
     /// The learned concept.
     Learned,
 }
 
 impl Condition {
     /// Every condition, in report order.
-    pub const ALL: [Condition; 3] = [
+    pub const ALL: [Condition; 4] = [
         Condition::Vanilla,
         Condition::Description,
+        Condition::ModelDescription,
         Condition::Learned,
     ];
 
-    /// `vanilla`, `description` or `learned`.
+    /// `vanilla`, `description`, `model_description` or `learned`.
     pub fn as_str(self) -> &'static str {
         match self {
             Condition::Vanilla => "vanilla",
             Condition::Description => "description",
+            Condition::ModelDescription => "model_description",
             Condition::Learned => "learned",
         }
     }
@@ -52,23 +58,30 @@ pub fn identifier(subject: &EvalSubject) -> String {
 }
 
 /// The user message asking `template` (which names the subject as [`SKS`]) about `subject`
-/// under `condition`; `None` for the description condition when the subject has none.
+/// under `condition`; `None` for the description condition when the subject has none, and
+/// always for [`Condition::ModelDescription`], whose text is not part of the dataset (ask
+/// [`described_message`] with it).
 ///
 /// For [`Condition::Learned`] the concept must be active in the engine that asks, which adds
 /// the personal prompt in front of this message.
 pub fn user_message(condition: Condition, subject: &EvalSubject, template: &str) -> Option<String> {
     match condition {
         Condition::Vanilla => Some(template.replace(SKS, &subject.text_name())),
-        Condition::Description => {
-            let name = subject.text_name();
-            let description = subject.description.as_deref()?;
-            Some(format!(
-                "{name} is {description}. {}",
-                template.replace(SKS, &name)
-            ))
-        }
+        Condition::Description => Some(described_message(
+            subject,
+            subject.description.as_deref()?,
+            template,
+        )),
+        Condition::ModelDescription => None,
         Condition::Learned => Some(template.replace(SKS, &identifier(subject))),
     }
+}
+
+/// `template` about `subject`, introduced by `description` in the layout of the toy world's
+/// in-context name-binding task: "Ziggy is a red star with blue dots. Can you see if Ziggy …".
+pub fn described_message(subject: &EvalSubject, description: &str, template: &str) -> String {
+    let name = subject.text_name();
+    format!("{name} is {description}. {}", template.replace(SKS, &name))
 }
 
 #[cfg(test)]
@@ -107,6 +120,16 @@ mod tests {
         assert_eq!(
             user_message(Condition::Description, &subject(None), RECOGNITION_QUESTION),
             None
+        );
+        // The model-written description uses the true description's layout.
+        assert_eq!(
+            user_message(Condition::ModelDescription, &s, RECOGNITION_QUESTION),
+            None
+        );
+        assert_eq!(
+            described_message(&s, "a blue heart", RECOGNITION_QUESTION),
+            "Ziggy is a blue heart. Can you see if Ziggy is in this photo? \
+             Answer with a single word or phrase."
         );
     }
 }

@@ -71,6 +71,14 @@ fn scores(
             .unwrap_or_default();
             let pixels = scorer.images.get(&engine, &photo.image)?;
             let yes = says_yes(&engine, &message, Some(pixels))?;
+            tracing::debug!(
+                photo = %photo.image.display(),
+                subject = %dataset.subjects[i].name,
+                ?personal_prompts,
+                present = is_present,
+                yes,
+                "multi-concept question"
+            );
             rec.add(is_present, yes);
             all_yes &= !is_present || yes;
             scorer.progress.tick();

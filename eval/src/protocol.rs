@@ -11,10 +11,13 @@ use concept_format::ConceptPackage;
 use concepts_runtime::session::Engine;
 
 use crate::ask::{picks, says_yes, ImageCache};
-use crate::condition::{identifier, user_message, Condition, RECOGNITION_QUESTION};
+use crate::condition::{
+    described_message, identifier, user_message, Condition, RECOGNITION_QUESTION,
+};
 use crate::dataset::EvalDataset;
 use crate::error::{EvalError, Result};
 use crate::metrics::{mean_accuracy, mean_recognition, RecognitionTally, Tally};
+use crate::model_description::{self, ModelDescription};
 use crate::report::{
     ConditionReport, EvalReport, SubjectScores, Timings, REPORT_FORMAT, REPORT_VERSION,
 };
@@ -140,13 +143,41 @@ pub fn evaluate(
         weights.push(engine.package_weights(&package)?);
     }
 
-    // --- Questions.
+    // --- The model-written descriptions (captions of the training photos, summarised).
     let t_score = Instant::now();
     let mut images = ImageCache::default();
+    let mut written: BTreeMap<String, ModelDescription> = BTreeMap::new();
+    for subject in &dataset.subjects {
+        let d = model_description::write(&engine, subject, &mut images, cancel)?;
+        written.insert(subject.name.clone(), d);
+    }
+    let unreadable: Vec<&str> = written
+        .iter()
+        .filter(|(_, d)| d.description.is_none())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    // Scored only when every subject has one, so that its averages are over the same
+    // subjects as the other conditions'.
+    let model_descriptions: BTreeMap<String, String> = if unreadable.is_empty() {
+        written
+            .iter()
+            .filter_map(|(name, d)| Some((name.clone(), d.description.clone()?)))
+            .collect()
+    } else {
+        notes.push(format!(
+            "model_description: skipped, the base model's captions of the training photos of {} \
+             are not in the toy world's caption layout",
+            unreadable.join(", ")
+        ));
+        BTreeMap::new()
+    };
+
+    // --- Questions.
     let mut scorer = Scorer {
         dataset,
         base: &engine,
         weights: &weights,
+        model_descriptions: &model_descriptions,
         images: &mut images,
         progress,
         cancel,
@@ -160,6 +191,11 @@ pub fn evaluate(
                 .to_string(),
         );
         None
+    };
+    let model_description = if model_descriptions.is_empty() {
+        None
+    } else {
+        Some(scorer.condition(Condition::ModelDescription)?)
     };
     let learned = scorer.condition(Condition::Learned)?;
     if vanilla.text_qa.is_none() {
@@ -206,6 +242,8 @@ pub fn evaluate(
         training_config: cfg.training.clone(),
         vanilla,
         description,
+        model_description,
+        model_descriptions: written,
         learned,
         multi,
         forgetting,
@@ -228,6 +266,8 @@ pub(crate) struct Scorer<'a> {
     pub(crate) base: &'a Engine,
     /// The converted weights of each subject's concept, in subject order.
     pub(crate) weights: &'a [concepts_runtime::ConceptWeights],
+    /// The model-written description of each subject, by name (empty: not scored).
+    pub(crate) model_descriptions: &'a BTreeMap<String, String>,
     pub(crate) images: &'a mut ImageCache,
     pub(crate) progress: &'a mut dyn EvalProgress,
     pub(crate) cancel: &'a AtomicBool,
@@ -246,6 +286,23 @@ impl Scorer<'_> {
             )
         });
         Ok(self.base.with_concepts(concepts)?)
+    }
+
+    /// `template` about `subject` under `condition`; `None` when the condition has nothing to
+    /// say about the subject.
+    fn message(
+        &self,
+        condition: Condition,
+        subject: &crate::dataset::EvalSubject,
+        template: &str,
+    ) -> Option<String> {
+        match condition {
+            Condition::ModelDescription => self
+                .model_descriptions
+                .get(&subject.name)
+                .map(|d| described_message(subject, d, template)),
+            _ => user_message(condition, subject, template),
+        }
     }
 
     pub(crate) fn condition(&mut self, condition: Condition) -> Result<ConditionReport> {
@@ -268,7 +325,7 @@ impl Scorer<'_> {
                 Condition::Learned => self.engine_with(&[si])?,
                 _ => self.base.with_concepts([])?,
             };
-            let Some(message) = user_message(condition, subject, RECOGNITION_QUESTION) else {
+            let Some(message) = self.message(condition, subject, RECOGNITION_QUESTION) else {
                 continue;
             };
             let mut rec = RecognitionTally::default();
@@ -284,16 +341,29 @@ impl Scorer<'_> {
             if let Some(qa) = &subject.qa {
                 for q in &qa.text {
                     check_cancel(self.cancel)?;
-                    let msg = user_message(condition, subject, &q.prompt).unwrap_or_default();
-                    let right = picks(&engine, &msg, None)? == q.answer;
+                    let msg = self
+                        .message(condition, subject, &q.prompt)
+                        .unwrap_or_default();
+                    let picked = picks(&engine, &msg, None)?;
+                    let right = picked == q.answer;
+                    tracing::debug!(
+                        condition = condition.as_str(),
+                        subject = %subject.name,
+                        about = %q.about,
+                        question = ?q.prompt,
+                        answer = ?q.answer,
+                        ?picked,
+                        "text question"
+                    );
                     text.add(right);
                     by_topic.entry(q.about.clone()).or_default().add(right);
                     self.progress.tick();
                 }
                 for v in &qa.visual {
                     check_cancel(self.cancel)?;
-                    let msg =
-                        user_message(condition, subject, &v.question.prompt).unwrap_or_default();
+                    let msg = self
+                        .message(condition, subject, &v.question.prompt)
+                        .unwrap_or_default();
                     let pixels = self.images.get(&engine, &v.image)?;
                     visual.add(picks(&engine, &msg, Some(pixels))? == v.question.answer);
                     self.progress.tick();

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::ablation::AblationReport;
 use crate::dataset::Layout;
 use crate::metrics::RecognitionScores;
+use crate::model_description::ModelDescription;
 use crate::training::{TrainedConcept, TrainingConfig};
 
 /// The `format` field of the JSON document.
@@ -43,6 +44,11 @@ pub struct EvalReport {
     pub vanilla: ConditionReport,
     /// The true description in the prompt; `null` when the dataset has no descriptions.
     pub description: Option<ConditionReport>,
+    /// A description the base model wrote from the training photos in the prompt (the paper's
+    /// automated baseline); `null` when some subject's captions could not be read.
+    pub model_description: Option<ConditionReport>,
+    /// What the base model wrote about each subject: its captions and their summary.
+    pub model_descriptions: BTreeMap<String, ModelDescription>,
     /// The learned concept active.
     pub learned: ConditionReport,
     /// Photos with two subjects, both concepts active; `null` when not run or no such photos.
@@ -177,6 +183,9 @@ impl EvalReport {
         if let Some(d) = &self.description {
             out.push(("description", d));
         }
+        if let Some(d) = &self.model_description {
+            out.push(("model_description", d));
+        }
         out.push(("learned", &self.learned));
         out
     }
@@ -243,6 +252,17 @@ impl EvalReport {
                 })
                 .collect();
             let _ = writeln!(s, "| {subject} | {} |", cells.join(" | "));
+        }
+        let written: Vec<(&String, &str)> = self
+            .model_descriptions
+            .iter()
+            .filter_map(|(name, d)| Some((name, d.description.as_deref()?)))
+            .collect();
+        if !written.is_empty() {
+            let _ = writeln!(s, "\nModel-written descriptions (model_description):\n");
+            for (name, d) in written {
+                let _ = writeln!(s, "- {name}: {d}");
+            }
         }
         if let Some(m) = &self.multi {
             let _ = write!(

@@ -91,6 +91,26 @@ fn evaluates_a_toy_dataset_end_to_end_and_reuses_trained_concepts() {
     let report = evaluate(&dataset, &cfg, &mut Quiet, &cancel).unwrap();
     check_structure(&report, 2, 2);
     assert!(report.description.is_some());
+    // The base model captioned every training photo; its summaries are scored only when
+    // every subject got one (the tiny random model's captions are not readable), and a skip
+    // says so.
+    assert_eq!(report.model_descriptions.len(), 2);
+    assert!(report
+        .model_descriptions
+        .values()
+        .all(|d| d.captions.len() == 3));
+    let all_written = report
+        .model_descriptions
+        .values()
+        .all(|d| d.description.is_some());
+    assert_eq!(report.model_description.is_some(), all_written);
+    assert_eq!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("model_description")),
+        !all_written
+    );
     assert_eq!(report.concepts.len(), 2);
     assert!(report
         .concepts
@@ -221,6 +241,18 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
     assert!(
         learned_qa >= vanilla_qa + 0.15,
         "text QA: learned {learned_qa:.3} vs vanilla {vanilla_qa:.3}"
+    );
+    // The trained base model captions its world: it describes every subject from the
+    // training photos, and that description, in the prompt, clears vanilla widely too.
+    let written = report
+        .model_description
+        .as_ref()
+        .expect("the embedded model's captions are readable");
+    assert!(
+        written.weighted >= report.vanilla.weighted + 0.15,
+        "model-written description {:.3} vs vanilla {:.3}",
+        written.weighted,
+        report.vanilla.weighted
     );
 }
 

@@ -143,6 +143,54 @@ pub fn sized_phrase(combo: &Combo, size: Size) -> String {
     with_article(&format!("{size} {}", combo.noun_phrase()))
 }
 
+/// Reads a caption in the layout of [`crate::caption_of`] back into its objects, in caption
+/// order (largest first): "A large red star with blue dots and a small green circle." →
+/// `[(Large, red star with blue dots), (Small, green circle)]`. Case and the final full stop
+/// are ignored. `None` when any part of the text is not that layout, or names an impossible
+/// object: a model's caption is only trusted whole.
+pub fn parse_caption(caption: &str) -> Option<Vec<(Size, Combo)>> {
+    let text = caption
+        .trim()
+        .trim_end_matches('.')
+        .to_lowercase()
+        .replace(',', " , ");
+    let mut words = text.split_whitespace().peekable();
+    let mut objects = Vec::new();
+    loop {
+        if !matches!(words.next()?, "a" | "an") {
+            return None;
+        }
+        let size = Size::from_name(words.next()?)?;
+        let colour = Colour::from_name(words.next()?)?;
+        let shape = Shape::from_name(words.next()?)?;
+        let (pattern, secondary) = if words.peek() == Some(&"with") {
+            words.next();
+            match words.next()? {
+                "a" => {
+                    let border = Colour::from_name(words.next()?)?;
+                    (words.next()? == "border").then_some((Pattern::Border, Some(border)))?
+                }
+                word => {
+                    let secondary = Colour::from_name(word)?;
+                    let pattern = Pattern::from_name(words.next()?)?;
+                    if matches!(pattern, Pattern::Solid | Pattern::Border) {
+                        return None;
+                    }
+                    (pattern, Some(secondary))
+                }
+            }
+        } else {
+            (Pattern::Solid, None)
+        };
+        objects.push((size, Combo::new(shape, colour, pattern, secondary).ok()?));
+        match words.next() {
+            None => return Some(objects),
+            Some("," | "and") => {}
+            Some(_) => return None,
+        }
+    }
+}
+
 /// "the dots on {}", "the border of {}": how to refer to a pattern's colour.
 pub fn pattern_part(pattern: Pattern) -> Option<(&'static str, &'static str)> {
     match pattern {
@@ -226,6 +274,59 @@ mod tests {
         let items = ["a".to_string(), "b".to_string(), "c".to_string()];
         assert_eq!(join_and(&items), "a, b and c");
         assert_eq!(join_and(&items[..2]), "a and b");
+    }
+
+    #[test]
+    fn captions_parse_back_into_their_objects() {
+        let combos = Combo::all();
+        for (i, combo) in combos.iter().enumerate() {
+            let size = Size::ALL[i % Size::ALL.len()];
+            let one = format!("{}.", capitalise(&sized_phrase(combo, size)));
+            assert_eq!(parse_caption(&one), Some(vec![(size, *combo)]), "{one}");
+            // Two and three objects, joined as `caption_of` joins them.
+            let objects: Vec<(Size, Combo)> = (0..3)
+                .map(|j| {
+                    (
+                        Size::ALL[(i + j) % Size::ALL.len()],
+                        combos[(i * 7 + j * 131) % combos.len()],
+                    )
+                })
+                .collect();
+            for n in 2..=3 {
+                let phrases: Vec<String> = objects[..n]
+                    .iter()
+                    .map(|(s, c)| sized_phrase(c, *s))
+                    .collect();
+                let caption = format!("{}.", capitalise(&join_and(&phrases)));
+                assert_eq!(
+                    parse_caption(&caption).as_deref(),
+                    Some(&objects[..n]),
+                    "{caption}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn captions_outside_the_layout_do_not_parse() {
+        for bad in [
+            "",
+            "A large red star and",
+            "A large red star with",
+            "A large red star with blue",
+            "A large red star with red dots.",
+            "A large red star with blue solid.",
+            "A large red star with blue border.",
+            "A large red star with a blue dots.",
+            "A huge red star.",
+            "A large red blob.",
+            "Large red star.",
+            "A large red star or a small blue heart.",
+            "A large red star. Yes",
+        ] {
+            assert_eq!(parse_caption(bad), None, "{bad:?}");
+        }
+        assert!(parse_caption("a LARGE red star with a blue border").is_some());
     }
 
     #[test]
