@@ -41,12 +41,13 @@ pub struct ModelDescription {
     pub captions: Vec<String>,
 }
 
-/// Captions every training photo of `subject` with the base model alone (greedy) and
-/// summarises them ([`summarise`]).
+/// Captions every training photo of `subject` with the base model alone (greedy), calling
+/// `captioned` after each, and summarises them ([`summarise`]).
 pub fn write(
     engine: &Engine,
     subject: &EvalSubject,
     images: &mut ImageCache,
+    captioned: &mut dyn FnMut(),
     cancel: &AtomicBool,
 ) -> Result<ModelDescription> {
     if !engine.concepts().is_empty() {
@@ -69,6 +70,7 @@ pub fn write(
         let prompt = engine.chat_prompt(CAPTION_QUESTION, Some(pixels));
         let caption = engine.generate(&prompt, &gen, &mut |_| {})?.text;
         captions.push(caption.trim().to_string());
+        captioned();
     }
     Ok(ModelDescription {
         description: summarise(&captions),

@@ -147,10 +147,19 @@ pub fn evaluate(
     let t_score = Instant::now();
     let mut images = ImageCache::default();
     let mut written: BTreeMap<String, ModelDescription> = BTreeMap::new();
+    let photos: usize = dataset.subjects.iter().map(|s| s.train.len()).sum();
+    progress.start("captions", photos as u64);
     for subject in &dataset.subjects {
-        let d = model_description::write(&engine, subject, &mut images, cancel)?;
+        let d = model_description::write(
+            &engine,
+            subject,
+            &mut images,
+            &mut || progress.tick(),
+            cancel,
+        )?;
         written.insert(subject.name.clone(), d);
     }
+    progress.finish();
     let unreadable: Vec<&str> = written
         .iter()
         .filter(|(_, d)| d.description.is_none())
