@@ -14,8 +14,9 @@
 //!
 //! Key design choice: no answer is generated (only the model-written descriptions are) —
 //! every answer is a comparison of two next-token probabilities, so the numbers are
-//! deterministic and cheap, and a weak model cannot score by rambling. Trained concepts are cached under a work folder,
-//! keyed by everything that determines them, so a rerun only asks questions.
+//! deterministic and cheap, and a weak model cannot score by rambling. Trained concepts are
+//! cached under a work folder, keyed by everything that determines them, so a rerun only asks
+//! questions.
 //!
 //! Entry points: [`read_dataset`], then [`evaluate`], which returns an [`EvalReport`] (JSON
 //! via serde, or [`EvalReport::to_markdown`]). This crate reads no environment variable and

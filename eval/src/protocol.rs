@@ -167,26 +167,21 @@ pub fn evaluate(
         .collect();
     // Scored only when every subject has one, so that its averages are over the same
     // subjects as the other conditions'.
-    let model_descriptions: BTreeMap<String, String> = if unreadable.is_empty() {
-        written
-            .iter()
-            .filter_map(|(name, d)| Some((name.clone(), d.description.clone()?)))
-            .collect()
-    } else {
+    if !unreadable.is_empty() {
         notes.push(format!(
             "model_description: skipped, the base model's captions of the training photos of {} \
              are not in the toy world's caption layout",
             unreadable.join(", ")
         ));
-        BTreeMap::new()
-    };
+    }
+    let score_model_description = unreadable.is_empty();
 
     // --- Questions.
     let mut scorer = Scorer {
         dataset,
         base: &engine,
         weights: &weights,
-        model_descriptions: &model_descriptions,
+        model_descriptions: &written,
         images: &mut images,
         progress,
         cancel,
@@ -201,10 +196,10 @@ pub fn evaluate(
         );
         None
     };
-    let model_description = if model_descriptions.is_empty() {
-        None
-    } else {
+    let model_description = if score_model_description {
         Some(scorer.condition(Condition::ModelDescription)?)
+    } else {
+        None
     };
     let learned = scorer.condition(Condition::Learned)?;
     if vanilla.text_qa.is_none() {
@@ -275,8 +270,8 @@ pub(crate) struct Scorer<'a> {
     pub(crate) base: &'a Engine,
     /// The converted weights of each subject's concept, in subject order.
     pub(crate) weights: &'a [concepts_runtime::ConceptWeights],
-    /// The model-written description of each subject, by name (empty: not scored).
-    pub(crate) model_descriptions: &'a BTreeMap<String, String>,
+    /// What the base model wrote about each subject, by name.
+    pub(crate) model_descriptions: &'a BTreeMap<String, ModelDescription>,
     pub(crate) images: &'a mut ImageCache,
     pub(crate) progress: &'a mut dyn EvalProgress,
     pub(crate) cancel: &'a AtomicBool,
@@ -308,7 +303,9 @@ impl Scorer<'_> {
         match condition {
             Condition::ModelDescription => self
                 .model_descriptions
-                .get(&subject.name)
+                .get(&subject.name)?
+                .description
+                .as_deref()
                 .map(|d| described_message(subject, d, template)),
             _ => user_message(condition, subject, template),
         }
