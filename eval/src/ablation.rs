@@ -169,7 +169,7 @@ pub(crate) fn evaluate(
             progress: &mut *scorer.progress,
             cancel: scorer.cancel,
         };
-        let c = variant_scorer.condition(Condition::Learned)?;
+        let (c, _) = variant_scorer.condition(Condition::Learned)?;
         rows.push(AblationRow {
             factor: v.factor.to_string(),
             value: v.value.clone(),

@@ -95,6 +95,7 @@ mod tests {
             train_dir: "train".into(),
             train: Vec::new(),
             test: Vec::new(),
+            twins: Vec::new(),
             qa: None,
         }
     }

@@ -3,13 +3,16 @@
 //! **Toy-world layout** (written by `concepts toy dataset`, see `toy-world/src/dataset.rs`):
 //!
 //! ```text
-//! subjects.json                 {"format": "concepts-toy-dataset", "version": 1, "subjects":
-//!                               [{"name", "description", "train": [..], "test": [..]}, ..]}
+//! subjects.json                 {"format": "concepts-toy-dataset", "version": 1 or 2, "subjects":
+//!                               [{"name", "description", "train": [..], "test": [..],
+//!                                 "twins": [..] (version 2)}, ..]}
 //! <subject>/train/*.png         training photos (the paths listed in subjects.json)
 //! <subject>/test/*.png          test photos
 //! qa/<subject>.json             optional: {"text": [..], "visual": [..]} A/B questions
 //! negatives/                    optional: the negative pool for training
-//! multi/labels.json             optional: [{"image", "subjects": [..]}] two-subject photos
+//! twins/<subject>/*.png         version 2: photos of the subject's twins (the paths in "twins")
+//! multi/labels.json             optional: [{"image", "subjects": [..], "lookalikes": [{"of"}],
+//!                               "twins": [..]}] photos with two or three subjects or impostors
 //! ```
 //!
 //! **Yo'LLaVA layout** (the paper's dataset):
@@ -32,8 +35,9 @@ use crate::error::{EvalError, Result};
 
 /// The `format` of a toy-world `subjects.json`.
 pub const TOY_FORMAT: &str = "concepts-toy-dataset";
-/// The layout version of `subjects.json` this reader understands.
-pub const TOY_VERSION: u32 = 1;
+/// The layout versions of `subjects.json` this reader understands (2 added twins and
+/// three-subject photos).
+pub const TOY_VERSIONS: [u32; 2] = [1, 2];
 /// The placeholder for the subject in question prompts.
 pub const SKS: &str = "<sks>";
 
@@ -98,6 +102,9 @@ pub struct EvalSubject {
     pub train: Vec<PathBuf>,
     /// The test photos, sorted.
     pub test: Vec<PathBuf>,
+    /// Photos of its twins: the same description, another identity detail (toy layout 2;
+    /// empty otherwise).
+    pub twins: Vec<PathBuf>,
     /// Its A/B questions, when the dataset has them.
     pub qa: Option<QaSet>,
 }
@@ -110,7 +117,8 @@ impl EvalSubject {
     }
 }
 
-/// A photo of two (or more) subjects, or of one subject next to a look-alike of another.
+/// A photo of two or three subjects, or of subjects next to an impostor of another (a
+/// look-alike or a twin).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MultiPhoto {
     /// The photo.
@@ -119,6 +127,15 @@ pub struct MultiPhoto {
     pub subjects: Vec<String>,
     /// Subjects that are *not* in it although a look-alike of theirs is.
     pub lookalikes: Vec<String>,
+    /// Subjects that are *not* in it although a twin of theirs is.
+    pub twins: Vec<String>,
+}
+
+impl MultiPhoto {
+    /// The subjects an impostor stands for: not in the photo, but something like them is.
+    pub fn impostors(&self) -> impl Iterator<Item = &String> {
+        self.lookalikes.iter().chain(&self.twins)
+    }
 }
 
 /// A dataset read and checked by [`read_dataset`]. Invariant: at least one subject; names are
@@ -143,8 +160,10 @@ impl EvalDataset {
         self.subjects.truncate(n.max(1));
         let names: BTreeSet<&str> = self.subjects.iter().map(|s| s.name.as_str()).collect();
         self.multi.retain(|m| {
-            m.subjects.iter().all(|s| names.contains(s.as_str()))
-                && m.lookalikes.iter().all(|s| names.contains(s.as_str()))
+            m.subjects
+                .iter()
+                .chain(m.impostors())
+                .all(|s| names.contains(s.as_str()))
         });
     }
 
@@ -152,11 +171,17 @@ impl EvalDataset {
     pub fn truncate_test_photos(&mut self, n: usize) {
         for s in &mut self.subjects {
             s.test.truncate(n.max(1));
+            s.twins.truncate(n.max(1));
             let kept: BTreeSet<PathBuf> = s.test.iter().cloned().collect();
             if let Some(qa) = &mut s.qa {
                 qa.visual.retain(|v| kept.contains(&v.image));
             }
         }
+    }
+
+    /// Whether every subject has photos of its twins.
+    pub fn has_twins(&self) -> bool {
+        self.subjects.iter().all(|s| !s.twins.is_empty())
     }
 
     /// Whether every subject has a description.
@@ -212,6 +237,8 @@ struct SubjectEntry {
     description: Option<String>,
     train: Vec<String>,
     test: Vec<String>,
+    #[serde(default)]
+    twins: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +272,8 @@ struct MultiEntry {
     subjects: Vec<String>,
     #[serde(default)]
     lookalikes: Vec<LookalikeEntry>,
+    #[serde(default)]
+    twins: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -339,11 +368,11 @@ fn read_toy(root: &Path) -> Result<EvalDataset> {
             format!("format `{}`, expected `{TOY_FORMAT}`", file.format),
         ));
     }
-    if file.version != TOY_VERSION {
+    if !TOY_VERSIONS.contains(&file.version) {
         return Err(EvalError::dataset(
             &index,
             format!(
-                "layout version {}, this reader understands {TOY_VERSION}",
+                "layout version {}, this reader understands {TOY_VERSIONS:?}",
                 file.version
             ),
         ));
@@ -365,6 +394,7 @@ fn read_toy(root: &Path) -> Result<EvalDataset> {
         };
         let train = files(&entry.train)?;
         let test = files(&entry.test)?;
+        let twins = files(&entry.twins)?;
         let train_dir = root.join(&entry.name).join("train");
         if let Some(stray) = train
             .iter()
@@ -392,6 +422,7 @@ fn read_toy(root: &Path) -> Result<EvalDataset> {
             train_dir,
             train,
             test,
+            twins,
             qa,
         });
     }
@@ -406,6 +437,7 @@ fn read_toy(root: &Path) -> Result<EvalDataset> {
                     image: listed_file(&multi_root, &labels, &m.image)?,
                     subjects: m.subjects,
                     lookalikes: m.lookalikes.into_iter().map(|l| l.of).collect(),
+                    twins: m.twins,
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -514,6 +546,7 @@ fn read_yollava(root: &Path) -> Result<EvalDataset> {
             train_dir,
             train,
             test,
+            twins: Vec::new(),
             qa: None,
         });
     }

@@ -1,5 +1,6 @@
-//! Multi-concept recognition: photos with two subjects (or one subject and a look-alike of
-//! another), every labelled subject's concept active at once, each asked about.
+//! Multi-concept recognition: photos with two or three subjects, or with subjects next to an
+//! impostor of another (its look-alike or its twin), every labelled subject's concept active at
+//! once, each asked about. Each concept was trained alone.
 //!
 //! Asked as the runtime asks by default, only the concept a question mentions has its
 //! personal prompt in the prompt; the other active concepts act through their tokens and
@@ -28,35 +29,47 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
     }
     let questions: usize = photos
         .iter()
-        .map(|m| m.subjects.len() + m.lookalikes.len())
+        .map(|m| m.subjects.len() + m.impostors().count())
         .sum();
     scorer.progress.start("multi", 2 * questions as u64);
-    let (mentioned, pair_photos) = scores(scorer, &photos, PersonalPrompts::Mentioned)?;
+    let (mentioned, counts) = scores(scorer, &photos, PersonalPrompts::Mentioned)?;
     let (all_introduced, _) = scores(scorer, &photos, PersonalPrompts::All)?;
     scorer.progress.finish();
     Ok(Some(MultiReport {
         photos: photos.len(),
-        pair_photos,
+        pair_photos: counts.pairs,
+        triple_photos: counts.triples,
+        impostor_questions: counts.impostor_questions,
         both_recognised: mentioned.both_recognised,
+        triples_all_recognised: mentioned.triples_all_recognised,
+        rejected: mentioned.rejected,
         recognition: mentioned.recognition,
         all_introduced,
     }))
 }
 
-/// The scores of `photos` asked with `personal_prompts`, and the number of photos showing two
-/// of the dataset's subjects (the same whichever way they are asked).
+/// How many photos and questions of each kind were asked (the same whichever way the
+/// concepts are introduced).
+struct Counts {
+    pairs: usize,
+    triples: usize,
+    impostor_questions: usize,
+}
+
+/// The scores of `photos` asked with `personal_prompts`, and what was asked.
 fn scores(
     scorer: &mut Scorer<'_>,
     photos: &[&crate::dataset::MultiPhoto],
     personal_prompts: PersonalPrompts,
-) -> Result<(MultiScores, usize)> {
+) -> Result<(MultiScores, Counts)> {
     let dataset = scorer.dataset;
     let index = |name: &str| dataset.subjects.iter().position(|s| s.name == name);
     let mut rec = RecognitionTally::default();
-    let mut both = Tally::default();
+    let (mut both, mut all_three, mut rejected) =
+        (Tally::default(), Tally::default(), Tally::default());
     for photo in photos {
         let present: Vec<usize> = photo.subjects.iter().filter_map(|s| index(s)).collect();
-        let absent: Vec<usize> = photo.lookalikes.iter().filter_map(|s| index(s)).collect();
+        let absent: Vec<usize> = photo.impostors().filter_map(|s| index(s)).collect();
         let active: Vec<usize> = present.iter().chain(&absent).copied().collect();
         let mut engine = scorer.engine_with(&active)?;
         engine.set_personal_prompts(personal_prompts);
@@ -80,16 +93,28 @@ fn scores(
                 "multi-concept question"
             );
             rec.add(is_present, yes);
+            if !is_present {
+                rejected.add(!yes);
+            }
             all_yes &= !is_present || yes;
             scorer.progress.tick();
         }
-        if present.len() >= 2 {
-            both.add(all_yes);
+        match present.len() {
+            2 => both.add(all_yes),
+            3 => all_three.add(all_yes),
+            _ => {}
         }
     }
     let scores = MultiScores {
         both_recognised: both.accuracy().unwrap_or(0.0),
+        triples_all_recognised: all_three.accuracy(),
+        rejected: rejected.accuracy(),
         recognition: rec.scores(),
     };
-    Ok((scores, both.total))
+    let counts = Counts {
+        pairs: both.total,
+        triples: all_three.total,
+        impostor_questions: rejected.total,
+    };
+    Ok((scores, counts))
 }

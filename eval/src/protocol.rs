@@ -16,7 +16,7 @@ use crate::condition::{
 };
 use crate::dataset::EvalDataset;
 use crate::error::{EvalError, Result};
-use crate::metrics::{mean_accuracy, mean_recognition, RecognitionTally, Tally};
+use crate::metrics::{mean_accuracy, mean_recognition, RecognitionScores, RecognitionTally, Tally};
 use crate::model_description::{self, ModelDescription};
 use crate::report::{
     ConditionReport, EvalReport, SubjectScores, Timings, REPORT_FORMAT, REPORT_VERSION,
@@ -186,9 +186,13 @@ pub fn evaluate(
         progress,
         cancel,
     };
-    let vanilla = scorer.condition(Condition::Vanilla)?;
+    let mut twins = BTreeMap::new();
+    let (vanilla, t) = scorer.condition(Condition::Vanilla)?;
+    twins.extend(t.map(|t| ("vanilla", t)));
     let description = if dataset.has_descriptions() {
-        Some(scorer.condition(Condition::Description)?)
+        let (d, t) = scorer.condition(Condition::Description)?;
+        twins.extend(t.map(|t| ("description", t)));
+        Some(d)
     } else {
         notes.push(
             "description: skipped, the dataset has no subject descriptions (Yo'LLaVA layout)"
@@ -197,11 +201,17 @@ pub fn evaluate(
         None
     };
     let model_description = if score_model_description {
-        Some(scorer.condition(Condition::ModelDescription)?)
+        let (d, t) = scorer.condition(Condition::ModelDescription)?;
+        twins.extend(t.map(|t| ("model_description", t)));
+        Some(d)
     } else {
         None
     };
-    let learned = scorer.condition(Condition::Learned)?;
+    let (learned, t) = scorer.condition(Condition::Learned)?;
+    twins.extend(t.map(|t| ("learned", t)));
+    if twins.is_empty() {
+        notes.push("twins: the dataset has no photos of twins (toy layout 1)".to_string());
+    }
     if vanilla.text_qa.is_none() {
         notes.push("text and visual QA: the dataset has no A/B questions".to_string());
     }
@@ -249,6 +259,7 @@ pub fn evaluate(
         model_description,
         model_descriptions: written,
         learned,
+        twins: (!twins.is_empty()).then_some(twins),
         multi,
         forgetting,
         ablations,
@@ -311,20 +322,28 @@ impl Scorer<'_> {
         }
     }
 
-    pub(crate) fn condition(&mut self, condition: Condition) -> Result<ConditionReport> {
+    /// Scores `condition`: recognition against the other subjects' test photos and the A/B
+    /// questions, and, when the dataset has twins, recognition against the subject's twins
+    /// (its test photos as positives, its twins' photos as negatives).
+    pub(crate) fn condition(
+        &mut self,
+        condition: Condition,
+    ) -> Result<(ConditionReport, Option<RecognitionScores>)> {
         let subjects = &self.dataset.subjects;
         let photos: usize = subjects.iter().map(|s| s.test.len()).sum();
         let questions: usize = subjects
             .iter()
             .filter_map(|s| s.qa.as_ref())
             .map(|q| q.text.len() + q.visual.len())
-            .sum();
+            .sum::<usize>()
+            + subjects.iter().map(|s| s.twins.len()).sum::<usize>();
         self.progress.start(
             condition.as_str(),
             (subjects.len() * photos + questions) as u64,
         );
         let mut per_subject = BTreeMap::new();
         let (mut recs, mut texts, mut visuals) = (Vec::new(), Vec::new(), Vec::new());
+        let mut twin_recs = Vec::new();
         let mut by_topic: BTreeMap<String, Tally> = BTreeMap::new();
         for (si, subject) in subjects.iter().enumerate() {
             let engine = match condition {
@@ -342,6 +361,20 @@ impl Scorer<'_> {
                     rec.add(oi == si, says_yes(&engine, &message, Some(pixels))?);
                     self.progress.tick();
                 }
+            }
+            if !subject.twins.is_empty() {
+                // Positives are the answers already given on the subject's own test photos.
+                let mut twin = RecognitionTally {
+                    positive: rec.positive,
+                    ..Default::default()
+                };
+                for photo in &subject.twins {
+                    check_cancel(self.cancel)?;
+                    let pixels = self.images.get(&engine, photo)?;
+                    twin.add(false, says_yes(&engine, &message, Some(pixels))?);
+                    self.progress.tick();
+                }
+                twin_recs.push(twin.scores());
             }
             let (mut text, mut visual) = (Tally::default(), Tally::default());
             if let Some(qa) = &subject.qa {
@@ -395,7 +428,10 @@ impl Scorer<'_> {
                 condition.as_str()
             ))
         })?;
-        Ok(ConditionReport {
+        let twins = (twin_recs.len() == recs.len())
+            .then(|| mean_recognition(&twin_recs))
+            .flatten();
+        let report = ConditionReport {
             positive: overall.positive,
             negative: overall.negative,
             weighted: overall.weighted,
@@ -410,6 +446,7 @@ impl Scorer<'_> {
             text_questions: texts.iter().map(|t| t.total).sum(),
             visual_questions: visuals.iter().map(|t| t.total).sum(),
             per_subject,
-        })
+        };
+        Ok((report, twins))
     }
 }

@@ -51,7 +51,12 @@ pub struct EvalReport {
     pub model_descriptions: BTreeMap<String, ModelDescription>,
     /// The learned concept active.
     pub learned: ConditionReport,
-    /// Photos with two subjects, both concepts active; `null` when not run or no such photos.
+    /// Recognition where the negatives are each subject's twins (the same description, another
+    /// identity detail), per condition (`vanilla`, `description`, `model_description`,
+    /// `learned`); `null` when the dataset has no twins.
+    pub twins: Option<BTreeMap<&'static str, RecognitionScores>>,
+    /// Photos with two or three subjects or impostors, their concepts active; `null` when not
+    /// run or no such photos.
     pub multi: Option<MultiReport>,
     /// Generic task accuracy with 0, 1 and 5 concepts active; `null` when not run.
     pub forgetting: Option<ForgettingReport>,
@@ -113,8 +118,17 @@ pub struct MultiReport {
     pub photos: usize,
     /// Photos showing two subjects.
     pub pair_photos: usize,
+    /// Photos showing three subjects.
+    pub triple_photos: usize,
+    /// Questions about a subject whose look-alike or twin, not itself, is in the photo.
+    pub impostor_questions: usize,
     /// Share of two-subject photos where both concepts were recognised.
     pub both_recognised: f64,
+    /// Share of three-subject photos where all three concepts were recognised; `null` without
+    /// such photos.
+    pub triples_all_recognised: Option<f64>,
+    /// Share of impostor questions answered "No"; `null` without such questions.
+    pub rejected: Option<f64>,
     /// Recognition over every (photo, active concept) question.
     pub recognition: RecognitionScores,
     /// The same questions with every active concept's personal prompt in the prompt (the
@@ -127,6 +141,10 @@ pub struct MultiReport {
 pub struct MultiScores {
     /// Share of two-subject photos where both concepts were recognised.
     pub both_recognised: f64,
+    /// Share of three-subject photos where all three were recognised.
+    pub triples_all_recognised: Option<f64>,
+    /// Share of impostor questions answered "No".
+    pub rejected: Option<f64>,
     /// Recognition over every (photo, active concept) question.
     pub recognition: RecognitionScores,
 }
@@ -264,27 +282,43 @@ impl EvalReport {
                 let _ = writeln!(s, "- {name}: {d}");
             }
         }
+        if let Some(twins) = &self.twins {
+            let cells: Vec<String> = twins
+                .iter()
+                .map(|(name, t)| format!("{name} {}", pct(t.weighted)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\nTwins (negatives: the subject's twins, same description, another tone), \
+                 weighted: {}",
+                cells.join(", ")
+            );
+        }
         if let Some(m) = &self.multi {
             let _ = write!(
                 s,
-                "\nMulti-concept ({} photos, {} with two subjects): both recognised {}%, \
-                 present subjects recognised {}%",
+                "\nMulti-concept ({} photos: {} with two subjects, {} with three): both \
+                 recognised {}%, all three recognised {}%, present subjects recognised {}%",
                 m.photos,
                 m.pair_photos,
+                m.triple_photos,
                 pct(m.both_recognised),
+                opt_pct(m.triples_all_recognised),
                 pct(m.recognition.positive)
             );
-            if m.recognition.negatives > 0 {
+            if m.impostor_questions > 0 {
                 let _ = write!(
                     s,
-                    ", subjects shown only as a look-alike rejected {}%",
-                    pct(m.recognition.negative)
+                    ", subjects shown only as a look-alike or twin rejected {}%",
+                    opt_pct(m.rejected)
                 );
             }
             let _ = writeln!(
                 s,
-                "; with every active concept introduced: both recognised {}%, present {}%",
+                "; with every active concept introduced: both recognised {}%, all three {}%, \
+                 present {}%",
                 pct(m.all_introduced.both_recognised),
+                opt_pct(m.all_introduced.triples_all_recognised),
                 pct(m.all_introduced.recognition.positive)
             );
         }

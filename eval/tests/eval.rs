@@ -24,6 +24,7 @@ fn small_dataset(dir: &Path, subjects: usize, test: usize) {
         test_per_subject: test,
         generic_negatives: 6,
         lookalikes_per_subject: 2,
+        twins_per_subject: 2,
         multi_photos: 3,
         overwrite: false,
     };
@@ -120,6 +121,31 @@ fn evaluates_a_toy_dataset_end_to_end_and_reuses_trained_concepts() {
     let multi = report.multi.as_ref().unwrap();
     assert_eq!(multi.photos, 3);
     assert!(in_unit(multi.both_recognised) && in_unit(multi.all_introduced.both_recognised));
+    // Two subjects: no photo can show three, and every photo shows two or an impostor.
+    assert_eq!(
+        (multi.triple_photos, multi.triples_all_recognised),
+        (0, None)
+    );
+    assert_eq!(
+        multi.pair_photos + multi.impostor_questions,
+        multi.photos,
+        "{multi:?}"
+    );
+    assert_eq!(multi.rejected.is_some(), multi.impostor_questions > 0);
+    // Twins: each condition that ran is also scored against the subjects' twins, with the
+    // subject's own test photos as the positives.
+    let twins = report.twins.as_ref().unwrap();
+    assert_eq!(twins.len(), report.conditions().len());
+    for (name, c) in report.conditions() {
+        let t = &twins[name];
+        assert_eq!(
+            (t.positive, t.positives),
+            (c.positive, c.positives),
+            "{name}"
+        );
+        assert_eq!(t.negatives, 2 * 2, "{name}: two twin photos per subject");
+        assert!(in_unit(t.weighted));
+    }
     let forgetting = report.forgetting.as_ref().unwrap();
     let runs: Vec<(usize, PersonalPrompts)> = forgetting
         .runs
@@ -147,6 +173,10 @@ fn evaluates_a_toy_dataset_end_to_end_and_reuses_trained_concepts() {
         }
     }
     assert_eq!(json["format"], "concepts-eval");
+    assert!(json["twins"]["learned"]["weighted"].is_number());
+    assert!(json["multi"]["both_recognised"].is_number());
+    assert!(json["multi"].get("triples_all_recognised").is_some());
+    assert!(json["multi"].get("rejected").is_some());
     assert!(report.to_markdown().contains("| learned |"));
 
     // A rerun trains nothing.

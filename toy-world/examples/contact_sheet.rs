@@ -25,6 +25,7 @@ fn single(combo: Combo, bg: [u8; 3], rotation_deg: i32) -> Scene {
             radius: 0.3,
             rotation_deg,
             shade: 0,
+            tone: Default::default(),
         }],
     }
 }

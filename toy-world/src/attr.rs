@@ -148,6 +148,87 @@ impl Colour {
     }
 }
 
+/// An object's *tone*: which of [`Tone::COUNT`] shades of its main colour it is drawn in.
+///
+/// The identity detail of the toy world: every tone of "red" is still called red (the
+/// vocabulary has no word for it, and captions never mention it), yet tones are far enough
+/// apart (RGB distance 45-90, well beyond the ±10 brightness jitter) for a photo to show
+/// which one an object has. A subject is a combo *and* a tone; its *twins* share the combo
+/// and differ in tone, so no description can tell them apart.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Tone(u8);
+
+impl Tone {
+    /// How many tones each colour has.
+    pub const COUNT: u8 = 3;
+
+    /// Tone `index`, if it is below [`Tone::COUNT`].
+    pub fn new(index: u8) -> Option<Tone> {
+        (index < Tone::COUNT).then_some(Tone(index))
+    }
+
+    /// Every tone, in order.
+    pub fn all() -> impl Iterator<Item = Tone> {
+        (0..Tone::COUNT).map(Tone)
+    }
+
+    /// The index (0 is the colour's canonical shade, [`Colour::rgb`]).
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
+    /// A uniformly random tone.
+    pub fn random<R: Rng + ?Sized>(rng: &mut R) -> Tone {
+        Tone(rng.random_range(0..Tone::COUNT))
+    }
+
+    /// A uniformly random tone other than `self`: a twin's.
+    pub fn other<R: Rng + ?Sized>(self, rng: &mut R) -> Tone {
+        let t = rng.random_range(0..Tone::COUNT - 1);
+        Tone(if t >= self.0 { t + 1 } else { t })
+    }
+}
+
+impl TryFrom<u8> for Tone {
+    type Error = Error;
+    fn try_from(index: u8) -> Result<Tone> {
+        Tone::new(index).ok_or(Error::InvalidTone { index })
+    }
+}
+
+impl From<Tone> for u8 {
+    fn from(t: Tone) -> u8 {
+        t.0
+    }
+}
+
+impl Colour {
+    /// The sRGB value of this colour in `tone` (tone 0 is [`Colour::rgb`]). Every tone is
+    /// nearer its own colour's canonical shade than any other colour's by at least 24.
+    pub fn toned_rgb(self, tone: Tone) -> [u8; 3] {
+        let [t1, t2] = match self {
+            Colour::Red => [[185, 15, 60], [240, 65, 40]],
+            Colour::Orange => [[215, 120, 0], [240, 125, 55]],
+            Colour::Yellow => [[210, 215, 20], [235, 215, 90]],
+            Colour::Green => [[80, 175, 40], [20, 130, 95]],
+            Colour::Blue => [[60, 130, 240], [25, 60, 195]],
+            Colour::Purple => [[115, 25, 145], [180, 60, 200]],
+            Colour::Pink => [[235, 110, 165], [245, 175, 225]],
+            Colour::White => [[245, 235, 200], [215, 230, 250]],
+            Colour::Black => [[60, 35, 15], [15, 25, 65]],
+            Colour::Brown => [[150, 95, 50], [95, 50, 20]],
+        };
+        match tone.0 {
+            0 => self.rgb(),
+            1 => t1,
+            _ => t2,
+        }
+    }
+}
+
 named_enum! {
     /// How the secondary colour is laid over the main colour.
     pub enum Pattern {
@@ -498,6 +579,42 @@ pub fn random_combo<R: Rng + ?Sized>(rng: &mut R, keep: impl Fn(&Combo) -> bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    fn distance(a: [u8; 3], b: [u8; 3]) -> f64 {
+        (0..3)
+            .map(|k| (f64::from(a[k]) - f64::from(b[k])).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    #[test]
+    fn tones_stay_their_colour_and_apart() {
+        for &c in Colour::ALL {
+            let tones: Vec<[u8; 3]> = Tone::all().map(|t| c.toned_rgb(t)).collect();
+            assert_eq!(tones[0], c.rgb());
+            for (i, &t) in tones.iter().enumerate() {
+                for &u in &tones[i + 1..] {
+                    // Twice the ±10 brightness jitter's largest RGB distance (17.3).
+                    assert!(distance(t, u) >= 36.0, "{c}: {t:?} vs {u:?}");
+                }
+                let own = distance(t, c.rgb());
+                for &o in Colour::ALL.iter().filter(|&&o| o != c) {
+                    let other = distance(t, o.rgb());
+                    assert!(other - own >= 24.0, "{c} tone {t:?} is too near {o}");
+                }
+            }
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for t in Tone::all() {
+            for _ in 0..20 {
+                assert_ne!(t.other(&mut rng), t);
+            }
+        }
+        assert!(Tone::new(Tone::COUNT).is_none());
+        assert!(serde_json::from_str::<Tone>("3").is_err());
+        assert_eq!(serde_json::from_str::<Tone>("2").unwrap().index(), 2);
+    }
 
     #[test]
     fn combo_count() {

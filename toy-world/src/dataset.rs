@@ -3,15 +3,20 @@
 //! Layout under `DIR` (documented in `toy-world/README.md`):
 //!
 //! ```text
-//! subjects.json                 names, descriptions, attributes, category, file lists
+//! subjects.json                 names, descriptions, attributes, tone, category, file lists
 //! <subject>/train/NNN.png       training photos of the subject
 //! <subject>/test/NNN.png        held-back photos of the subject
+//! twins/<subject>/NNN.png       held-back photos of the subject's twins (same combo, other tone)
 //! qa/<subject>.json             text and visual A/B questions
-//! negatives/NNN.png             pool without any subject: generic scenes and look-alikes
+//! negatives/NNN.png             pool without any subject: generic scenes, look-alikes, twins
 //! negatives/index.json          what each negative shows
-//! multi/NNN.png                 photos with two subjects (or one and a look-alike)
-//! multi/labels.json             who is in each multi photo
+//! multi/NNN.png                 photos with two or three subjects, or subjects with a
+//!                               look-alike or a twin of another subject
+//! multi/labels.json             who is in each multi photo, and who only seems to be
 //! ```
+//!
+//! Layout 2 added tones (the identity detail), twins and three-subject photos; a layout-1
+//! reader that ignores unknown fields still reads everything it knew.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,17 +24,18 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::attr::{Attribute, Combo, Difficulty};
+use crate::attr::{Attribute, Combo, Difficulty, Tone};
 use crate::error::{Error, Result};
 use crate::render::{encode_png, render, ImageSize, Scene};
 use crate::subject::{
-    choose_subjects, generic_scene, lookalike, pair_photo, photo_of, stream, Subject,
+    choose_subjects, generic_scene, group_photo, lookalike, photo_in_tone, photo_of, stream,
+    Member, Sizing, Subject,
 };
 use crate::tasks::{intrinsic_choices, visual_choice, Choice, Letter};
 use crate::text::SKS;
 
 /// Version of the folder layout, written to `subjects.json`.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// How much to write. Counts are validated by [`write_dataset`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +50,9 @@ pub struct DatasetConfig {
     pub generic_negatives: usize,
     /// Look-alike scenes per subject in `negatives/` (0-1000).
     pub lookalikes_per_subject: usize,
+    /// Photos of each subject's twins in `negatives/` (0-1000); the held-back twins in
+    /// `twins/<subject>/` are as many as its test photos.
+    pub twins_per_subject: usize,
     /// Photos in `multi/` (0-10000); none are written for fewer than two subjects.
     pub multi_photos: usize,
     /// Replace a non-empty `DIR`; otherwise such a `DIR` is an error.
@@ -52,7 +61,8 @@ pub struct DatasetConfig {
 
 impl DatasetConfig {
     /// The sizes `concepts toy dataset` uses: 5 train and 10 test photos per subject,
-    /// 100 generic negatives, 20 look-alikes per subject and 20 multi photos at 48 px.
+    /// 100 generic negatives, 20 look-alikes and 10 twins per subject and 40 multi photos at
+    /// 48 px.
     pub fn standard() -> DatasetConfig {
         DatasetConfig {
             image_size: ImageSize::DEFAULT,
@@ -60,13 +70,14 @@ impl DatasetConfig {
             test_per_subject: 10,
             generic_negatives: 100,
             lookalikes_per_subject: 20,
-            multi_photos: 20,
+            twins_per_subject: 10,
+            multi_photos: 40,
             overwrite: false,
         }
     }
 
     fn validate(&self) -> Result<()> {
-        let checks: [(&'static str, usize, usize, usize, &'static str); 5] = [
+        let checks: [(&'static str, usize, usize, usize, &'static str); 6] = [
             (
                 "train_per_subject",
                 self.train_per_subject,
@@ -85,6 +96,13 @@ impl DatasetConfig {
             (
                 "lookalikes_per_subject",
                 self.lookalikes_per_subject,
+                0,
+                1000,
+                "0..=1000",
+            ),
+            (
+                "twins_per_subject",
+                self.twins_per_subject,
                 0,
                 1000,
                 "0..=1000",
@@ -135,8 +153,10 @@ struct SubjectEntry<'a> {
     category: &'static str,
     description: String,
     attributes: &'a Combo,
+    tone: Tone,
     train: Vec<String>,
     test: Vec<String>,
+    twins: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -160,6 +180,7 @@ struct VisualChoice {
 struct ObjectLabel {
     description: String,
     attributes: Combo,
+    tone: Tone,
 }
 
 #[derive(Serialize)]
@@ -168,6 +189,8 @@ struct NegativeEntry<'a> {
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     lookalike_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    twin_of: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     differs_in: Option<Attribute>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,6 +204,11 @@ struct MultiEntry<'a> {
     subjects: Vec<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     lookalikes: Vec<LookalikeLabel<'a>>,
+    /// Subjects whose twin (same description, another tone) is in the photo, not they.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    twins: Vec<&'a str>,
+    /// "equal" or "unequal" sizes of the required objects.
+    sizing: &'static str,
 }
 
 #[derive(Serialize)]
@@ -204,6 +232,7 @@ fn labels(scene: &Scene) -> Vec<ObjectLabel> {
         .map(|o| ObjectLabel {
             description: o.combo.description(),
             attributes: o.combo,
+            tone: o.tone,
         })
         .collect()
 }
@@ -362,7 +391,7 @@ fn write_contents(
             w.dir(&format!("{name}/{split}"))?;
             for i in 0..count {
                 let mut rng = stream(seed, &format!("{name}/{split}/{i}"));
-                let scene = photo_of(&mut rng, *s.combo(), &avoid);
+                let scene = photo_in_tone(&mut rng, *s.combo(), s.tone(), &avoid);
                 let rel = format!("{name}/{split}/{i:03}.png");
                 w.png(&rel, &scene)?;
                 if let Some(choice) = visual_choice(&mut rng, SKS, &scene, 0) {
@@ -393,14 +422,25 @@ fn write_contents(
         }
         questions += qa.text.len() + qa.visual.len();
         w.json(&format!("qa/{name}.json"), &qa)?;
+        w.dir(&format!("twins/{name}"))?;
+        let mut twins = Vec::new();
+        for i in 0..cfg.test_per_subject {
+            let mut rng = stream(seed, &format!("twins/{name}/{i}"));
+            let tone = s.tone().other(&mut rng);
+            let rel = format!("twins/{name}/{i:03}.png");
+            w.png(&rel, &photo_in_tone(&mut rng, *s.combo(), tone, &avoid))?;
+            twins.push(rel);
+        }
         let [train, test] = lists;
         entries.push(SubjectEntry {
             name,
             category: "object",
             description: s.description(),
             attributes: s.combo(),
+            tone: s.tone(),
             train,
             test,
+            twins,
         });
     }
     w.json(
@@ -426,6 +466,7 @@ fn write_contents(
             image: rel,
             kind: "generic",
             lookalike_of: None,
+            twin_of: None,
             differs_in: None,
             difficulty: None,
             objects: labels(&scene),
@@ -442,8 +483,27 @@ fn write_contents(
                 image: rel,
                 kind: "lookalike",
                 lookalike_of: Some(s.name()),
+                twin_of: None,
                 differs_in: Some(attr),
                 difficulty: Some(attr.difficulty()),
+                objects: labels(&scene),
+            });
+        }
+    }
+    for s in subjects {
+        for i in 0..cfg.twins_per_subject {
+            let mut rng = stream(seed, &format!("negatives/{}/twin/{i}", s.name()));
+            let tone = s.tone().other(&mut rng);
+            let scene = photo_in_tone(&mut rng, *s.combo(), tone, &avoid);
+            let rel = format!("{:03}.png", negatives.len());
+            w.png(&format!("negatives/{rel}"), &scene)?;
+            negatives.push(NegativeEntry {
+                image: rel,
+                kind: "twin",
+                lookalike_of: None,
+                twin_of: Some(s.name()),
+                differs_in: None,
+                difficulty: None,
                 objects: labels(&scene),
             });
         }
@@ -455,37 +515,99 @@ fn write_contents(
     if subjects.len() >= 2 {
         for i in 0..cfg.multi_photos {
             let mut rng = stream(seed, &format!("multi/{i}"));
-            let a = rng.random_range(0..subjects.len());
-            let mut b = rng.random_range(0..subjects.len() - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (sa, sb) = (&subjects[a], &subjects[b]);
-            let roll = rng.random_range(0..5);
-            let (entry_subjects, looks, scene) = if roll < 3 {
-                let scene = pair_photo(&mut rng, *sa.combo(), *sb.combo(), &avoid);
-                (vec![sa.name(), sb.name()], Vec::new(), scene)
-            } else {
-                // One subject next to a look-alike of the other.
-                let (look, attr) = lookalike(&mut rng, sb.combo(), &avoid);
-                let scene = pair_photo(&mut rng, *sa.combo(), look, &avoid);
-                let label = LookalikeLabel {
-                    of: sb.name(),
-                    differs_in: attr,
-                };
-                (vec![sa.name()], vec![label], scene)
-            };
+            let entry = multi_photo(&mut rng, subjects, &avoid);
             let rel = format!("{i:03}.png");
-            w.png(&format!("multi/{rel}"), &scene)?;
+            w.png(&format!("multi/{rel}"), &entry.scene)?;
             multi.push(MultiEntry {
                 image: rel,
-                subjects: entry_subjects,
-                lookalikes: looks,
+                subjects: entry.present.iter().map(|&k| subjects[k].name()).collect(),
+                lookalikes: entry.lookalikes,
+                twins: entry.twins,
+                sizing: match entry.sizing {
+                    Sizing::Equal => "equal",
+                    Sizing::Unequal => "unequal",
+                },
             });
         }
     }
     w.json("multi/labels.json", &multi)?;
     Ok(questions)
+}
+
+/// One drawn multi photo and its labels.
+struct MultiDraw<'a> {
+    scene: Scene,
+    present: Vec<usize>,
+    lookalikes: Vec<LookalikeLabel<'a>>,
+    twins: Vec<&'a str>,
+    sizing: Sizing,
+}
+
+/// Four in ten photos show two subjects, three in ten three subjects (two when there are
+/// only two), and three in ten show one or two subjects beside an impostor of another: its
+/// twin or a look-alike, half each. Sizes are equal or unequal half the time each, and the
+/// larger object is drawn at random, so a subject is not always the largest.
+fn multi_photo<'a, R: Rng + ?Sized>(
+    rng: &mut R,
+    subjects: &'a [Subject],
+    avoid: &[Combo],
+) -> MultiDraw<'a> {
+    let n = subjects.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    for k in 0..n.min(3) {
+        let j = rng.random_range(k..n);
+        order.swap(k, j);
+    }
+    let sizing = if rng.random_bool(0.5) {
+        Sizing::Equal
+    } else {
+        Sizing::Unequal
+    };
+    let kind = rng.random_range(0..10);
+    let member = |s: &Subject| Member {
+        combo: *s.combo(),
+        tone: s.tone(),
+    };
+    let (present, mut members, lookalikes, twins) = if kind < 7 {
+        let count = if kind >= 4 && n >= 3 { 3 } else { 2 };
+        let present = order[..count].to_vec();
+        let members = present.iter().map(|&k| member(&subjects[k])).collect();
+        (present, members, Vec::new(), Vec::new())
+    } else {
+        let count = if n >= 3 && rng.random_bool(0.5) { 2 } else { 1 };
+        let present = order[..count].to_vec();
+        let target = &subjects[order[count]];
+        let mut members: Vec<Member> = present.iter().map(|&k| member(&subjects[k])).collect();
+        if rng.random_bool(0.5) {
+            members.push(Member {
+                combo: *target.combo(),
+                tone: target.tone().other(rng),
+            });
+            (present, members, Vec::new(), vec![target.name()])
+        } else {
+            let (look, attr) = lookalike(rng, target.combo(), avoid);
+            members.push(Member {
+                combo: look,
+                tone: Tone::random(rng),
+            });
+            let label = LookalikeLabel {
+                of: target.name(),
+                differs_in: attr,
+            };
+            (present, members, vec![label], Vec::new())
+        }
+    };
+    // The impostor is not always last (drawn last, it would always be placed last).
+    let last = members.len() - 1;
+    members.swap(rng.random_range(0..=last), last);
+    let scene = group_photo(rng, &members, sizing, avoid);
+    MultiDraw {
+        scene,
+        present,
+        lookalikes,
+        twins,
+        sizing,
+    }
 }
 
 /// Whether "What colour is it?" with `wrong` as the other option has no answer a viewer can

@@ -17,7 +17,13 @@ pub enum Error {
         /// Largest allowed side.
         max: u32,
     },
-    /// An attribute combination that breaks a [`crate::Combo`] invariant.
+    /// A tone index outside `0..Tone::COUNT`.
+    #[error("tone {index} does not exist (tones are 0..3)")]
+    InvalidTone {
+        /// The index given.
+        index: u8,
+    },
+    /// A combination that breaks a [`crate::Combo`] invariant.
     #[error("invalid combo `{key}`: {reason}")]
     InvalidCombo {
         /// The combination as `shape/colour/pattern[/secondary]`.

@@ -47,14 +47,15 @@ pub mod text;
 mod tokenizer;
 
 pub use attr::{
-    random_combo, Attribute, Colour, Combo, Difficulty, Pattern, Shape, Size, Split,
+    random_combo, Attribute, Colour, Combo, Difficulty, Pattern, Shape, Size, Split, Tone,
     HELD_OUT_PER_MILLE, LOW_CONTRAST_PAIRS,
 };
 pub use dataset::{write_dataset, DatasetConfig, DatasetSummary, LAYOUT_VERSION};
 pub use error::{Error, Result};
 pub use render::{encode_png, render, Background, Direction, ImageSize, Object, Scene, Side};
 pub use subject::{
-    choose_subjects, generic_scene, lookalike, pair_photo, photo_of, Subject, MAX_SUBJECTS,
+    choose_subjects, generic_scene, group_photo, lookalike, pair_photo, photo_in_tone, photo_of,
+    Member, Sizing, Subject, MAX_SUBJECTS,
 };
 pub use tasks::{
     caption_of, intrinsic_choice, intrinsic_choices, sample, visual_choice, Choice, Letter, Sample,

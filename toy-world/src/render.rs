@@ -10,7 +10,7 @@ use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::attr::{Colour, Combo, Pattern, Shape, Size};
+use crate::attr::{Colour, Combo, Pattern, Shape, Size, Tone};
 use crate::error::{Error, Result};
 use crate::math::{hash_point, sin_cos};
 
@@ -75,6 +75,15 @@ pub struct Object {
     pub rotation_deg: i32,
     /// Brightness offset added to both colours (a little lighting variation).
     pub shade: i8,
+    /// Which shade of its main colour it is drawn in (the identity detail words miss).
+    pub tone: Tone,
+}
+
+impl Object {
+    /// Whether this object is exactly that instance: the combo in that tone.
+    pub fn is(&self, combo: &Combo, tone: Tone) -> bool {
+        self.combo == *combo && self.tone == tone
+    }
 }
 
 /// Horizontal placement of an object, for position questions.
@@ -159,9 +168,14 @@ pub struct Scene {
 }
 
 impl Scene {
-    /// Whether any object has exactly this combo.
+    /// Whether any object has exactly this combo (in any tone).
     pub fn contains(&self, combo: &Combo) -> bool {
         self.objects.iter().any(|o| o.combo == *combo)
+    }
+
+    /// Whether any object is this combo in this tone.
+    pub fn contains_instance(&self, combo: &Combo, tone: Tone) -> bool {
+        self.objects.iter().any(|o| o.is(combo, tone))
     }
 }
 
@@ -437,9 +451,8 @@ struct Prepared {
 
 impl Prepared {
     fn new(object: &Object, side_px: f32) -> Prepared {
-        let shade = |c: Colour| {
-            c.rgb()
-                .map(|v| (i16::from(v) + i16::from(object.shade)).clamp(0, 255) as u8)
+        let shade = |rgb: [u8; 3]| {
+            rgb.map(|v| (i16::from(v) + i16::from(object.shade)).clamp(0, 255) as u8)
         };
         let (s, c) = sin_cos(f64::from(object.rotation_deg).to_radians());
         let r_px = (object.radius * side_px).max(1.0);
@@ -452,8 +465,8 @@ impl Prepared {
         Prepared {
             geometry: geometry(object.combo.shape()),
             pattern: object.combo.pattern(),
-            main: shade(object.combo.colour()),
-            secondary: object.combo.secondary().map_or([0; 3], shade),
+            main: shade(object.combo.colour().toned_rgb(object.tone)),
+            secondary: object.combo.secondary().map_or([0; 3], |c| shade(c.rgb())),
             centre: object.centre,
             radius: object.radius,
             sin: s as f32,
@@ -508,6 +521,28 @@ impl Prepared {
 pub(crate) struct Wanted {
     pub combo: Combo,
     pub size: Size,
+    /// The tone to draw; `None` draws one at random.
+    pub tone: Option<Tone>,
+}
+
+impl Wanted {
+    /// `combo` at `size`, in a random tone.
+    pub fn any_tone(combo: Combo, size: Size) -> Wanted {
+        Wanted {
+            combo,
+            size,
+            tone: None,
+        }
+    }
+
+    /// `combo` at `size`, in `tone`.
+    pub fn toned(combo: Combo, size: Size, tone: Tone) -> Wanted {
+        Wanted {
+            combo,
+            size,
+            tone: Some(tone),
+        }
+    }
 }
 
 /// Places `required` objects (always, in order), then as many `optional` ones as fit,
@@ -535,7 +570,7 @@ pub(crate) fn compose<R: Rng + ?Sized>(
     }
     let mut avoid: Vec<[u8; 3]> = Vec::new();
     for o in &objects {
-        avoid.push(o.combo.colour().rgb());
+        avoid.push(o.combo.colour().toned_rgb(o.tone));
         avoid.extend(o.combo.secondary().map(Colour::rgb));
     }
     let background = random_background(rng, &avoid);
@@ -556,6 +591,7 @@ fn try_place<R: Rng + ?Sized>(
     let radius = rng.random_range(lo..=hi) * 0.5 * scale;
     let rotation_deg = rng.random_range(-30..=30);
     let shade = rng.random_range(-10i8..=10);
+    let tone = w.tone.unwrap_or_else(|| Tone::random(rng));
     let margin = 0.01;
     let (min, max) = (radius + margin, 1.0 - radius - margin);
     for _ in 0..tries {
@@ -582,6 +618,7 @@ fn try_place<R: Rng + ?Sized>(
                 radius,
                 rotation_deg,
                 shade,
+                tone,
             });
         }
     }
@@ -686,6 +723,7 @@ mod tests {
                 radius: 0.32,
                 rotation_deg: 0,
                 shade: 0,
+                tone: Tone::default(),
             }],
         };
         render(&scene, ImageSize::DEFAULT)
@@ -740,6 +778,7 @@ mod tests {
                     radius: 0.22,
                     rotation_deg: 10,
                     shade: 0,
+                    tone: Tone::default(),
                 }],
             };
             let img = render(&scene, ImageSize::DEFAULT);

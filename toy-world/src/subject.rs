@@ -5,32 +5,36 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::attr::{random_combo, Attribute, Combo, Size};
+use crate::attr::{random_combo, Attribute, Combo, Size, Tone};
 use crate::error::{Error, Result};
 use crate::math::{hash_bytes, splitmix64};
 use crate::render::{compose, Scene, Wanted};
 use crate::text::NAMES;
 
-/// A named, fixed attribute combination whose photos vary in pose, size, position,
-/// background and distractors. Invariant: the combo is held out from pretraining and the
-/// name is 1-24 lowercase ASCII letters.
+/// A named, fixed attribute combination in a fixed [`Tone`], whose photos vary in pose,
+/// size, position, background and distractors. The tone is the subject's identity detail:
+/// its *twins* have the same combo (the same description) in another tone. Invariant: the
+/// combo is held out from pretraining and the name is 1-24 lowercase ASCII letters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SubjectRepr", into = "SubjectRepr")]
 pub struct Subject {
     name: String,
     combo: Combo,
+    tone: Tone,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SubjectRepr {
     name: String,
     combo: Combo,
+    #[serde(default)]
+    tone: Tone,
 }
 
 impl TryFrom<SubjectRepr> for Subject {
     type Error = Error;
     fn try_from(r: SubjectRepr) -> Result<Subject> {
-        Subject::new(&r.name, r.combo)
+        Ok(Subject::new(&r.name, r.combo)?.with_tone(r.tone))
     }
 }
 
@@ -39,6 +43,7 @@ impl From<Subject> for SubjectRepr {
         SubjectRepr {
             name: s.name,
             combo: s.combo,
+            tone: s.tone,
         }
     }
 }
@@ -47,7 +52,7 @@ impl From<Subject> for SubjectRepr {
 pub const MAX_SUBJECTS: usize = 100;
 
 impl Subject {
-    /// Validates the name and that `combo` is held out.
+    /// Validates the name and that `combo` is held out; the tone is 0 (see [`Subject::with_tone`]).
     pub fn new(name: &str, combo: Combo) -> Result<Subject> {
         let ok = (1..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase());
         if !ok {
@@ -62,7 +67,18 @@ impl Subject {
         Ok(Subject {
             name: name.into(),
             combo,
+            tone: Tone::default(),
         })
+    }
+
+    /// The same subject in `tone`.
+    pub fn with_tone(self, tone: Tone) -> Subject {
+        Subject { tone, ..self }
+    }
+
+    /// The shade of the main colour that this subject, and no twin of it, has.
+    pub fn tone(&self) -> Tone {
+        self.tone
     }
 
     /// The identifier, also the dataset folder name ("ziggy").
@@ -105,7 +121,12 @@ pub fn choose_subjects(seed: u64, n: usize) -> Result<Vec<Subject>> {
         });
         out.push(Subject::new(&name.to_ascii_lowercase(), combo)?);
     }
-    Ok(out)
+    // Tones come from a stream of their own, so names and combos are those of layout v1.
+    let mut tones = stream(seed, "tones");
+    Ok(out
+        .into_iter()
+        .map(|s| s.with_tone(Tone::random(&mut tones)))
+        .collect())
 }
 
 fn pick_size<R: Rng + ?Sized>(rng: &mut R, sizes: &[Size]) -> Size {
@@ -124,21 +145,49 @@ fn distractors<R: Rng + ?Sized>(
         .map(|_| {
             let combo = random_combo(rng, |c| keep(c) && !taken.contains(c));
             taken.push(combo);
-            Wanted {
+            Wanted::any_tone(
                 combo,
-                size: pick_size(rng, &[Size::Small, Size::Small, Size::Medium]),
-            }
+                pick_size(rng, &[Size::Small, Size::Small, Size::Medium]),
+            )
         })
         .collect()
 }
 
-/// A photo of `main` (object 0, medium or large, 40-70% of the side) with distractors that
-/// are none of `avoid` and no look-alike of `main`.
+/// A photo of `main` in a random tone (object 0, medium or large, 40-70% of the side) with
+/// distractors that are none of `avoid` (in any tone) and no look-alike of `main`.
 pub fn photo_of<R: Rng + ?Sized>(rng: &mut R, main: Combo, avoid: &[Combo]) -> Scene {
+    main_object_photo(rng, main, None, avoid)
+}
+
+/// [`photo_of`] with the main object in `tone`: a photo of a subject (its own tone) or of one
+/// of its twins (another tone).
+pub fn photo_in_tone<R: Rng + ?Sized>(
+    rng: &mut R,
+    main: Combo,
+    tone: Tone,
+    avoid: &[Combo],
+) -> Scene {
+    main_object_photo(rng, main, Some(tone), avoid)
+}
+
+fn main_object_photo<R: Rng + ?Sized>(
+    rng: &mut R,
+    main: Combo,
+    tone: Option<Tone>,
+    avoid: &[Combo],
+) -> Scene {
     let size = pick_size(rng, &[Size::Medium, Size::Large]);
     let keep = |c: &Combo| !avoid.contains(c) && c.differences(&main).len() >= 2;
     let optional = distractors(rng, &keep, &[main]);
-    compose(rng, &[Wanted { combo: main, size }], &optional)
+    compose(
+        rng,
+        &[Wanted {
+            combo: main,
+            size,
+            tone,
+        }],
+        &optional,
+    )
 }
 
 /// A scene with 1-3 objects, none of them in `avoid`.
@@ -147,33 +196,95 @@ pub fn generic_scene<R: Rng + ?Sized>(rng: &mut R, avoid: &[Combo]) -> Scene {
     let size = pick_size(rng, Size::ALL);
     let keep = |c: &Combo| !avoid.contains(c);
     let optional = distractors(rng, &keep, &[first]);
-    compose(rng, &[Wanted { combo: first, size }], &optional)
+    compose(rng, &[Wanted::any_tone(first, size)], &optional)
 }
 
-/// Two required objects side by side (both medium), plus up to one small distractor.
-pub fn pair_photo<R: Rng + ?Sized>(rng: &mut R, a: Combo, b: Combo, avoid: &[Combo]) -> Scene {
-    let required = [
-        Wanted {
-            combo: a,
-            size: Size::Medium,
-        },
-        Wanted {
-            combo: b,
-            size: Size::Medium,
-        },
-    ];
-    let optional: Vec<Wanted> = if rng.random_bool(0.5) {
-        let combo = random_combo(rng, |c| {
-            !avoid.contains(c) && c.differences(&a).len() >= 2 && c.differences(&b).len() >= 2
-        });
-        vec![Wanted {
-            combo,
-            size: Size::Small,
-        }]
+/// One object a [`group_photo`] must hold: a combo in a tone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The combo.
+    pub combo: Combo,
+    /// Its tone.
+    pub tone: Tone,
+}
+
+/// How the members of a [`group_photo`] are sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizing {
+    /// All the same size class: medium for two members, small for three.
+    Equal,
+    /// One member (drawn at random, not always the first) is a class larger than the others.
+    Unequal,
+}
+
+/// Two or three required objects (`members`, in order) sized by `sizing`, plus up to one
+/// small distractor that is none of `avoid` and no look-alike of a member.
+///
+/// # Panics
+///
+/// If `members` has fewer than two or more than three entries.
+pub fn group_photo<R: Rng + ?Sized>(
+    rng: &mut R,
+    members: &[Member],
+    sizing: Sizing,
+    avoid: &[Combo],
+) -> Scene {
+    assert!(
+        (2..=3).contains(&members.len()),
+        "a group photo has 2 or 3 members"
+    );
+    let equal = if members.len() == 2 {
+        Size::Medium
+    } else {
+        Size::Small
+    };
+    let big = rng.random_range(0..members.len());
+    let sizes: Vec<Size> = (0..members.len())
+        .map(|i| match sizing {
+            Sizing::Equal => equal,
+            Sizing::Unequal if i == big => Size::Medium,
+            Sizing::Unequal => Size::Small,
+        })
+        .collect();
+    let required: Vec<Wanted> = members
+        .iter()
+        .zip(&sizes)
+        .map(|(m, &size)| Wanted::toned(m.combo, size, m.tone))
+        .collect();
+    let optional = if members.len() == 2 {
+        let combos: Vec<Combo> = members.iter().map(|m| m.combo).collect();
+        small_distractor(rng, &combos, avoid)
     } else {
         Vec::new()
     };
     compose(rng, &required, &optional)
+}
+
+/// Two required objects side by side (both medium, random tones), plus up to one small
+/// distractor.
+pub fn pair_photo<R: Rng + ?Sized>(rng: &mut R, a: Combo, b: Combo, avoid: &[Combo]) -> Scene {
+    let required = [
+        Wanted::any_tone(a, Size::Medium),
+        Wanted::any_tone(b, Size::Medium),
+    ];
+    let optional = small_distractor(rng, &[a, b], avoid);
+    compose(rng, &required, &optional)
+}
+
+/// Half the time one small distractor that is none of `avoid` and no look-alike of `members`.
+fn small_distractor<R: Rng + ?Sized>(
+    rng: &mut R,
+    members: &[Combo],
+    avoid: &[Combo],
+) -> Vec<Wanted> {
+    if rng.random_bool(0.5) {
+        let combo = random_combo(rng, |c| {
+            !avoid.contains(c) && members.iter().all(|m| c.differences(m).len() >= 2)
+        });
+        vec![Wanted::any_tone(combo, Size::Small)]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A look-alike of `combo` differing in one attribute: hard (pattern or secondary colour)

@@ -294,6 +294,7 @@ fn random_scene<R: Rng + ?Sized>(
         } else {
             *pick(rng, Size::ALL)
         },
+        tone: None,
     });
     let mut taken = vec![first.combo];
     let mut optional = Vec::new();
@@ -301,7 +302,7 @@ fn random_scene<R: Rng + ?Sized>(
         let combo = random_combo(rng, |c| pretraining(c) && !exclude(c) && !taken.contains(c));
         taken.push(combo);
         let size = *pick(rng, &[Size::Small, Size::Small, Size::Medium]);
-        optional.push(Wanted { combo, size });
+        optional.push(Wanted::any_tone(combo, size));
     }
     compose(rng, &[first], &optional)
 }
@@ -533,7 +534,7 @@ fn name_recognition<R: Rng + ?Sized>(rng: &mut R) -> (Scene, String, String) {
     let big = |rng: &mut R| *pick(rng, &[Size::Medium, Size::Large]);
     let scene = if positive {
         let size = big(rng);
-        random_scene(rng, Some(Wanted { combo, size }), &|c| *c == combo)
+        random_scene(rng, Some(Wanted::any_tone(combo, size)), &|c| *c == combo)
     } else {
         let roll = rng.random_range(0..4);
         let look = match roll {
@@ -541,10 +542,7 @@ fn name_recognition<R: Rng + ?Sized>(rng: &mut R) -> (Scene, String, String) {
             2 => pretraining_lookalike(rng, &combo, 0.0),
             _ => None,
         };
-        let first = look.map(|l| Wanted {
-            combo: l,
-            size: big(rng),
-        });
+        let first = look.map(|l| Wanted::any_tone(l, big(rng)));
         random_scene(rng, first, &|c| *c == combo)
     };
     let mut prompt = Vec::new();
@@ -776,7 +774,7 @@ fn name_visual_choice<R: Rng + ?Sized>(rng: &mut R) -> Option<(Scene, String, St
     let [name] = names(rng);
     let combo = random_combo(rng, pretraining);
     let size = *pick(rng, Size::ALL);
-    let scene = random_scene(rng, Some(Wanted { combo, size }), &|c| *c == combo);
+    let scene = random_scene(rng, Some(Wanted::any_tone(combo, size)), &|c| *c == combo);
     let choice = visual_choice(rng, name, &scene, 0)?;
     let answer = choice.answer.as_str().to_string();
     Some((

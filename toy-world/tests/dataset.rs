@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use toy_world::{write_dataset, Attribute, Combo, DatasetConfig, Error, ImageSize};
+use toy_world::{write_dataset, Attribute, Combo, DatasetConfig, Error, ImageSize, Tone};
 
 fn small_config() -> DatasetConfig {
     DatasetConfig {
@@ -13,6 +13,7 @@ fn small_config() -> DatasetConfig {
         test_per_subject: 3,
         generic_negatives: 2,
         lookalikes_per_subject: 2,
+        twins_per_subject: 2,
         multi_photos: 3,
         overwrite: false,
     }
@@ -92,10 +93,20 @@ negatives/002.png
 negatives/003.png
 negatives/004.png
 negatives/005.png
+negatives/006.png
+negatives/007.png
+negatives/008.png
+negatives/009.png
 negatives/index.json
 qa/S0.json
 qa/S1.json
 subjects.json
+twins/S0/000.png
+twins/S0/001.png
+twins/S0/002.png
+twins/S1/000.png
+twins/S1/001.png
+twins/S1/002.png
 ",
     );
 }
@@ -131,10 +142,20 @@ negatives/002.png
 negatives/003.png
 negatives/004.png
 negatives/005.png
+negatives/006.png
+negatives/007.png
+negatives/008.png
+negatives/009.png
 negatives/index.json
 qa/S0.json
 qa/S1.json
 subjects.json
+twins/S0/000.png
+twins/S0/001.png
+twins/S0/002.png
+twins/S1/000.png
+twins/S1/001.png
+twins/S1/002.png
 ";
 
 #[test]
@@ -153,9 +174,14 @@ negatives/000.png
 negatives/001.png
 negatives/002.png
 negatives/003.png
+negatives/004.png
+negatives/005.png
 negatives/index.json
 qa/S0.json
 subjects.json
+twins/S0/000.png
+twins/S0/001.png
+twins/S0/002.png
 ",
     );
     assert_eq!(files["multi/labels.json"], b"[]\n");
@@ -190,12 +216,13 @@ fn json_files_describe_the_dataset() {
 
     let subjects = read("subjects.json");
     assert_eq!(subjects["format"], "concepts-toy-dataset");
-    assert_eq!(subjects["version"], 1);
+    assert_eq!(subjects["version"], 2);
     assert_eq!(subjects["seed"], 21);
     assert_eq!(subjects["image_size"], 48);
     let list = subjects["subjects"].as_array().unwrap();
     assert_eq!(list.len(), 3);
     let mut combos = Vec::new();
+    let mut instances = Vec::new();
     for (entry, s) in list.iter().zip(&summary.subjects) {
         assert_eq!(entry["name"], s.name());
         assert_eq!(entry["category"], "object");
@@ -203,8 +230,12 @@ fn json_files_describe_the_dataset() {
         let combo: Combo = serde_json::from_value(entry["attributes"].clone()).unwrap();
         assert_eq!(&combo, s.combo());
         assert!(combo.is_held_out(), "subjects are always held-out combos");
+        let tone: Tone = serde_json::from_value(entry["tone"].clone()).unwrap();
+        assert_eq!(tone, s.tone());
         combos.push(combo);
-        for split in ["train", "test"] {
+        instances.push((combo, tone));
+        assert_eq!(entry["twins"].as_array().unwrap().len(), 3);
+        for split in ["train", "test", "twins"] {
             for f in entry[split].as_array().unwrap() {
                 assert!(dir.join(f.as_str().unwrap()).is_file());
             }
@@ -260,18 +291,34 @@ fn json_files_describe_the_dataset() {
         }
     }
 
-    // Negatives never contain a subject; look-alikes differ from theirs in one attribute.
+    // Negatives never contain a subject; look-alikes differ from theirs in one attribute,
+    // twins in tone alone.
     let negatives = read("negatives/index.json");
     let negatives = negatives.as_array().unwrap();
-    assert_eq!(negatives.len(), 2 + 3 * 2);
+    assert_eq!(negatives.len(), 2 + 3 * 2 + 3 * 2);
     for n in negatives {
-        let objects: Vec<Combo> = n["objects"]
+        let objects: Vec<(Combo, Tone)> = n["objects"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| serde_json::from_value(o["attributes"].clone()).unwrap())
+            .map(|o| {
+                let combo = serde_json::from_value(o["attributes"].clone()).unwrap();
+                (combo, serde_json::from_value(o["tone"].clone()).unwrap())
+            })
             .collect();
-        assert!(objects.iter().all(|o| !combos.contains(o)));
+        assert!(objects.iter().all(|o| !instances.contains(o)), "{n}");
+        if n["kind"] == "twin" {
+            let of = summary
+                .subjects
+                .iter()
+                .find(|s| n["twin_of"] == s.name())
+                .unwrap();
+            assert_eq!(&objects[0].0, of.combo());
+            assert_ne!(objects[0].1, of.tone());
+        } else {
+            assert!(objects.iter().all(|(c, _)| !combos.contains(c)));
+        }
+        let objects: Vec<Combo> = objects.into_iter().map(|(c, _)| c).collect();
         if n["kind"] == "lookalike" {
             let of = summary
                 .subjects
@@ -287,8 +334,14 @@ fn json_files_describe_the_dataset() {
     let multi = read("multi/labels.json");
     for m in multi.as_array().unwrap() {
         let who = m["subjects"].as_array().unwrap();
-        assert!(!who.is_empty() && who.len() <= 2);
-        assert_eq!(who.len() == 1, m.get("lookalikes").is_some());
+        assert!(!who.is_empty() && who.len() <= 3);
+        let impostors = m
+            .get("lookalikes")
+            .map_or(0, |l| l.as_array().unwrap().len())
+            + m.get("twins").map_or(0, |t| t.as_array().unwrap().len());
+        assert!(impostors <= 1, "{m}");
+        assert!(who.len() + impostors >= 2, "{m}");
+        assert!(m["sizing"] == "equal" || m["sizing"] == "unequal");
     }
 }
 

@@ -21,8 +21,8 @@ use concepts_runtime::session::Engine;
 use rand::SeedableRng;
 use serde_json::json;
 use toy_world::{
-    choose_subjects, encode_png, generic_scene, intrinsic_choice, lookalike, pair_photo, photo_of,
-    render, Attribute, Combo, ImageSize, Subject,
+    choose_subjects, encode_png, generic_scene, group_photo, intrinsic_choice, lookalike,
+    photo_in_tone, photo_of, render, Attribute, Combo, ImageSize, Member, Sizing, Subject,
 };
 
 use crate::cmd::eval::{cancel_on_ctrl_c, EvalBars};
@@ -85,7 +85,7 @@ fn write_world(
             for i in 0..n {
                 save(
                     &dir.join(format!("{i:03}.png")),
-                    &photo_of(&mut rng, *s.combo(), &avoid),
+                    &photo_in_tone(&mut rng, *s.combo(), s.tone(), &avoid),
                     size,
                 )?;
                 lists[k].push(format!("{}/{split}/{i:03}.png", s.name()));
@@ -132,7 +132,17 @@ fn write_world(
     std::fs::create_dir_all(&multi)?;
     let mut labels = Vec::new();
     for i in 0..PAIR_PHOTOS {
-        let scene = pair_photo(&mut rng, *subjects[0].combo(), *subjects[1].combo(), &avoid);
+        let members = [&subjects[0], &subjects[1]].map(|s| Member {
+            combo: *s.combo(),
+            tone: s.tone(),
+        });
+        // Equal and unequal sizes in turn: the subject is not always the larger object.
+        let sizing = if i % 2 == 0 {
+            Sizing::Equal
+        } else {
+            Sizing::Unequal
+        };
+        let scene = group_photo(&mut rng, &members, sizing, &avoid);
         save(&multi.join(format!("{i:03}.png")), &scene, size)?;
         labels.push(json!({"image": format!("{i:03}.png"), "subjects": [subjects[0].name(), subjects[1].name()]}));
     }
