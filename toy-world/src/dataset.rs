@@ -362,10 +362,10 @@ pub fn write_dataset(
 }
 
 /// Writes everything into `w.root`; returns the number of A/B questions.
-fn write_contents(
+fn write_contents<'a>(
     w: &mut Writer,
     seed: u64,
-    subjects: &[Subject],
+    subjects: &'a [Subject],
     cfg: &DatasetConfig,
 ) -> Result<usize> {
     let avoid: Vec<Combo> = subjects.iter().map(|s| *s.combo()).collect();
@@ -457,37 +457,41 @@ fn write_contents(
 
     w.dir("negatives")?;
     let mut negatives = Vec::new();
-    for i in 0..cfg.generic_negatives {
-        let mut rng = stream(seed, &format!("negatives/generic/{i}"));
-        let scene = generic_scene(&mut rng, &avoid);
+    // Writes the next negative, numbered in order, and its index entry.
+    let mut negative = |w: &mut Writer, scene: &Scene, entry: NegativeEntry<'a>| -> Result<()> {
         let rel = format!("{:03}.png", negatives.len());
-        w.png(&format!("negatives/{rel}"), &scene)?;
+        w.png(&format!("negatives/{rel}"), scene)?;
         negatives.push(NegativeEntry {
             image: rel,
-            kind: "generic",
-            lookalike_of: None,
-            twin_of: None,
-            differs_in: None,
-            difficulty: None,
-            objects: labels(&scene),
+            objects: labels(scene),
+            ..entry
         });
+        Ok(())
+    };
+    let plain = |kind| NegativeEntry {
+        image: String::new(),
+        kind,
+        lookalike_of: None,
+        twin_of: None,
+        differs_in: None,
+        difficulty: None,
+        objects: Vec::new(),
+    };
+    for i in 0..cfg.generic_negatives {
+        let mut rng = stream(seed, &format!("negatives/generic/{i}"));
+        negative(w, &generic_scene(&mut rng, &avoid), plain("generic"))?;
     }
     for s in subjects {
         for i in 0..cfg.lookalikes_per_subject {
             let mut rng = stream(seed, &format!("negatives/{}/{i}", s.name()));
             let (look, attr) = lookalike(&mut rng, s.combo(), &avoid);
-            let scene = photo_of(&mut rng, look, &avoid);
-            let rel = format!("{:03}.png", negatives.len());
-            w.png(&format!("negatives/{rel}"), &scene)?;
-            negatives.push(NegativeEntry {
-                image: rel,
-                kind: "lookalike",
+            let entry = NegativeEntry {
                 lookalike_of: Some(s.name()),
-                twin_of: None,
                 differs_in: Some(attr),
                 difficulty: Some(attr.difficulty()),
-                objects: labels(&scene),
-            });
+                ..plain("lookalike")
+            };
+            negative(w, &photo_of(&mut rng, look, &avoid), entry)?;
         }
     }
     for s in subjects {
@@ -495,17 +499,11 @@ fn write_contents(
             let mut rng = stream(seed, &format!("negatives/{}/twin/{i}", s.name()));
             let tone = s.tone().other(&mut rng);
             let scene = photo_in_tone(&mut rng, *s.combo(), tone, &avoid);
-            let rel = format!("{:03}.png", negatives.len());
-            w.png(&format!("negatives/{rel}"), &scene)?;
-            negatives.push(NegativeEntry {
-                image: rel,
-                kind: "twin",
-                lookalike_of: None,
+            let entry = NegativeEntry {
                 twin_of: Some(s.name()),
-                differs_in: None,
-                difficulty: None,
-                objects: labels(&scene),
-            });
+                ..plain("twin")
+            };
+            negative(w, &scene, entry)?;
         }
     }
     w.json("negatives/index.json", &negatives)?;

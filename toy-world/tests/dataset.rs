@@ -69,46 +69,7 @@ fn check(seed: u64, n_subjects: usize, expect: &str) -> BTreeMap<String, Vec<u8>
 
 #[test]
 fn layout_two_subjects() {
-    check(
-        7,
-        2,
-        "
-S0/test/000.png
-S0/test/001.png
-S0/test/002.png
-S0/train/000.png
-S0/train/001.png
-S1/test/000.png
-S1/test/001.png
-S1/test/002.png
-S1/train/000.png
-S1/train/001.png
-multi/000.png
-multi/001.png
-multi/002.png
-multi/labels.json
-negatives/000.png
-negatives/001.png
-negatives/002.png
-negatives/003.png
-negatives/004.png
-negatives/005.png
-negatives/006.png
-negatives/007.png
-negatives/008.png
-negatives/009.png
-negatives/index.json
-qa/S0.json
-qa/S1.json
-subjects.json
-twins/S0/000.png
-twins/S0/001.png
-twins/S0/002.png
-twins/S1/000.png
-twins/S1/001.png
-twins/S1/002.png
-",
-    );
+    check(7, 2, LAYOUT_2);
 }
 
 #[test]
@@ -307,25 +268,18 @@ fn json_files_describe_the_dataset() {
             })
             .collect();
         assert!(objects.iter().all(|o| !instances.contains(o)), "{n}");
+        let subject = |field: &str| summary.subjects.iter().find(|s| n[field] == s.name());
         if n["kind"] == "twin" {
-            let of = summary
-                .subjects
-                .iter()
-                .find(|s| n["twin_of"] == s.name())
-                .unwrap();
+            let of = subject("twin_of").unwrap();
             assert_eq!(&objects[0].0, of.combo());
             assert_ne!(objects[0].1, of.tone());
         } else {
             assert!(objects.iter().all(|(c, _)| !combos.contains(c)));
         }
-        let objects: Vec<Combo> = objects.into_iter().map(|(c, _)| c).collect();
         if n["kind"] == "lookalike" {
-            let of = summary
-                .subjects
-                .iter()
-                .find(|s| n["lookalike_of"] == s.name())
-                .unwrap();
-            let diff = objects[0].differences(of.combo());
+            let diff = objects[0]
+                .0
+                .differences(subject("lookalike_of").unwrap().combo());
             assert_eq!(diff.len(), 1);
             assert_eq!(n["differs_in"], diff[0].name());
         }

@@ -185,12 +185,20 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), mined.hard.len() + 5, "negatives are distinct");
-    // The hard negatives are exactly the union of each positive's 2 nearest pool images.
+    // The hard negatives are exactly the union of each positive's 2 nearest pool images
+    // that are not near-duplicates of any positive (the default miner's documented rule; the
+    // tiny random tower maps some pool photos within 0.98 of a positive).
+    let nearest = pos.max_similarity(&pool.embeddings);
+    let near_duplicate = |row: u32| nearest[row as usize] >= concepts_default_miner::NEAR_DUPLICATE;
     let mut want: Vec<usize> = pos
-        .top_k(&pool.embeddings, 2)
+        .top_k(&pool.embeddings, pool.embeddings.rows())
         .into_iter()
-        .flatten()
-        .map(|s| s.row as usize)
+        .flat_map(|list| {
+            list.into_iter()
+                .filter(|s| !near_duplicate(s.row))
+                .take(2)
+                .map(|s| s.row as usize)
+        })
         .collect();
     want.sort_unstable();
     want.dedup();
