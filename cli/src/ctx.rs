@@ -10,15 +10,26 @@ use concept_registry::Registry;
 pub struct Ctx {
     /// `--home` / `$CONCEPTS_HOME`, if given.
     home: Option<PathBuf>,
+    /// `$CONCEPTS_HOME` was set to the empty string (and `--home` not given).
+    empty_home_env: bool,
 }
 
 impl Ctx {
-    pub fn new(home: Option<PathBuf>) -> Ctx {
-        Ctx { home }
+    pub fn new(home: Option<PathBuf>, empty_home_env: bool) -> Ctx {
+        Ctx {
+            empty_home_env: empty_home_env && home.is_none(),
+            home,
+        }
     }
 
     /// The registry directory: `--home`, else `$CONCEPTS_HOME`, else `<data dir>/concepts`.
     pub fn home(&self) -> anyhow::Result<PathBuf> {
+        if self.empty_home_env {
+            anyhow::bail!(
+                "CONCEPTS_HOME is set but empty; set it to the registry folder, or unset it for \
+                 the default"
+            );
+        }
         match &self.home {
             Some(home) => Ok(home.clone()),
             None => dirs::data_dir()

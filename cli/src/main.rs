@@ -106,10 +106,17 @@ fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // clap would take an empty `CONCEPTS_HOME=` for a missing `--home` value and report a
+    // usage error naming the flag; the registry folder reports it instead, naming the variable,
+    // and only for commands that use the registry.
+    let empty_home_env = std::env::var_os("CONCEPTS_HOME").is_some_and(|v| v.is_empty());
+    if empty_home_env {
+        std::env::remove_var("CONCEPTS_HOME");
+    }
     // `exit` prints help/version (status 0) or the usage error (status 2).
     let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
     init_logging(cli.verbose);
-    let ctx = Ctx::new(cli.home);
+    let ctx = Ctx::new(cli.home, empty_home_env);
     match dispatch(cli.command, &ctx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -324,7 +324,9 @@ fn verify_fails_on_a_corrupted_blob_and_gc_cleans_leftovers() {
 
     // Reinstalling repairs the blob; a crash leftover makes verify fail until gc.
     env.run(&["install", bo.to_str().unwrap()]).ok();
-    std::fs::write(env.home().join("tmp/blob-crash.tmp"), b"partial").unwrap();
+    // The name a write killed mid-way leaves: `blob-<file>.<pid>.<n>.tmp`.
+    let leftover = env.home().join("tmp/blob-0a1b.ycpt.4242.0.tmp");
+    std::fs::write(leftover, b"partial").unwrap();
     let verify = env.run(&["verify"]).fails();
     assert!(verify.stdout.contains("orphan temp file"), "{verify:#?}");
     assert!(
@@ -586,4 +588,330 @@ fn verbose_logs_go_to_stderr() {
     assert!(run.stdout.starts_with("installed bo"), "{run:#?}");
     let quiet = env.run(&["install", bo.to_str().unwrap()]).ok();
     assert_eq!(quiet.stderr, "");
+}
+
+fn run_as(env: &Env, args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_concepts"));
+    cmd.args(args)
+        .current_dir(env.dir.path())
+        .env("CONCEPTS_HOME", env.home())
+        .env_remove("RUST_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let output = cmd.output().unwrap();
+    Run {
+        code: output
+            .status
+            .code()
+            .expect("exited, not killed by a signal"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn gc_deletes_only_its_own_files_and_never_through_a_symlinked_folder() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    let bo = env.pack("bo", 1.0);
+    env.run(&["install", bo.to_str().unwrap()]).ok();
+    let home = env.home();
+
+    // A user's files next to the registry's own leftovers.
+    let own_temp = home.join("tmp/index-index.json.77.3.tmp");
+    let legacy_temp = home.join("tmp/blob-Xa3k9q.tmp");
+    let user_note = home.join("tmp/thesis.txt");
+    let user_blob_dir_file = home.join("blobs/sha256/notes.txt");
+    let fake_blob = home.join(format!("blobs/sha256/{}.ycpt", "ab".repeat(32)));
+    for (path, bytes) in [
+        (&own_temp, &b"half an index"[..]),
+        (&legacy_temp, b"half a blob"),
+        (&user_note, b"my thesis"),
+        (&user_blob_dir_file, b"my notes"),
+        (&fake_blob, b"not the bytes its name promises"),
+    ] {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let outside = env.path("photos");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("photo.jpg"), b"jpeg").unwrap();
+    symlink(outside.join("photo.jpg"), home.join("tmp/link.tmp")).unwrap();
+
+    let verify = env.run(&["verify"]).fails();
+    assert!(verify.stdout.contains("note: `"), "{verify:#?}");
+    let gc = env.run(&["gc"]).ok();
+    assert!(gc.stdout.contains("and 2 temp file(s)"), "{gc:#?}");
+    assert!(!own_temp.exists() && !legacy_temp.exists());
+    for kept in [&user_note, &user_blob_dir_file, &fake_blob] {
+        assert!(kept.is_file(), "gc deleted {}", kept.display());
+    }
+    assert!(std::fs::symlink_metadata(home.join("tmp/link.tmp")).is_ok());
+    assert!(outside.join("photo.jpg").is_file());
+    // Foreign files are reported, not counted as damage.
+    let verify = env.run(&["verify"]).ok();
+    assert!(verify.stdout.contains("thesis.txt"), "{verify:#?}");
+    assert!(verify.stdout.ends_with("0 problems found\n"), "{verify:#?}");
+
+    // `tmp` replaced by a link to the user's folder: gc refuses to delete through it.
+    std::fs::remove_dir_all(home.join("tmp")).unwrap();
+    std::fs::write(outside.join("thesis.txt"), b"my thesis").unwrap();
+    std::fs::write(outside.join("blob-Ab3k9q.tmp"), b"looks like ours").unwrap();
+    symlink(&outside, home.join("tmp")).unwrap();
+    let gc = env.run(&["gc"]).fails();
+    assert!(gc.stderr.contains("symbolic link"), "{gc:#?}");
+    for name in ["thesis.txt", "photo.jpg", "blob-Ab3k9q.tmp"] {
+        assert!(outside.join(name).is_file(), "{name} was deleted");
+    }
+    env.run(&["list"]).ok();
+}
+
+#[test]
+fn outputs_refuse_device_nodes_fifos_links_and_the_registry_and_keep_the_mode() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let env = Env::new();
+    let bo = env.pack("bo", 1.0);
+    env.run(&["install", bo.to_str().unwrap()]).ok();
+    let fifo = env.path("out.fifo");
+    mkfifo(&fifo);
+    let index = env.home().join("index.json");
+    let index_before = std::fs::read(&index).unwrap();
+    let link = env.path("link.ycpt");
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+
+    for dest in [Path::new("/dev/null"), fifo.as_path(), link.as_path()] {
+        let d = dest.to_str().unwrap();
+        let export = env.run(&["export", "bo", "-o", d]).fails();
+        assert!(export.stderr.contains("not a regular file"), "{export:#?}");
+        let migrate = env.run(&["migrate", bo.to_str().unwrap(), "-o", d]).fails();
+        assert!(
+            migrate.stderr.contains("not a regular file"),
+            "{migrate:#?}"
+        );
+    }
+    for dest in [index.clone(), env.home().join("blobs/sha256/new.ycpt")] {
+        let d = dest.to_str().unwrap();
+        let export = env.run(&["export", "bo", "-o", d]).fails();
+        assert!(export.stderr.contains("inside the registry"), "{export:#?}");
+        let migrate = env.run(&["migrate", bo.to_str().unwrap(), "-o", d]).fails();
+        assert!(
+            migrate.stderr.contains("inside the registry"),
+            "{migrate:#?}"
+        );
+    }
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&index).unwrap(), index_before);
+    env.run(&["list"]).ok();
+
+    // Overwriting a regular file keeps its mode.
+    let out = env.path("shared.ycpt");
+    std::fs::write(&out, b"old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.run(&["export", "bo", "-o", out.to_str().unwrap()]).ok();
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&bo).unwrap());
+}
+
+#[test]
+fn verify_repair_rebuilds_a_lost_or_damaged_index_from_the_blobs() {
+    let env = Env::new();
+    let bo = env.pack("bo", 1.0);
+    let kiki = env.pack("kiki", 2.0);
+    env.run(&["install", bo.to_str().unwrap()]).ok();
+    env.run(&["install", kiki.to_str().unwrap()]).ok();
+    env.run(&["pin", "bo"]).ok();
+    let index = env.home().join("index.json");
+
+    // Lost: gc must not take the missing index for "nothing installed".
+    std::fs::remove_file(&index).unwrap();
+    let gc = env.run(&["gc"]).fails();
+    assert!(gc.stderr.contains("verify --repair"), "{gc:#?}");
+    assert!(blob_path(&env, &bo).is_file() && blob_path(&env, &kiki).is_file());
+    let verify = env.run(&["verify"]).fails();
+    assert!(verify.stderr.contains("verify --repair"), "{verify:#?}");
+    let repair = env.run(&["verify", "--repair"]).ok();
+    assert!(
+        repair.stdout.contains("rebuilt the index: 2 concept(s)"),
+        "{repair:#?}"
+    );
+    let names: Vec<Value> = env
+        .run(&["list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].clone())
+        .collect();
+    assert_eq!(names, ["bo", "kiki"]);
+
+    // Damaged (an export once wrote a package over it): the pin is lost with the old index.
+    std::fs::copy(&bo, &index).unwrap();
+    env.run(&["list"]).fails();
+    let repair = env.run(&["verify", "--repair"]).ok();
+    assert!(
+        repair.stdout.contains("the old index was unreadable"),
+        "{repair:#?}"
+    );
+    assert_eq!(
+        env.run(&["list", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    env.run(&["verify"]).ok();
+}
+
+#[test]
+fn an_empty_concepts_home_is_a_clear_error_naming_the_variable() {
+    let env = Env::new();
+    let bo = env.pack("bo", 1.0);
+    let list = run_as(&env, &["list"], &[("CONCEPTS_HOME", "")]).fails();
+    assert!(
+        list.stderr.contains("CONCEPTS_HOME is set but empty"),
+        "{list:#?}"
+    );
+    // Commands that do not use the registry still work, and --home wins over the variable.
+    run_as(
+        &env,
+        &["inspect", bo.to_str().unwrap()],
+        &[("CONCEPTS_HOME", "")],
+    )
+    .ok();
+    let home = env.home();
+    let args = ["--home", home.to_str().unwrap(), "list"];
+    run_as(&env, &args, &[("CONCEPTS_HOME", "")]).ok();
+    // An empty flag value is clap's usage error (status 2), naming the flag.
+    let empty = env.run(&["--home", "", "list"]);
+    assert_eq!(empty.code, 2, "{empty:#?}");
+    assert!(empty.stderr.contains("'--home <DIR>'"), "{empty:#?}");
+}
+
+#[test]
+fn install_sha256_checks_every_byte_before_installing() {
+    let env = Env::new();
+    let bo = env.pack("bo", 1.0);
+    let digest = sha256_of(&bo);
+    let wrong = format!("{}0", &digest[..63]);
+    let wrong = if wrong == digest {
+        format!("{}1", &digest[..63])
+    } else {
+        wrong
+    };
+    let run = env
+        .run(&["install", bo.to_str().unwrap(), "--sha256", &wrong])
+        .fails();
+    assert!(run.stderr.contains("not the expected sha256"), "{run:#?}");
+    assert_eq!(
+        env.run(&["list", "--json"]).ok().json(),
+        serde_json::json!([])
+    );
+    env.run(&["install", bo.to_str().unwrap(), "--sha256", "xyz"])
+        .fails();
+    let upper = digest.to_ascii_uppercase();
+    env.run(&["install", bo.to_str().unwrap(), "--sha256", &upper])
+        .ok();
+    assert_eq!(
+        env.run(&["list", "--json"]).ok().json()[0]["sha256"],
+        digest
+    );
+}
+
+/// Runs `concepts ARGS` as an unprivileged user: as root, through `setpriv` as `nobody`
+/// (permission bits do not stop root), from a hard link of the binary that user can reach.
+fn run_unprivileged(env: &Env, args: &[&str]) -> Run {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = env.path("concepts-bin");
+    if !bin.exists() {
+        std::fs::hard_link(env!("CARGO_BIN_EXE_concepts"), &bin)
+            .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_concepts"), &bin).map(|_| ()))
+            .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let root = running_as_root();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let output = cmd
+        .args(args)
+        .current_dir("/")
+        .env("CONCEPTS_HOME", env.home())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code().expect("exited"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+fn running_as_root() -> bool {
+    // `id -u` rather than libc: this crate has no libc dependency.
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+#[test]
+fn a_read_only_registry_can_be_listed_and_verified() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let bo = env.pack("bo", 1.0);
+    env.run(&["install", bo.to_str().unwrap()]).ok();
+    // Everything readable, nothing writable by the user who runs the command.
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(env.dir.path(), 0o755);
+    for entry in walk(&env.home()) {
+        chmod(&entry, if entry.is_dir() { 0o555 } else { 0o444 });
+    }
+    let list = run_unprivileged(&env, &["list", "--json"]).ok();
+    assert_eq!(list.json()[0]["name"], "bo");
+    run_unprivileged(&env, &["verify"]).ok();
+    run_unprivileged(&env, &["show", "bo"]).ok();
+    // Writing still fails, cleanly.
+    let remove = run_unprivileged(&env, &["remove", "bo"]).fails();
+    assert!(remove.stderr.contains("lock"), "{remove:#?}");
+    for entry in walk(&env.home()) {
+        chmod(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -341,3 +341,86 @@ fn bad_inputs_fail_with_messages_naming_them() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("temperature"), "{}", out.stderr);
 }
+
+#[test]
+fn hostile_images_are_refused_before_they_are_decoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let model = model_dir();
+    let model = model.to_str().unwrap();
+    let run = |image: &Path, pad: bool| {
+        let mut args = vec!["run", "--model", model, "--image", image.to_str().unwrap()];
+        if pad {
+            args.push("--pad-to-square");
+        }
+        args.extend(["--prompt", "Hi", "--max-tokens", "1"]);
+        concepts(&home, &args)
+    };
+    // 1 × 1,000,000 pixels (4 KB), 60000 × 1 padded to a square, and a 100000² header.
+    let write_png = |name: &str, w: u32, h: u32| {
+        let path = tmp.path().join(name);
+        image::RgbImage::from_pixel(w, h, image::Rgb([1, 2, 3]))
+            .save(&path)
+            .unwrap();
+        path
+    };
+    let thin = write_png("thin.png", 1, 1_000_000);
+    let wide = write_png("wide.png", 60_000, 1);
+    for (path, pad, what) in [
+        (&thin, false, "side after resizing"),
+        (&wide, true, "pixels padded to a square"),
+    ] {
+        let out = run(path, pad);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.contains(what), "{}", out.stderr);
+    }
+    let out = run(Path::new("/dev/zero"), false);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+}
+
+#[test]
+fn logits_out_refuses_special_files_and_the_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let model = model_dir();
+    let fifo = tmp.path().join("logits.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let inside = home.join("index.json");
+    for (dest, what) in [
+        (Path::new("/dev/null"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (inside.as_path(), "inside the registry"),
+    ] {
+        let args = [
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "1",
+            "--logits-out",
+            dest.to_str().unwrap(),
+        ];
+        let out = concepts(&home, &args);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(what),
+            "{}: {}",
+            dest.display(),
+            out.stderr
+        );
+    }
+    assert!(!inside.exists());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+}

@@ -200,3 +200,38 @@ fn serve_without_a_default_model_says_so() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_refuses_an_empty_token_and_an_open_bind_at_start_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let serve = |args: &[&str], token_env: Option<&str>| {
+        let mut cmd = concepts(&home);
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(model_dir())
+            .args(["--port", "0"])
+            .args(args);
+        match token_env {
+            Some(v) => cmd.env("CONCEPTS_API_TOKEN", v),
+            None => cmd.env_remove("CONCEPTS_API_TOKEN"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (args, env) in [
+        (&["--token", ""][..], None),
+        (&[][..], Some("")),
+        (&["--token", "  "][..], None),
+    ] {
+        let (code, stderr) = serve(args, env);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("token is empty"), "{stderr}");
+    }
+    let (code, stderr) = serve(&["--host", "0.0.0.0"], None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
+}

@@ -1,9 +1,8 @@
 //! The container: magic, version, length-prefixed manifest, tensor body
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -168,51 +167,17 @@ impl ConceptPackage {
     /// Writes the package so that `path` holds either the old file or the whole new one
     ///
     /// Writes a temporary file in the same directory, fsyncs it, renames it over
-    /// `path`, then fsyncs the directory (on Unix). The temporary file is removed
-    /// on failure.
+    /// `path`, then fsyncs the directory (on Unix); see [`concepts_fs::write_atomic`]. The
+    /// temporary file is removed on failure, an existing file keeps its mode, and a path
+    /// that is a device, FIFO, folder or symbolic link is refused before anything is written.
     pub fn write_file_atomic(&self, path: &Path) -> Result<(), FormatError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path.file_name().ok_or_else(|| FormatError::Io {
-            path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
-        })?;
-        let tmp = dir.join(format!(
-            ".{}.{}.{}.tmp",
-            file_name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|source| FormatError::Io {
-                    path: tmp.clone(),
-                    source,
-                })?;
-            let io = |source| FormatError::Io {
-                path: tmp.clone(),
-                source,
-            };
-            file.write_all(&self.to_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            drop(file);
-            fs::rename(&tmp, path).map_err(|source| FormatError::Io {
+        concepts_fs::write_atomic(path, &self.to_bytes()).map_err(|e| match e {
+            concepts_fs::FsError::Io { path, source, .. } => FormatError::Io { path, source },
+            other => FormatError::Io {
                 path: path.to_owned(),
-                source,
-            })
-        })();
-        if result.is_err() {
-            // Best effort: the error being returned matters more than this one.
-            let _ = fs::remove_file(&tmp);
-            return result;
-        }
-        sync_dir(&dir)
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, other.to_string()),
+            },
+        })
     }
 
     /// The validated manifest
@@ -229,21 +194,6 @@ impl ConceptPackage {
     pub fn into_parts(self) -> (Manifest, ConceptTensors) {
         (self.manifest, self.tensors)
     }
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), FormatError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| FormatError::Io {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), FormatError> {
-    Ok(())
 }
 
 /// Lowercase hex SHA-256

@@ -24,6 +24,44 @@ pub enum RegistryError {
         source: std::io::Error,
     },
 
+    /// A file could not be written, or its destination is not a regular file.
+    #[error(transparent)]
+    File(#[from] concepts_fs::FsError),
+    /// An export destination lies inside the registry, whose files only the registry writes.
+    #[error(
+        "`{}` is inside the registry `{}`; write exports elsewhere", path.display(), root.display()
+    )]
+    InsideRegistry {
+        /// The refused destination.
+        path: PathBuf,
+        /// The registry root.
+        root: PathBuf,
+    },
+    /// A registry folder is a symbolic link or not a folder; `gc` and repair do not delete or
+    /// write through it.
+    #[error("`{}` is {what}, not a folder of the registry; refusing to {action} through it", path.display())]
+    UnsafeFolder {
+        /// The folder.
+        path: PathBuf,
+        /// What it is instead ("a symbolic link", ...).
+        what: &'static str,
+        /// What was refused.
+        action: &'static str,
+    },
+    /// `index.json` is missing while packages are stored: deleting them as unreferenced would
+    /// lose every concept.
+    #[error(
+        "index `{}` is missing but {blobs} package file(s) are stored; run `concepts verify --repair` \
+         to rebuild it",
+        path.display()
+    )]
+    IndexMissing {
+        /// Where the index should be.
+        path: PathBuf,
+        /// How many blobs are stored.
+        blobs: usize,
+    },
+
     // --- Index ---
     /// `index.json` is not valid JSON or does not have the expected shape.
     #[error("index `{}` is not a valid registry index", path.display())]

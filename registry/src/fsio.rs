@@ -1,7 +1,6 @@
 //! File-system primitives: the registry lock and atomic writes.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 use fs4::fs_std::FileExt;
@@ -15,22 +14,40 @@ pub(crate) struct LockGuard {
 
 impl LockGuard {
     /// Blocks until the lock is held, shared (readers) or exclusive (read-modify-write).
-    pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<LockGuard> {
-        let file = OpenOptions::new()
+    ///
+    /// A registry on a read-only file system (or one this user may only read) can still be
+    /// read: a shared lock opens the lock file read-only, and without a lock file (none can be
+    /// created there) reads go ahead unlocked, since nothing can write such a registry either.
+    pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<Option<LockGuard>> {
+        let file = match OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .io("open lock file", path)?;
+        {
+            Ok(file) => file,
+            Err(e) if !exclusive && read_only(&e) => match File::open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).io("open lock file", path),
+            },
+            Err(e) => return Err(e).io("open lock file", path),
+        };
         // Fully qualified: std's inherent `File::lock_shared` needs a newer toolchain than our MSRV.
         if exclusive {
             FileExt::lock_exclusive(&file).io("lock (exclusive)", path)?;
         } else {
             FileExt::lock_shared(&file).io("lock (shared)", path)?;
         }
-        Ok(LockGuard { file })
+        Ok(Some(LockGuard { file }))
     }
+}
+
+/// Whether `e` says the file system or the folder's permissions forbid writing.
+fn read_only(e: &std::io::Error) -> bool {
+    const EROFS: i32 = 30;
+    e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(EROFS)
 }
 
 impl Drop for LockGuard {
@@ -40,42 +57,18 @@ impl Drop for LockGuard {
     }
 }
 
-/// Writes `bytes` to `dest` atomically: a temp file in `tmp_dir` (which must be on the same file
-/// system as `dest`), fsync, rename over `dest`, fsync `dest`'s directory.
+/// Writes `bytes` to `dest` atomically through a temp file in `tmp_dir` (on the same file
+/// system as `dest`) named `<prefix>…<pid>.<n>.tmp`, which `gc` recognises as its own.
 ///
 /// Readers see either the old file or the complete new one, never a prefix. A crash leaves at most a
 /// temp file in `tmp_dir`.
 pub(crate) fn write_atomic(tmp_dir: &Path, prefix: &str, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(".tmp")
-        .tempfile_in(tmp_dir)
-        .io("create temp file in", tmp_dir)?;
-    tmp.write_all(bytes).io("write", tmp.path())?;
-    tmp.as_file().sync_all().io("fsync", tmp.path())?;
-    tmp.persist(dest)
-        .map_err(|e| e.error)
-        .io("rename temp file to", dest)?;
-    if let Some(parent) = dest.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
+    Ok(concepts_fs::AtomicWrite::new(dest)
+        .temp_in(tmp_dir, prefix)
+        .write(bytes)?)
 }
 
 /// Makes a rename or unlink in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .io("fsync directory", dir)?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    Ok(concepts_fs::sync_dir(dir)?)
 }

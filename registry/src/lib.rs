@@ -7,8 +7,14 @@
 //! <root>/registry.lock                 fs4 lock: exclusive for every read-modify-write, shared for reads
 //! <root>/index.json                    names + identifiers → sha256 (+ cached manifest summary)
 //! <root>/blobs/sha256/<hex>.ycpt       package files, named by the sha256 of their bytes
-//! <root>/tmp/                          temp files; anything left here is a crash leftover
+//! <root>/tmp/                          temp files (`index-…<pid>.<n>.tmp`, `blob-…`): crash leftovers
 //! ```
+//!
+//! [`Registry::gc`] deletes only what the registry itself made: temp files with its own name
+//! pattern, and blob files named `<hex>.ycpt` whose bytes hash to that name and that no index
+//! entry references. It never deletes through a folder that is a symbolic link, never deletes a
+//! link, and refuses to run when the index is missing while blobs exist;
+//! [`Registry::rebuild_index`] rebuilds a lost or damaged index from the blobs.
 //!
 //! Every write is a temp file in `tmp/`, fsync, rename, fsync of the directory, done while the
 //! exclusive lock is held; a package is parsed and validated completely before its blob is written.
@@ -26,7 +32,6 @@ mod view;
 
 use std::fmt;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use concept_format::{ConceptPackage, ModelFingerprint};
@@ -193,9 +198,27 @@ pub enum Damage {
         /// Its size in bytes.
         size: u64,
     },
+    /// A file in a registry folder that the registry did not make; [`Registry::gc`] leaves it.
+    ForeignFile {
+        /// Its path.
+        path: PathBuf,
+        /// Why it is not the registry's.
+        reason: &'static str,
+    },
+    /// `index.json` is missing while blobs are stored ([`Registry::rebuild_index`] repairs it).
+    IndexMissing {
+        /// How many blobs are stored.
+        blobs: usize,
+    },
 }
 
 impl Damage {
+    /// True for a file the registry did not make (wrong name, a link, a blob whose bytes do
+    /// not hash to its name): reported, never deleted.
+    pub fn is_foreign(&self) -> bool {
+        matches!(self, Damage::ForeignFile { .. })
+    }
+
     /// True for leftovers that [`Registry::gc`] repairs; false for damage to installed concepts.
     pub fn is_leftover(&self) -> bool {
         matches!(
@@ -237,6 +260,14 @@ impl fmt::Display for Damage {
             Damage::UnreferencedBlob { path, size } => {
                 write!(f, "unreferenced blob `{}` ({size} bytes)", path.display())
             }
+            Damage::ForeignFile { path, reason } => {
+                write!(f, "`{}` is not the registry's ({reason}); left alone", path.display())
+            }
+            Damage::IndexMissing { blobs } => write!(
+                f,
+                "the index is missing but {blobs} package file(s) are stored; \
+                 `concepts verify --repair` rebuilds it"
+            ),
         }
     }
 }
@@ -268,6 +299,20 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+/// The result of [`Registry::rebuild_index`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepairReport {
+    /// Entries of the rebuilt index, sorted by name.
+    pub indexed: Vec<Entry>,
+    /// Blobs left out of the index: their path and why (damaged, or a name or identifier
+    /// that another blob kept). They stay on disk.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Whether the base-model pin survived (the old index was readable and had one).
+    pub kept_pin: bool,
+    /// Whether the old index could be read at all.
+    pub old_index_readable: bool,
+}
+
 impl Registry {
     /// Opens the registry at `root`, creating the directory layout if it does not exist, and checks
     /// that the index (if any) is readable by this version.
@@ -295,16 +340,23 @@ impl Registry {
     }
 
     /// Installs the package file at `path`. See [`Registry::install_bytes`].
+    ///
+    /// Only a regular file of at most [`concept_format::MAX_FILE_LEN`] bytes is read (a FIFO or
+    /// device is refused, not drained).
     pub fn install_file(&self, path: &Path, options: &InstallOptions) -> Result<InstallReport> {
-        let mut bytes = Vec::new();
-        fs::File::open(path)
-            .and_then(|f| {
-                // One byte past the format's cap is enough for the parser to reject an oversized file.
-                f.take(concept_format::MAX_FILE_LEN + 1)
-                    .read_to_end(&mut bytes)
-            })
-            .io("read", path)?;
+        let bytes = concepts_fs::read_bounded(path, concept_format::MAX_FILE_LEN)?;
         self.install_checked(&bytes, path.display().to_string(), options)
+    }
+
+    /// Like [`Registry::install_bytes`], with `origin` (a path, a URL) naming the bytes in
+    /// errors.
+    pub fn install_bytes_from(
+        &self,
+        bytes: &[u8],
+        origin: &str,
+        options: &InstallOptions,
+    ) -> Result<InstallReport> {
+        self.install_checked(bytes, origin.to_owned(), options)
     }
 
     /// Installs a package from its file bytes.
@@ -455,9 +507,23 @@ impl Registry {
         Ok((entry, package))
     }
 
+    /// Whether `path` (existing or not) lies inside the registry's folder, where only the
+    /// registry may write. Symbolic links in the path's folders are resolved.
+    pub fn contains(&self, path: &Path) -> bool {
+        is_inside(&self.root, path)
+    }
+
     /// Writes an installed concept's package file to `dest` (atomically: temp file next to `dest`,
-    /// fsync, rename). The bytes written are exactly the installed file's.
+    /// fsync, rename). The bytes written are exactly the installed file's. A destination inside
+    /// the registry, or one that is not a regular file (a device, FIFO, link), is refused; an
+    /// existing file keeps its mode.
     pub fn export(&self, query: &str, dest: &Path) -> Result<Entry> {
+        if self.contains(dest) {
+            return Err(RegistryError::InsideRegistry {
+                path: dest.to_path_buf(),
+                root: self.root.clone(),
+            });
+        }
         let (entry, bytes) = self.read_bytes(query)?;
         parse_blob(&entry, &bytes)?;
         let dir = match dest.parent() {
@@ -512,33 +578,49 @@ impl Registry {
             let actual = Entry::for_package(&package, entry.sha256.clone(), bytes.len() as u64);
             damage.extend(entry_mismatches(entry, &actual));
         }
-        for (path, size) in self.unreferenced_blobs(&index)? {
+        let scan = self.scan_leftovers(&index)?;
+        if let Some(blobs) = self.index_missing_with_blobs()? {
+            damage.push(Damage::IndexMissing { blobs });
+        }
+        for (path, size) in scan.blobs {
             damage.push(Damage::UnreferencedBlob { path, size });
         }
-        for (path, size) in self.temp_files()? {
+        for (path, size) in scan.temps {
             damage.push(Damage::OrphanTempFile { path, size });
+        }
+        for (path, reason) in scan.foreign {
+            damage.push(Damage::ForeignFile { path, reason });
         }
         Ok(VerifyReport { checked, damage })
     }
 
-    /// Deletes unreferenced blobs and stale temp files.
+    /// Deletes unreferenced blobs and stale temp files, and nothing else: only files the
+    /// registry made (see the crate docs), never through a symbolic link, and not at all while
+    /// the index is missing and blobs are stored ([`RegistryError::IndexMissing`]).
     ///
     /// Safe while other processes use the registry: every write happens under the exclusive lock,
     /// which gc holds, so no temp file it sees belongs to a write in progress.
     pub fn gc(&self) -> Result<GcReport> {
         let _lock = self.lock(true)?;
         let index = Index::load(&self.index_path())?;
+        if let Some(blobs) = self.index_missing_with_blobs()? {
+            return Err(RegistryError::IndexMissing {
+                path: self.index_path(),
+                blobs,
+            });
+        }
+        let scan = self.scan_leftovers(&index)?;
         let mut report = GcReport {
             removed_blobs: Vec::new(),
             removed_temp_files: Vec::new(),
             bytes_freed: 0,
         };
-        for (path, size) in self.unreferenced_blobs(&index)? {
+        for (path, size) in scan.blobs {
             remove_file(&path)?;
             report.bytes_freed += size;
             report.removed_blobs.push(path);
         }
-        for (path, size) in self.temp_files()? {
+        for (path, size) in scan.temps {
             remove_file(&path)?;
             report.bytes_freed += size;
             report.removed_temp_files.push(path);
@@ -547,6 +629,80 @@ impl Registry {
         sync_dir(&self.tmp_dir())?;
         tracing::info!(bytes_freed = report.bytes_freed, "gc done");
         Ok(report)
+    }
+
+    /// Rebuilds `index.json` from the blobs: every blob that hashes to its name and parses
+    /// becomes an entry. The old index, when it can still be read, settles clashes (a name or
+    /// identifier two blobs claim keeps the blob it named; otherwise the newer `created` wins)
+    /// and keeps its base-model pin. Blobs left out stay on disk and are listed; nothing is
+    /// deleted. Works on a registry whose index is missing or unreadable, which
+    /// [`Registry::open`] refuses.
+    pub fn rebuild_index(root: &Path) -> Result<RepairReport> {
+        let registry = Registry {
+            root: root.to_path_buf(),
+        };
+        let blob_dir = registry.blob_dir();
+        registry.check_folder(&blob_dir, "rebuild the index")?;
+        let _lock = registry.lock(true)?;
+        let old = Index::load(&registry.index_path()).ok();
+        let mut candidates: Vec<(Entry, String)> = Vec::new();
+        let mut skipped = Vec::new();
+        for (path, _) in files_in(&blob_dir)? {
+            match registry.own_blob(&path)? {
+                Ok(digest) => {
+                    let bytes = fs::read(&path).io("read", &path)?;
+                    match ConceptPackage::parse(&bytes) {
+                        Ok(package) => {
+                            let entry = Entry::for_package(&package, digest, bytes.len() as u64);
+                            let created = package.manifest().created.clone();
+                            candidates.push((entry, created));
+                        }
+                        Err(e) => skipped.push((path, format!("does not parse: {e}"))),
+                    }
+                }
+                Err(reason) => skipped.push((path, reason.to_string())),
+            }
+        }
+        // Blobs the old index named first, then newest first.
+        let named = |e: &Entry| {
+            old.as_ref()
+                .and_then(|o| o.by_name(&e.name))
+                .is_some_and(|o| o.sha256 == e.sha256)
+        };
+        candidates.sort_by(|(a, ca), (b, cb)| {
+            named(b)
+                .cmp(&named(a))
+                .then_with(|| cb.cmp(ca))
+                .then_with(|| a.sha256.as_hex().cmp(b.sha256.as_hex()))
+        });
+        let mut index = Index::default();
+        for (entry, _) in candidates {
+            let path = registry.blob_path(&entry.sha256);
+            if let Some(other) = index.by_name(&entry.name) {
+                let why = format!("name `{}` kept by sha256:{}", entry.name, other.sha256);
+                skipped.push((path, why));
+            } else if let Some(other) = index.by_identifier(&entry.identifier) {
+                let why = format!("identifier `{}` kept by `{}`", entry.identifier, other.name);
+                skipped.push((path, why));
+            } else {
+                index.insert(entry);
+            }
+        }
+        index.pinned_base_model = old.as_ref().and_then(|o| o.pinned_base_model.clone());
+        fs::create_dir_all(registry.tmp_dir()).io("create directory", &registry.tmp_dir())?;
+        registry.write_index(&index)?;
+        skipped.sort();
+        tracing::info!(
+            entries = index.entries().count(),
+            skipped = skipped.len(),
+            "index rebuilt"
+        );
+        Ok(RepairReport {
+            indexed: index.entries().cloned().collect(),
+            skipped,
+            kept_pin: index.pinned_base_model.is_some(),
+            old_index_readable: old.is_some(),
+        })
     }
 
     /// The base model this registry is pinned to, if any.
@@ -593,7 +749,7 @@ impl Registry {
 
     // --- internals ---
 
-    fn lock(&self, exclusive: bool) -> Result<LockGuard> {
+    fn lock(&self, exclusive: bool) -> Result<Option<LockGuard>> {
         LockGuard::acquire(&self.root.join(LOCK_FILE), exclusive)
     }
 
@@ -669,20 +825,135 @@ impl Registry {
         }
     }
 
-    /// Files in the blob directory that no index entry references, sorted by path.
-    fn unreferenced_blobs(&self, index: &Index) -> Result<Vec<(PathBuf, u64)>> {
+    /// The leftovers `gc` may delete and the foreign files it must not, from the blob and temp
+    /// folders (each refused when it is a symbolic link).
+    fn scan_leftovers(&self, index: &Index) -> Result<Leftovers> {
+        let mut out = Leftovers::default();
+        let blob_dir = self.blob_dir();
+        self.check_folder(&blob_dir, "delete")?;
         let referenced: std::collections::HashSet<PathBuf> =
             index.entries().map(|e| self.blob_path(&e.sha256)).collect();
-        Ok(files_in(&self.blob_dir())?
-            .into_iter()
-            .filter(|(path, _)| !referenced.contains(path))
-            .collect())
+        for (path, size) in files_in(&blob_dir)? {
+            // An installed concept's blob, intact or not, is `verify`'s business, never gc's.
+            if referenced.contains(&path) {
+                continue;
+            }
+            match self.own_blob(&path)? {
+                Ok(_) => out.blobs.push((path, size)),
+                Err(reason) => out.foreign.push((path, reason)),
+            }
+        }
+        let tmp_dir = self.tmp_dir();
+        self.check_folder(&tmp_dir, "delete")?;
+        for (path, size) in files_in(&tmp_dir)? {
+            let regular = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !regular {
+                out.foreign.push((path, "not a regular file"));
+            } else if !is_own_temp_name(&name) {
+                out.foreign
+                    .push((path, "not a temp-file name the registry uses"));
+            } else {
+                out.temps.push((path, size));
+            }
+        }
+        Ok(out)
     }
 
-    /// Everything in the temp directory, sorted by path.
-    fn temp_files(&self) -> Result<Vec<(PathBuf, u64)>> {
-        files_in(&self.tmp_dir())
+    /// The digest of a blob file that the registry made: a regular file named `<hex>.ycpt`
+    /// whose bytes hash to `<hex>`; otherwise why not.
+    fn own_blob(&self, path: &Path) -> Result<std::result::Result<Digest, &'static str>> {
+        let meta = fs::symlink_metadata(path).io("stat", path)?;
+        if !meta.is_file() {
+            return Ok(Err("not a regular file"));
+        }
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let Some(digest) = name
+            .strip_suffix(&format!(".{BLOB_EXT}"))
+            .and_then(|hex| Digest::parse(hex).ok())
+        else {
+            return Ok(Err("not named <sha256>.ycpt"));
+        };
+        let bytes = fs::read(path).io("read", path)?;
+        if Digest::of(&bytes) != digest {
+            return Ok(Err("its bytes do not hash to its name"));
+        }
+        Ok(Ok(digest))
     }
+
+    /// Refuses a registry folder that is (or lies under) a symbolic link, or is not a folder:
+    /// deleting or writing through it would touch files elsewhere.
+    fn check_folder(&self, dir: &Path, action: &'static str) -> Result<()> {
+        let relative = dir.strip_prefix(&self.root).unwrap_or(dir);
+        let mut current = self.root.clone();
+        for component in relative.components() {
+            current.push(component);
+            let what = match fs::symlink_metadata(&current) {
+                Ok(m) if m.file_type().is_symlink() => "a symbolic link",
+                Ok(m) if !m.is_dir() => "not a folder",
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e).io("stat", &current),
+            };
+            return Err(RegistryError::UnsafeFolder {
+                path: current,
+                what,
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    /// The number of blob files when `index.json` does not exist but blobs do.
+    fn index_missing_with_blobs(&self) -> Result<Option<usize>> {
+        if self.index_path().exists() {
+            return Ok(None);
+        }
+        let blobs = files_in(&self.blob_dir())?.len();
+        Ok((blobs > 0).then_some(blobs))
+    }
+}
+
+/// What [`Registry::scan_leftovers`] found.
+#[derive(Default)]
+struct Leftovers {
+    blobs: Vec<(PathBuf, u64)>,
+    temps: Vec<(PathBuf, u64)>,
+    foreign: Vec<(PathBuf, &'static str)>,
+}
+
+/// The temp-file prefixes of the registry's own writes.
+const TEMP_PREFIXES: [&str; 2] = ["index-", "blob-"];
+
+/// Whether `name` is a temp file of the registry: today's pattern, or the
+/// `<prefix><6 random characters>.tmp` of registries written before it.
+fn is_own_temp_name(name: &str) -> bool {
+    TEMP_PREFIXES.iter().any(|prefix| {
+        concepts_fs::is_temp_name(name, prefix)
+            || name
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(".tmp"))
+                .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+    })
+}
+
+/// Whether `path` lies inside the registry folder `root` once both are resolved (a path that
+/// does not exist yet is resolved through its folder). Callers that write user-named outputs
+/// refuse such paths.
+pub fn is_inside(root: &Path, path: &Path) -> bool {
+    let Ok(root) = root.canonicalize() else {
+        return false;
+    };
+    let resolved = path.canonicalize().or_else(|_| {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        parent
+            .canonicalize()
+            .map(|p| p.join(path.file_name().unwrap_or_default()))
+    });
+    resolved.is_ok_and(|p| p.starts_with(&root))
 }
 
 fn find<'i>(index: &'i Index, query: &str) -> Result<&'i Entry> {

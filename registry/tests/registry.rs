@@ -330,7 +330,9 @@ fn gc_removes_unreferenced_blobs_and_temp_files_and_reports_bytes() {
     let stray = package("stray", 2);
     registry.install_bytes(&bo, &KEEP).unwrap();
     std::fs::write(registry.root().join(blob_file(&stray)), &stray).unwrap();
-    std::fs::write(registry.root().join("tmp/blob-abc.tmp"), b"12345").unwrap();
+    // The name an interrupted blob write leaves (`blob-<file>.<pid>.<n>.tmp`).
+    let leftover = "tmp/blob-abc.ycpt.4242.0.tmp";
+    std::fs::write(registry.root().join(leftover), b"12345").unwrap();
 
     let report = registry.gc().unwrap();
     assert_eq!(
@@ -339,7 +341,7 @@ fn gc_removes_unreferenced_blobs_and_temp_files_and_reports_bytes() {
     );
     assert_eq!(
         report.removed_temp_files,
-        vec![registry.root().join("tmp/blob-abc.tmp")]
+        vec![registry.root().join(leftover)]
     );
     assert_eq!(report.bytes_freed, stray.len() as u64 + 5);
     assert_eq!(

@@ -7,6 +7,12 @@
 //! pad-to-square (original LLaVA-1.5 `expand2square`) → resize → center crop →
 //! rescale → normalize, producing CHW `f32`.
 //!
+//! Every image takes one bounded path ([`decode_image`] / [`load_image`], then
+//! [`preprocess`]): the encoded size, the pixel count, the pixel count padded to a square and
+//! each side after resizing are checked against [`ImageLimits`] from the image's header,
+//! before anything is allocated for it — a 1 × 1,000,000 PNG of 4 KB is refused instead of
+//! becoming a 48 × 48,000,000 buffer. See [`ImageLimits`] for the memory this bounds.
+//!
 //! The key design choice is that resizing is a port of Pillow's
 //! `src/libImaging/Resample.c` (`ImagingResample` with the 8 bits-per-channel
 //! fixed-point passes), not a generic float resampler: transformers resizes
@@ -27,6 +33,40 @@ use serde::Deserialize;
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI CLIP normalisation standard deviation.
 pub const OPENAI_CLIP_STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Bounds on one image, checked before anything is allocated for it.
+///
+/// With these bounds, decoding and preprocessing one image allocate at most about
+/// `8 × max_pixels` bytes for the decoded image (16-bit RGBA at worst, also the `image`
+/// crate's allocation cap), `6 × max_pixels` for its RGB and planar copies, and
+/// `3 × max(max_pixels, max_side²)` for the resize passes: with the defaults (40 megapixels,
+/// 4096) about 0.6 GB for the largest acceptable photo, and a few MB for a typical one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest encoded file, in bytes.
+    pub max_encoded_bytes: u64,
+    /// Most pixels (width × height) of the image, and of the image padded to a square when
+    /// the pipeline pads.
+    pub max_pixels: u64,
+    /// Longest side after padding and resizing (the shortest-edge resize of a thin image
+    /// makes its long side huge).
+    pub max_side: u32,
+}
+
+impl ImageLimits {
+    /// 32 MiB files, 40 megapixels, and sides of at most 4096 pixels after resizing.
+    pub const DEFAULT: ImageLimits = ImageLimits {
+        max_encoded_bytes: 32 << 20,
+        max_pixels: 40_000_000,
+        max_side: 4096,
+    };
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// Errors of image loading and preprocessing.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +92,18 @@ pub enum PreprocessError {
         path: PathBuf,
         #[source]
         source: image::ImageError,
+    },
+    /// The file could not be read within the bounds (too large, not a regular file).
+    #[error("image: {0}")]
+    File(#[source] concepts_fs::FsError),
+    /// The image is over one of its [`ImageLimits`].
+    #[error("image `{path}`: {what} {found} is over the limit of {limit}")]
+    TooLarge {
+        path: PathBuf,
+        /// Which bound ("encoded bytes", "pixels", …).
+        what: &'static str,
+        limit: u64,
+        found: u64,
     },
     /// The image has a zero width or height.
     #[error("image `{path}`: has no pixels ({width}x{height})")]
@@ -147,6 +199,8 @@ pub struct PreprocessConfig {
     pub normalize: Option<([f32; 3], [f32; 3])>,
     /// Pad to a square before resizing, as the original LLaVA-1.5 code does.
     pub pad_to_square: bool,
+    /// Bounds checked from an image's header before it is decoded, padded or resized.
+    pub limits: ImageLimits,
 }
 
 impl PreprocessConfig {
@@ -166,7 +220,50 @@ impl PreprocessConfig {
             rescale_factor: Some(1.0 / 255.0),
             normalize: Some((to_f32(OPENAI_CLIP_MEAN), to_f32(OPENAI_CLIP_STD))),
             pad_to_square: false,
+            limits: ImageLimits::DEFAULT,
         }
+    }
+
+    /// Returns this configuration with other image bounds.
+    pub fn with_limits(mut self, limits: ImageLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Checks a `width` × `height` image against [`PreprocessConfig::limits`] as this
+    /// pipeline would process it: its pixels, its pixels padded to a square (when padding),
+    /// and each side after the resize. Needs nothing but the two numbers, so it runs on an
+    /// image's header before the image is decoded.
+    pub fn check_size(&self, width: u32, height: u32, name: &Path) -> Result<(), PreprocessError> {
+        let limits = &self.limits;
+        let over = |what, limit: u64, found: u64| {
+            (found > limit).then(|| PreprocessError::TooLarge {
+                path: name.to_path_buf(),
+                what,
+                limit,
+                found,
+            })
+        };
+        let pixels = u64::from(width) * u64::from(height);
+        if let Some(e) = over("pixels", limits.max_pixels, pixels) {
+            return Err(e);
+        }
+        let (mut h, mut w) = (u64::from(height), u64::from(width));
+        if self.pad_to_square {
+            let side = h.max(w);
+            if let Some(e) = over("pixels padded to a square", limits.max_pixels, side * side) {
+                return Err(e);
+            }
+            (h, w) = (side, side);
+        }
+        if let (Some(target), true) = (self.resize, h > 0 && w > 0) {
+            let (rh, rw) = resize_output_size_u64(h, w, target);
+            let side = rh.max(rw);
+            if let Some(e) = over("side after resizing", u64::from(limits.max_side), side) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Returns this configuration with the pad-to-square step switched on or off.
@@ -241,6 +338,7 @@ impl PreprocessConfig {
             rescale_factor,
             normalize,
             pad_to_square: raw.do_pad.unwrap_or(false),
+            limits: ImageLimits::DEFAULT,
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
@@ -385,30 +483,55 @@ impl PixelValues {
     }
 }
 
-/// Decodes an image file (JPEG, PNG or WebP), applies its EXIF orientation and
-/// converts it to 8-bit RGB.
-pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
-    let bytes = std::fs::read(path).map_err(|source| PreprocessError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    decode_image(&bytes, path)
+/// Reads an image file within `limits` (a regular file of at most
+/// [`ImageLimits::max_encoded_bytes`]; `/dev/zero` or a FIFO is refused, not drained).
+pub fn read_image_file(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>, PreprocessError> {
+    concepts_fs::read_bounded(path, limits.max_encoded_bytes).map_err(|e| match e {
+        concepts_fs::FsError::Io { path, source, .. } => PreprocessError::Io { path, source },
+        other => PreprocessError::File(other),
+    })
 }
 
-/// Like [`load_image`] for in-memory bytes; `name` is used in error messages.
-pub fn decode_image(bytes: &[u8], name: &Path) -> Result<RgbImage, PreprocessError> {
+/// Reads and decodes an image file (JPEG, PNG or WebP) within `config`'s bounds, applies
+/// its EXIF orientation and converts it to 8-bit RGB. See [`decode_image`].
+pub fn load_image(path: &Path, config: &PreprocessConfig) -> Result<RgbImage, PreprocessError> {
+    let bytes = read_image_file(path, &config.limits)?;
+    decode_image(&bytes, path, config)
+}
+
+/// Decodes in-memory image bytes; `name` is used in error messages.
+///
+/// The bytes, then the header's width and height ([`PreprocessConfig::check_size`]), are
+/// checked against `config.limits` before any pixel buffer is allocated, and the decoder
+/// itself runs under an allocation cap.
+pub fn decode_image(
+    bytes: &[u8],
+    name: &Path,
+    config: &PreprocessConfig,
+) -> Result<RgbImage, PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty {
             path: name.to_path_buf(),
         });
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|source| PreprocessError::Io {
+    let limits = &config.limits;
+    if bytes.len() as u64 > limits.max_encoded_bytes {
+        return Err(PreprocessError::TooLarge {
             path: name.to_path_buf(),
-            source,
-        })?;
-    match reader.format() {
+            what: "encoded bytes",
+            limit: limits.max_encoded_bytes,
+            found: bytes.len() as u64,
+        });
+    }
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|source| PreprocessError::Io {
+                path: name.to_path_buf(),
+                source,
+            })
+    };
+    match reader()?.format() {
         Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP) => {}
         _ => {
             return Err(PreprocessError::UnsupportedFormat {
@@ -416,7 +539,7 @@ pub fn decode_image(bytes: &[u8], name: &Path) -> Result<RgbImage, PreprocessErr
             })
         }
     }
-    let img = decode_oriented(reader).map_err(|source| match source {
+    let decode_error = |source| match source {
         image::ImageError::Unsupported(_) => PreprocessError::UnsupportedFormat {
             path: name.to_path_buf(),
         },
@@ -424,7 +547,22 @@ pub fn decode_image(bytes: &[u8], name: &Path) -> Result<RgbImage, PreprocessErr
             path: name.to_path_buf(),
             source,
         },
-    })?;
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(decode_error)?;
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::NoPixels {
+            path: name.to_path_buf(),
+            width,
+            height,
+        });
+    }
+    config.check_size(width, height, name)?;
+    let mut reader = reader()?;
+    let mut decoder_limits = image::Limits::default();
+    // 16-bit RGBA is the widest decoded layout: 8 bytes a pixel, plus decoder workspace.
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(16 << 20));
+    reader.limits(decoder_limits);
+    let img = decode_oriented(reader).map_err(decode_error)?;
     if img.width() == 0 || img.height() == 0 {
         return Err(PreprocessError::NoPixels {
             path: name.to_path_buf(),
@@ -483,20 +621,22 @@ fn to_rgb(img: DynamicImage) -> RgbImage {
     RgbImage::from_raw(w, h, data).expect("same pixel count")
 }
 
-/// Loads and preprocesses an image file.
+/// Loads and preprocesses an image file, within `config`'s bounds.
 pub fn preprocess_file(
     path: &Path,
     config: &PreprocessConfig,
 ) -> Result<PixelValues, PreprocessError> {
-    preprocess(&load_image(path)?, config)
+    preprocess(&load_image(path, config)?, config)
 }
 
-/// Runs the preprocessing pipeline on an RGB image.
+/// Runs the preprocessing pipeline on an RGB image, after checking that padding and
+/// resizing it stay within `config.limits` ([`PreprocessConfig::check_size`]).
 pub fn preprocess(
     image: &RgbImage,
     config: &PreprocessConfig,
 ) -> Result<PixelValues, PreprocessError> {
     config.validate()?;
+    config.check_size(image.width(), image.height(), Path::new("image"))?;
     let mut img = Planar::from_rgb(image);
     if config.pad_to_square {
         img = img.pad_to_square(config.pad_color());
@@ -533,17 +673,14 @@ pub fn preprocess(
 
 /// transformers' `get_resize_output_image_size(default_to_square=False)`:
 /// the short edge becomes `size`, the long edge `int(size * long / short)`.
-fn resize_output_size(height: usize, width: usize, target: ResizeTo) -> (usize, usize) {
+/// [`resize_output_size`] in `u64`, for sizes checked before they are allocated.
+fn resize_output_size_u64(height: u64, width: u64, target: ResizeTo) -> (u64, u64) {
     match target {
-        ResizeTo::Exact { height, width } => (height as usize, width as usize),
+        ResizeTo::Exact { height, width } => (u64::from(height), u64::from(width)),
         ResizeTo::ShortestEdge(size) => {
-            let size = size as usize;
-            let (short, long) = if width <= height {
-                (width, height)
-            } else {
-                (height, width)
-            };
-            let new_long = ((size * long) as f64 / short as f64) as usize;
+            let size = u64::from(size);
+            let (short, long) = (width.min(height), width.max(height));
+            let new_long = ((size * long) as f64 / short as f64) as u64;
             if width <= height {
                 (new_long, size)
             } else {
@@ -551,6 +688,11 @@ fn resize_output_size(height: usize, width: usize, target: ResizeTo) -> (usize, 
             }
         }
     }
+}
+
+fn resize_output_size(height: usize, width: usize, target: ResizeTo) -> (usize, usize) {
+    let (h, w) = resize_output_size_u64(height as u64, width as u64, target);
+    (h as usize, w as usize)
 }
 
 /// An 8-bit image in CHW layout (the layout transformers works in).
@@ -976,16 +1118,17 @@ mod tests {
     #[test]
     fn bad_image_bytes_name_the_file() {
         let name = Path::new("cat.jpg");
-        let err = decode_image(&[], name).unwrap_err().to_string();
+        let cfg = PreprocessConfig::square(48);
+        let err = decode_image(&[], name, &cfg).unwrap_err().to_string();
         assert_eq!(err, "image `cat.jpg`: file is empty");
-        let err = decode_image(b"definitely not an image", name)
+        let err = decode_image(b"definitely not an image", name, &cfg)
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("image `cat.jpg`: unsupported"), "{err}");
         // A PNG signature followed by garbage.
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
         png.extend_from_slice(&[0u8; 40]);
-        let err = decode_image(&png, name).unwrap_err().to_string();
+        let err = decode_image(&png, name, &cfg).unwrap_err().to_string();
         assert!(err.starts_with("image `cat.jpg`: cannot decode"), "{err}");
     }
 }

@@ -229,7 +229,7 @@ fn bad_requests_fail_before_generation_with_errors_naming_them() {
     source.insert(package("alien", &other, 2, 1.0));
     let mut config = RuntimeConfig::recommended();
     config.max_prompt_tokens = 200;
-    config.max_image_pixels = 100;
+    config.image_limits.max_pixels = 100;
     let runtime = Runtime::load(&model_dir(), source, config).unwrap();
     let rt = tokio();
     let err = |r: ChatRequest| rt.block_on(runtime.chat(r)).unwrap_err();
@@ -252,7 +252,11 @@ fn bad_requests_fail_before_generation_with_errors_naming_them() {
     let mut with_image = chat("What is this?", &[], 4);
     with_image.messages[0].images.push(image());
     match err(with_image) {
-        RuntimeError::Limit { what, .. } => assert_eq!(what, "image pixels"),
+        RuntimeError::Image(concepts_runtime::preprocess::PreprocessError::TooLarge {
+            what,
+            limit,
+            ..
+        }) => assert_eq!((what, limit), ("pixels", 100)),
         other => panic!("{other}"),
     }
     let mut garbage = chat("What is this?", &[], 4);

@@ -12,8 +12,8 @@ use concepts_runtime::api::{ConceptScore, Selection};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::body::{check_declared_length, read_body};
 use crate::error::ApiError;
-use crate::openai::read_body;
 use crate::{images, AppState, SharedState};
 
 fn entry_json(e: &Entry) -> Value {
@@ -114,7 +114,9 @@ pub(crate) async fn upload(
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let (parts, body) = request.into_parts();
     let limit = state.config.limits.max_upload_bytes;
-    let bytes = read_body(body, limit).await?;
+    check_declared_length(&parts.headers, limit)?;
+    let _slot = state.admission.admit_upload()?;
+    let bytes = read_body(&parts.headers, body, limit, state.config.body_timeout).await?;
     let bytes = if is_multipart {
         let request = Request::from_parts(parts, Body::from(bytes));
         let mut multipart = Multipart::from_request(request, &())
@@ -192,9 +194,13 @@ struct RecogniseRequest {
 
 pub(crate) async fn recognise(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+    let limit = state.config.limits.max_body_bytes;
+    check_declared_length(&headers, limit)?;
+    let _permit = state.admission.admit().await?;
+    let bytes = read_body(&headers, body, limit, state.config.body_timeout).await?;
     let request: RecogniseRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("invalid recognise request: {e}")))?;
     let image = images::resolve(&state, &request.image, 1)?;
@@ -202,7 +208,6 @@ pub(crate) async fn recognise(
         Some(names) => Selection::Named(names),
         None => Selection::All,
     };
-    let _permit = state.admission.admit().await?;
     let scores = state.runtime.recognise_all(image, selection).await?;
     let data: Vec<Value> = scores.iter().map(ConceptScore::to_json).collect();
     Ok(Json(json!({

@@ -32,6 +32,20 @@ pub enum ServerError {
     /// Accepting connections failed.
     #[error("serving: {0}")]
     Serve(#[source] std::io::Error),
+    /// The bearer token is empty or blank, which would read as "no token" to some clients
+    /// and as a valid token to others.
+    #[error("the API token is empty; give a non-empty token (or none, on loopback)")]
+    EmptyToken,
+    /// The bearer token holds characters an `Authorization` header cannot carry.
+    #[error("the API token must be visible ASCII characters without spaces")]
+    InvalidToken,
+    /// Listening beyond loopback without a token was not explicitly allowed.
+    #[error(
+        "refusing to listen on `{addr}` without a token: anyone who can reach it could use the \
+         model; give --token (or CONCEPTS_API_TOKEN), listen on 127.0.0.1, or pass \
+         --insecure-no-auth to accept that"
+    )]
+    NoTokenBeyondLoopback { addr: SocketAddr },
 }
 
 /// A request's failure: an HTTP status and an OpenAI-style error body.
@@ -79,6 +93,16 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "too_large",
+            message.into(),
+        )
+    }
+
+    /// 408: the client did not send its request in time.
+    pub(crate) fn timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "timeout",
             message.into(),
         )
     }
@@ -189,10 +213,12 @@ impl From<RuntimeError> for ApiError {
                 param: Some("concepts"),
                 ..ApiError::not_found(message)
             },
-            RuntimeError::Limit {
-                what: "image pixels",
-                ..
-            } => ApiError::too_large(message),
+            RuntimeError::Image(
+                concepts_runtime::preprocess::PreprocessError::TooLarge { .. }
+                | concepts_runtime::preprocess::PreprocessError::File(
+                    concepts_fs::FsError::TooLarge { .. },
+                ),
+            ) => ApiError::too_large(message),
             RuntimeError::Limit { .. } => ApiError {
                 code: "limit_exceeded",
                 ..ApiError::invalid(message)

@@ -21,13 +21,19 @@
 //!
 //! Bounds: request bodies, uploads, images and token counts are capped by [`Limits`];
 //! inference requests pass a queue of [`ServerConfig::workers`] running and
-//! [`ServerConfig::queue_capacity`] waiting requests, and get `429` beyond that. Mutating
-//! endpoints need the bearer token when one is set, and are refused when the server is
-//! bound to a non-loopback address without one. [`Server::run`] shuts down gracefully:
-//! it stops accepting and waits for in-flight requests (streams included) to finish.
+//! [`ServerConfig::queue_capacity`] waiting requests, and get `429` beyond that *before their
+//! body is read*; a `Content-Length` over the limit gets `413` unread. Connections are capped
+//! ([`ServerConfig::max_connections`]; more wait in the listen backlog), request headers must
+//! arrive within [`ServerConfig::header_timeout`] (idle keep-alive connections close after it
+//! too) and bodies within [`ServerConfig::body_timeout`] (`408`). Mutating endpoints need the
+//! bearer token when one is set. An empty token is refused at start-up, and so is a
+//! non-loopback address without a token unless [`ServerConfig::allow_no_auth`] says so (concept
+//! changes then stay disabled). [`Server::run`] shuts down gracefully: it stops accepting and
+//! waits for in-flight requests (streams included) to finish.
 //!
 //! This crate prints nothing and reads no environment; the `concepts` CLI does both.
 
+mod body;
 mod concepts;
 mod error;
 mod images;
@@ -43,7 +49,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -104,11 +110,21 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Inference requests waiting for a worker before new ones get `429`.
     pub queue_capacity: usize,
+    /// Listen beyond loopback without a token (chat and recognition open to whoever reaches
+    /// the port; concept upload and delete stay disabled). Off: such a bind is refused.
+    pub allow_no_auth: bool,
+    /// Open connections at most; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and the longest a keep-alive
+    /// connection may sit idle.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once the server starts reading it.
+    pub body_timeout: Duration,
 }
 
 impl ServerConfig {
     /// Loopback on `port`, no token, no image directory, [`Limits::recommended`], 2 workers
-    /// and 16 waiting requests.
+    /// and 16 waiting requests, 128 connections, 10 s for headers and 30 s for a body.
     pub fn local(port: u16) -> Self {
         ServerConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -117,7 +133,28 @@ impl ServerConfig {
             limits: Limits::recommended(),
             workers: 2,
             queue_capacity: 16,
+            allow_no_auth: false,
+            max_connections: 128,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Refuses an empty or unsendable token, and a non-loopback address without a token
+    /// unless [`ServerConfig::allow_no_auth`].
+    pub fn check(&self) -> Result<(), ServerError> {
+        if let Some(token) = &self.token {
+            if token.trim().is_empty() {
+                return Err(ServerError::EmptyToken);
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ServerError::InvalidToken);
+            }
+        }
+        if self.token.is_none() && !self.addr.ip().is_loopback() && !self.allow_no_auth {
+            return Err(ServerError::NoTokenBeyondLoopback { addr: self.addr });
+        }
+        Ok(())
     }
 }
 
@@ -141,6 +178,7 @@ pub fn router(
     registry: Registry,
     config: ServerConfig,
 ) -> Result<Router, ServerError> {
+    config.check()?;
     let image_dir = match &config.image_dir {
         Some(dir) => Some(dir.canonicalize().map_err(|source| ServerError::ImageDir {
             path: dir.clone(),
@@ -149,7 +187,11 @@ pub fn router(
         None => None,
     };
     let state = Arc::new(AppState {
-        admission: Admission::new(config.workers.max(1), config.queue_capacity),
+        admission: Admission::new(
+            config.workers.max(1),
+            config.queue_capacity,
+            config.workers.max(1),
+        ),
         runtime,
         registry,
         image_dir,
@@ -177,22 +219,29 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
     addr: SocketAddr,
+    max_connections: usize,
+    header_timeout: Duration,
 }
 
 impl Server {
-    /// Binds `config.addr` (port 0 picks a free port; see [`Server::local_addr`]).
+    /// Binds `config.addr` (port 0 picks a free port; see [`Server::local_addr`]) after
+    /// [`ServerConfig::check`].
     pub async fn bind(
         runtime: Runtime,
         registry: Registry,
         config: ServerConfig,
     ) -> Result<Server, ServerError> {
+        config.check()?;
         let wanted = config.addr;
         if !wanted.ip().is_loopback() && config.token.is_none() {
             tracing::warn!(
                 addr = %wanted,
-                "bound to a non-loopback address without a token: concept upload and delete are disabled"
+                "listening beyond loopback without a token (--insecure-no-auth): chat is open \
+                 to anyone who can reach it; concept upload and delete are disabled"
             );
         }
+        let (max_connections, header_timeout) =
+            (config.max_connections.max(1), config.header_timeout);
         let router = router(runtime, registry, config)?;
         let listener = tokio::net::TcpListener::bind(wanted)
             .await
@@ -208,6 +257,8 @@ impl Server {
             listener,
             router,
             addr,
+            max_connections,
+            header_timeout,
         })
     }
 
@@ -218,15 +269,71 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting connections and waits for
     /// the requests in flight (streams included) to finish.
+    ///
+    /// The accept loop is this crate's own rather than `axum::serve` for two bounds that
+    /// does not offer: a cap on open connections (a connection is accepted only with a free
+    /// slot, so stalled clients cannot exhaust file descriptors) and hyper's header-read
+    /// timeout (which also closes idle keep-alive connections).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        tracing::info!(addr = %self.addr, "serving");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve)?;
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+
+        tracing::info!(addr = %self.addr, max_connections = self.max_connections, "serving");
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        // Every connection task holds a receiver of `closed`; `stop` tells them to finish.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(());
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors or a connection reset before accept:
+                        // back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let service = TowerToHyperService::new(self.router.clone());
+            let mut stop = stop_rx.clone();
+            let closed = closed_rx.clone();
+            let header_timeout = self.header_timeout;
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _closed = closed;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        drop(closed_rx);
+        closed_tx.closed().await;
         tracing::info!("server stopped");
         Ok(())
     }

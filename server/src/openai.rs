@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -31,6 +32,7 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::body::{check_declared_length, read_body};
 use crate::error::ApiError;
 use crate::queue::Permit;
 use crate::{images, AppState, SharedState};
@@ -100,27 +102,16 @@ struct ImageUrl {
     url: String,
 }
 
-/// Reads a body of at most `limit` bytes: `413` beyond, `400` if it cannot be read.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(err) = cause {
-            if err.is::<http_body_util::LengthLimitError>() {
-                return ApiError::too_large(format!(
-                    "the request body is over the limit of {limit} bytes"
-                ));
-            }
-            cause = err.source();
-        }
-        ApiError::invalid(format!("reading the request body: {e}"))
-    })
-}
-
 pub(crate) async fn chat_completions(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+    let limit = state.config.limits.max_body_bytes;
+    // Refused unread: a body over the limit, or any body when the queue is full.
+    check_declared_length(&headers, limit)?;
+    let permit = state.admission.admit().await?;
+    let bytes = read_body(&headers, body, limit, state.config.body_timeout).await?;
     let request: CompletionRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("invalid chat completion request: {e}")))?;
     let stream = request.stream;
@@ -132,7 +123,6 @@ pub(crate) async fn chat_completions(
         tracing::debug!(requested = %model, served = %state.runtime.model_id(), "chat request");
     }
     let chat = to_chat_request(&state, request)?;
-    let permit = state.admission.admit().await?;
     let chat_stream = state.runtime.chat(chat).await?;
     let id = format!(
         "chatcmpl-{:016x}",

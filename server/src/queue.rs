@@ -1,6 +1,8 @@
 //! Admission control for inference requests: at most `workers` run, at most `capacity`
 //! wait, and the rest are turned away at once (back-pressure: `429` rather than an
-//! unbounded backlog).
+//! unbounded backlog). Concept uploads have slots of their own, never waited for. Requests
+//! are admitted before their bodies are read, so the memory held in bodies is bounded by
+//! the slots, not by the number of clients.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,19 +17,28 @@ pub(crate) struct Admission {
     capacity: usize,
     slots: Arc<Semaphore>,
     queued: Arc<AtomicUsize>,
+    uploads: Arc<Semaphore>,
 }
 
 /// A running slot; the next waiting request starts when it is dropped.
 pub(crate) type Permit = OwnedSemaphorePermit;
 
 impl Admission {
-    pub(crate) fn new(workers: usize, capacity: usize) -> Self {
+    pub(crate) fn new(workers: usize, capacity: usize, uploads: usize) -> Self {
         Admission {
             workers,
             capacity,
             slots: Arc::new(Semaphore::new(workers)),
             queued: Arc::new(AtomicUsize::new(0)),
+            uploads: Arc::new(Semaphore::new(uploads)),
         }
+    }
+
+    /// An upload slot now, or `429` when every one is reading or installing a package.
+    pub(crate) fn admit_upload(&self) -> Result<Permit, ApiError> {
+        Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
+            ApiError::queue_full("the server is busy installing other uploads; retry later")
+        })
     }
 
     /// A running slot, after waiting in the queue if every worker is busy; `429` when the
@@ -90,7 +101,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_turns_requests_away_until_a_slot_frees() {
-        let admission = Arc::new(Admission::new(1, 1));
+        let admission = Arc::new(Admission::new(1, 1, 1));
         let running = admission.admit().await.unwrap();
         assert_eq!((admission.running(), admission.queued()), (1, 0));
 
@@ -115,7 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_wait_leaves_the_queue() {
-        let admission = Admission::new(1, 1);
+        let admission = Admission::new(1, 1, 1);
         let _running = admission.admit().await.unwrap();
         let gave_up = tokio::time::timeout(Duration::from_millis(20), admission.admit()).await;
         assert!(gave_up.is_err());

@@ -113,7 +113,13 @@ fn photos(n: usize) -> Vec<LoadedImage> {
                 toy_world::ImageSize::new(64).unwrap(),
             );
             let png = toy_world::encode_png(&img);
-            images::decode_checked(Path::new(&format!("photo-{i}.png")), &png, 8).unwrap()
+            images::decode_checked(
+                Path::new(&format!("photo-{i}.png")),
+                &png,
+                &concepts_runtime::preprocess::PreprocessConfig::square(48),
+                8,
+            )
+            .unwrap()
         })
         .collect()
 }

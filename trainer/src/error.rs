@@ -71,6 +71,10 @@ pub enum TrainError {
     /// The concept package could not be built or written.
     #[error(transparent)]
     Format(#[from] concept_format::FormatError),
+
+    /// An output file could not be written (or is not a regular file).
+    #[error(transparent)]
+    Output(#[from] concepts_fs::FsError),
 }
 
 impl From<candle_core::Error> for TrainError {

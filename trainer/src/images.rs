@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use concepts_runtime::preprocess::{decode_image, preprocess, PixelValues, PreprocessConfig};
+use concepts_runtime::preprocess::{
+    decode_image, preprocess, read_image_file, PixelValues, PreprocessConfig,
+};
 use image::RgbImage;
 use sha2::{Digest, Sha256};
 
@@ -59,18 +61,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Reads and decodes `path`, refusing images whose shorter side is under `min_side` pixels.
-pub fn load_checked(path: &Path, min_side: u32) -> Result<LoadedImage> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::Image {
+/// Reads and decodes `path` within `config`'s image bounds (the one bounded path of
+/// [`concepts_runtime::preprocess`]), refusing images whose shorter side is under `min_side`
+/// pixels.
+pub fn load_checked(path: &Path, config: &PreprocessConfig, min_side: u32) -> Result<LoadedImage> {
+    let bytes = read_image_file(path, &config.limits).map_err(|e| TrainError::Image {
         path: path.to_path_buf(),
         msg: format!("cannot be read: {e}"),
     })?;
-    decode_checked(path, &bytes, min_side)
+    decode_checked(path, &bytes, config, min_side)
 }
 
 /// Like [`load_checked`] for bytes already read.
-pub fn decode_checked(path: &Path, bytes: &[u8], min_side: u32) -> Result<LoadedImage> {
-    let image = decode_image(bytes, path).map_err(|e| TrainError::Image {
+pub fn decode_checked(
+    path: &Path,
+    bytes: &[u8],
+    config: &PreprocessConfig,
+    min_side: u32,
+) -> Result<LoadedImage> {
+    let image = decode_image(bytes, path, config).map_err(|e| TrainError::Image {
         path: path.to_path_buf(),
         msg: format!("cannot be decoded: {e}"),
     })?;

@@ -189,29 +189,9 @@ pub struct TrainOutcome {
     pub fingerprint: ModelFingerprint,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` atomically, as a regular file ([`concepts_fs::write_atomic`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        TrainError::io("writing", path, e)
-    })
+    Ok(concepts_fs::write_atomic(path, bytes)?)
 }
 
 fn check_config(cfg: &TrainConfig) -> Result<()> {
@@ -537,7 +517,7 @@ pub fn train(
     let min_side = images::min_image_side(session.model().config().vision.image_size);
     let positives = photo_paths
         .iter()
-        .map(|p| images::load_checked(p, min_side))
+        .map(|p| images::load_checked(p, session.preprocess_config(), min_side))
         .collect::<Result<Vec<_>>>()?;
     check_identifier(&session, cfg)?;
     let metadata = metadata(&cfg.subject);
@@ -599,7 +579,11 @@ pub fn train(
     let load = |rows: &[usize]| -> Result<Vec<images::LoadedImage>> {
         rows.iter()
             .map(|&r| {
-                let img = images::load_checked(&pool.entries[r].path, min_side)?;
+                let img = images::load_checked(
+                    &pool.entries[r].path,
+                    session.preprocess_config(),
+                    min_side,
+                )?;
                 if img.sha256 != pool.entries[r].sha256 {
                     return Err(TrainError::Image {
                         path: img.path,

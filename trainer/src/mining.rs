@@ -386,7 +386,8 @@ pub fn embed_pool(
                     cache.save(embedder.model_key)?;
                     return Err(TrainError::Interrupted { best: None });
                 }
-                let bytes = match std::fs::read(path) {
+                let limits = &embedder.preprocess.limits;
+                let bytes = match concepts_runtime::preprocess::read_image_file(path, limits) {
                     Ok(b) => b,
                     Err(e) => {
                         report
@@ -410,7 +411,12 @@ pub fn embed_pool(
                         sha256: sha,
                     });
                 } else {
-                    match images::decode_checked(path, &bytes, embedder.min_side) {
+                    match images::decode_checked(
+                        path,
+                        &bytes,
+                        embedder.preprocess,
+                        embedder.min_side,
+                    ) {
                         Ok(img) => pending.push((
                             PoolEntry {
                                 path: path.clone(),

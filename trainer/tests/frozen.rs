@@ -72,13 +72,13 @@ fn photos() -> Vec<LoadedImage> {
     let mut out: Vec<LoadedImage> = images::list_images(&w.photos, false)
         .unwrap()
         .iter()
-        .map(|p| images::load_checked(p, 8).unwrap())
+        .map(|p| images::load_checked(p, &PreprocessConfig::square(48), 8).unwrap())
         .collect();
     out.extend(
         images::list_images(&w.pool, true)
             .unwrap()
             .iter()
-            .map(|p| images::load_checked(p, 8).unwrap()),
+            .map(|p| images::load_checked(p, &PreprocessConfig::square(48), 8).unwrap()),
     );
     out
 }

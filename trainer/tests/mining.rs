@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
 use concepts_plugin_api::MiningParams;
+use concepts_runtime::preprocess::PreprocessConfig;
 use concepts_runtime::session::Engine;
 use concepts_trainer::mining::{self, Embedder, EmbeddingCache, PoolSource};
 use concepts_trainer::{images, Silent, Stages};
@@ -48,7 +49,8 @@ fn the_second_run_on_a_pool_hits_the_cache() {
         w.pool.join("copy-of-a-positive.png"),
     )
     .unwrap();
-    let positive = images::load_checked(&w.photos.join("00.png"), 8).unwrap();
+    let positive =
+        images::load_checked(&w.photos.join("00.png"), &PreprocessConfig::square(48), 8).unwrap();
     let mut cache = EmbeddingCache::open(Some(&cache_dir), &key, 12);
     let (_, report) = mining::embed_pool(
         &embedder,
@@ -151,7 +153,11 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
     let positives: Vec<_> = images::list_images(&w.photos, false)
         .unwrap()
         .iter()
-        .map(|p| images::load_checked(p, 8).unwrap().image)
+        .map(|p| {
+            images::load_checked(p, &PreprocessConfig::square(48), 8)
+                .unwrap()
+                .image
+        })
         .collect();
     let rows =
         mining::embed_images(session.model(), session.preprocess_config(), &positives).unwrap();

@@ -1,10 +1,11 @@
-//! `concepts install FILE [--replace] [--force]`
+//! `concepts install FILE [--replace] [--force] [--sha256 HEX]`
 
 use std::io::Write;
 use std::path::PathBuf;
 
+use anyhow::bail;
 use anyhow::Context;
-use concept_registry::{Compatibility, InstallOptions, InstallOutcome};
+use concept_registry::{Compatibility, Digest, InstallOptions, InstallOutcome};
 
 use crate::ctx::Ctx;
 
@@ -20,6 +21,10 @@ pub struct InstallArgs {
     /// (architecture and dimensions must still match)
     #[arg(long)]
     pub force: bool,
+    /// Install only if the file's SHA-256 is this (64 hex digits, as published beside the
+    /// package): checks every byte, the manifest included, before anything is parsed
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
 }
 
 pub fn run(args: InstallArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -28,9 +33,25 @@ pub fn run(args: InstallArgs, ctx: &Ctx) -> anyhow::Result<()> {
         replace: args.replace,
         force: args.force,
     };
-    let report = registry
-        .install_file(&args.file, &options)
-        .with_context(|| format!("installing `{}`", args.file.display()))?;
+    let origin = args.file.display().to_string();
+    let report = match &args.sha256 {
+        None => registry.install_file(&args.file, &options),
+        Some(hex) => {
+            let expected = Digest::parse(&hex.to_ascii_lowercase())
+                .with_context(|| format!("--sha256 `{hex}`"))?;
+            let bytes = concepts_fs::read_bounded(&args.file, concept_format::MAX_FILE_LEN)
+                .with_context(|| format!("installing `{origin}`"))?;
+            let found = Digest::of(&bytes);
+            if found != expected {
+                bail!(
+                    "`{origin}` has sha256:{found}, not the expected sha256:{expected}; \
+                     the file is not the one published (nothing was installed)"
+                );
+            }
+            registry.install_bytes_from(&bytes, &origin, &options)
+        }
+    }
+    .with_context(|| format!("installing `{origin}`"))?;
     if let Some(Compatibility::Forced(overridden)) = &report.compatibility {
         for m in overridden {
             eprintln!("concepts: warning: forced past base-model difference: {m}");

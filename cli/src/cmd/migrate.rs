@@ -21,7 +21,7 @@ pub struct MigrateArgs {
 
 /// Validates FILE and writes it at the current format minor in canonical form. With v1.0 the only
 /// version, this validates and rewrites canonically.
-pub fn run(args: MigrateArgs, _ctx: &Ctx) -> anyhow::Result<()> {
+pub fn run(args: MigrateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let bytes = read_capped(&args.file)?;
     let context = || format!("migrating `{}`", args.file.display());
     let (major, minor) = concept_format::peek_version(&bytes).with_context(context)?;
@@ -29,6 +29,7 @@ pub fn run(args: MigrateArgs, _ctx: &Ctx) -> anyhow::Result<()> {
     // `migrate` returns canonical bytes of a validated package; parse again for the atomic writer.
     let package = ConceptPackage::parse(&migrated).with_context(context)?;
     let output = args.output.as_ref().unwrap_or(&args.file);
+    crate::files::check_output(output, ctx)?;
     package
         .write_file_atomic(output)
         .with_context(|| format!("writing `{}`", output.display()))?;

@@ -26,7 +26,7 @@ pub struct PackArgs {
     pub output: PathBuf,
 }
 
-pub fn run(args: PackArgs, _ctx: &Ctx) -> anyhow::Result<()> {
+pub fn run(args: PackArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let tensor_bytes = read_capped(&args.tensors)?;
     let tensors = ConceptTensors::from_safetensors_bytes(&tensor_bytes)
         .with_context(|| format!("reading tensors from `{}`", args.tensors.display()))?;
@@ -45,6 +45,7 @@ pub fn run(args: PackArgs, _ctx: &Ctx) -> anyhow::Result<()> {
             args.tensors.display()
         )
     })?;
+    crate::files::check_output(&args.output, ctx)?;
     package
         .write_file_atomic(&args.output)
         .with_context(|| format!("writing `{}`", args.output.display()))?;

@@ -62,6 +62,9 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let sampling = Sampling::from_temperature(args.temperature, args.top_p, args.seed)?;
+    if let Some(path) = &args.logits_out {
+        crate::files::check_output(path, ctx)?;
+    }
     let model = crate::ctx::model_dir(args.model.as_deref())?;
     let mut engine = Engine::load(&model, &Device::Cpu, DType::F32)
         .with_context(|| format!("loading model `{}`", model.display()))?;
@@ -154,6 +157,7 @@ fn write_logits(path: &Path, generation: &Generation) -> anyhow::Result<()> {
             )?,
         ));
     }
-    safetensors::serialize_to_file(tensors, None, path)?;
+    let bytes = safetensors::serialize(tensors, None)?;
+    concepts_fs::write_atomic(path, &bytes)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! `concepts serve [--model DIR] [--host ADDR] [--port N] [--token TOKEN] [--image-dir DIR]
-//! [--workers N] [--queue N] [--max-tokens N] [--max-resident-mb N]`
+//! `concepts serve [--model DIR] [--host ADDR] [--port N] [--token TOKEN] [--insecure-no-auth]
+//! [--image-dir DIR] [--workers N] [--queue N] [--max-connections N] [--max-tokens N]
+//! [--max-resident-mb N]`
 //!
 //! The command line `concepts serve [--model DIR] [--host ADDR] [--port N]` is a contract:
 //! outside checks run it. Without `--model` the embedded default base model is served
@@ -22,7 +23,7 @@ pub struct ServeArgs {
     /// llava-hf model directory [default: $CONCEPTS_DEFAULT_MODEL, else the embedded toy model]
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Address to listen on; concept upload/delete beyond loopback need --token
+    /// Address to listen on; beyond loopback a --token is required (or --insecure-no-auth)
     #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free one)
@@ -36,6 +37,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Listen beyond loopback without a token: chat and recognition are open to anyone who
+    /// can reach the port (concept upload and delete stay disabled)
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// Directory whose images requests may name by path (otherwise only data URLs)
     #[arg(long, value_name = "DIR")]
     pub image_dir: Option<PathBuf>,
@@ -45,6 +50,9 @@ pub struct ServeArgs {
     /// Inference requests that may wait for a worker; more get 429
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub queue: usize,
+    /// Open connections at most; more wait until one closes
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_connections: usize,
     /// Most tokens a request may generate
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_tokens: usize,
@@ -54,6 +62,18 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let mut config = ServerConfig::local(args.port);
+    config.addr = SocketAddr::new(args.host, args.port);
+    config.token = args.token;
+    config.allow_no_auth = args.insecure_no_auth;
+    config.image_dir = args.image_dir;
+    config.workers = args.workers.max(1);
+    config.queue_capacity = args.queue;
+    config.max_connections = args.max_connections.max(1);
+    config.limits.max_tokens = args.max_tokens;
+    config.limits.default_max_tokens = config.limits.default_max_tokens.min(args.max_tokens);
+    // Before the model loads: a bad token or an open bind is refused at once.
+    config.check()?;
     let model = crate::ctx::model_dir(args.model.as_deref())?;
     let registry = ctx.registry()?;
     let mut runtime_config = RuntimeConfig::recommended();
@@ -61,14 +81,6 @@ pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let source = Arc::new(RegistrySource::new(registry.clone()));
     let runtime = Runtime::load(&model, source, runtime_config)
         .with_context(|| format!("loading model `{}`", model.display()))?;
-    let mut config = ServerConfig::local(args.port);
-    config.addr = SocketAddr::new(args.host, args.port);
-    config.token = args.token;
-    config.image_dir = args.image_dir;
-    config.workers = args.workers.max(1);
-    config.queue_capacity = args.queue;
-    config.limits.max_tokens = args.max_tokens;
-    config.limits.default_max_tokens = config.limits.default_max_tokens.min(args.max_tokens);
     let model_id = runtime.model_id().to_string();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

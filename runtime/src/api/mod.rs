@@ -89,7 +89,6 @@ pub use source::{
     find_entry, package_digest, CatalogEntry, ConceptSnapshot, ConceptSource, MemorySource,
 };
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,7 +99,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Result, RuntimeError};
 use crate::generate::{GenerateConfig, Sampling, StopReason};
-use crate::preprocess::{decode_image, preprocess, PixelValues};
+use crate::preprocess::{decode_image, load_image, preprocess, ImageLimits, PixelValues};
 use crate::prompt::Exchange;
 pub use crate::prompt::PersonalPrompts;
 use crate::session::{Engine, PromptInput};
@@ -131,8 +130,9 @@ pub struct RuntimeConfig {
     pub max_prompt_tokens: usize,
     /// Most images in one request.
     pub max_images: usize,
-    /// Most pixels (width × height) of an encoded image, checked before it is decoded.
-    pub max_image_pixels: u64,
+    /// Bounds on an image (encoded bytes, pixels, each side after resizing), checked from
+    /// its header before it is decoded.
+    pub image_limits: ImageLimits,
     /// The recognition question, `{}` replaced by the identifier ([`RECOGNITION_QUESTION`]).
     pub recognition_question: String,
     /// The question of [`Runtime::describe`] ([`DESCRIBE_QUESTION`]).
@@ -140,15 +140,16 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// 256 MiB of resident concepts, 8 concepts and 4096 tokens per request, one image of
-    /// at most 40 megapixels, and the standard questions.
+    /// 256 MiB of resident concepts, 8 concepts and 4096 tokens per request, one image
+    /// within [`ImageLimits::DEFAULT`] (32 MiB, 40 megapixels, sides of 4096 after resizing),
+    /// and the standard questions.
     pub fn recommended() -> Self {
         RuntimeConfig {
             max_resident_bytes: 256 << 20,
             max_active_concepts: 8,
             max_prompt_tokens: 4096,
             max_images: 1,
-            max_image_pixels: 40_000_000,
+            image_limits: ImageLimits::DEFAULT,
             recognition_question: RECOGNITION_QUESTION.to_string(),
             describe_question: DESCRIBE_QUESTION.to_string(),
         }
@@ -699,38 +700,20 @@ impl Inner {
         }))
     }
 
-    /// Decodes (bounded) and preprocesses an image for this model.
+    /// Decodes (bounded by [`RuntimeConfig::image_limits`]) and preprocesses an image for
+    /// this model.
     fn pixels(&self, image: &ImageInput) -> Result<PixelValues> {
-        let (bytes, name): (std::borrow::Cow<'_, [u8]>, PathBuf) = match image {
+        let config = self
+            .base
+            .preprocess_config()
+            .clone()
+            .with_limits(self.config.image_limits);
+        let img = match image {
             ImageInput::Pixels(px) => return Ok(px.clone()),
-            ImageInput::Encoded { name, bytes } => (bytes[..].into(), PathBuf::from(name)),
-            ImageInput::File(path) => (
-                std::fs::read(path)
-                    .map_err(|source| RuntimeError::Io {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .into(),
-                path.clone(),
-            ),
+            ImageInput::Encoded { name, bytes } => decode_image(bytes, Path::new(name), &config)?,
+            ImageInput::File(path) => load_image(path, &config)?,
         };
-        let dims = image::ImageReader::new(Cursor::new(&bytes[..]))
-            .with_guessed_format()
-            .ok()
-            .and_then(|r| r.into_dimensions().ok());
-        if let Some((w, h)) = dims {
-            let pixels = u64::from(w) * u64::from(h);
-            if pixels > self.config.max_image_pixels {
-                return Err(RuntimeError::Limit {
-                    what: "image pixels",
-                    limit: self.config.max_image_pixels,
-                    found: pixels,
-                });
-            }
-        }
-        // Undecodable bytes fall through to `decode_image`, which names the problem.
-        let img = decode_image(&bytes, &name)?;
-        Ok(preprocess(&img, self.base.preprocess_config())?)
+        Ok(preprocess(&img, &config)?)
     }
 
     fn prepare_chat(&self, request: ChatRequest) -> Result<PreparedChat> {
