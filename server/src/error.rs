@@ -201,7 +201,16 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = self.status.as_u16(), message = %self.message, "request rejected");
         }
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        // These refusals leave the request body unread: close the connection rather than
+        // let it wait for (and drain) a body nobody will use.
+        if matches!(self.status.as_u16(), 408 | 413 | 429) {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 
