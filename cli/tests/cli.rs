@@ -24,6 +24,19 @@ struct Run {
     stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(output: std::process::Output) -> Run {
+        Run {
+            code: output
+                .status
+                .code()
+                .expect("exited, not killed by a signal"),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+}
+
 impl Run {
     #[track_caller]
     fn ok(self) -> Run {
@@ -73,14 +86,14 @@ impl Env {
             .env_remove("RUST_LOG")
             .output()
             .unwrap();
-        Run {
-            code: output
-                .status
-                .code()
-                .expect("exited, not killed by a signal"),
-            stdout: String::from_utf8(output.stdout).unwrap(),
-            stderr: String::from_utf8(output.stderr).unwrap(),
-        }
+        Run::from(output)
+    }
+
+    /// Packs `<name>` and installs it; returns the package file.
+    fn install_new(&self, name: &str, seed: f32) -> PathBuf {
+        let file = self.pack(name, seed);
+        self.run(&["install", file.to_str().unwrap()]).ok();
+        file
     }
 
     /// Writes `T.safetensors` + `M.toml` for a concept and packs them into `<name>.ycpt`.
@@ -599,15 +612,7 @@ fn run_as(env: &Env, args: &[&str], envs: &[(&str, &str)]) -> Run {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let output = cmd.output().unwrap();
-    Run {
-        code: output
-            .status
-            .code()
-            .expect("exited, not killed by a signal"),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
+    Run::from(cmd.output().unwrap())
 }
 
 fn mkfifo(path: &Path) {
@@ -619,8 +624,7 @@ fn mkfifo(path: &Path) {
 fn gc_deletes_only_its_own_files_and_never_through_a_symlinked_folder() {
     use std::os::unix::fs::symlink;
     let env = Env::new();
-    let bo = env.pack("bo", 1.0);
-    env.run(&["install", bo.to_str().unwrap()]).ok();
+    env.install_new("bo", 1.0);
     let home = env.home();
 
     // A user's files next to the registry's own leftovers.
@@ -675,8 +679,7 @@ fn gc_deletes_only_its_own_files_and_never_through_a_symlinked_folder() {
 fn outputs_refuse_device_nodes_fifos_links_and_the_registry_and_keep_the_mode() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let env = Env::new();
-    let bo = env.pack("bo", 1.0);
-    env.run(&["install", bo.to_str().unwrap()]).ok();
+    let bo = env.install_new("bo", 1.0);
     let fifo = env.path("out.fifo");
     mkfifo(&fifo);
     let index = env.home().join("index.json");
@@ -732,10 +735,8 @@ fn outputs_refuse_device_nodes_fifos_links_and_the_registry_and_keep_the_mode() 
 #[test]
 fn verify_repair_rebuilds_a_lost_or_damaged_index_from_the_blobs() {
     let env = Env::new();
-    let bo = env.pack("bo", 1.0);
-    let kiki = env.pack("kiki", 2.0);
-    env.run(&["install", bo.to_str().unwrap()]).ok();
-    env.run(&["install", kiki.to_str().unwrap()]).ok();
+    let bo = env.install_new("bo", 1.0);
+    let kiki = env.install_new("kiki", 2.0);
     env.run(&["pin", "bo"]).ok();
     let index = env.home().join("index.json");
 
@@ -864,11 +865,7 @@ fn run_unprivileged(env: &Env, args: &[&str]) -> Run {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    Run {
-        code: output.status.code().expect("exited"),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
+    Run::from(output)
 }
 
 fn running_as_root() -> bool {
@@ -881,8 +878,7 @@ fn running_as_root() -> bool {
 fn a_read_only_registry_can_be_listed_and_verified() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
-    let bo = env.pack("bo", 1.0);
-    env.run(&["install", bo.to_str().unwrap()]).ok();
+    env.install_new("bo", 1.0);
     // Everything readable, nothing writable by the user who runs the command.
     let chmod = |path: &Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()

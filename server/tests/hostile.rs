@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use common::TestServer;
 use concepts_server::{ServerConfig, ServerError};
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -50,6 +49,8 @@ async fn health_ok(server: &TestServer) {
         .await
         .expect("/health answers");
     assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
 }
 
 fn png_data_url(width: u32, height: u32) -> String {
@@ -143,22 +144,7 @@ async fn a_full_queue_refuses_a_body_before_reading_it() {
     cfg.limits.max_tokens = 1800;
     let mut server = TestServer::start(cfg).await;
     // A long stream holds the only worker.
-    let long = json!({
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 1800,
-        "ignore_eos": true,
-        "stream": true,
-    });
-    let a = server
-        .client
-        .post(server.at("/v1/chat/completions"))
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(a.status().as_u16(), 200);
-    let mut a_body = a.bytes_stream();
-    a_body.next().await.unwrap().unwrap();
+    let a_body = common::hold_a_worker(&server).await;
     // 15 MiB declared, not one byte of it sent: 429 at once.
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\
                 content-type: application/json\r\ncontent-length: 15728640\r\n\r\n";
@@ -233,16 +219,6 @@ async fn stalled_connections_beyond_the_cap_cannot_starve_health() {
     health_ok(&server).await;
     let waited = start.elapsed();
     assert!(waited < Duration::from_secs(15), "{waited:?}");
-    let body: Value = server
-        .client
-        .get(server.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["status"], "ok");
     drop(stalled);
     server.stop().await;
 }

@@ -445,23 +445,7 @@ async fn a_full_queue_answers_429_and_drains_when_a_client_leaves() {
     };
 
     // A: a long stream that holds the only worker; read its first chunk, then stop reading.
-    let long = json!({
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 1800,
-        "ignore_eos": true,
-        "stream": true,
-    });
-    let a = server
-        .client
-        .post(server.at("/v1/chat/completions"))
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(a.status().as_u16(), 200);
-    let mut a_body = a.bytes_stream();
-    let first = a_body.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    let a_body = common::hold_a_worker(&server).await;
     assert_eq!(health().await["running"], 1);
 
     // B waits in the queue.

@@ -153,6 +153,33 @@ impl TestServer {
     }
 }
 
+/// Starts a long streamed generation (1800 tokens, `ignore_eos`) and reads its first chunk,
+/// so it holds a worker until the returned body is dropped (which cancels it). The server
+/// needs `limits.max_tokens` ≥ 1800.
+pub async fn hold_a_worker(
+    server: &TestServer,
+) -> impl futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> {
+    use futures_util::StreamExt;
+    let long = serde_json::json!({
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 1800,
+        "ignore_eos": true,
+        "stream": true,
+    });
+    let resp = server
+        .client
+        .post(server.at("/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = Box::pin(resp.bytes_stream());
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    body
+}
+
 /// The `data:` payloads of a server-sent event stream, in order.
 pub fn sse_data(text: &str) -> Vec<String> {
     text.lines()
