@@ -687,25 +687,25 @@ fn outputs_refuse_device_nodes_fifos_links_and_the_registry_and_keep_the_mode() 
     let link = env.path("link.ycpt");
     std::os::unix::fs::symlink("/dev/null", &link).unwrap();
 
-    for dest in [Path::new("/dev/null"), fifo.as_path(), link.as_path()] {
-        let d = dest.to_str().unwrap();
-        let export = env.run(&["export", "bo", "-o", d]).fails();
-        assert!(export.stderr.contains("not a regular file"), "{export:#?}");
-        let migrate = env.run(&["migrate", bo.to_str().unwrap(), "-o", d]).fails();
-        assert!(
-            migrate.stderr.contains("not a regular file"),
-            "{migrate:#?}"
-        );
-    }
-    for dest in [index.clone(), env.home().join("blobs/sha256/new.ycpt")] {
-        let d = dest.to_str().unwrap();
-        let export = env.run(&["export", "bo", "-o", d]).fails();
-        assert!(export.stderr.contains("inside the registry"), "{export:#?}");
-        let migrate = env.run(&["migrate", bo.to_str().unwrap(), "-o", d]).fails();
-        assert!(
-            migrate.stderr.contains("inside the registry"),
-            "{migrate:#?}"
-        );
+    let (tensors, manifest) = (env.path("bo.safetensors"), env.path("bo.toml"));
+    let special: Vec<PathBuf> = vec!["/dev/null".into(), fifo.clone(), link.clone()];
+    let inside = vec![index.clone(), env.home().join("blobs/sha256/new.ycpt")];
+    for (dests, why) in [
+        (&special, "not a regular file"),
+        (&inside, "inside the registry"),
+    ] {
+        for dest in dests {
+            let d = dest.to_str().unwrap();
+            let (t, m) = (tensors.to_str().unwrap(), manifest.to_str().unwrap());
+            for args in [
+                vec!["export", "bo", "-o", d],
+                vec!["migrate", bo.to_str().unwrap(), "-o", d],
+                vec!["pack", "--tensors", t, "--manifest", m, "-o", d],
+            ] {
+                let run = env.run(&args).fails();
+                assert!(run.stderr.contains(why), "{args:?}: {run:#?}");
+            }
+        }
     }
     assert!(std::fs::metadata("/dev/null")
         .unwrap()
