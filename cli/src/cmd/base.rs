@@ -149,10 +149,8 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         "weights": args.weights.file_name().map(|n| n.to_string_lossy().into_owned()),
         "evaluation": report,
     }))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, format!("{text}\n"))
-        .with_context(|| format!("writing `{}`", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing `{}`", path.display()))?;
+    concepts_fs::write_atomic(&path, format!("{text}\n").as_bytes())
+        .with_context(|| format!("writing `{}`", path.display()))?;
     println!("{text}");
     Ok(())
 }
