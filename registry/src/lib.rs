@@ -649,17 +649,14 @@ impl Registry {
         let mut skipped = Vec::new();
         for (path, _) in files_in(&blob_dir)? {
             match registry.own_blob(&path)? {
-                Ok(digest) => {
-                    let bytes = fs::read(&path).io("read", &path)?;
-                    match ConceptPackage::parse(&bytes) {
-                        Ok(package) => {
-                            let entry = Entry::for_package(&package, digest, bytes.len() as u64);
-                            let created = package.manifest().created.clone();
-                            candidates.push((entry, created));
-                        }
-                        Err(e) => skipped.push((path, format!("does not parse: {e}"))),
+                Ok((digest, bytes)) => match ConceptPackage::parse(&bytes) {
+                    Ok(package) => {
+                        let entry = Entry::for_package(&package, digest, bytes.len() as u64);
+                        let created = package.manifest().created.clone();
+                        candidates.push((entry, created));
                     }
-                }
+                    Err(e) => skipped.push((path, format!("does not parse: {e}"))),
+                },
                 Err(reason) => skipped.push((path, reason.to_string())),
             }
         }
@@ -860,9 +857,12 @@ impl Registry {
         Ok(out)
     }
 
-    /// The digest of a blob file that the registry made: a regular file named `<hex>.ycpt`
-    /// whose bytes hash to `<hex>`; otherwise why not.
-    fn own_blob(&self, path: &Path) -> Result<std::result::Result<Digest, &'static str>> {
+    /// The digest and bytes of a blob file that the registry made: a regular file named
+    /// `<hex>.ycpt` whose bytes hash to `<hex>`; otherwise why not.
+    fn own_blob(
+        &self,
+        path: &Path,
+    ) -> Result<std::result::Result<(Digest, Vec<u8>), &'static str>> {
         let meta = fs::symlink_metadata(path).io("stat", path)?;
         if !meta.is_file() {
             return Ok(Err("not a regular file"));
@@ -878,7 +878,7 @@ impl Registry {
         if Digest::of(&bytes) != digest {
             return Ok(Err("its bytes do not hash to its name"));
         }
-        Ok(Ok(digest))
+        Ok(Ok((digest, bytes)))
     }
 
     /// Refuses a registry folder that is (or lies under) a symbolic link, or is not a folder:

@@ -29,9 +29,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// Accepting connections failed.
-    #[error("serving: {0}")]
-    Serve(#[source] std::io::Error),
     /// The bearer token is empty or blank, which would read as "no token" to some clients
     /// and as a valid token to others.
     #[error("the API token is empty; give a non-empty token (or none, on loopback)")]

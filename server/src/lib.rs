@@ -231,18 +231,19 @@ impl Server {
         registry: Registry,
         config: ServerConfig,
     ) -> Result<Server, ServerError> {
-        config.check()?;
         let wanted = config.addr;
-        if !wanted.ip().is_loopback() && config.token.is_none() {
+        let open_bind = !wanted.ip().is_loopback() && config.token.is_none();
+        let (max_connections, header_timeout) =
+            (config.max_connections.max(1), config.header_timeout);
+        // `router` runs `ServerConfig::check`, so an open bind here was explicitly allowed.
+        let router = router(runtime, registry, config)?;
+        if open_bind {
             tracing::warn!(
                 addr = %wanted,
                 "listening beyond loopback without a token (--insecure-no-auth): chat is open \
                  to anyone who can reach it; concept upload and delete are disabled"
             );
         }
-        let (max_connections, header_timeout) =
-            (config.max_connections.max(1), config.header_timeout);
-        let router = router(runtime, registry, config)?;
         let listener = tokio::net::TcpListener::bind(wanted)
             .await
             .map_err(|source| ServerError::Bind {
