@@ -151,7 +151,11 @@ pub(crate) fn evaluate(
                     Some(p) => p,
                     None => &mut silent,
                 };
-            let trained = train_or_reuse(&variant_job, &subject, sink, scorer.cancel)?;
+            let description = scorer
+                .model_descriptions
+                .get(&subject.name)
+                .and_then(|d| d.description.as_deref());
+            let trained = train_or_reuse(&variant_job, &subject, description, sink, scorer.cancel)?;
             let package = ConceptPackage::read_file(&trained.package).map_err(|source| {
                 EvalError::Package {
                     path: trained.package.clone(),

@@ -42,4 +42,4 @@ pub use dataset::{read_dataset, EvalDataset, EvalSubject, Layout};
 pub use error::{EvalError, Result};
 pub use protocol::{evaluate, EvalConfig, EvalProgress, Quiet};
 pub use report::EvalReport;
-pub use training::{TrainedConcept, TrainingConfig};
+pub use training::{LatentInit, TrainedConcept, TrainingConfig};

@@ -31,9 +31,22 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
         .iter()
         .map(|m| m.subjects.len() + m.impostors().count())
         .sum();
-    scorer.progress.start("multi", 2 * questions as u64);
-    let (mentioned, counts) = scores(scorer, &photos, PersonalPrompts::Mentioned)?;
-    let (all_introduced, _) = scores(scorer, &photos, PersonalPrompts::All)?;
+    let described = scorer
+        .dataset
+        .subjects
+        .iter()
+        .all(|s| s.description.is_some());
+    let rounds = if described { 3 } else { 2 };
+    scorer.progress.start("multi", rounds * questions as u64);
+    let learned = |p| (Condition::Learned, p);
+    let (mentioned, counts) = scores(scorer, &photos, learned(PersonalPrompts::Mentioned))?;
+    let (all_introduced, _) = scores(scorer, &photos, learned(PersonalPrompts::All))?;
+    let description = if described {
+        let asked = (Condition::Description, PersonalPrompts::Mentioned);
+        Some(scores(scorer, &photos, asked)?.0)
+    } else {
+        None
+    };
     scorer.progress.finish();
     Ok(Some(MultiReport {
         photos: photos.len(),
@@ -45,6 +58,7 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
         rejected: mentioned.rejected,
         recognition: mentioned.recognition,
         all_introduced,
+        description,
     }))
 }
 
@@ -56,11 +70,12 @@ struct Counts {
     impostor_questions: usize,
 }
 
-/// The scores of `photos` asked with `personal_prompts`, and what was asked.
+/// The scores of `photos` asked under `condition` (learned: with the concepts active and
+/// introduced by `personal_prompts`; description: with none active), and what was asked.
 fn scores(
     scorer: &mut Scorer<'_>,
     photos: &[&crate::dataset::MultiPhoto],
-    personal_prompts: PersonalPrompts,
+    (condition, personal_prompts): (Condition, PersonalPrompts),
 ) -> Result<(MultiScores, Counts)> {
     let dataset = scorer.dataset;
     let index = |name: &str| dataset.subjects.iter().position(|s| s.name == name);
@@ -71,22 +86,24 @@ fn scores(
         let present: Vec<usize> = photo.subjects.iter().filter_map(|s| index(s)).collect();
         let absent: Vec<usize> = photo.impostors().filter_map(|s| index(s)).collect();
         let active: Vec<usize> = present.iter().chain(&absent).copied().collect();
-        let mut engine = scorer.engine_with(&active)?;
+        let concepts: &[usize] = if condition == Condition::Learned {
+            &active
+        } else {
+            &[]
+        };
+        let mut engine = scorer.engine_with(concepts)?;
         engine.set_personal_prompts(personal_prompts);
         let mut all_yes = true;
         for &i in &active {
             let is_present = present.contains(&i);
-            let message = user_message(
-                Condition::Learned,
-                &dataset.subjects[i],
-                RECOGNITION_QUESTION,
-            )
-            .unwrap_or_default();
+            let message = user_message(condition, &dataset.subjects[i], RECOGNITION_QUESTION)
+                .unwrap_or_default();
             let pixels = scorer.images.get(&engine, &photo.image)?;
             let yes = says_yes(&engine, &message, Some(pixels))?;
             tracing::debug!(
                 photo = %photo.image.display(),
                 subject = %dataset.subjects[i].name,
+                ?condition,
                 ?personal_prompts,
                 present = is_present,
                 yes,

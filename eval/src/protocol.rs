@@ -104,47 +104,8 @@ pub fn evaluate(
     let mut engine = Engine::load(&cfg.model, &Device::Cpu, DType::F32)?;
     let fingerprint = engine.fingerprint()?.clone();
 
-    // --- Concepts.
-    let t_train = Instant::now();
-    let job = TrainingJob {
-        model: &cfg.model,
-        fingerprint: &fingerprint,
-        pool: &pool,
-        pool_cache: cfg.pool_cache.as_deref(),
-        work_dir: &cfg.work_dir,
-        config: &cfg.training,
-    };
-    let total = dataset.subjects.len();
-    let mut concepts: Vec<TrainedConcept> = Vec::with_capacity(total);
-    for (i, subject) in dataset.subjects.iter().enumerate() {
-        check_cancel(cancel)?;
-        let mut silent = concepts_trainer::Silent;
-        let sink: &mut dyn concepts_trainer::Progress = match progress.training(&subject.name) {
-            Some(p) => p,
-            None => &mut silent,
-        };
-        let trained = train_or_reuse(&job, subject, sink, cancel)?;
-        progress.concept(&subject.name, i + 1, total, trained.cached);
-        concepts.push(trained);
-    }
-    let training_secs = t_train.elapsed().as_secs_f64();
-    let fresh: Vec<f64> = concepts
-        .iter()
-        .filter(|c| !c.cached)
-        .map(|c| c.seconds)
-        .collect();
-    let mut weights = Vec::with_capacity(total);
-    for c in &concepts {
-        let package =
-            ConceptPackage::read_file(&c.package).map_err(|source| EvalError::Package {
-                path: c.package.clone(),
-                source,
-            })?;
-        weights.push(engine.package_weights(&package)?);
-    }
-
-    // --- The model-written descriptions (captions of the training photos, summarised).
-    let t_score = Instant::now();
+    // --- The model-written descriptions (captions of the training photos, summarised): a
+    // condition of their own, and where the learned concepts' latents start.
     let mut images = ImageCache::default();
     let mut written: BTreeMap<String, ModelDescription> = BTreeMap::new();
     let photos: usize = dataset.subjects.iter().map(|s| s.train.len()).sum();
@@ -175,6 +136,50 @@ pub fn evaluate(
         ));
     }
     let score_model_description = unreadable.is_empty();
+
+    // --- Concepts.
+    let t_train = Instant::now();
+    let job = TrainingJob {
+        model: &cfg.model,
+        fingerprint: &fingerprint,
+        pool: &pool,
+        pool_cache: cfg.pool_cache.as_deref(),
+        work_dir: &cfg.work_dir,
+        config: &cfg.training,
+    };
+    let total = dataset.subjects.len();
+    let mut concepts: Vec<TrainedConcept> = Vec::with_capacity(total);
+    for (i, subject) in dataset.subjects.iter().enumerate() {
+        check_cancel(cancel)?;
+        let mut silent = concepts_trainer::Silent;
+        let sink: &mut dyn concepts_trainer::Progress = match progress.training(&subject.name) {
+            Some(p) => p,
+            None => &mut silent,
+        };
+        let description = written
+            .get(&subject.name)
+            .and_then(|d| d.description.as_deref());
+        let trained = train_or_reuse(&job, subject, description, sink, cancel)?;
+        progress.concept(&subject.name, i + 1, total, trained.cached);
+        concepts.push(trained);
+    }
+    let training_secs = t_train.elapsed().as_secs_f64();
+    let fresh: Vec<f64> = concepts
+        .iter()
+        .filter(|c| !c.cached)
+        .map(|c| c.seconds)
+        .collect();
+    let mut weights = Vec::with_capacity(total);
+    for c in &concepts {
+        let package =
+            ConceptPackage::read_file(&c.package).map_err(|source| EvalError::Package {
+                path: c.package.clone(),
+                source,
+            })?;
+        weights.push(engine.package_weights(&package)?);
+    }
+
+    let t_score = Instant::now();
 
     // --- Questions.
     let mut scorer = Scorer {

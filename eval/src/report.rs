@@ -134,6 +134,10 @@ pub struct MultiReport {
     /// The same questions with every active concept's personal prompt in the prompt (the
     /// scores above introduce only the concept asked about, as the runtime does by default).
     pub all_introduced: MultiScores,
+    /// The same questions with no concept active and the true description of the subject
+    /// asked about in the prompt (the `description` condition); `null` without descriptions.
+    /// What the base model can do here with the right words: the ceiling its pretraining sets.
+    pub description: Option<MultiScores>,
 }
 
 /// Multi-concept scores under one way of introducing the active concepts.
@@ -321,6 +325,17 @@ impl EvalReport {
                 opt_pct(m.all_introduced.triples_all_recognised),
                 pct(m.all_introduced.recognition.positive)
             );
+            if let Some(d) = &m.description {
+                let _ = writeln!(
+                    s,
+                    "With the true description instead of a concept: both recognised {}%, all \
+                     three {}%, present {}%, impostors rejected {}%",
+                    pct(d.both_recognised),
+                    opt_pct(d.triples_all_recognised),
+                    pct(d.recognition.positive),
+                    opt_pct(d.rejected)
+                );
+            }
         }
         if let Some(f) = &self.forgetting {
             let runs: Vec<String> = f

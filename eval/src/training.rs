@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use concept_format::{Category, ConceptPackage, ModelFingerprint};
-use concepts_trainer::{PoolSource, Progress, Stages, Subject, TrainConfig};
+use concepts_trainer::{Init, PoolSource, Progress, Stages, Subject, TrainConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -39,6 +39,30 @@ pub struct TrainingConfig {
     pub hard_per_positive: Option<u32>,
     /// Easy negatives.
     pub easy_negatives: u32,
+    /// How the latent rows start.
+    pub init: LatentInit,
+}
+
+/// How each concept's latent rows start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatentInit {
+    /// Spelling the base model's own description of the subject's training photos (the
+    /// prompt of the `model_description` condition; `Init::Text` in the trainer), so training
+    /// starts where that prompt ends. Random for a subject the model wrote none for.
+    ModelDescription,
+    /// Gaussian rows (Yo'LLaVA's reference, `Init::Random`).
+    Random,
+}
+
+impl LatentInit {
+    /// The trainer's initialisation for a subject the base model described as `description`.
+    pub fn for_subject(self, description: Option<&str>) -> Init {
+        match (self, description) {
+            (LatentInit::ModelDescription, Some(d)) => Init::Text(d.to_string()),
+            _ => Init::Random,
+        }
+    }
 }
 
 /// One concept of the learned condition.
@@ -75,8 +99,9 @@ pub struct TrainingJob<'a> {
     pub config: &'a TrainingConfig,
 }
 
-/// The cache key of `subject` for `job`: lowercase hex, 16 digits.
-pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject) -> Result<String> {
+/// The cache key of `subject` for `job`, its latents starting at `init`: lowercase hex, 16
+/// digits.
+pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject, init: &Init) -> Result<String> {
     #[derive(Serialize)]
     struct Key<'a> {
         version: u32,
@@ -86,6 +111,7 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject) -> Result<String>
         fingerprint: &'a ModelFingerprint,
         pool: Vec<(String, u64)>,
         config: &'a TrainingConfig,
+        init: String,
         /// The model's own template set, which the trainer reads (not part of the fingerprint).
         templates: Option<String>,
     }
@@ -115,6 +141,7 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject) -> Result<String>
         fingerprint: job.fingerprint,
         pool,
         config: job.config,
+        init: init.label(),
         templates: std::fs::read_to_string(
             job.model
                 .join(concepts_trainer::templates::MODEL_TEMPLATES_FILE),
@@ -129,16 +156,19 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject) -> Result<String>
 }
 
 /// Returns the cached package of `subject` or trains it through the full Yo'LLaVA pipeline
-/// (built-in stages) and caches it.
+/// (built-in stages) and caches it. `description` is what the base model wrote about the
+/// subject, for [`LatentInit::ModelDescription`].
 pub fn train_or_reuse(
     job: &TrainingJob<'_>,
     subject: &EvalSubject,
+    description: Option<&str>,
     progress: &mut dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<TrainedConcept> {
     let dir = job.work_dir.join("concepts");
     std::fs::create_dir_all(&dir).map_err(|e| EvalError::io("creating", &dir, e))?;
-    let key = cache_key(job, subject)?;
+    let init = job.config.init.for_subject(description);
+    let key = cache_key(job, subject, &init)?;
     let package = dir.join(format!("{}-{key}.ycpt", subject.name));
     if package.is_file() {
         match ConceptPackage::read_file(&package) {
@@ -184,6 +214,7 @@ pub fn train_or_reuse(
     tc.conversation.questions_per_image = cfg.questions_per_image;
     tc.hard_per_positive = cfg.hard_per_positive;
     tc.easy_negatives = cfg.easy_negatives;
+    tc.init = init;
     tc.cache_dir = job.pool_cache.map(Path::to_path_buf);
     let mut stages = Stages::builtin(None, None, None).map_err(|e| EvalError::Training {
         subject: subject.name.clone(),

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use concepts_eval::{evaluate, read_dataset, EvalConfig, EvalReport, Quiet, TrainingConfig};
+use concepts_eval::{
+    evaluate, read_dataset, EvalConfig, EvalReport, LatentInit, Quiet, TrainingConfig,
+};
 use concepts_runtime::prompt::PersonalPrompts;
 use toy_world::{write_dataset, DatasetConfig, ImageSize};
 
@@ -40,6 +42,7 @@ fn tiny_training() -> TrainingConfig {
         questions_per_image: 1,
         hard_per_positive: Some(1),
         easy_negatives: 2,
+        init: LatentInit::ModelDescription,
     }
 }
 
@@ -245,6 +248,7 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
             questions_per_image: 7,
             hard_per_positive: None,
             easy_negatives: 40,
+            init: LatentInit::ModelDescription,
         },
     );
     let report = evaluate(&dataset, &cfg, &mut Quiet, &AtomicBool::new(false)).unwrap();

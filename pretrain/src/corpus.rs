@@ -12,12 +12,13 @@
 //!
 //! Files written to the corpus directory (all tensors little-endian; images are raw RGB
 //! bytes `[N, px, px, 3]`, to be normalised with `preprocessor_config.json`):
-//! - `stage0.safetensors`: `images` u8, `labels` i64 `[N, 5]` ([`scene_labels`]).
+//! - `stage0.safetensors`: `images` u8, `labels` i64 `[N, 6]` ([`scene_labels`]).
 //! - `stage1.safetensors`: `ids` i64 `[N, T]` (padded with `<pad>`), `lens`, `answer_start`,
 //!   `image_start` (-1: no image), `image_index` (-1: no image), `task` i64 `[N]`;
-//!   `images` u8 `[M, px, px, 3]` and their `labels` i64 `[M, 5]`.
+//!   `images` u8 `[M, px, px, 3]` and their `labels` i64 `[M, 6]`.
 //! - `gate.safetensors`: prompts ending in `ASSISTANT:` as `ids`/`lens`/`image_start`,
-//!   `images`, `kind` i64 (0 positive, 1 look-alike, 2 other subject).
+//!   `images`, `kind` i64 (0 positive, 1 look-alike, 2 other subject, 3 crowded
+//!   positive, 4 crowded look-alike: [`GateKind`]).
 //! - `init.safetensors`: the run's initial weights (model and stage-0 heads).
 //! - `reference.safetensors`: `pixels` of the first stage-0 images as this runtime
 //!   preprocesses them, `head_logits` `[2, R, C]` on them, and `lm_logits` `[R, T, V]`
@@ -38,11 +39,11 @@ use toy_world::{ImageSize, TaskKind, TaskMix};
 
 use crate::data::{encode, prompt_text, Batch, Sequence};
 use crate::error::{io_err, PretrainError, Result};
-use crate::eval::{gate_items, task_name, GateKind};
+use crate::eval::{gate_items, task_name};
 use crate::model::{config_json, fnv1a};
 use crate::train::{
-    head_classes, preprocessor_json, save_tensors, scene_labels, write_synced, TrainConfig,
-    Trainer, HEAD_NAMES,
+    head_classes, preprocessor_json, save_tensors, scene_labels, write_synced, Labels, TrainConfig,
+    Trainer, HEADS, HEAD_NAMES,
 };
 
 /// Version of the corpus layout; the PyTorch trainer refuses others.
@@ -83,7 +84,7 @@ pub struct CorpusMeta {
 }
 
 /// A tokenized stage-1 sample with its image and the image's stage-0 labels.
-type Stage1Sample = (Sequence, Option<RgbImage>, Option<[u32; 5]>);
+type Stage1Sample = (Sequence, Option<RgbImage>, Option<Labels>);
 
 /// Rows of the reference outputs.
 const REFERENCE_ROWS: usize = 4;
@@ -108,7 +109,7 @@ pub fn write_corpus(trainer: &Trainer, size: CorpusSize, dir: &Path) -> Result<C
             .expect("captions have a scene");
         Ok((s.image.expect("captions have an image"), labels))
     })?;
-    let (images0, labels0): (Vec<RgbImage>, Vec<[u32; 5]>) = stage0.into_iter().unzip();
+    let (images0, labels0): (Vec<RgbImage>, Vec<Labels>) = stage0.into_iter().unzip();
     check_size(&images0, trainer)?;
     let mut tensors = BTreeMap::new();
     tensors.insert("images".to_string(), image_tensor(&images0, px)?);
@@ -177,16 +178,7 @@ pub fn write_corpus(trainer: &Trainer, size: CorpusSize, dir: &Path) -> Result<C
     tensors.insert("images".to_string(), image_tensor(&gate_images, px)?);
     tensors.insert(
         "kind".to_string(),
-        vec_i64(
-            items
-                .iter()
-                .map(|i| match i.kind {
-                    GateKind::Positive => 0,
-                    GateKind::Lookalike => 1,
-                    GateKind::OtherSubject => 2,
-                })
-                .collect(),
-        )?,
+        vec_i64(items.iter().map(|i| i.kind.index() as i64).collect())?,
     );
     save_tensors(&tensors, &dir.join("gate.safetensors"))?;
 
@@ -334,9 +326,9 @@ fn image_tensor(images: &[RgbImage], px: usize) -> Result<Tensor> {
     )?)
 }
 
-fn label_tensor(labels: &[[u32; 5]]) -> Result<Tensor> {
+fn label_tensor(labels: &[Labels]) -> Result<Tensor> {
     let data: Vec<i64> = labels.iter().flatten().map(|&x| i64::from(x)).collect();
-    Ok(Tensor::from_vec(data, (labels.len(), 5), &Device::Cpu)?)
+    Ok(Tensor::from_vec(data, (labels.len(), HEADS), &Device::Cpu)?)
 }
 
 fn vec_i64(v: Vec<i64>) -> Result<Tensor> {

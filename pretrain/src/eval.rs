@@ -14,18 +14,19 @@ use std::collections::BTreeMap;
 use candle_core::{IndexOp, Tensor, D};
 use concepts_runtime::{Kernels, KvCache, LlavaModel};
 use image::RgbImage;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use toy_world::text::SHORT_ANSWER;
 use toy_world::{
-    choose_subjects, lookalike, photo_of, render, Combo, ImageSize, TaskKind, TaskMix,
+    choose_subjects, group_photo, lookalike, photo_of, render, Combo, ImageSize, Member, Sizing,
+    Subject, TaskKind, TaskMix,
 };
 
 use crate::data::{encode, prompt_text};
 use crate::error::Result;
 use crate::model::fnv1a;
-use crate::train::{scene_labels, splice_images, Trainer, HEAD_NAMES};
+use crate::train::{scene_labels, splice_images, Labels, Trainer, HEAD_NAMES};
 
 /// Sizes of the evaluation sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,14 @@ pub struct GateReport {
     pub lookalike: f64,
     /// Negatives showing another subject.
     pub other_subject: f64,
+    /// Photos of the subject beside one or two other subjects, sized like a dataset's multi
+    /// photos (it is not always the largest): the share answered Yes. Not in `weighted`,
+    /// which keeps its meaning across models.
+    #[serde(default)]
+    pub crowded_positive: f64,
+    /// Photos of a look-alike of the subject beside other subjects: the share answered No.
+    #[serde(default)]
+    pub crowded_lookalike: f64,
 }
 
 /// One evaluation.
@@ -148,7 +157,7 @@ fn probe(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<BTre
         .map(|_| toy_world::sample(&mut rng, &mix, render_size(trainer)))
         .collect();
     let images: Vec<&RgbImage> = samples.iter().filter_map(|s| s.image.as_ref()).collect();
-    let labels: Vec<[u32; 5]> = samples
+    let labels: Vec<Labels> = samples
         .iter()
         .filter_map(|s| s.scene.as_ref().map(scene_labels))
         .collect();
@@ -270,6 +279,22 @@ pub enum GateKind {
     Lookalike,
     /// Another held-out subject: No.
     OtherSubject,
+    /// The subject beside one or two other subjects: Yes.
+    CrowdedPositive,
+    /// A look-alike of the subject beside one or two other subjects: No.
+    CrowdedLookalike,
+}
+
+impl GateKind {
+    /// The index the corpus stores (`gate.safetensors`' `kind`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the right answer is Yes.
+    pub fn is_positive(self) -> bool {
+        matches!(self, GateKind::Positive | GateKind::CrowdedPositive)
+    }
 }
 
 /// One gate question: the prompt's question (with the subject's true description), the
@@ -321,18 +346,65 @@ pub fn gate_items(cfg: &EvalConfig, size: ImageSize) -> Result<Vec<GateItem>> {
             }
         }
     }
+    // Appended from a stream of their own, so the items above (and `weighted`) stay what
+    // they were before these were added.
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ fnv1a(b"gate-crowded"));
+    for (i, subject) in subjects.iter().enumerate() {
+        if combos.len() < 2 {
+            break;
+        }
+        let name = toy_world::text::capitalise(subject.name());
+        let q = gate_question(&name, &subject.description());
+        for k in 0..cfg.gate_photos {
+            let others: Vec<&Subject> = (1..combos.len())
+                .map(|d| &subjects[(i + d + k) % combos.len()])
+                .take(if k % 2 == 0 { 1 } else { 2 })
+                .collect();
+            let member = |s: &Subject| Member {
+                combo: *s.combo(),
+                tone: s.tone(),
+            };
+            let sizing = if rng.random_bool(0.5) {
+                Sizing::Equal
+            } else {
+                Sizing::Unequal
+            };
+            let mut members: Vec<Member> = others.iter().map(|s| member(s)).collect();
+            members.push(member(subject));
+            let last = members.len() - 1;
+            members.swap(rng.random_range(0..=last), last);
+            let scene = group_photo(&mut rng, &members, sizing, &combos);
+            items.push(GateItem {
+                question: q.clone(),
+                image: render(&scene, size),
+                kind: GateKind::CrowdedPositive,
+            });
+            let (look, _) = lookalike(&mut rng, &combos[i], &combos);
+            let at = members
+                .iter()
+                .position(|m| m.combo == combos[i])
+                .expect("the subject is a member");
+            members[at].combo = look;
+            let scene = group_photo(&mut rng, &members, sizing, &combos);
+            items.push(GateItem {
+                question: q.clone(),
+                image: render(&scene, size),
+                kind: GateKind::CrowdedLookalike,
+            });
+        }
+    }
     Ok(items)
 }
 
 fn gate(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<GateReport> {
     let items = gate_items(cfg, render_size(trainer))?;
-    let mut right = [0usize; 3];
-    let mut count = [0usize; 3];
+    let mut right = [0usize; 5];
+    let mut count = [0usize; 5];
     for item in &items {
         let yes = says_yes(trainer, model, &item.question, &item.image)?;
-        let k = item.kind as usize;
+        let k = item.kind.index();
         count[k] += 1;
-        right[k] += usize::from(yes == (item.kind == GateKind::Positive));
+        right[k] += usize::from(yes == item.kind.is_positive());
     }
     let frac = |a: usize, n: usize| a as f64 / n.max(1) as f64;
     let positive = frac(right[0], count[0]);
@@ -343,5 +415,7 @@ fn gate(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<GateR
         negative,
         lookalike: frac(right[1], count[1]),
         other_subject: frac(right[2], count[2]),
+        crowded_positive: frac(right[3], count[3]),
+        crowded_lookalike: frac(right[4], count[4]),
     })
 }

@@ -25,7 +25,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
-use toy_world::{Colour, ImageSize, Pattern, Scene, Shape, TaskKind, TaskMix};
+use toy_world::{Colour, ImageSize, Pattern, Scene, Shape, TaskKind, TaskMix, Tone};
 
 use crate::data::{pixels, tokenize, Batch, Sequence, SpecialIds};
 use crate::error::{io_err, PretrainError, Result};
@@ -130,23 +130,33 @@ impl TrainConfig {
     }
 }
 
+/// How many stage-0 heads there are.
+pub const HEADS: usize = 6;
+
+/// The stage-0 labels of one scene, in head order.
+pub type Labels = [u32; HEADS];
+
 /// Stage-0 class counts, in head order: shape, colour, pattern, secondary colour (or
-/// none), number of objects (1-3).
-pub fn head_classes() -> [usize; 5] {
+/// none), number of objects (1-3), and the tone of the largest object. The tone is the
+/// identity detail no word says: the head makes the tower's pooled embedding (what the
+/// negative miner compares) and its tokens (what a concept's soft tokens are matched against)
+/// carry it.
+pub fn head_classes() -> [usize; HEADS] {
     [
         Shape::ALL.len(),
         Colour::ALL.len(),
         Pattern::ALL.len(),
         Colour::ALL.len() + 1,
         3,
+        usize::from(Tone::COUNT),
     ]
 }
 
 /// Names of the stage-0 heads.
-pub const HEAD_NAMES: [&str; 5] = ["shape", "colour", "pattern", "secondary", "count"];
+pub const HEAD_NAMES: [&str; HEADS] = ["shape", "colour", "pattern", "secondary", "count", "tone"];
 
 /// Stage-0 labels of a scene: attributes of its largest object and the object count.
-pub fn scene_labels(scene: &Scene) -> [u32; 5] {
+pub fn scene_labels(scene: &Scene) -> Labels {
     let main = scene
         .objects
         .iter()
@@ -163,6 +173,7 @@ pub fn scene_labels(scene: &Scene) -> [u32; 5] {
             None => Colour::ALL.len() as u32,
         },
         (scene.objects.len().clamp(1, 3) - 1) as u32,
+        u32::from(main.tone.index()),
     ]
 }
 
@@ -447,7 +458,7 @@ impl Trainer {
                 .map(|_| toy_world::sample(&mut rng, &mix, self.image_size()))
                 .collect();
             let images: Vec<&RgbImage> = samples.iter().filter_map(|s| s.image.as_ref()).collect();
-            let labels: Vec<[u32; 5]> = samples
+            let labels: Vec<Labels> = samples
                 .iter()
                 .filter_map(|s| s.scene.as_ref().map(scene_labels))
                 .collect();
@@ -471,7 +482,7 @@ impl Trainer {
         } else {
             let px = self.pixel_tensor(&images)?;
             if self.tower_trains(step) {
-                let labels: Vec<[u32; 5]> = samples
+                let labels: Vec<Labels> = samples
                     .iter()
                     .filter_map(|s| s.scene.as_ref().map(scene_labels))
                     .collect();
@@ -496,7 +507,7 @@ impl Trainer {
         &self,
         model: &LlavaModel,
         states: &[Tensor],
-        labels: &[[u32; 5]],
+        labels: &[Labels],
     ) -> Result<Tensor> {
         let logits = self.head_logits(model, states)?;
         let mut total: Option<Tensor> = None;

@@ -218,7 +218,8 @@ fn corpus_round_trips_weights_and_matches_the_trainers_sequences() {
         dir.path(),
     )
     .unwrap();
-    assert_eq!((meta.stage0, meta.stage1, meta.gate), (3, 5, 4));
+    // 2 subjects × 1 photo: a positive and a negative each, and the same beside another subject.
+    assert_eq!((meta.stage0, meta.stage1, meta.gate), (3, 5, 8));
     let s1 = candle_core::safetensors::load(dir.path().join("stage1.safetensors"), &Device::Cpu)
         .unwrap();
     let ids = s1["ids"].to_vec2::<i64>().unwrap();

@@ -250,10 +250,23 @@ def gate_eval(model, gate, meta, mean, std):
         yes = lg[:, meta["yes_id"]] > lg[:, meta["no_id"]]
     kind = gate["kind"]
     pos = yes[kind == 0].float().mean().item()
-    neg = (~yes[kind > 0]).float().mean().item()
+    neg = (~yes[(kind == 1) | (kind == 2)]).float().mean().item()
     look = (~yes[kind == 1]).float().mean().item()
     other = (~yes[kind == 2]).float().mean().item()
-    return {"weighted": (pos + neg) / 2, "positive": pos, "negative": neg, "lookalike": look, "other_subject": other}
+    r = {"weighted": (pos + neg) / 2, "positive": pos, "negative": neg, "lookalike": look, "other_subject": other}
+    # Kinds 3 and 4 (corpora from 2026-12): the subject, or its look-alike, beside other subjects.
+    if (kind == 3).any():
+        r["crowded_positive"] = yes[kind == 3].float().mean().item()
+        r["crowded_lookalike"] = (~yes[kind == 4]).float().mean().item()
+    return r
+
+
+def gate_score(r):
+    """What `best.safetensors` maximises: the single-photo gate, and the crowded one when the
+    corpus has it (a model that finds subjects alone but not among others is not better)."""
+    if "crowded_positive" not in r:
+        return r["weighted"]
+    return (r["weighted"] + (r["crowded_positive"] + r["crowded_lookalike"]) / 2) / 2
 
 
 def lm_batch(model, s1, rows, mean, std, with_states):
@@ -337,6 +350,9 @@ def main():
                     help="stage 1 trains the projector and the tower only (for a fine-tune on a changed world)")
     ap.add_argument("--init", help="fine-tune: start from these weights (a model.safetensors in the hub layout) "
                     "instead of the corpus's seeded initial ones; tensors it lacks (the stage-0 heads) keep theirs")
+    ap.add_argument("--heads-only-steps", type=int, default=0,
+                    help="the first N stage-0 steps train the heads alone (fine-tuning with a new head: "
+                    "its random start then pushes no noise into the tower)")
     ap.add_argument("--deadline-seconds", type=float, default=0, help="end stage 1 (evaluating and saving) by then")
     ap.add_argument("--wait-seconds", type=float, default=900, help="give up waiting for a corpus after this")
     args = ap.parse_args()
@@ -408,6 +424,10 @@ def main():
         px = normalise(s0["images"][rows], mean, std)
         loss = head_loss(model.heads(model.vision_states(px)), s0["labels"][rows], classes)
         loss.backward()
+        if step < args.heads_only_steps:
+            for k, v in params.items():
+                if k.startswith("vision_tower."):
+                    v.grad = None
         opt0.step(lr_at(step, args.stage0_steps, min(100, args.stage0_steps), args.stage0_lr))
         if step % 250 == 0 or step == args.stage0_steps - 1:
             with torch.no_grad():
@@ -437,8 +457,8 @@ def main():
         tasks = task_accuracy(model, s1, held, meta, mean, std)
         record({"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0})
         save(params, os.path.join(args.out, "weights.safetensors"))
-        if gate_r["weighted"] >= best:
-            best = gate_r["weighted"]
+        if gate_score(gate_r) >= best:
+            best = gate_score(gate_r)
             save(params, os.path.join(args.out, "best.safetensors"))
         return best
 

@@ -39,11 +39,15 @@ pub enum TaskKind {
     NameChoice,
     /// A/B about a named object in a photo (position, size, neighbour) → "B"
     NameVisualChoice,
+    /// Name recognition among two or three subjects of similar size: "Ziggy is … Momo is
+    /// …. Is Momo in this photo?" → "Yes"/"No". The one asked about is not always the
+    /// largest, and is sometimes small; the others' names are bound half the time.
+    CrowdedRecognition,
 }
 
 impl TaskKind {
     /// Every kind, in declaration order.
-    pub const ALL: [TaskKind; 8] = [
+    pub const ALL: [TaskKind; 9] = [
         TaskKind::Caption,
         TaskKind::Attribute,
         TaskKind::Existence,
@@ -52,6 +56,7 @@ impl TaskKind {
         TaskKind::NameAttribute,
         TaskKind::NameChoice,
         TaskKind::NameVisualChoice,
+        TaskKind::CrowdedRecognition,
     ];
 
     /// Whether samples of this kind carry an image.
@@ -82,7 +87,7 @@ impl TaskMix {
     /// The mix used for the base model: grounding tasks and name binding in equal parts.
     pub fn balanced() -> TaskMix {
         TaskMix {
-            weights: [3, 3, 2, 1, 4, 2, 2, 2],
+            weights: [3, 3, 2, 1, 4, 2, 2, 2, 3],
         }
     }
 
@@ -259,6 +264,7 @@ fn generate<R: Rng + ?Sized>(rng: &mut R, task: TaskKind, size: ImageSize) -> Op
             return Some(text_sample(task, q, a));
         }
         TaskKind::NameVisualChoice => name_visual_choice(rng)?,
+        TaskKind::CrowdedRecognition => crowded_recognition(rng),
     };
     let image = render(&scene, size);
     Some(Sample {
@@ -556,6 +562,67 @@ fn name_recognition<R: Rng + ?Sized>(rng: &mut R) -> (Scene, String, String) {
     let hint = rng.random_bool(0.5);
     prompt.push(recognition_question(rng, name, hint));
     let answer = yes_no(scene.contains(&combo));
+    (scene, prompt.join(" "), answer)
+}
+
+/// Two or three subjects that differ pairwise in at least two attributes, sized like the
+/// multi photos of a dataset (equal, or one a class larger, drawn at random) and sometimes all
+/// small. A negative replaces the one asked about by its look-alike (three times in four) or
+/// leaves it out, so the others are still there.
+fn crowded_recognition<R: Rng + ?Sized>(rng: &mut R) -> (Scene, String, String) {
+    let count = if rng.random_bool(0.6) { 2 } else { 3 };
+    let mut combos: Vec<Combo> = Vec::with_capacity(count);
+    while combos.len() < count {
+        let combo = random_combo(rng, |c| {
+            pretraining(c) && combos.iter().all(|o| o.differences(c).len() >= 2)
+        });
+        combos.push(combo);
+    }
+    let all_names: [&str; 3] = names(rng);
+    let names = &all_names[..count];
+    let asked = rng.random_range(0..count);
+    let mut members = combos.clone();
+    if rng.random_bool(0.5) {
+        let look = pretraining_lookalike(rng, &combos[asked], 0.67)
+            .filter(|l| !combos.contains(l) && rng.random_bool(0.75));
+        match look {
+            Some(l) => members[asked] = l,
+            None => {
+                members.remove(asked);
+            }
+        }
+    }
+    let big = rng.random_range(0..members.len());
+    let (equal, larger) = match (members.len(), rng.random_range(0..4)) {
+        (1, _) => (Size::Medium, Size::Medium),
+        (2, 0) => (Size::Small, Size::Medium),
+        (2, 1) => (Size::Medium, Size::Medium),
+        (2, _) => (Size::Small, *pick(rng, &[Size::Medium, Size::Large])),
+        (_, 0 | 1) => (Size::Small, Size::Small),
+        (_, _) => (Size::Small, Size::Medium),
+    };
+    let required: Vec<Wanted> = members
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| Wanted::any_tone(c, if i == big { larger } else { equal }))
+        .collect();
+    let scene = compose(rng, &required, &[]);
+    let mut order: Vec<usize> = if rng.random_bool(0.5) {
+        (0..count).collect()
+    } else {
+        vec![asked]
+    };
+    for k in 0..order.len() {
+        let j = rng.random_range(k..order.len());
+        order.swap(k, j);
+    }
+    let mut prompt: Vec<String> = order
+        .iter()
+        .map(|&i| binding(names[i], &combos[i]))
+        .collect();
+    let hint = rng.random_bool(0.5);
+    prompt.push(recognition_question(rng, names[asked], hint));
+    let answer = yes_no(scene.contains(&combos[asked]));
     (scene, prompt.join(" "), answer)
 }
 
@@ -879,6 +946,44 @@ mod tests {
             .find(|c| question.contains(&format!("{name} is {}.", c.description())))
             .unwrap();
         (name, combo)
+    }
+
+    #[test]
+    fn crowded_recognition_asks_about_any_member_among_others() {
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        let mix = TaskMix::only(TaskKind::CrowdedRecognition);
+        let (mut yes, mut no, mut not_largest, mut small, mut others_bound) = (0, 0, 0, 0, 0);
+        for _ in 0..300 {
+            let s = sample(&mut rng, &mix, ImageSize::DEFAULT);
+            let scene = s.scene.unwrap();
+            let (name, combo) = asked(&s.question);
+            assert_eq!(s.answer, yes_no(scene.contains(&combo)), "{}", s.question);
+            assert!(
+                scene.objects.len() >= 1 && scene.objects.iter().all(|o| pretraining(&o.combo))
+            );
+            if s.question.matches(" is a").count() > 1 {
+                others_bound += 1;
+            }
+            if s.answer == "Yes" {
+                yes += 1;
+                assert!(scene.objects.len() >= 2, "{}", s.question);
+                let me = scene.objects.iter().find(|o| o.combo == combo).unwrap();
+                if scene.objects.iter().any(|o| o.radius > me.radius) {
+                    not_largest += 1;
+                }
+                small += usize::from(me.size == Size::Small);
+            } else {
+                no += 1;
+            }
+            assert!(s.question.contains(name));
+        }
+        assert!(yes > 110 && no > 110, "yes {yes}, no {no}");
+        assert!(
+            not_largest * 3 > yes,
+            "asked about the largest too often: {not_largest} of {yes}"
+        );
+        assert!(small * 3 > yes, "small {small} of {yes}");
+        assert!(others_bound > 90, "{others_bound}");
     }
 
     #[test]

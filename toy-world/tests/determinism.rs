@@ -51,13 +51,14 @@ fn same_seed_gives_identical_samples_and_pngs() {
 #[test]
 fn golden_fingerprints() {
     // Update these only for an intended change to sampling or rendering, and say so in the
-    // change log: base models pretrained on the old stream see different data.
+    // change log: base models pretrained on the old stream see different data. Last changed:
+    // session 11, crowded name recognition joined the balanced mix.
     assert_eq!(fingerprint(1, 40, 48), GOLDEN_48);
     assert_eq!(fingerprint(1, 10, 64), GOLDEN_64);
 }
 
-const GOLDEN_48: u64 = 17_731_166_822_036_253_975;
-const GOLDEN_64: u64 = 8_365_080_971_400_585_235;
+const GOLDEN_48: u64 = 5_468_006_827_837_173_563;
+const GOLDEN_64: u64 = 12_588_192_389_495_194_615;
 
 #[test]
 fn tokenizer_json_is_pinned() {

@@ -56,18 +56,29 @@ pub enum Init {
     /// Every row starts at this word's embedding (mean over its tokens), the head column at the
     /// word's LM-head row.
     Word(String),
+    /// The latent rows start at the embeddings of this text's tokens, in order and repeated
+    /// until the k rows are full, so the personal prompt `<sks> is <sks:1>…<sks:k>.` starts out
+    /// saying the text ("<sks> is a red star with blue dots a red star …"); the identifier
+    /// row and the head column start as in [`Init::Random`]. Given a description of the
+    /// subject (the base model's own, see `concepts-eval`), training starts where that prompt
+    /// ends and has only what words miss left to learn.
+    Text(String),
 }
 
 impl Init {
-    /// `random`, `visual` or `word:TEXT`.
+    /// `random`, `visual`, `word:WORD` or `text:TEXT`.
     pub fn parse(text: &str) -> Option<Init> {
+        let arg = |prefix: &str| {
+            text.strip_prefix(prefix)
+                .filter(|w| !w.trim().is_empty())
+                .map(str::to_string)
+        };
         match text {
             "random" => Some(Init::Random),
             "visual" => Some(Init::Visual),
-            _ => text
-                .strip_prefix("word:")
-                .filter(|w| !w.trim().is_empty())
-                .map(|w| Init::Word(w.to_string())),
+            _ => arg("word:")
+                .map(Init::Word)
+                .or_else(|| arg("text:").map(Init::Text)),
         }
     }
 
@@ -76,6 +87,7 @@ impl Init {
             Init::Random => "random".to_string(),
             Init::Visual => "visual".to_string(),
             Init::Word(w) => format!("word:{w}"),
+            Init::Text(t) => format!("text:{t}"),
         }
     }
 }
@@ -576,7 +588,43 @@ impl<'a> TrainingEngine<'a> {
                     head: out,
                 }
             }
+            Init::Text(text) => {
+                let ids = self.known_ids(&text)?;
+                let cycled: Vec<u32> = ids.iter().copied().cycle().take(k).collect();
+                let idx = Tensor::new(cycled.as_slice(), &device)?;
+                let latents = model
+                    .embed_weight()
+                    .index_select(&idx, 0)?
+                    .to_dtype(DType::F32)?;
+                let identifier = rows_noise.narrow(0, 0, 1)?;
+                ConceptParams {
+                    rows: Tensor::cat(&[&identifier, &latents], 0)?,
+                    head,
+                }
+            }
         })
+    }
+
+    /// The ids of `text` in the base vocabulary, refusing text the tokenizer does not know
+    /// (a word-level vocabulary turns unknown words into `<unk>`, which says nothing).
+    fn known_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let codec = self.session.codec();
+        if !codec.represents(text)? {
+            return Err(TrainError::Input(format!(
+                "the initialisation text `{text}` has words the base model's tokenizer lacks"
+            )));
+        }
+        let ids: Vec<u32> = codec
+            .encode(text, false)?
+            .into_iter()
+            .filter(|&i| i < self.base_vocab)
+            .collect();
+        if ids.is_empty() {
+            return Err(TrainError::Input(format!(
+                "the initialisation text `{text}` has no tokens"
+            )));
+        }
+        Ok(ids)
     }
 
     fn image(&self, kind: SampleKind, index: u32) -> Result<&image::RgbImage> {

@@ -237,15 +237,47 @@ fn every_initialisation_trains() {
     let w = common::world(3, 3, 4);
     let cancel = AtomicBool::new(false);
     let mut firsts = Vec::new();
-    for init in [Init::Random, Init::Visual, Init::Word("red".into())] {
-        let mut cfg = w.config(&format!("{}.ycpt", init.label().replace(':', "-")), 2);
+    let inits = [
+        Init::Random,
+        Init::Visual,
+        Init::Word("red".into()),
+        Init::Text("a red star with blue dots".into()),
+    ];
+    for init in inits {
+        let name = init.label().replace([':', ' '], "-");
+        let mut cfg = w.config(&format!("{name}.ycpt"), 2);
         cfg.init = init.clone();
         let out = run(&cfg, &w.model, &mut concepts_trainer::Silent, &cancel).unwrap();
         assert!(out.step_losses.iter().all(|l| l.is_finite()), "{init:?}");
         firsts.push(out.step_losses[0]);
     }
     assert!(
-        firsts[0] != firsts[1] && firsts[1] != firsts[2],
+        firsts[0] != firsts[1] && firsts[1] != firsts[2] && firsts[2] != firsts[3],
         "{firsts:?}"
     );
+}
+
+#[test]
+fn a_text_initialisation_with_words_the_tokenizer_lacks_is_refused() {
+    let w = common::world(3, 3, 4);
+    let mut cfg = w.config("unknown.ycpt", 1);
+    cfg.init = Init::Text("a red zeppelin".into());
+    let err = run(
+        &cfg,
+        &w.model,
+        &mut concepts_trainer::Silent,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("a red zeppelin") && err.contains("lacks"),
+        "{err}"
+    );
+    assert!(!cfg.output.exists(), "nothing is written");
+    assert_eq!(
+        Init::parse("text:a red star"),
+        Some(Init::Text("a red star".into()))
+    );
+    assert_eq!(Init::parse("text: "), None);
 }

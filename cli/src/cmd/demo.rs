@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use concept_format::ConceptPackage;
 use concept_registry::{InstallOptions, InstallOutcome, Registry};
-use concepts_eval::{read_dataset, EvalConfig, TrainingConfig};
+use concepts_eval::{read_dataset, EvalConfig, LatentInit, TrainingConfig};
 use concepts_runtime::generate::{GenerateConfig, Sampling};
 use concepts_runtime::preprocess::preprocess_file;
 use concepts_runtime::session::Engine;
@@ -277,6 +277,7 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             questions_per_image: 7,
             hard_per_positive: Some(4),
             easy_negatives: 20,
+            init: LatentInit::ModelDescription,
         },
         multi: true,
         forgetting_per_task: None,

@@ -12,12 +12,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use concepts_eval::{read_dataset, EvalConfig, EvalProgress, TrainingConfig};
+use concepts_eval::{read_dataset, EvalConfig, EvalProgress, LatentInit, TrainingConfig};
 use concepts_trainer::Progress;
 use indicatif::{MultiProgress, ProgressBar};
 
 use crate::cmd::train::{style_bar, TrainBars};
 use crate::ctx::Ctx;
+
+/// `--init`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum InitArg {
+    ModelDescription,
+    Random,
+}
+
+impl From<InitArg> for LatentInit {
+    fn from(a: InitArg) -> LatentInit {
+        match a {
+            InitArg::ModelDescription => LatentInit::ModelDescription,
+            InitArg::Random => LatentInit::Random,
+        }
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -52,6 +68,10 @@ pub struct EvalArgs {
     /// Easy (random) negatives per concept
     #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
     pub easy: u32,
+    /// Where each concept's latents start: spelling the base model's own description of the
+    /// training photos, or random (Yo'LLaVA's reference)
+    #[arg(long, value_enum, default_value_t = InitArg::ModelDescription)]
+    pub init: InitArg,
     /// Evaluate only the first N subjects
     #[arg(long, value_name = "N")]
     pub subjects: Option<usize>,
@@ -128,6 +148,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
             questions_per_image: args.questions,
             hard_per_positive: args.hard_per_positive,
             easy_negatives: args.easy,
+            init: args.init.into(),
         },
         multi: !args.no_multi,
         forgetting_per_task: args.forgetting,

@@ -72,7 +72,7 @@ pub struct TrainArgs {
     /// Seed for mining, templates, flips and initialisation
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Initialisation: random, visual, or word:TEXT
+    /// Initialisation: random, visual, word:WORD or text:TEXT (the latents spell TEXT)
     #[arg(long, default_value = "random")]
     pub init: String,
     /// Hard negatives per photo [default: 100 / number of photos]
@@ -222,7 +222,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("--category `{}`", args.category))?;
     let init = Init::parse(&args.init).with_context(|| {
         format!(
-            "--init `{}`: expected random, visual or word:TEXT",
+            "--init `{}`: expected random, visual, word:WORD or text:TEXT",
             args.init
         )
     })?;
