@@ -959,7 +959,7 @@ mod tests {
             let (name, combo) = asked(&s.question);
             assert_eq!(s.answer, yes_no(scene.contains(&combo)), "{}", s.question);
             assert!(
-                scene.objects.len() >= 1 && scene.objects.iter().all(|o| pretraining(&o.combo))
+                !scene.objects.is_empty() && scene.objects.iter().all(|o| pretraining(&o.combo))
             );
             if s.question.matches(" is a").count() > 1 {
                 others_bound += 1;
