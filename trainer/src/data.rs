@@ -34,9 +34,12 @@ pub struct Dataset {
 pub struct ConversationConfig {
     /// Most tokens of one generated answer.
     pub max_answer_tokens: usize,
-    /// Attribute questions asked per positive photo (at most 10).
+    /// Attribute questions asked per positive photo (at most [`MAX_QUESTIONS_PER_IMAGE`]).
     pub questions_per_image: usize,
 }
+
+/// The most attribute questions per photo a conversation can have (the template sets ask ten).
+pub const MAX_QUESTIONS_PER_IMAGE: usize = 10;
 
 /// The attribute questions and neutral placeholder names for a subject of `category`.
 pub fn questions_for(category: Category) -> (&'static [&'static str], Vec<String>) {

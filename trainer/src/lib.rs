@@ -39,7 +39,7 @@ use concepts_runtime::session::Engine;
 use concepts_runtime::ConceptWeights;
 use serde::Serialize;
 
-pub use data::{ConversationConfig, Dataset};
+pub use data::{ConversationConfig, Dataset, MAX_QUESTIONS_PER_IMAGE};
 pub use engine::{AdamW, ConceptParams, EngineConfig, Init, TrainingEngine};
 pub use error::{Result, TrainError};
 pub use mining::PoolSource;
@@ -209,6 +209,13 @@ fn check_config(cfg: &TrainConfig) -> Result<()> {
         return bad(format!(
             "learning rate {} must be positive",
             cfg.learning_rate
+        ));
+    }
+    if cfg.conversation.questions_per_image > data::MAX_QUESTIONS_PER_IMAGE {
+        return bad(format!(
+            "{} conversation questions per photo, at most {}",
+            cfg.conversation.questions_per_image,
+            data::MAX_QUESTIONS_PER_IMAGE
         ));
     }
     if cfg.seed > i64::MAX as u64 {

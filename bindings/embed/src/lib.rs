@@ -94,6 +94,12 @@ impl EmbedError {
         }
     }
 
+    /// Converts `e` and puts what was being done before its message.
+    fn doing(what: impl std::fmt::Display, e: impl Into<EmbedError>) -> EmbedError {
+        let e = e.into();
+        EmbedError::new(e.kind, format!("{what}: {}", e.message))
+    }
+
     fn cancelled() -> EmbedError {
         EmbedError::new(ErrorKind::Cancelled, "interrupted")
     }
@@ -321,7 +327,8 @@ pub struct TrainRequest {
     pub output: Option<PathBuf>,
     /// Most epochs; `None`: the trainer's default (15).
     pub epochs: Option<u32>,
-    /// Conversation questions per photo (at most 10); `None`: 10.
+    /// Conversation questions per photo (at most
+    /// [`MAX_QUESTIONS_PER_IMAGE`](concepts_trainer::MAX_QUESTIONS_PER_IMAGE)); `None`: all.
     pub questions: Option<usize>,
     /// How the latent tokens start: `random` (the default), `visual`, `word:WORD` or
     /// `text:TEXT` (as `concepts train --init`).
@@ -380,11 +387,7 @@ impl Host {
         let source = Arc::new(RegistrySource::new(registry.clone()));
         let runtime =
             Runtime::load(&model_dir, source, RuntimeConfig::recommended()).map_err(|e| {
-                let e = EmbedError::from(e);
-                EmbedError::new(
-                    e.kind,
-                    format!("loading model `{}`: {}", model_dir.display(), e.message),
-                )
+                EmbedError::doing(format_args!("loading model `{}`", model_dir.display()), e)
             })?;
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -428,13 +431,10 @@ impl Host {
             replace,
             force: false,
         };
-        let report = self.registry.install_file(path, &options).map_err(|e| {
-            let e = EmbedError::from(e);
-            EmbedError::new(
-                e.kind,
-                format!("installing `{}`: {}", path.display(), e.message),
-            )
-        })?;
+        let report = self
+            .registry
+            .install_file(path, &options)
+            .map_err(|e| EmbedError::doing(format_args!("installing `{}`", path.display()), e))?;
         Ok(Concept::from(&report.entry))
     }
 
@@ -543,15 +543,8 @@ impl Host {
         on_event: &mut dyn FnMut(TrainEvent),
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Trained> {
+        // The name, the numbers and the pool are checked by the trainer before any work.
         let invalid = |m: String| EmbedError::new(ErrorKind::InvalidInput, m);
-        if request.name.is_empty() {
-            return Err(invalid("the concept name is empty".into()));
-        }
-        if let Some(q) = request.questions {
-            if q > 10 {
-                return Err(invalid(format!("questions = {q}: at most 10")));
-            }
-        }
         let init = match &request.init {
             None => Init::Random,
             Some(text) => Init::parse(text).ok_or_else(|| {
@@ -561,15 +554,7 @@ impl Host {
             })?,
         };
         let negatives = match &request.negatives {
-            Some(path) => {
-                if !path.exists() {
-                    return Err(invalid(format!(
-                        "the negative pool `{}` does not exist",
-                        path.display()
-                    )));
-                }
-                PoolSource::from_path(path)
-            }
+            Some(path) => PoolSource::from_path(path),
             None => {
                 let dir = self.model_dir.join("negatives");
                 if !dir.is_dir() {
@@ -677,13 +662,8 @@ impl Host {
                 ))
             }
         };
-        let outcome = outcome.map_err(|e| {
-            let e = EmbedError::from(e);
-            EmbedError::new(
-                e.kind,
-                format!("training `{}`: {}", request.name, e.message),
-            )
-        })?;
+        let outcome = outcome
+            .map_err(|e| EmbedError::doing(format_args!("training `{}`", request.name), e))?;
         Ok(Trained {
             package: outcome.package,
             best_epoch: outcome.summary.best_epoch,

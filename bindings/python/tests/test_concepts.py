@@ -157,6 +157,10 @@ def test_bad_input_raises_clear_exceptions(world, tmp_path):
 
     with pytest.raises(concepts.InvalidInputError, match="3"):
         rt.train("few", [str(photo)], negatives=data / "negatives", epochs=1)
+    with pytest.raises(concepts.InvalidInputError, match="concept name"):
+        rt.train("Not A Name", data / names[0] / "train", negatives=data / "negatives", epochs=1)
+    with pytest.raises(concepts.InvalidInputError, match="at most 10"):
+        rt.train("many", data / names[0] / "train", negatives=data / "negatives", questions=11)
     with pytest.raises(concepts.InvalidInputError, match="init"):
         rt.train("badinit", data / names[0] / "train", negatives=data / "negatives",
                  init="sideways", epochs=1)

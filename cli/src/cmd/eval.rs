@@ -111,8 +111,13 @@ pub fn cancel_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let model = crate::ctx::model_dir(args.base_model.as_deref())?;
-    if args.questions > 10 {
-        bail!("--questions {}: at most 10", args.questions);
+    // Checked here too, not only by the trainer: eval captions every photo before it trains.
+    if args.questions > concepts_trainer::MAX_QUESTIONS_PER_IMAGE {
+        bail!(
+            "--questions {}: at most {}",
+            args.questions,
+            concepts_trainer::MAX_QUESTIONS_PER_IMAGE
+        );
     }
     if args.subjects == Some(0) || args.test_photos == Some(0) {
         bail!("--subjects and --test-photos must be at least 1");

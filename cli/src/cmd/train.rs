@@ -226,9 +226,6 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             args.init
         )
     })?;
-    if args.questions > 10 {
-        bail!("--questions {}: at most 10", args.questions);
-    }
     let mut stages = plugin_stages::resolve(ctx, &args)?;
 
     let home = ctx.home()?;
