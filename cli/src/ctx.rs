@@ -24,17 +24,12 @@ impl Ctx {
 
     /// The registry directory: `--home`, else `$CONCEPTS_HOME`, else `<data dir>/concepts`.
     pub fn home(&self) -> anyhow::Result<PathBuf> {
-        if self.empty_home_env {
-            anyhow::bail!(
-                "CONCEPTS_HOME is set but empty; set it to the registry folder, or unset it for \
-                 the default"
-            );
-        }
         match &self.home {
             Some(home) => Ok(home.clone()),
-            None => dirs::data_dir()
-                .map(|d| d.join("concepts"))
-                .context("no platform data directory; set CONCEPTS_HOME or pass --home"),
+            // `main` hid an empty CONCEPTS_HOME from clap; the registry's rule reports it.
+            None => Ok(concept_registry::default_home(
+                self.empty_home_env.then_some(std::ffi::OsStr::new("")),
+            )?),
         }
     }
 
@@ -46,15 +41,16 @@ impl Ctx {
     }
 }
 
-/// The base model folder: `--model` when given, else `$CONCEPTS_DEFAULT_MODEL`, else the embedded
-/// toy model (`models/toy-llava`). Fails, naming the folder, when it holds no `config.json`.
-pub fn model_dir(model: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// The base model folder: `--model` when given, else `$CONCEPTS_DEFAULT_MODEL`, else the toy
+/// model embedded in this binary (written under the home folder on first use).
+pub fn model_dir(model: Option<&Path>, ctx: &Ctx) -> anyhow::Result<PathBuf> {
     match model {
         Some(dir) => Ok(dir.to_path_buf()),
         None => {
             let from_env = std::env::var_os("CONCEPTS_DEFAULT_MODEL").map(PathBuf::from);
             Ok(concepts_runtime::default_model::default_model_dir(
                 from_env.as_deref(),
+                &ctx.home()?,
             )?)
         }
     }

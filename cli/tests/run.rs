@@ -424,3 +424,98 @@ fn logits_out_refuses_special_files_and_the_registry() {
         .file_type()
         .is_char_device());
 }
+
+#[test]
+fn a_recognition_question_gets_the_same_read_out_as_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    install_fixture_concept(&home, tmp.path());
+    let json = reference_json();
+    let image = fixture().join(json["images"]["photo"].as_str().unwrap());
+    let (model, image) = (
+        model_dir().to_str().unwrap().to_string(),
+        image.to_str().unwrap().to_string(),
+    );
+    let ask = |question: &str| {
+        let args = [
+            "run", "--model", &model, "--image", &image, "--prompt", question, "--json",
+        ];
+        let out = ok(concepts(&home, &args));
+        serde_json::from_str::<Value>(&out.stdout).unwrap()
+    };
+    let scan = ok(concepts(
+        &home,
+        &[
+            "scan",
+            &image,
+            "--concept",
+            "bo",
+            "--model",
+            &model,
+            "--json",
+        ],
+    ));
+    let scan: Value = serde_json::from_str(&scan.stdout).unwrap();
+    let want = &scan["concepts"][0];
+    // The short question and the whole one are the same question; the concept is found by
+    // its identifier without --concept.
+    for question in [
+        "Is <bo> in this photo?",
+        "is <bo> in this photo?  Answer with a single word or phrase.",
+    ] {
+        let got = ask(question);
+        let r = &got["recognition"];
+        for key in ["name", "identifier", "present"] {
+            assert_eq!(r[key], want[key], "{question}: {got}");
+        }
+        // The scan shares the prompt prefix through a KV cache; the sums differ in rounding.
+        for key in ["p_yes", "p_no"] {
+            let (a, b) = (r[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1e-6),
+                "{key}: {a} vs {b}"
+            );
+        }
+        let answer = if want["present"] == Value::Bool(true) {
+            "Yes"
+        } else {
+            "No"
+        };
+        assert_eq!(got["answer"], answer);
+    }
+    // Other questions are answered by generation.
+    let other = ask("What is <bo> doing in this photo?");
+    assert!(other.get("recognition").is_none(), "{other}");
+    assert!(other["answer"].is_string() && other["completion_tokens"].is_u64());
+}
+
+#[test]
+fn the_binary_carries_its_default_model() {
+    // A copy of the binary, run from another folder with no CONCEPTS_DEFAULT_MODEL: the model
+    // comes out of the binary, not from the source tree it was built in.
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("concepts");
+    std::fs::copy(env!("CARGO_BIN_EXE_concepts"), &bin).unwrap();
+    let home = tmp.path().join("home");
+    let output = Command::new(&bin)
+        .args(["run", "--prompt", "What is this?", "--max-tokens", "2"])
+        .current_dir(tmp.path())
+        .env("CONCEPTS_HOME", &home)
+        .env_remove("CONCEPTS_DEFAULT_MODEL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let models: Vec<String> = std::fs::read_dir(home.join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        models.len() == 1 && models[0].starts_with("toy-llava-"),
+        "{models:?}"
+    );
+}

@@ -106,7 +106,7 @@ fn train_writes_package_and_report_and_refuses_bad_input() {
         String::from_utf8_lossy(&err.stderr)
     );
 
-    // Without --model, the default model must exist.
+    // Without --model, a CONCEPTS_DEFAULT_MODEL must be a model folder.
     let no_model: Vec<&str> = common
         .iter()
         .copied()
@@ -119,8 +119,10 @@ fn train_writes_package_and_report_and_refuses_bad_input() {
         .env("CONCEPTS_DEFAULT_MODEL", r.join("nothing-here"))
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&err.stderr);
     assert!(
-        String::from_utf8_lossy(&err.stderr).contains("the default base model is not available")
+        stderr.contains("CONCEPTS_DEFAULT_MODEL") && stderr.contains("has no config.json"),
+        "{stderr}"
     );
 }
 
@@ -172,6 +174,20 @@ fn train_runs_through_the_default_stages_as_installed_wasm_components() {
             Role::Linker => "linker",
         };
         assert!(line.contains(role) && line.contains("wasm"), "{line}");
+    }
+    // The built-in stages are listed with their version, in use or not.
+    for id in [
+        "concepts.default-miner",
+        "concepts.default-trainer",
+        "concepts.default-linker",
+    ] {
+        let line = format!("{id}\t{}\t", env!("CARGO_PKG_VERSION"));
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(&line) && l.contains("built-in")),
+            "`{id}` not listed as built-in: {listed}"
+        );
     }
 
     let s = |p: &str| r.join(p).display().to_string();

@@ -4,8 +4,6 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::tensors::{parse_body, Expected};
 use crate::{
     peek_version, ConceptTensors, FormatError, Manifest, FORMAT_MAJOR, FORMAT_MINOR, MAGIC,
@@ -196,7 +194,4 @@ impl ConceptPackage {
     }
 }
 
-/// Lowercase hex SHA-256
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use concepts_fs::sha256_hex;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::condition::Condition;
 use crate::error::{EvalError, Result};
 use crate::metrics::RecognitionScores;
-use crate::protocol::Scorer;
+use crate::scorer::Scorer;
 use crate::training::{train_or_reuse, TrainingConfig, TrainingJob};
 
 /// The paper's values of `k`; 0 is reported as unsupported (a concept has at least one latent).

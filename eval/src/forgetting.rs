@@ -17,8 +17,8 @@ use rand::SeedableRng;
 use toy_world::{ImageSize, TaskKind, TaskMix};
 
 use crate::error::{EvalError, Result};
-use crate::protocol::Scorer;
 use crate::report::{ForgettingReport, ForgettingRun};
+use crate::scorer::Scorer;
 
 /// The seed of the generic questions (the same for every run, so runs are comparable).
 const SEED: u64 = 0x5eed_f0e7;

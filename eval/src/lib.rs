@@ -35,11 +35,13 @@ pub mod model_description;
 mod multi;
 mod protocol;
 pub mod report;
+mod scorer;
 pub mod training;
 
 pub use condition::{Condition, RECOGNITION_QUESTION};
 pub use dataset::{read_dataset, EvalDataset, EvalSubject, Layout};
 pub use error::{EvalError, Result};
-pub use protocol::{evaluate, EvalConfig, EvalProgress, Quiet};
+pub use protocol::{evaluate, EvalConfig};
 pub use report::EvalReport;
+pub use scorer::{EvalProgress, Quiet};
 pub use training::{LatentInit, TrainedConcept, TrainingConfig};

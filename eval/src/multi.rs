@@ -13,8 +13,8 @@ use crate::ask::says_yes;
 use crate::condition::{user_message, Condition, RECOGNITION_QUESTION};
 use crate::error::Result;
 use crate::metrics::{RecognitionTally, Tally};
-use crate::protocol::Scorer;
 use crate::report::{MultiReport, MultiScores};
+use crate::scorer::Scorer;
 
 /// Scores the dataset's multi photos; `None` when it has none.
 pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use concept_format::{Category, ConceptPackage, ModelFingerprint};
-use concepts_trainer::{Init, PoolSource, Progress, Stages, Subject, TrainConfig};
+use concepts_trainer::{Init, PluginSet, PoolSource, Progress, Subject, TrainConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -216,10 +216,7 @@ pub fn train_or_reuse(
     tc.easy_negatives = cfg.easy_negatives;
     tc.init = init;
     tc.cache_dir = job.pool_cache.map(Path::to_path_buf);
-    let mut stages = Stages::builtin(None, None, None).map_err(|e| EvalError::Training {
-        subject: subject.name.clone(),
-        source: concepts_trainer::TrainError::Input(e.0),
-    })?;
+    let mut stages = PluginSet::builtin();
     let started = Instant::now();
     let outcome = concepts_trainer::train(
         job.model,
@@ -241,7 +238,7 @@ pub fn train_or_reuse(
         package: outcome.package,
         cached: false,
         seconds,
-        train_accuracy: f64::from(outcome.summary.best_accuracy),
+        train_accuracy: f64::from(outcome.best_accuracy),
         epochs_run: outcome.summary.epochs_run,
     })
 }

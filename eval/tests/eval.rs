@@ -228,7 +228,7 @@ fn yollava_layout_skips_the_description_condition() {
 /// must beat vanilla by a wide margin.
 #[test]
 fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
-    let model = concepts_runtime::default_model::builtin_model_dir();
+    let model = concepts_runtime::default_model::checkout_model_dir();
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     let cfg = DatasetConfig {

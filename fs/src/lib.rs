@@ -7,6 +7,7 @@
 //!   its permission bits.
 //! - [`read_bounded`] reads a regular file of at most a given size; an endless or growing
 //!   source (`/dev/zero`, a FIFO) is refused instead of filling memory.
+//! - [`sha256_hex`] is the content digest that names blobs, caches and plugin files.
 //!
 //! Temporary files are named `.<file name>.<pid>.<n>.tmp` beside the destination (or in a
 //! caller-given folder with a caller-given prefix, [`AtomicWrite::temp_in`]), so a clean-up
@@ -188,6 +189,20 @@ impl<'a> AtomicWrite<'a> {
         }
         sync_dir(&dest_dir)
     }
+}
+
+/// Lowercase hex SHA-256 of `bytes`: the content digest that names registry blobs, cache
+/// entries and plugin files.
+///
+/// ```
+/// assert_eq!(
+///     concepts_fs::sha256_hex(b"abc"),
+///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+/// );
+/// ```
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Replaces `dest` with `bytes` atomically, as a regular file; see [`AtomicWrite::write`].

@@ -18,7 +18,7 @@ use concepts_runtime::config::{
     VisionStem,
 };
 use concepts_runtime::LlavaModel;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
@@ -233,19 +233,12 @@ impl SimpleBackend for InitBackend {
     }
 }
 
-/// FNV-1a, a fixed hash of a name for seeding.
+/// FNV-1a, the fixed hash of a name for seeding (the toy world's).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    toy_world::fnv1a64(toy_world::FNV1A64_START, bytes)
 }
 
-/// A standard normal draw (Box-Muller).
-pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
+pub(crate) use concepts_runtime::optim::standard_normal as normal;
 
 /// Every weight of the model as a `Var` under its hub-layout name, in f32.
 pub struct Params {

@@ -25,6 +25,16 @@ pub struct AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// The update's hyper-parameters (the clipping is this optimiser's own).
+    pub fn adamw(&self) -> concepts_runtime::optim::AdamW {
+        concepts_runtime::optim::AdamW {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
     pub fn standard() -> AdamWConfig {
         AdamWConfig {
             beta1: 0.9,
@@ -112,18 +122,16 @@ impl AdamW {
                 },
             };
             let t = state.t + 1;
-            let m = ((&state.m * cfg.beta1)? + (&g * (1.0 - cfg.beta1))?)?;
-            let v = ((&state.v * cfg.beta2)? + (g.sqr()? * (1.0 - cfg.beta2))?)?;
-            let m_hat = (&m / (1.0 - cfg.beta1.powi(t as i32)))?;
-            let v_hat = (&v / (1.0 - cfg.beta2.powi(t as i32)))?;
-            let decay = if var.rank() >= 2 {
-                1.0 - lr * cfg.weight_decay
-            } else {
-                1.0
-            };
-            let w = var.as_tensor().detach();
-            let update = (m_hat / (v_hat.sqrt()? + cfg.eps)?)?;
-            var.set(&((w * decay)? - (update * lr)?)?)?;
+            let (w, m, v) = cfg.adamw().update(
+                &var.as_tensor().detach(),
+                &g,
+                &state.m,
+                &state.v,
+                t,
+                lr,
+                var.rank() >= 2,
+            )?;
+            var.set(&w)?;
             self.moments.insert(name.clone(), Moments { m, v, t });
         }
         Ok(StepStats { grad_norm })

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use concept_format::FormatError;
 
 use crate::compat::BaseModelMismatch;
-use crate::index::Digest;
+use crate::digest::{Digest, InvalidDigest};
 
 /// Everything that can go wrong in the registry.
 ///
@@ -12,6 +12,10 @@ use crate::index::Digest;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     // --- File system ---
+    /// No registry folder was given and none can be chosen.
+    #[error("{0}")]
+    NoHome(&'static str),
+
     /// An I/O operation on a registry path (or an export destination) failed.
     #[error("{op} `{}`", path.display())]
     Io {
@@ -91,11 +95,8 @@ pub enum RegistryError {
         reason: String,
     },
     /// A string is not a sha256 digest (64 lowercase hex digits).
-    #[error("digest `{found}` is not 64 lowercase hex digits")]
-    InvalidDigest {
-        /// The rejected string.
-        found: String,
-    },
+    #[error(transparent)]
+    InvalidDigest(#[from] InvalidDigest),
 
     // --- Packages ---
     /// Bytes offered for installation are not a valid concept package.

@@ -1,76 +1,16 @@
 //! `index.json`: names and identifiers → blob digests, plus a cached manifest summary.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 
 use concept_format::{Category, ConceptPackage, DType, ModelFingerprint};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
+pub use crate::digest::Digest;
 use crate::error::{IoContext, RegistryError, Result};
 
 /// Version of the `index.json` layout written by this build.
 pub const INDEX_FORMAT_VERSION: u32 = 1;
-
-/// A sha256 digest: always 64 lowercase hex digits.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Digest(String);
-
-impl Digest {
-    /// The sha256 of `bytes`.
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(hex::encode(Sha256::digest(bytes)))
-    }
-
-    /// Parses 64 lowercase hex digits.
-    pub fn parse(hex: &str) -> Result<Digest> {
-        let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if ok {
-            Ok(Digest(hex.to_owned()))
-        } else {
-            Err(RegistryError::InvalidDigest {
-                found: hex.to_owned(),
-            })
-        }
-    }
-
-    /// The 64 hex digits.
-    pub fn as_hex(&self) -> &str {
-        &self.0
-    }
-
-    /// The first 12 hex digits, for tables.
-    pub fn short(&self) -> &str {
-        &self.0[..12]
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.0)
-    }
-}
-
-impl TryFrom<String> for Digest {
-    type Error = RegistryError;
-    fn try_from(s: String) -> Result<Digest> {
-        Digest::parse(&s)
-    }
-}
-
-impl From<Digest> for String {
-    fn from(d: Digest) -> String {
-        d.0
-    }
-}
 
 /// The part of a manifest cached in the index, so that `list` never opens a blob.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

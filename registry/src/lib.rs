@@ -25,6 +25,7 @@
 //! passes the root directory (the `concepts` CLI resolves `$CONCEPTS_HOME`).
 
 mod compat;
+mod digest;
 mod error;
 mod fsio;
 mod index;
@@ -40,6 +41,34 @@ pub use compat::{
     check_compatibility, BaseModelMismatch, Compatibility, FieldMismatch, MismatchKind,
 };
 pub use error::{RegistryError, Result};
+
+/// The registry folder when the user names none: `from_env` (the value of `CONCEPTS_HOME`,
+/// which the caller reads; this crate reads no environment), else `<platform data
+/// dir>/concepts`. A set but empty value is an error rather than a silent default.
+///
+/// ```
+/// use std::ffi::OsStr;
+/// use std::path::Path;
+///
+/// let home = concept_registry::default_home(Some(OsStr::new("/tmp/my-concepts"))).unwrap();
+/// assert_eq!(home, Path::new("/tmp/my-concepts"));
+/// assert!(concept_registry::default_home(Some(OsStr::new(""))).is_err());
+/// ```
+pub fn default_home(from_env: Option<&std::ffi::OsStr>) -> Result<std::path::PathBuf> {
+    match from_env {
+        Some(home) if home.is_empty() => Err(RegistryError::NoHome(
+            "CONCEPTS_HOME is set but empty; set it to the registry folder, or unset it for the \
+             default",
+        )),
+        Some(home) => Ok(std::path::PathBuf::from(home)),
+        None => dirs::data_dir()
+            .map(|d| d.join("concepts"))
+            .ok_or(RegistryError::NoHome(
+                "no platform data directory; set CONCEPTS_HOME or pass --home",
+            )),
+    }
+}
+pub use digest::InvalidDigest;
 pub use index::{Digest, Entry, Summary, INDEX_FORMAT_VERSION};
 pub use view::RegistryView;
 

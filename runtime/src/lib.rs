@@ -22,9 +22,11 @@ pub mod fingerprint;
 pub mod generate;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod preprocess;
 pub mod prompt;
 pub mod session;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod weights;
 

@@ -3,7 +3,8 @@
 //! [`RandomWeights`] is a `VarBuilder` backend that invents a tensor for whatever name and
 //! shape the model asks for, seeded by the name, and records it. Loading a model from it
 //! therefore needs no list of weight names, and the recorded tensors can be written to a
-//! checkpoint to test the file loader. Nothing here touches the file system.
+//! checkpoint to test the file loader ([`write_random_checkpoint`] writes one to a folder).
+//! Behind the `testing` feature: test support, not part of the runtime's API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -132,22 +133,8 @@ pub fn tiny_config_json() -> String {
     .to_string()
 }
 
-/// A tensor of standard normal values, deterministic in `seed`.
-pub fn randn(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let values: Vec<f64> = (0..n).map(|_| standard_normal(&mut rng)).collect();
-    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?
-        .to_dtype(dtype)?
-        .to_device(device)?)
-}
-
-fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
-    // Box-Muller; `1 - u` keeps the logarithm finite.
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
+pub use crate::optim::randn;
+use crate::optim::standard_normal;
 
 /// A `VarBuilder` backend that invents seeded random tensors and records them by name.
 ///

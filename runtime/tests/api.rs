@@ -57,13 +57,8 @@ fn tokio() -> tokio::runtime::Runtime {
 
 fn chat(text: &str, concepts: &[&str], max_tokens: usize) -> ChatRequest {
     ChatRequest {
-        messages: vec![ChatMessage::user(text)],
         concepts: concepts.iter().map(|s| s.to_string()).collect(),
-        resolve_identifiers: true,
-        personal_prompts: PersonalPrompts::Mentioned,
-        max_tokens,
-        sampling: Sampling::Greedy,
-        stop_at_eos: true,
+        ..ChatRequest::new(vec![ChatMessage::user(text)], max_tokens)
     }
 }
 

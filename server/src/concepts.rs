@@ -209,7 +209,7 @@ pub(crate) async fn recognise(
         None => Selection::All,
     };
     let scores = state.runtime.recognise_all(image, selection).await?;
-    let data: Vec<Value> = scores.iter().map(ConceptScore::to_json).collect();
+    let data: Vec<Value> = scores.iter().map(score_json).collect();
     Ok(Json(json!({
         "object": "list",
         "model": state.runtime.model_id(),
@@ -220,6 +220,18 @@ pub(crate) async fn recognise(
             .map(|s| s.concept.name.as_str())
             .collect::<Vec<_>>(),
     })))
+}
+
+/// A recognition score as the server's `/v1/recognise`, `concepts scan --json` and
+/// `concepts run --json` print it: `{name, identifier, p_yes, p_no, present}`.
+pub fn score_json(score: &ConceptScore) -> Value {
+    json!({
+        "name": score.concept.name,
+        "identifier": score.concept.identifier,
+        "p_yes": score.p_yes,
+        "p_no": score.p_no,
+        "present": score.present(),
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ mod openai;
 mod queue;
 mod source;
 
+pub use concepts::score_json;
 pub use error::ServerError;
 pub use source::RegistrySource;
 

@@ -220,13 +220,11 @@ fn to_chat_request(state: &AppState, request: CompletionRequest) -> Result<ChatR
         messages.push(ChatMessage { role, text, images });
     }
     Ok(ChatRequest {
-        messages,
         concepts: request.concepts,
-        resolve_identifiers: true,
         personal_prompts: request.personal_prompts,
-        max_tokens: max_tokens as usize,
         sampling,
         stop_at_eos: !request.ignore_eos,
+        ..ChatRequest::new(messages, max_tokens as usize)
     })
 }
 

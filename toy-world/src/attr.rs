@@ -529,7 +529,7 @@ impl Combo {
 
     /// The English description with an article: "a red star with blue dots".
     pub fn description(&self) -> String {
-        crate::text::with_article(&self.noun_phrase())
+        with_article(&self.noun_phrase())
     }
 
     /// The description without an article: "red star with blue dots".
@@ -574,6 +574,15 @@ pub fn random_combo<R: Rng + ?Sized>(rng: &mut R, keep: impl Fn(&Combo) -> bool)
         }
     }
     panic!("random_combo: predicate rejected 10000 draws")
+}
+
+/// Prefixes "a" or "an".
+pub fn with_article(noun_phrase: &str) -> String {
+    let vowel = noun_phrase
+        .chars()
+        .next()
+        .is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {noun_phrase}", if vowel { "an" } else { "a" })
 }
 
 #[cfg(test)]

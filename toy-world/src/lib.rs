@@ -52,6 +52,7 @@ pub use attr::{
 };
 pub use dataset::{write_dataset, DatasetConfig, DatasetSummary, LAYOUT_VERSION};
 pub use error::{Error, Result};
+pub use math::{fnv1a64, FNV1A64_START};
 pub use render::{encode_png, render, Background, Direction, ImageSize, Object, Scene, Side};
 pub use subject::{
     choose_subjects, generic_scene, group_photo, lookalike, pair_photo, photo_in_tone, photo_of,

@@ -30,14 +30,21 @@ pub(crate) fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The 64-bit FNV-1a offset basis: the hash of no bytes.
+pub const FNV1A64_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// 64-bit FNV-1a of `bytes`, continuing from `h` (start at [`FNV1A64_START`]): the fixed,
+/// version-independent hash that turns names into seeds here and in the toy base model's
+/// pretraining.
+pub fn fnv1a64(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// 64-bit FNV-1a of a byte string, finalised with [`splitmix64`].
 pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    splitmix64(h)
+    splitmix64(fnv1a64(FNV1A64_START, bytes))
 }
 
 /// Hash of a lattice point, used by value noise.

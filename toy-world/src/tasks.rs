@@ -219,15 +219,6 @@ pub(crate) const COUNT_ALL_QUESTIONS: &[&str] = &[
     "How many things can you see in this image?",
 ];
 
-/// Literal text of every other template in this module, for the vocabulary.
-pub(crate) const TEMPLATE_TEXT: &str = "{} is {}. What colour is {}? What shape is {}? \
-    What pattern does {} have? What size is {}? How many {} are there? \
-    How many {} objects are there? the {} the {} object the object \
-    Is {} {}? Is {} a {}? Does {} have {}? Does {} have a border? \
-    Where is {} in this photo? on the left on the right \
-    How big is {} in this photo? What is next to {} in this photo? \
-    Which of these is {}? Which of these is in this photo?";
-
 fn pick<'a, R: Rng + ?Sized, T>(rng: &mut R, xs: &'a [T]) -> &'a T {
     &xs[rng.random_range(0..xs.len())]
 }

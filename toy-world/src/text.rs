@@ -105,14 +105,7 @@ pub fn fill(template: &str, args: &[&str]) -> String {
     out
 }
 
-/// Prefixes "a" or "an".
-pub fn with_article(noun_phrase: &str) -> String {
-    let vowel = noun_phrase
-        .chars()
-        .next()
-        .is_some_and(|c| "aeiouAEIOU".contains(c));
-    format!("{} {noun_phrase}", if vowel { "an" } else { "a" })
-}
+pub use crate::attr::with_article;
 
 /// Upper-cases the first character.
 pub fn capitalise(s: &str) -> String {
@@ -228,6 +221,15 @@ pub fn attribute_value(attribute: Attribute, combo: &Combo) -> Option<&'static s
     })
 }
 
+/// Literal text of every template of `tasks` that has no constant here, for the vocabulary.
+pub(crate) const TEMPLATE_TEXT: &str = "{} is {}. What colour is {}? What shape is {}? \
+    What pattern does {} have? What size is {}? How many {} are there? \
+    How many {} objects are there? the {} the {} object the object \
+    Is {} {}? Is {} a {}? Does {} have {}? Does {} have a border? \
+    Where is {} in this photo? on the left on the right \
+    How big is {} in this photo? What is next to {} in this photo? \
+    Which of these is {}? Which of these is in this photo?";
+
 /// Every word list a generator may draw from, for building the vocabulary.
 pub(crate) fn vocabulary_sources() -> Vec<String> {
     let mut out: Vec<String> = vec![
@@ -236,7 +238,7 @@ pub(crate) fn vocabulary_sources() -> Vec<String> {
         SHORT_ANSWER.into(),
         CHOICE_ANSWER.into(),
         EXTRA_TEXT.into(),
-        crate::tasks::TEMPLATE_TEXT.into(),
+        TEMPLATE_TEXT.into(),
     ];
     out.extend(RECOGNITION_QUESTIONS.iter().map(|s| s.to_string()));
     out.extend(CAPTION_QUESTIONS.iter().map(|s| s.to_string()));

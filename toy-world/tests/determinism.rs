@@ -5,12 +5,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use toy_world::{build_tokenizer, encode_png, sample, ImageSize, TaskMix};
 
-fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+fn fnv1a(bytes: &[u8], h: u64) -> u64 {
+    toy_world::fnv1a64(h, bytes)
 }
 
 /// FNV-1a over the text and raw pixels of the first `n` samples for `seed` at `px`.

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
-use concepts_trainer::{train, Init, Silent, Stages};
+use concepts_trainer::{train, Init, PluginSet, Silent};
 
 fn main() {
     let mut model: Option<PathBuf> = None;
@@ -39,7 +39,7 @@ fn main() {
         cfg.init = init.clone();
         cfg.hard_per_positive = Some(4);
         cfg.easy_negatives = 20;
-        let mut stages = Stages::builtin(None, None, None).unwrap();
+        let mut stages = PluginSet::builtin();
         let t0 = std::time::Instant::now();
         let out = train(
             &model,

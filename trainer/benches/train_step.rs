@@ -20,11 +20,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use concepts_plugin_api::{SampleKind, SampleRef};
+use concepts_plugin_host::TrainingHost;
 use concepts_runtime::session::Engine;
 use concepts_runtime::ConceptWeights;
 use concepts_trainer::engine::{EngineObserver, EpochEvent};
 use concepts_trainer::images::{self, LoadedImage};
-use concepts_trainer::stages::TrainingHost;
 use concepts_trainer::{AdamW, Dataset, EngineConfig, Init, TrainingEngine};
 use rand::SeedableRng;
 

@@ -15,9 +15,10 @@ use concepts_runtime::session::{Engine, PromptInput};
 
 use crate::error::{Result, TrainError};
 use crate::images::LoadedImage;
-use crate::stages::MetadataLinker;
 use crate::templates;
 use crate::{Phase, Progress};
+use concepts_plugin_host::MetadataLinker;
+use concepts_plugin_sdk::rng::SplitMix64;
 
 /// Everything the engine trains on.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +67,7 @@ fn choice_turn(
         return None;
     }
     let others: Vec<&String> = question.options.iter().filter(|o| **o != answer).collect();
-    let mix = splitmix(salt);
+    let mix = SplitMix64::hash(salt);
     let other = others[(mix % others.len() as u64) as usize];
     let (a, b, letter) = if (mix >> 32) & 1 == 0 {
         (answer.as_str(), other.as_str(), "A")
@@ -77,13 +78,6 @@ fn choice_turn(
         question: set.choice(&question.train, a, b)?,
         answer: letter.to_string(),
     })
-}
-
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Generates the conversation samples: the base model (no concept active) answers each
@@ -173,15 +167,13 @@ pub fn generate_conversations(
         }
     }
     progress.finish(Phase::Conversations);
-    let stage = |e: crate::stages::StageError, id: &str| TrainError::Stage {
+    let stage = |source| TrainError::Stage {
         role: "linker",
-        id: id.to_string(),
-        msg: e.0,
+        source: Box::new(source),
     };
-    let id = linker.id().to_string();
     let mut linked = linker
         .link_conversation(metadata, &placeholders, turns)
-        .map_err(|e| stage(e, &id))?;
+        .map_err(stage)?;
     let facts: Vec<Turn> = metadata
         .user_facts
         .iter()
@@ -199,7 +191,7 @@ pub fn generate_conversations(
         linked.extend(
             linker
                 .link_conversation(metadata, &names, facts)
-                .map_err(|e| stage(e, &id))?,
+                .map_err(stage)?,
         );
     }
     Ok(linked)

@@ -37,8 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::error::{Result, TrainError};
-use crate::stages::{BatchId, EngineError, SnapshotId, TrainingHost};
 use crate::templates;
+use concepts_plugin_host::{BatchId, EngineError, SnapshotId, TrainingHost};
+use concepts_plugin_sdk::rng::SplitMix64;
 
 /// Images per evaluation forward pass.
 const EVAL_BATCH: usize = 16;
@@ -92,25 +93,7 @@ impl Init {
     }
 }
 
-/// AdamW settings (PyTorch's defaults but the learning rate, which the trainer stage passes).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamW {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl AdamW {
-    /// Yo'LLaVA's optimiser: `torch.optim.AdamW` defaults (betas 0.9/0.999, eps 1e-8, weight
-    /// decay 0.01).
-    pub const REFERENCE: AdamW = AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
-}
+pub use concepts_runtime::optim::AdamW;
 
 /// The trainable tensors, f32.
 #[derive(Debug, Clone)]
@@ -535,7 +518,7 @@ impl<'a> TrainingEngine<'a> {
         let embed_std = std(model.embed_weight())?;
         let head_std = std(model.lm_head_weight())?;
         let noise = |shape: &[usize], seed: u64, scale: f64| -> Result<Tensor> {
-            Ok((concepts_runtime::testing::randn(shape, seed, DType::F32, &device)? * scale)?)
+            Ok((concepts_runtime::optim::randn(shape, seed, DType::F32, &device)? * scale)?)
         };
         let seed = self.cfg.seed ^ 0x1a2b_3c4d;
         let rows_noise = noise(&[k + 1, d], seed, embed_std)?;
@@ -867,19 +850,10 @@ impl<'a> TrainingEngine<'a> {
         let a = self.cfg.adamw;
         let m = &mut self.moments;
         m.t += 1;
-        let t = m.t as i32;
         let lr = f64::from(lr);
+        // Weight decay applies to every trainable tensor here, as Yo'LLaVA's optimiser does.
         let update =
-            |p: &Tensor, g: &Tensor, mo: &Tensor, v: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
-                let g = g.to_dtype(DType::F32)?;
-                let mo = ((mo * a.beta1)? + (&g * (1.0 - a.beta1))?)?;
-                let v = ((v * a.beta2)? + (g.sqr()? * (1.0 - a.beta2))?)?;
-                let m_hat = (&mo / (1.0 - a.beta1.powi(t)))?;
-                let v_hat = (&v / (1.0 - a.beta2.powi(t)))?;
-                let step = (m_hat / (v_hat.sqrt()? + a.eps)?)?;
-                let p = ((p * (1.0 - lr * a.weight_decay))? - (step * lr)?)?;
-                Ok((p, mo, v))
-            };
+            |p: &Tensor, g: &Tensor, mo: &Tensor, v: &Tensor| a.update(p, g, mo, v, m.t, lr, true);
         let (rows, m_rows, v_rows) = update(&self.params.rows, &g_rows, &m.m_rows, &m.v_rows)?;
         let (head, m_head, v_head) = update(&self.params.head, &g_head, &m.m_head, &m.v_head)?;
         m.m_rows = m_rows;
@@ -948,7 +922,7 @@ impl<'a> TrainingEngine<'a> {
     }
 
     fn flip(&self, batch: u32, position: usize) -> bool {
-        splitmix(self.cfg.seed ^ (u64::from(batch) << 24) ^ position as u64) & 1 == 1
+        SplitMix64::hash(self.cfg.seed ^ (u64::from(batch) << 24) ^ position as u64) & 1 == 1
     }
 
     fn replaying_steps(&self) -> Option<f32> {
@@ -1012,13 +986,6 @@ impl<'a> TrainingEngine<'a> {
                 })?;
         crate::write_atomic(path, &bytes)
     }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Tokenizes and embeds one `llava_v1/yollava-1` sample: the personal prompt and `question`

@@ -39,11 +39,11 @@ pub enum TrainError {
 
     // === During training ===
     /// A stage (miner, trainer or linker) failed or answered something unusable.
-    #[error("{role} `{id}`: {msg}")]
+    #[error("{role}: {source}")]
     Stage {
         role: &'static str,
-        id: String,
-        msg: String,
+        // Boxed: the plugin host's error is large, and every `Result` here would carry it.
+        source: Box<concepts_plugin_host::PluginError>,
     },
 
     /// The user interrupted training; the best checkpoint so far, if any, was written.

@@ -6,7 +6,6 @@ use concepts_runtime::preprocess::{
     decode_image, preprocess, read_image_file, PixelValues, PreprocessConfig,
 };
 use image::RgbImage;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TrainError};
 
@@ -56,10 +55,7 @@ pub struct LoadedImage {
     pub image: RgbImage,
 }
 
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use concepts_fs::sha256_hex;
 
 /// Reads and decodes `path` within `config`'s image bounds (the one bounded path of
 /// [`concepts_runtime::preprocess`]), refusing images whose shorter side is under `min_side`

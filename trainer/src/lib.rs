@@ -3,11 +3,13 @@
 //! model frozen, and writes it as a `.ycpt` package with a training report.
 //!
 //! Key design choice: the four stages of Yo'LLaVA (Nguyen et al. 2024, §3.1–3.3) are separate
-//! steps, and the three whose policy is replaceable go through traits shaped like their plugin
-//! worlds ([`stages`]): negative mining ([`mining`], stage [`stages::NegativeMiner`]),
-//! conversation data ([`data`], stage [`stages::MetadataLinker`]), training ([`engine`], a
-//! [`stages::TrainingHost`] driven by stage [`stages::Trainer`]), and packaging ([`train`]'s
-//! last step, [`report`]). The engine owns every tensor; a stage only makes choices.
+//! steps, and the three whose policy is replaceable are the plugin host's role traits, resolved
+//! into a [`PluginSet`] (built-in, wasm component or native library alike): negative mining
+//! ([`mining`], role [`NegativeMiner`](concepts_plugin_host::NegativeMiner)), conversation data
+//! ([`data`], role [`MetadataLinker`](concepts_plugin_host::MetadataLinker)), training ([`engine`],
+//! a [`TrainingHost`](concepts_plugin_host::TrainingHost) driven by role
+//! [`Trainer`](concepts_plugin_host::Trainer)), and packaging ([`train`]'s last step, [`report`]).
+//! The engine owns every tensor; a stage only makes choices.
 //!
 //! Entry point: [`train`]. Every input is checked before long work starts (too few or
 //! unreadable photos, an empty pool, an identifier that clashes with the base vocabulary or an
@@ -24,7 +26,6 @@ pub mod error;
 pub mod images;
 pub mod mining;
 pub mod report;
-pub mod stages;
 pub mod templates;
 
 use std::path::{Path, PathBuf};
@@ -34,16 +35,17 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use concept_format::{Category, ConceptPackage, Manifest, ModelFingerprint};
 use concepts_plugin_api::{ConceptMetadata, EpochReport, MiningParams, TrainParams, TrainSummary};
+use concepts_plugin_host::EmbeddingMatrix;
 use concepts_runtime::prompt::{ConceptMarkers, TEMPLATE_ID};
 use concepts_runtime::session::Engine;
 use concepts_runtime::ConceptWeights;
 use serde::Serialize;
 
+pub use concepts_plugin_host::PluginSet;
 pub use data::{ConversationConfig, Dataset, MAX_QUESTIONS_PER_IMAGE};
 pub use engine::{AdamW, ConceptParams, EngineConfig, Init, TrainingEngine};
 pub use error::{Result, TrainError};
 pub use mining::PoolSource;
-pub use stages::Stages;
 
 /// The trainer's name in package provenance.
 pub const TRAINER_NAME: &str = "concepts-train";
@@ -182,6 +184,10 @@ pub struct TrainOutcome {
     pub report_json: PathBuf,
     pub report_png: PathBuf,
     pub summary: TrainSummary,
+    /// Weighted recognition ([`Recognition::weighted`](concepts_plugin_api::Recognition::weighted))
+    /// of the best epoch on the validation images: the figure the package, the report and its
+    /// plot show.
+    pub best_accuracy: f32,
     pub counts: report::Counts,
     pub pool: mining::PoolReport,
     pub epochs: Vec<EpochReport>,
@@ -411,7 +417,7 @@ impl Job<'_> {
             counts: self.counts,
             pool: self.pool.clone(),
             best_epoch: best.map(|b| b.epoch),
-            best_accuracy: best.map(|b| b.recognition.accuracy),
+            best_accuracy: best.map(|b| b.recognition.weighted()),
             epochs: history.epochs.clone(),
             step_losses: history.step_losses.clone(),
             timings: self.timings,
@@ -458,7 +464,7 @@ impl Checkpointer<'_, '_> {
                 let info = PackageInfo {
                     epochs_run: event.report.epoch,
                     best_epoch: best.epoch,
-                    best_accuracy: best.recognition.accuracy,
+                    best_accuracy: best.recognition.weighted(),
                     stopped_early: false,
                     complete: false,
                 };
@@ -479,7 +485,7 @@ pub fn train(
     device: &Device,
     dtype: DType,
     cfg: &TrainConfig,
-    stages: &mut Stages,
+    stages: &mut PluginSet,
     progress: &mut dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
@@ -531,10 +537,9 @@ pub fn train(
     stages
         .linker
         .validate(&metadata)
-        .map_err(|e| TrainError::Stage {
+        .map_err(|source| TrainError::Stage {
             role: "linker",
-            id: stages.linker.id().to_string(),
-            msg: e.0,
+            source: Box::new(source),
         })?;
     let state_file = state_path(&cfg.output);
     if cfg.resume && !state_file.is_file() {
@@ -552,8 +557,8 @@ pub fn train(
     let pos_images: Vec<image::RgbImage> = positives.iter().map(|p| p.image.clone()).collect();
     let pos_rows = mining::embed_images(session.model(), session.preprocess_config(), &pos_images)?;
     let dim = session.model().config().vision.hidden_size;
-    let pos_matrix = stages::EmbeddingMatrix::new(dim, pos_rows.concat())
-        .ok_or_else(|| TrainError::Input("the positives' embeddings are not finite".into()))?;
+    let pos_matrix = EmbeddingMatrix::new(dim, pos_rows.concat())
+        .map_err(|e| TrainError::Input(format!("the positives' embeddings: {e}")))?;
     let mut cache = mining::EmbeddingCache::open(cfg.cache_dir.as_deref(), &model_key, dim);
     let embedder = mining::Embedder {
         model: session.model(),
@@ -699,7 +704,6 @@ pub fn train(
         &mut checkpointer,
     )?;
     engine.save_state_to(&state_file, &job_key);
-    let trainer_id = stages.trainer.id().to_string();
     let result = stages.trainer.train(
         &mut engine,
         TrainParams {
@@ -740,8 +744,7 @@ pub fn train(
             }
             return Err(TrainError::Stage {
                 role: "trainer",
-                id: trainer_id,
-                msg: e.0,
+                source: Box::new(e),
             });
         }
     };
@@ -750,7 +753,7 @@ pub fn train(
         .epochs
         .iter()
         .find(|e| e.epoch == summary.best_epoch)
-        .map_or(summary.best_accuracy, |e| e.validation.accuracy);
+        .map_or(summary.best_accuracy, |e| e.validation.weighted());
     let info = PackageInfo {
         epochs_run: summary.epochs_run,
         best_epoch: summary.best_epoch,
@@ -771,6 +774,7 @@ pub fn train(
         report_json,
         report_png,
         summary,
+        best_accuracy,
         counts,
         pool: pool_report,
         epochs: history.epochs,
@@ -785,7 +789,7 @@ fn job_key(
     cfg: &TrainConfig,
     model_key: &str,
     data: &Dataset,
-    stages: &Stages,
+    stages: &PluginSet,
     templates: &templates::TemplateSet,
 ) -> String {
     #[derive(Serialize)]
@@ -831,7 +835,7 @@ fn job_key(
             cfg.adamw.eps,
             cfg.adamw.weight_decay,
         ],
-        stages: [stages.miner.id(), stages.trainer.id(), stages.linker.id()],
+        stages: stages.ids(),
         templates,
         identifier: &cfg.subject.identifier,
     };

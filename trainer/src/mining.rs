@@ -22,8 +22,8 @@ use safetensors::tensor::TensorView;
 
 use crate::error::{Result, TrainError};
 use crate::images::{self, sha256_hex};
-use crate::stages::{EmbeddingMatrix, NegativeMiner};
 use crate::{Phase, Progress};
+use concepts_plugin_host::{EmbeddingMatrix, NegativeMiner};
 
 /// The `format` metadata value of cache and pool embedding files.
 pub const EMBEDDING_FILE_FORMAT: &str = "concepts-pool-embeddings/1";
@@ -452,12 +452,8 @@ pub fn embed_pool(
             detail,
         });
     }
-    let embeddings = EmbeddingMatrix::new(dim, data).ok_or_else(|| {
-        file_err(
-            source.path(),
-            format!("pool embeddings are not finite rows of width {dim}"),
-        )
-    })?;
+    let embeddings = EmbeddingMatrix::new(dim, data)
+        .map_err(|e| file_err(source.path(), format!("pool embeddings: {e}")))?;
     if embeddings.rows() != entries.len() {
         return Err(file_err(
             source.path(),
@@ -542,16 +538,17 @@ pub fn mine(
     let mined: Vec<MinedNegative> =
         miner
             .mine(positives, &pool.embeddings, params)
-            .map_err(|e| TrainError::Stage {
+            .map_err(|source| TrainError::Stage {
                 role: "miner",
-                id: miner.id().to_string(),
-                msg: e.0,
+                source: Box::new(source),
             })?;
-    crate::stages::check_mined(pool.entries.len(), &mined).map_err(|e| TrainError::Stage {
-        role: "miner",
-        id: miner.id().to_string(),
-        msg: format!("returned an invalid answer: {}", e.0),
-    })?;
+    // The host's miners check their answers; a miner from elsewhere is checked here.
+    concepts_plugin_host::check_mined(miner.id(), pool.entries.len(), &mined).map_err(
+        |source| TrainError::Stage {
+            role: "miner",
+            source: Box::new(source),
+        },
+    )?;
     let rows = |role| {
         mined
             .iter()

@@ -29,6 +29,8 @@ pub struct TrainingReport {
     pub counts: Counts,
     pub pool: PoolSummary,
     pub best_epoch: Option<u32>,
+    /// Weighted recognition of the best epoch (`Recognition::weighted`), as the plot and the
+    /// package show it.
     pub best_accuracy: Option<f32>,
     pub epochs: Vec<EpochReport>,
     /// Training loss of every optimiser step, in order.
@@ -237,7 +239,7 @@ pub fn plot(epochs: &[EpochReport], best: Option<u32>) -> RgbImage {
     );
     let acc: Vec<f64> = epochs
         .iter()
-        .map(|e| f64::from(e.validation.accuracy))
+        .map(|e| f64::from(e.validation.weighted()))
         .collect();
     let pos: Vec<f64> = epochs
         .iter()
@@ -253,7 +255,7 @@ pub fn plot(epochs: &[EpochReport], best: Option<u32>) -> RgbImage {
         "RECOGNITION ACCURACY",
         1.0,
         &[
-            (&acc, ACC_COLOURS[0], "ALL"),
+            (&acc, ACC_COLOURS[0], "WEIGHTED"),
             (&pos, ACC_COLOURS[1], "POS"),
             (&neg, ACC_COLOURS[2], "NEG"),
         ],

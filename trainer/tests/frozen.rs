@@ -16,7 +16,7 @@ use concepts_runtime::testing::{randn, RandomWeights};
 use concepts_runtime::{ConceptWeights, Kernels, LlavaConfig, LlavaModel};
 use concepts_trainer::engine::{EngineObserver, EpochEvent};
 use concepts_trainer::images::{self, LoadedImage};
-use concepts_trainer::{AdamW, Dataset, EngineConfig, Init, Stages, TrainingEngine};
+use concepts_trainer::{AdamW, Dataset, EngineConfig, Init, PluginSet, TrainingEngine};
 
 struct Quiet;
 
@@ -168,7 +168,7 @@ fn base_tensors_are_bit_identical_after_training() {
     );
 
     let initial = engine.params().clone();
-    let mut stages = Stages::builtin(None, None, None).unwrap();
+    let mut stages = PluginSet::builtin();
     let summary = stages
         .trainer
         .train(

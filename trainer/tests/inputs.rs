@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
-use concepts_trainer::{train, PoolSource, Silent, Stages, TrainConfig, TrainError};
+use concepts_trainer::{train, PluginSet, PoolSource, Silent, TrainConfig, TrainError};
 
 fn check(cfg: &TrainConfig, model: &Path) -> TrainError {
-    let mut stages = Stages::builtin(None, None, None).unwrap();
+    let mut stages = PluginSet::builtin();
     let err = train(
         model,
         &Device::Cpu,

@@ -9,7 +9,7 @@ use concepts_plugin_api::MiningParams;
 use concepts_runtime::preprocess::PreprocessConfig;
 use concepts_runtime::session::Engine;
 use concepts_trainer::mining::{self, Embedder, EmbeddingCache, PoolSource};
-use concepts_trainer::{images, Silent, Stages};
+use concepts_trainer::{images, PluginSet, Silent};
 
 #[test]
 fn the_second_run_on_a_pool_hits_the_cache() {
@@ -161,7 +161,7 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
         .collect();
     let rows =
         mining::embed_images(session.model(), session.preprocess_config(), &positives).unwrap();
-    let pos = concepts_trainer::stages::EmbeddingMatrix::new(12, rows.concat()).unwrap();
+    let pos = concepts_plugin_host::EmbeddingMatrix::new(12, rows.concat()).unwrap();
     let embedder = Embedder {
         model: session.model(),
         preprocess: session.preprocess_config(),
@@ -178,7 +178,7 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
         &AtomicBool::new(false),
     )
     .unwrap();
-    let mut stages = Stages::builtin(None, None, None).unwrap();
+    let mut stages = PluginSet::builtin();
     let params = MiningParams {
         hard_per_positive: 2,
         easy_count: 5,
@@ -194,18 +194,19 @@ fn the_miner_prefers_look_alikes_and_never_returns_a_positive() {
     // The hard negatives are exactly the union of each positive's 2 nearest pool images
     // that are not near-duplicates of any positive (the default miner's documented rule; the
     // tiny random tower maps some pool photos within 0.98 of a positive).
-    let nearest = pos.max_similarity(&pool.embeddings);
+    let nearest = concepts_plugin_host::matrix::max_similarity(&pos, &pool.embeddings).unwrap();
     let near_duplicate = |row: u32| nearest[row as usize] >= concepts_default_miner::NEAR_DUPLICATE;
-    let mut want: Vec<usize> = pos
-        .top_k(&pool.embeddings, pool.embeddings.rows())
-        .into_iter()
-        .flat_map(|list| {
-            list.into_iter()
-                .filter(|s| !near_duplicate(s.row))
-                .take(2)
-                .map(|s| s.row as usize)
-        })
-        .collect();
+    let mut want: Vec<usize> =
+        concepts_plugin_host::matrix::top_k(&pos, &pool.embeddings, pool.embeddings.rows())
+            .unwrap()
+            .into_iter()
+            .flat_map(|list| {
+                list.into_iter()
+                    .filter(|s| !near_duplicate(s.row))
+                    .take(2)
+                    .map(|s| s.row as usize)
+            })
+            .collect();
     want.sort_unstable();
     want.dedup();
     let mut hard = mined.hard.clone();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Device};
 use concept_format::ConceptPackage;
 use concepts_plugin_api::EpochReport;
-use concepts_trainer::{train, Init, Progress, Stages, TrainConfig, TrainError, TrainOutcome};
+use concepts_trainer::{train, Init, PluginSet, Progress, TrainConfig, TrainError, TrainOutcome};
 
 fn run(
     cfg: &TrainConfig,
@@ -16,7 +16,7 @@ fn run(
     progress: &mut dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome, TrainError> {
-    let mut stages = Stages::builtin(None, None, None).unwrap();
+    let mut stages = PluginSet::builtin();
     train(
         model,
         &Device::Cpu,
@@ -115,7 +115,9 @@ fn training_decreases_the_loss_and_writes_a_valid_package_and_report() {
         .iter()
         .find(|e| e.epoch == out.summary.best_epoch)
         .unwrap();
-    assert_eq!(prov.train_accuracy, f64::from(best.validation.accuracy));
+    // The package, the report and the CLI show the weighted figure.
+    assert_eq!(prov.train_accuracy, f64::from(best.validation.weighted()));
+    assert_eq!(out.best_accuracy, best.validation.weighted());
     let training = m.ext["training"].as_table().unwrap();
     assert_eq!(
         training["best_epoch"].as_integer(),

@@ -32,7 +32,7 @@ fn main() {
     let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(200);
     std::fs::create_dir_all(&dir).unwrap();
 
-    let model = concepts_runtime::default_model::builtin_model_dir();
+    let model = concepts_runtime::default_model::checkout_model_dir();
     let home = dir.join("home");
     let fp = concepts_runtime::fingerprint(&model).unwrap();
     let package =

@@ -40,13 +40,12 @@ use std::time::Duration;
 use concept_format::Category;
 use concept_registry::{InstallOptions, Registry, RegistryError};
 use concepts_runtime::api::{
-    ChatEvent, ChatMessage, ChatRequest, ChatStream, ChatSummary, ImageInput, PersonalPrompts,
-    Role, Runtime, RuntimeConfig, Selection,
+    ChatEvent, ChatMessage, ChatRequest, ChatStream, ChatSummary, ImageInput, Role, Runtime,
+    RuntimeConfig, Selection,
 };
-use concepts_runtime::generate::Sampling;
 use concepts_runtime::RuntimeError;
 use concepts_server::RegistrySource;
-use concepts_trainer::stages::Stages;
+use concepts_trainer::PluginSet;
 use concepts_trainer::{Init, Phase, PoolSource, Progress, Subject, TrainConfig, TrainError};
 
 /// How often a blocking call asks its `interrupted` callback whether to stop.
@@ -145,7 +144,7 @@ impl From<RegistryError> for EmbedError {
             RegistryError::InvalidPackage { .. }
             | RegistryError::BaseModel(_)
             | RegistryError::PinnedBaseModel { .. }
-            | RegistryError::InvalidDigest { .. } => ErrorKind::Package,
+            | RegistryError::InvalidDigest(_) => ErrorKind::Package,
             RegistryError::InsideRegistry { .. } => ErrorKind::InvalidInput,
             _ => ErrorKind::Io,
         };
@@ -360,28 +359,27 @@ impl Host {
     /// embedded toy model) and opens, creating if needed, the registry in `home` (default:
     /// `$CONCEPTS_HOME`, else `<data dir>/concepts`), as the CLI resolves them.
     pub fn open(model_dir: Option<&Path>, home: Option<&Path>) -> Result<Host> {
+        let home = match home {
+            Some(home) => home.to_path_buf(),
+            None => concept_registry::default_home(std::env::var_os("CONCEPTS_HOME").as_deref())
+                .map_err(|e| EmbedError::new(ErrorKind::InvalidInput, e.to_string()))?,
+        };
         let model_dir = match model_dir {
+            Some(dir) if dir.join("config.json").is_file() => dir.to_path_buf(),
             Some(dir) => {
-                if !dir.join("config.json").is_file() {
-                    return Err(EmbedError::new(
-                        ErrorKind::Model,
-                        format!(
-                            "`{}` is not a model folder (it has no config.json)",
-                            dir.display()
-                        ),
-                    ));
-                }
-                dir.to_path_buf()
+                return Err(EmbedError::new(
+                    ErrorKind::Model,
+                    format!(
+                        "`{}` is not a model folder (it has no config.json)",
+                        dir.display()
+                    ),
+                ))
             }
             None => {
                 let from_env = std::env::var_os("CONCEPTS_DEFAULT_MODEL").map(PathBuf::from);
-                concepts_runtime::default_model::default_model_dir(from_env.as_deref())
+                concepts_runtime::default_model::default_model_dir(from_env.as_deref(), &home)
                     .map_err(|e| EmbedError::new(ErrorKind::Model, e.to_string()))?
             }
-        };
-        let home = match home {
-            Some(home) => home.to_path_buf(),
-            None => default_home()?,
         };
         let registry = Registry::open(&home)?;
         let source = Arc::new(RegistrySource::new(registry.clone()));
@@ -519,13 +517,8 @@ impl Host {
             converted.push(message);
         }
         let request = ChatRequest {
-            messages: converted,
             concepts: options.concepts,
-            resolve_identifiers: true,
-            personal_prompts: PersonalPrompts::Mentioned,
-            max_tokens: options.max_tokens,
-            sampling: Sampling::Greedy,
-            stop_at_eos: true,
+            ..ChatRequest::new(converted, options.max_tokens)
         };
         let stream = block_on(&self.tokio, self.runtime.chat(request), interrupted)??;
         Ok(Chat {
@@ -623,8 +616,7 @@ impl Host {
         let outcome = std::thread::scope(|scope| {
             let worker = scope.spawn(|| {
                 // The stages are not `Send`: they are made on the thread that uses them.
-                let mut stages = Stages::builtin(None, None, None)
-                    .map_err(|e| TrainError::Input(e.to_string()))?;
+                let mut stages = PluginSet::builtin();
                 let mut progress = Forward {
                     tx,
                     epochs: cfg.epochs,
@@ -743,23 +735,6 @@ pub fn toy_dataset(dir: &Path, seed: u64, subjects: usize) -> Result<Vec<(String
 }
 
 /// The registry folder when none is given: `$CONCEPTS_HOME`, else `<data dir>/concepts`.
-fn default_home() -> Result<PathBuf> {
-    match std::env::var_os("CONCEPTS_HOME") {
-        Some(home) if home.is_empty() => Err(EmbedError::new(
-            ErrorKind::InvalidInput,
-            "CONCEPTS_HOME is set but empty; set it to the registry folder, or unset it for the \
-             default",
-        )),
-        Some(home) => Ok(PathBuf::from(home)),
-        None => dirs::data_dir().map(|d| d.join("concepts")).ok_or_else(|| {
-            EmbedError::new(
-                ErrorKind::InvalidInput,
-                "no platform data directory; pass home or set CONCEPTS_HOME",
-            )
-        }),
-    }
-}
-
 /// Writes one photo of a [`TrainImages::List`] into the trainer's folder.
 fn stage_image(dir: &Path, index: usize, image: Image) -> Result<()> {
     let io = |path: &Path, e: std::io::Error| {

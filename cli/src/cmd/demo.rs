@@ -8,16 +8,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
 use concept_format::ConceptPackage;
 use concept_registry::{InstallOptions, InstallOutcome, Registry};
 use concepts_eval::{read_dataset, EvalConfig, LatentInit, TrainingConfig};
-use concepts_runtime::generate::{GenerateConfig, Sampling};
-use concepts_runtime::preprocess::preprocess_file;
-use concepts_runtime::session::Engine;
+use concepts_runtime::api::{ChatMessage, ChatRequest, ImageInput, Runtime, RuntimeConfig};
+use concepts_server::RegistrySource;
 use rand::SeedableRng;
 use serde_json::json;
 use toy_world::{
@@ -196,33 +195,39 @@ fn install(registry: &Registry, package: &Path, out: &mut impl Write) -> anyhow:
 
 /// Greedy answer of `engine` to `question` (optionally about `image`); for a yes/no question
 /// also p(Yes) and p(No).
-fn answer(engine: &Engine, question: &str, image: Option<&Path>) -> anyhow::Result<String> {
-    let pixels = match image {
-        Some(path) => Some(preprocess_file(path, engine.preprocess_config())?),
-        None => None,
-    };
-    let prompt = engine.chat_prompt(question, pixels);
-    let cfg = GenerateConfig {
-        max_tokens: 24,
-        sampling: Sampling::Greedy,
-        stop_ids: engine.stop_ids(),
-        prompt_logits: false,
-    };
-    let generation = engine.generate(&prompt, &cfg, &mut |_| {})?;
-    let text = generation.text.trim().to_string();
-    if !question.starts_with("Can you see if") {
-        return Ok(text);
+/// Asks through the door every command uses (`api::Runtime`, as `concepts run` does): the
+/// recognition question gets the p(Yes)/p(No) read-out, any other question a greedy answer
+/// with `concepts` active.
+fn answer(
+    runtime: &Runtime,
+    tokio: &tokio::runtime::Runtime,
+    concepts: &[&str],
+    question: &str,
+    image: Option<&Path>,
+) -> anyhow::Result<String> {
+    let image = image.map(|p| ImageInput::File(p.to_path_buf()));
+    let recognition = runtime.config().recognition_subject(question);
+    if let (Some(identifier), Some(image)) = (recognition, image.clone()) {
+        let s = tokio.block_on(runtime.recognise(image, &identifier))?;
+        let answer = if s.present() { "Yes" } else { "No" };
+        return Ok(format!(
+            "{answer}   [p(Yes) {:.2}, p(No) {:.2}]",
+            s.p_yes, s.p_no
+        ));
     }
-    let r = engine.recognize(&prompt)?;
-    Ok(format!(
-        "{text}   [p(Yes) {:.2}, p(No) {:.2}]",
-        r.p_yes, r.p_no
-    ))
+    let mut message = ChatMessage::user(question);
+    message.images.extend(image);
+    let request = ChatRequest {
+        concepts: concepts.iter().map(|c| c.to_string()).collect(),
+        ..ChatRequest::new(vec![message], 24)
+    };
+    let summary = tokio.block_on(async { runtime.chat(request).await?.collect().await })?;
+    Ok(summary.text.trim().to_string())
 }
 
 pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let started = Instant::now();
-    let model = crate::ctx::model_dir(args.model.as_deref())?;
+    let model = crate::ctx::model_dir(args.model.as_deref(), ctx)?;
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("concepts-demo-{}", std::process::id())),
@@ -239,9 +244,14 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let bo = Subject::new(BO, *drawn[0].combo())?;
     let other = drawn[1].clone();
     let subjects = [bo, other];
-    let engine = Engine::load(&model, &Device::Cpu, DType::F32)
+    let source = Arc::new(RegistrySource::new(registry.clone()));
+    let runtime = Runtime::load(&model, source, RuntimeConfig::recommended())
         .with_context(|| format!("loading the base model `{}`", model.display()))?;
-    let px = engine.model().config().vision.image_size as u32;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let px = runtime.model_config().vision.image_size as u32;
     let size = ImageSize::new(px).unwrap_or(ImageSize::DEFAULT);
     let data = dir.join("data");
     write_world(&data, &subjects, args.seed, size)?;
@@ -308,25 +318,13 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
 
     // 4. Ask <bo> questions: about its photo, someone else's, text only, and with both active.
-    let mut engine = engine;
-    let with_bo = {
-        let (_, p) = registry.load(BO)?;
-        engine.activate_package(&p)?;
-        &engine
-    };
     let other_name = subjects[1].name();
     let bo_photo = &dataset.subjects[0].test[0];
     let other_photo = &dataset.subjects[1].test[0];
     writeln!(out, "\n<bo> active:")?;
     for (q, image) in [
-        (
-            "Can you see if <bo> is in this photo? Answer with a single word or phrase.",
-            Some(bo_photo),
-        ),
-        (
-            "Can you see if <bo> is in this photo? Answer with a single word or phrase.",
-            Some(other_photo),
-        ),
+        ("Is <bo> in this photo?", Some(bo_photo)),
+        ("Is <bo> in this photo?", Some(other_photo)),
         ("What colour is <bo>?", None),
         ("What shape is <bo>?", None),
         ("Describe <bo>.", None),
@@ -337,11 +335,9 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
         writeln!(
             out,
             "  Q ({shown}): {q}\n  A: {}",
-            answer(with_bo, q, image.map(|p| p.as_path()))?
+            answer(&runtime, &tokio, &[BO], q, image.map(|p| p.as_path()))?
         )?;
     }
-    let (_, second) = registry.load(other_name)?;
-    engine.activate_package(&second)?;
     let pair = &dataset.multi[0].image;
     writeln!(
         out,
@@ -349,12 +345,13 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
         pair.strip_prefix(&data).unwrap_or(pair).display()
     )?;
     for q in [
-        "Can you see if <bo> is in this photo? Answer with a single word or phrase.".to_string(),
-        format!(
-            "Can you see if <{other_name}> is in this photo? Answer with a single word or phrase."
-        ),
+        "Is <bo> in this photo?".to_string(),
+        format!("Is <{other_name}> in this photo?"),
+        "What is in this photo?".to_string(),
     ] {
-        writeln!(out, "  Q: {q}\n  A: {}", answer(&engine, &q, Some(pair))?)?;
+        let both = [BO, other_name];
+        let a = answer(&runtime, &tokio, &both, &q, Some(pair))?;
+        writeln!(out, "  Q: {q}\n  A: {a}")?;
     }
 
     // 5. The recognition table.

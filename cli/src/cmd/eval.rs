@@ -110,7 +110,7 @@ pub fn cancel_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let model = crate::ctx::model_dir(args.base_model.as_deref())?;
+    let model = crate::ctx::model_dir(args.base_model.as_deref(), ctx)?;
     // Checked here too, not only by the trainer: eval captions every photo before it trains.
     if args.questions > concepts_trainer::MAX_QUESTIONS_PER_IMAGE {
         bail!(

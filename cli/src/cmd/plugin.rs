@@ -70,15 +70,10 @@ pub fn run(args: PluginArgs, ctx: &Ctx) -> anyhow::Result<()> {
             )?;
         }
         PluginCommand::List => {
+            // Installed plugins first (they win over a built-in of the same id), then the
+            // built-in stages compiled into this binary, which are in use unless overridden.
             let (store, _) = store_and_host(ctx, false)?;
             let plugins = store.list().context("listing plugins")?;
-            if plugins.is_empty() {
-                writeln!(
-                    out,
-                    "no plugins installed in `{}`; the built-in defaults are used",
-                    store.root().display()
-                )?;
-            }
             for p in &plugins {
                 let m = p.manifest();
                 writeln!(
@@ -88,6 +83,19 @@ pub fn run(args: PluginArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     m.version(),
                     m.role(),
                     m.kind().as_str()
+                )?;
+            }
+            for (id, role) in concepts_plugin_host::builtin::BUILTINS {
+                let overridden = plugins.iter().any(|p| p.manifest().id() == id);
+                writeln!(
+                    out,
+                    "{id}\t{}\t{role}\tbuilt-in{}",
+                    concepts_plugin_host::builtin::BUILTIN_VERSION,
+                    if overridden {
+                        " (overridden by the installed plugin)"
+                    } else {
+                        ""
+                    }
                 )?;
             }
         }

@@ -1,7 +1,12 @@
 //! `concepts run [--model DIR] [--image FILE] [--concept NAME]... [--raw-prompt] --prompt TEXT
-//! [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--logits-out OUT.safetensors]`
+//! [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--logits-out OUT.safetensors]
+//! [--json]`
 //!
-//! Every `--concept` is introduced with its personal prompt, mentioned or not.
+//! Every `--concept` is introduced with its personal prompt, mentioned or not; a concept whose
+//! identifier the prompt mentions is activated too. The model is reached through the same
+//! front door as `scan`, `serve` and the bindings (`api::Runtime`, with its limits). The
+//! recognition question about one concept ("Is <bo> in this photo?", with `--image`) is
+//! answered by the p(Yes)/p(No) read-out that `scan` and the server use, not by generation.
 //!
 //! This command line is a contract: outside parity checks run it. The answer is streamed to
 //! stdout; `--logits-out` writes `logits` (f32 `[T, V + n]`, every prompt position),
@@ -10,15 +15,18 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
-use concepts_runtime::generate::{GenerateConfig, Generation, Sampling};
-use concepts_runtime::preprocess::preprocess_file;
-use concepts_runtime::prompt::PersonalPrompts;
-use concepts_runtime::session::{Engine, PromptInput};
+use concepts_runtime::api::{
+    ChatEvent, ChatMessage, ChatRequest, ChatSummary, FinishReason, ImageInput, PersonalPrompts,
+    PromptFormat, Runtime, RuntimeConfig,
+};
+use concepts_runtime::generate::Sampling;
+use concepts_server::RegistrySource;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
+use serde_json::json;
 
 use crate::ctx::Ctx;
 
@@ -58,6 +66,9 @@ pub struct RunArgs {
     /// Write prompt logits, input ids and generated ids to this safetensors file
     #[arg(long, value_name = "OUT.safetensors")]
     pub logits_out: Option<PathBuf>,
+    /// Print the answer as JSON (with p(Yes) / p(No) for a recognition question)
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -65,68 +76,104 @@ pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(path) = &args.logits_out {
         crate::files::check_output(path, ctx)?;
     }
-    let model = crate::ctx::model_dir(args.model.as_deref())?;
-    let mut engine = Engine::load(&model, &Device::Cpu, DType::F32)
+    let model = crate::ctx::model_dir(args.model.as_deref(), ctx)?;
+    let source = Arc::new(RegistrySource::new(ctx.registry()?));
+    let config = RuntimeConfig {
+        pad_to_square: args.pad_to_square,
+        ..RuntimeConfig::recommended()
+    };
+    let runtime = Runtime::load(&model, source, config)
         .with_context(|| format!("loading model `{}`", model.display()))?;
-    if !args.concepts.is_empty() {
-        let registry = ctx.registry()?;
-        for name in &args.concepts {
-            let (_, package) = registry
-                .load(name)
-                .with_context(|| format!("loading concept `{name}`"))?;
-            engine
-                .activate_package(&package)
-                .with_context(|| format!("activating concept `{name}`"))?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let image = args.image.clone().map(ImageInput::File);
+    // The recognition question gets the read-out every other door gives it. The trace of
+    // `--logits-out` and a raw prompt are about the prompt as written, so they generate.
+    let recognition = match (&image, args.raw_prompt, &args.logits_out) {
+        (Some(_), false, None) => runtime.config().recognition_subject(&args.prompt),
+        _ => None,
+    };
+    if let (Some(identifier), Some(image)) = (recognition, image.clone()) {
+        let score = tokio
+            .block_on(runtime.recognise(image, &identifier))
+            .with_context(|| format!("asking whether `{identifier}` is in the photo"))?;
+        let answer = if score.present() { "Yes" } else { "No" };
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            let doc = json!({
+                "model": runtime.model_id(),
+                "answer": answer,
+                "recognition": concepts_server::score_json(&score),
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        } else {
+            writeln!(
+                out,
+                "{answer} (p(Yes) = {:.4}, p(No) = {:.4})",
+                score.p_yes, score.p_no
+            )?;
         }
+        return Ok(());
     }
-    // `--concept` names the concepts this prompt is about: every one is introduced, as in
-    // the reference layout that the parity checks compare against.
-    engine.set_personal_prompts(PersonalPrompts::All);
-    let image = match &args.image {
-        Some(path) => {
-            let config = engine
-                .preprocess_config()
-                .clone()
-                .with_pad_to_square(args.pad_to_square || engine.preprocess_config().pad_to_square);
-            Some(preprocess_file(path, &config)?)
-        }
-        None => None,
-    };
-    let prompt = if args.raw_prompt {
-        PromptInput {
-            text: args.prompt.clone(),
-            images: image.into_iter().collect(),
-        }
-    } else {
-        engine.chat_prompt(&args.prompt, image)
-    };
-    let cfg = GenerateConfig {
-        max_tokens: args.max_tokens,
+    let mut message = ChatMessage::user(args.prompt.clone());
+    message.images.extend(image);
+    let request = ChatRequest {
+        concepts: args.concepts.clone(),
+        // `--concept` names the concepts this prompt is about: every one is introduced, as in
+        // the reference layout that the parity checks compare against.
+        personal_prompts: PersonalPrompts::All,
         sampling,
-        stop_ids: engine.stop_ids(),
+        format: if args.raw_prompt {
+            PromptFormat::Raw
+        } else {
+            PromptFormat::Chat
+        },
         prompt_logits: args.logits_out.is_some(),
+        ..ChatRequest::new(vec![message], args.max_tokens)
     };
-    let mut out = std::io::stdout().lock();
-    let mut write_error = None;
-    let generation = engine.generate(&prompt, &cfg, &mut |text| {
-        if write_error.is_none() {
-            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                write_error = Some(e);
+    let summary = tokio.block_on(async {
+        let mut stream = runtime.chat(request).await?;
+        let mut out = std::io::stdout().lock();
+        while let Some(event) = stream.next().await {
+            match event? {
+                // With --json the answer is printed whole at the end.
+                ChatEvent::Text(piece) if !args.json => {
+                    out.write_all(piece.as_bytes())?;
+                    out.flush()?;
+                }
+                ChatEvent::Text(_) => {}
+                ChatEvent::Done(summary) => return anyhow::Ok(summary),
             }
         }
+        bail!("the generation ended without an answer")
     })?;
-    if let Some(e) = write_error {
-        return Err(e.into());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = json!({
+            "model": runtime.model_id(),
+            "answer": summary.text,
+            "finish": match summary.finish {
+                FinishReason::Stop => "stop",
+                FinishReason::Length => "length",
+                FinishReason::Cancelled => "cancelled",
+            },
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        writeln!(out)?;
     }
-    writeln!(out)?;
     if let Some(path) = &args.logits_out {
-        write_logits(path, &generation).with_context(|| format!("writing `{}`", path.display()))?;
+        write_logits(path, &summary).with_context(|| format!("writing `{}`", path.display()))?;
     }
     Ok(())
 }
 
-fn write_logits(path: &Path, generation: &Generation) -> anyhow::Result<()> {
-    let Some((logits, shape)) = generation.prompt_logits_f32()? else {
+fn write_logits(path: &Path, generation: &ChatSummary) -> anyhow::Result<()> {
+    let Some((logits, shape)) = &generation.prompt_logits else {
         bail!("the prompt logits were not computed");
     };
     let logits: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use concepts_runtime::api::{ConceptScore, ImageInput, Runtime, RuntimeConfig, Selection};
+use concepts_runtime::api::{ImageInput, Runtime, RuntimeConfig, Selection};
 use concepts_server::RegistrySource;
 use serde_json::json;
 
@@ -34,7 +34,7 @@ pub struct ScanArgs {
 }
 
 pub fn run(args: ScanArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let model = crate::ctx::model_dir(args.model.as_deref())?;
+    let model = crate::ctx::model_dir(args.model.as_deref(), ctx)?;
     let registry = ctx.registry()?;
     let source = Arc::new(RegistrySource::new(registry));
     let runtime = Runtime::load(&model, source, RuntimeConfig::recommended())
@@ -53,7 +53,7 @@ pub fn run(args: ScanArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("scanning `{}`", args.image.display()))?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let concepts: Vec<_> = scores.iter().map(ConceptScore::to_json).collect();
+        let concepts: Vec<_> = scores.iter().map(concepts_server::score_json).collect();
         let doc = json!({
             "image": args.image.display().to_string(),
             "model": runtime.model_id(),

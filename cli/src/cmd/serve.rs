@@ -74,7 +74,7 @@ pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     config.limits.default_max_tokens = config.limits.default_max_tokens.min(args.max_tokens);
     // Before the model loads: a bad token or an open bind is refused at once.
     config.check()?;
-    let model = crate::ctx::model_dir(args.model.as_deref())?;
+    let model = crate::ctx::model_dir(args.model.as_deref(), ctx)?;
     let registry = ctx.registry()?;
     let mut runtime_config = RuntimeConfig::recommended();
     runtime_config.max_resident_bytes = args.max_resident_mb << 20;

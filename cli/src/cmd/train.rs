@@ -34,13 +34,13 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N", default_value_t = 15)]
     pub epochs: u32,
     /// Negative-miner plugin id
-    #[arg(long, value_name = "ID", default_value = concepts_trainer::stages::DEFAULT_MINER)]
+    #[arg(long, value_name = "ID", default_value = concepts_plugin_host::builtin::DEFAULT_MINER)]
     pub miner: String,
     /// Trainer plugin id
-    #[arg(long, value_name = "ID", default_value = concepts_trainer::stages::DEFAULT_TRAINER)]
+    #[arg(long, value_name = "ID", default_value = concepts_plugin_host::builtin::DEFAULT_TRAINER)]
     pub trainer: String,
     /// Metadata-linker plugin id
-    #[arg(long, value_name = "ID", default_value = concepts_trainer::stages::DEFAULT_LINKER)]
+    #[arg(long, value_name = "ID", default_value = concepts_plugin_host::builtin::DEFAULT_LINKER)]
     pub linker: String,
     /// The package to write
     #[arg(short = 'o', long = "output", value_name = "FILE")]
@@ -184,11 +184,11 @@ impl Progress for TrainBars {
                 return;
             }
             bar.println(format!(
-                "epoch {:>2}{}: loss {:.4}, recognition {:.1}% (positives {:.1}%, negatives {:.1}%){}",
+                "epoch {:>2}{}: loss {:.4}, recognition {:.1}% weighted (positives {:.1}%, negatives {:.1}%){}",
                 r.epoch,
                 if replayed { " (saved)" } else { "" },
                 r.mean_loss,
-                100.0 * r.validation.accuracy,
+                100.0 * r.validation.weighted(),
                 100.0 * r.validation.positive_accuracy,
                 100.0 * r.validation.negative_accuracy,
                 if r.is_best { ", best so far" } else { "" }
@@ -202,7 +202,7 @@ impl Progress for TrainBars {
 }
 
 pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let model = crate::ctx::model_dir(args.model.as_deref())?;
+    let model = crate::ctx::model_dir(args.model.as_deref(), ctx)?;
     let negatives = match &args.negatives {
         Some(path) => PoolSource::from_path(path),
         None => {
@@ -226,7 +226,15 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             args.init
         )
     })?;
-    let mut stages = plugin_stages::resolve(ctx, &args)?;
+    // Installed plugins first, then the built-ins, each through the plugin host.
+    let (store, plugin_host) = crate::cmd::plugin::store_and_host(ctx, args.allow_native)?;
+    let selection = concepts_plugin_host::PluginSelection {
+        miner: Some(args.miner.clone()),
+        trainer: Some(args.trainer.clone()),
+        linker: Some(args.linker.clone()),
+    };
+    let mut stages =
+        concepts_plugin_host::PluginSet::resolve(&plugin_host, Some(&store), &selection)?;
 
     let home = ctx.home()?;
     let registry = ctx.registry()?;
@@ -292,7 +300,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let s = &outcome.summary;
     println!(
-        "wrote `{}`: best epoch {} of {}{} (recognition {:.1}% on the training images)",
+        "wrote `{}`: best epoch {} of {}{} (recognition {:.1}% weighted, on the training images)",
         outcome.package.display(),
         s.best_epoch,
         s.epochs_run,
@@ -301,7 +309,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         } else {
             ""
         },
-        100.0 * s.best_accuracy
+        100.0 * outcome.best_accuracy
     );
     println!(
         "trained on {} photos, {} hard and {} easy negatives, {} conversations; pool: {} images ({} from cache)",
@@ -318,101 +326,4 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         outcome.report_png.display()
     );
     Ok(())
-}
-
-/// The three stages resolved by id through the plugin host (installed plugins first, then the
-/// built-ins), seen through the trainer's stage traits.
-mod plugin_stages {
-    use concepts_plugin_api::{
-        ConceptMetadata, MinedNegative, MiningParams, TrainParams, TrainSummary, Turn,
-    };
-    use concepts_plugin_host as host;
-    use concepts_trainer::stages::{self, EmbeddingMatrix, StageError, Stages};
-
-    use super::TrainArgs;
-    use crate::ctx::Ctx;
-
-    pub fn resolve(ctx: &Ctx, args: &TrainArgs) -> anyhow::Result<Stages> {
-        let (store, plugin_host) = crate::cmd::plugin::store_and_host(ctx, args.allow_native)?;
-        let selection = host::PluginSelection {
-            miner: Some(args.miner.clone()),
-            trainer: Some(args.trainer.clone()),
-            linker: Some(args.linker.clone()),
-        };
-        let set = host::PluginSet::resolve(&plugin_host, Some(&store), &selection)?;
-        Ok(Stages {
-            miner: Box::new(Miner(set.miner)),
-            trainer: Box::new(Trainer(set.trainer)),
-            linker: Box::new(Linker(set.linker)),
-        })
-    }
-
-    fn err(e: impl std::fmt::Display) -> StageError {
-        StageError(e.to_string())
-    }
-
-    struct Miner(Box<dyn host::NegativeMiner>);
-
-    fn matrix(m: &EmbeddingMatrix) -> Result<host::EmbeddingMatrix, StageError> {
-        let data = (0..m.rows())
-            .flat_map(|r| m.row(r).iter().copied())
-            .collect();
-        host::EmbeddingMatrix::new(m.dim(), data).map_err(err)
-    }
-
-    impl stages::NegativeMiner for Miner {
-        fn id(&self) -> &str {
-            self.0.id()
-        }
-
-        fn mine(
-            &mut self,
-            positives: &EmbeddingMatrix,
-            pool: &EmbeddingMatrix,
-            params: MiningParams,
-        ) -> Result<Vec<MinedNegative>, StageError> {
-            self.0
-                .mine(&matrix(positives)?, &matrix(pool)?, params)
-                .map_err(err)
-        }
-    }
-
-    struct Trainer(Box<dyn host::Trainer>);
-
-    impl stages::Trainer for Trainer {
-        fn id(&self) -> &str {
-            self.0.id()
-        }
-
-        fn train(
-            &mut self,
-            engine: &mut dyn stages::TrainingHost,
-            params: TrainParams,
-        ) -> Result<TrainSummary, StageError> {
-            self.0.train(engine, params).map_err(err)
-        }
-    }
-
-    struct Linker(Box<dyn host::MetadataLinker>);
-
-    impl stages::MetadataLinker for Linker {
-        fn id(&self) -> &str {
-            self.0.id()
-        }
-
-        fn validate(&mut self, metadata: &ConceptMetadata) -> Result<(), StageError> {
-            self.0.validate(metadata).map_err(err)
-        }
-
-        fn link_conversation(
-            &mut self,
-            metadata: &ConceptMetadata,
-            placeholders: &[String],
-            turns: Vec<Turn>,
-        ) -> Result<Vec<Turn>, StageError> {
-            self.0
-                .link_conversation(metadata, placeholders, turns)
-                .map_err(err)
-        }
-    }
 }

@@ -306,6 +306,15 @@ pub struct Recognition {
     pub examples: u32,
 }
 
+impl Recognition {
+    /// The paper's recognition score, and the one figure every report shows: the mean of
+    /// positive and negative accuracy, so that answering "no" to everything scores 0.5
+    /// however many negatives there are ([`Recognition::accuracy`] would be near 1).
+    pub fn weighted(&self) -> f32 {
+        (self.positive_accuracy + self.negative_accuracy) / 2.0
+    }
+}
+
 /// One epoch's outcome (`training-host.epoch-report`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]

@@ -90,8 +90,8 @@ impl Trainer for DefaultTrainer {
             let is_best = match &best {
                 None => true,
                 Some((_, b, _)) => {
-                    weighted(&validation) > weighted(b)
-                        || (weighted(&validation) == weighted(b) && validation.loss < b.loss)
+                    validation.weighted() > b.weighted()
+                        || (validation.weighted() == b.weighted() && validation.loss < b.loss)
                 }
             };
             if is_best {
@@ -123,19 +123,13 @@ impl Trainer for DefaultTrainer {
         Ok(TrainSummary {
             epochs_run,
             best_epoch,
-            best_accuracy: weighted(&best_recognition),
+            best_accuracy: best_recognition.weighted(),
             stopped_early,
         })
     }
 }
 
 register_trainer!(DefaultTrainer);
-
-/// The paper's recognition score: the mean of positive and negative accuracy, so that a
-/// policy answering "no" to everything scores 0.5 however many negatives there are.
-pub fn weighted(r: &Recognition) -> f32 {
-    (r.positive_accuracy + r.negative_accuracy) / 2.0
-}
 
 /// How often each positive enters an epoch: enough to match the negatives (a handful of
 /// photos against a hundred negatives otherwise teaches "no"), at most [`MAX_POSITIVE_REPEATS`].
@@ -256,7 +250,7 @@ mod tests {
             loss: 0.4,
             examples: 136,
         };
-        assert!(weighted(&balanced) > weighted(&all_no));
+        assert!(balanced.weighted() > all_no.weighted());
     }
 
     #[test]

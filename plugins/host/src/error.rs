@@ -12,6 +12,9 @@ use concepts_plugin_api::Role;
 #[non_exhaustive]
 pub enum PluginError {
     // --- packages and manifests
+    /// A file could not be read or written (the path and the cause are in the message).
+    #[error(transparent)]
+    File(#[from] concepts_fs::FsError),
     /// A file of a package could not be read or written.
     #[error("{action} `{}`: {source}", path.display())]
     Io {

@@ -37,7 +37,8 @@ pub use manifest::{Manifest, ManifestSpec, PluginKind};
 pub use matrix::EmbeddingMatrix;
 pub use native::{NativeLinker, NativeMiner, NativePlugin, NativeTrainer};
 pub use roles::{
-    BatchId, EngineError, MetadataLinker, NegativeMiner, SnapshotId, Trainer, TrainingHost,
+    check_mined, check_summary, BatchId, EngineError, MetadataLinker, NegativeMiner, SnapshotId,
+    Trainer, TrainingHost,
 };
 pub use services::{ProgressEvent, ProgressSink};
 pub use set::{PluginSelection, PluginSet};

@@ -182,7 +182,7 @@ impl Manifest {
     /// Reads and validates `<dir>/plugin.toml`.
     pub fn read(dir: &Path) -> Result<Manifest, PluginError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = read_capped(&path, MAX_MANIFEST_BYTES)?;
+        let text = concepts_fs::read_bounded(&path, MAX_MANIFEST_BYTES)?;
         let text = String::from_utf8(text).map_err(|_| PluginError::Manifest {
             path: path.clone(),
             message: "not UTF-8".to_owned(),
@@ -314,10 +314,9 @@ impl ManifestSpec<'_> {
     pub fn write_package(&self, dir: &Path) -> Result<PathBuf, PluginError> {
         let text = self.to_toml()?;
         std::fs::create_dir_all(dir).map_err(|e| PluginError::io("creating", dir, e))?;
-        let file = dir.join(self.file);
-        std::fs::write(&file, self.bytes).map_err(|e| PluginError::io("writing", &file, e))?;
-        let manifest = dir.join(MANIFEST_FILE);
-        std::fs::write(&manifest, text).map_err(|e| PluginError::io("writing", &manifest, e))?;
+        // The file first: a manifest is only ever next to the file it describes.
+        concepts_fs::write_atomic(&dir.join(self.file), self.bytes)?;
+        concepts_fs::write_atomic(&dir.join(MANIFEST_FILE), text.as_bytes())?;
         Ok(dir.to_owned())
     }
 }
@@ -342,32 +341,7 @@ fn is_plain_file_name(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
-/// Lowercase hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// Reads a whole file, refusing files larger than `cap`.
-pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, PluginError> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| PluginError::io("opening", path, e))?;
-    let mut bytes = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| PluginError::io("reading", path, e))?;
-    if bytes.len() as u64 > cap {
-        return Err(PluginError::io(
-            "reading",
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("larger than {cap} bytes"),
-            ),
-        ));
-    }
-    Ok(bytes)
-}
+pub use concepts_fs::sha256_hex;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use concepts_plugin_api::ScoredRow;
 ///
 /// Invariant: `data.len() == rows * dim`, every value is finite, and `norms[r]` is the L2 norm of
 /// row `r`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EmbeddingMatrix {
     rows: usize,
     dim: usize,

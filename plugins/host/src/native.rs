@@ -18,7 +18,7 @@ use concepts_plugin_api::{self as api};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::manifest::{read_capped, sha256_hex, Manifest};
+use crate::manifest::{sha256_hex, Manifest};
 use crate::matrix::EmbeddingMatrix;
 use crate::roles::{self, BatchId, MetadataLinker, NegativeMiner, Trainer, TrainingHost};
 use crate::services::{Events, Mining, ProgressSink, POOL, POSITIVES};
@@ -59,7 +59,7 @@ pub(crate) fn load(
         return Err(PluginError::NativeNotAllowed { id: id.to_owned() });
     }
     let path = dir.join(manifest.file());
-    let digest = sha256_hex(&read_capped(&path, MAX_LIBRARY_BYTES)?);
+    let digest = sha256_hex(&concepts_fs::read_bounded(&path, MAX_LIBRARY_BYTES)?);
     if digest != manifest.sha256() {
         return Err(PluginError::HashMismatch {
             id: id.to_owned(),

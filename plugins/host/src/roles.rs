@@ -63,12 +63,9 @@ pub trait MetadataLinker {
     fn render_context(&mut self, active: &[ConceptMetadata]) -> Result<String, PluginError>;
 }
 
-/// Checks a miner's answer against the pool.
-pub(crate) fn check_mined(
-    id: &str,
-    pool_rows: usize,
-    mined: &[MinedNegative],
-) -> Result<(), PluginError> {
+/// Checks a miner's answer against a pool of `pool_rows` rows: every row in range and chosen once,
+/// every score finite. Every implementation here calls it; callers of a foreign implementation can too.
+pub fn check_mined(id: &str, pool_rows: usize, mined: &[MinedNegative]) -> Result<(), PluginError> {
     let invalid = |message: String| PluginError::InvalidOutput {
         id: id.to_owned(),
         call: "mine",
@@ -92,8 +89,8 @@ pub(crate) fn check_mined(
     Ok(())
 }
 
-/// Checks that the trainer's summary is consistent.
-pub(crate) fn check_summary(id: &str, summary: &TrainSummary) -> Result<(), PluginError> {
+/// Checks that a trainer's summary is consistent: the best epoch is one of the epochs run.
+pub fn check_summary(id: &str, summary: &TrainSummary) -> Result<(), PluginError> {
     if summary.best_epoch == 0 || summary.best_epoch > summary.epochs_run {
         return Err(PluginError::InvalidOutput {
             id: id.to_owned(),

@@ -30,6 +30,20 @@ pub struct PluginSet {
 }
 
 impl PluginSet {
+    /// The built-in default miner, trainer and linker, run in-process; loads nothing.
+    pub fn builtin() -> PluginSet {
+        PluginSet {
+            miner: builtin::default_miner(None),
+            trainer: builtin::default_trainer(None),
+            linker: builtin::default_linker(None),
+        }
+    }
+
+    /// The three stage ids, in the order miner, trainer, linker.
+    pub fn ids(&self) -> [&str; 3] {
+        [self.miner.id(), self.trainer.id(), self.linker.id()]
+    }
+
     /// Resolves each selected id — an installed plugin of that id first, then a built-in — and
     /// loads it in its role. Unselected stages use `concepts.default-miner`, `-trainer`, `-linker`.
     pub fn resolve(
@@ -91,5 +105,37 @@ fn resolve_one<T: ?Sized>(
             found,
         }),
         None => Err(PluginError::NotFound { id: id.to_owned() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostConfig;
+
+    #[test]
+    fn built_ins_resolve_in_their_role_only() {
+        assert_eq!(
+            PluginSet::builtin().ids(),
+            [DEFAULT_MINER, DEFAULT_TRAINER, DEFAULT_LINKER]
+        );
+        let host = PluginHost::new(HostConfig::sandboxed());
+        let pick = |miner: &str| PluginSelection {
+            miner: Some(miner.to_owned()),
+            trainer: None,
+            linker: None,
+        };
+        let set = PluginSet::resolve(&host, None, &pick(DEFAULT_MINER)).unwrap();
+        assert_eq!(set.ids(), PluginSet::builtin().ids());
+        let wrong = PluginSet::resolve(&host, None, &pick(DEFAULT_TRAINER)).err();
+        assert!(
+            matches!(wrong, Some(PluginError::WrongRole { .. })),
+            "{wrong:?}"
+        );
+        let unknown = PluginSet::resolve(&host, None, &pick("acme.miner")).err();
+        assert!(
+            matches!(unknown, Some(PluginError::NotFound { .. })),
+            "{unknown:?}"
+        );
     }
 }

@@ -1160,8 +1160,7 @@ mod frozen {
     /// Released WIT files are frozen: a change needs a new `since_vX.Y.Z` folder, not an edit.
     #[test]
     fn released_wit_files_are_unchanged() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../spec/plugins/wit/since_v0.1.0");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/wit/since_v0.1.0");
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

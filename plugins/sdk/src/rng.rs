@@ -27,6 +27,12 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// The first output for seed `x`: SplitMix64's finaliser as a hash of one word, for
+    /// choices that must be a pure function of their inputs (a replayed run makes them again).
+    pub fn hash(x: u64) -> u64 {
+        SplitMix64(x).next_u64()
+    }
+
     /// Uniform in `0..n`, `n > 0` (rejection sampling, so unbiased).
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "SplitMix64::below(0)");

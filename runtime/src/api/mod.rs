@@ -36,10 +36,8 @@
 //! use std::sync::Arc;
 //!
 //! use concepts_runtime::api::{
-//!     ChatMessage, ChatRequest, ImageInput, MemorySource, PersonalPrompts, Runtime, RuntimeConfig,
-//!     Selection,
+//!     ChatMessage, ChatRequest, ImageInput, MemorySource, Runtime, RuntimeConfig, Selection,
 //! };
-//! use concepts_runtime::generate::Sampling;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
@@ -49,16 +47,10 @@
 //!
 //! let tokio = tokio::runtime::Runtime::new()?;
 //! tokio.block_on(async {
-//!     let request = ChatRequest {
-//!         messages: vec![ChatMessage::user("What is in this photo?")
-//!             .with_image(ImageInput::File(fixture.join("images/logo.png")))],
-//!         concepts: vec![],
-//!         resolve_identifiers: true,
-//!         personal_prompts: PersonalPrompts::Mentioned,
-//!         max_tokens: 4,
-//!         sampling: Sampling::Greedy,
-//!         stop_at_eos: true,
-//!     };
+//!     // Greedy, the chat template, and the concepts the messages mention (none here).
+//!     let question = ChatMessage::user("What is in this photo?")
+//!         .with_image(ImageInput::File(fixture.join("images/logo.png")));
+//!     let request = ChatRequest::new(vec![question], 4);
 //!     let mut stream = runtime.chat(request).await?;
 //!     let mut text = String::new();
 //!     while let Some(event) = stream.next().await {
@@ -137,6 +129,9 @@ pub struct RuntimeConfig {
     pub recognition_question: String,
     /// The question of [`Runtime::describe`] ([`DESCRIBE_QUESTION`]).
     pub describe_question: String,
+    /// Pad every image to a square with its mean colour before resizing (the original
+    /// LLaVA-1.5 `pad` mode), whatever the model's preprocessor config says.
+    pub pad_to_square: bool,
 }
 
 impl RuntimeConfig {
@@ -152,7 +147,51 @@ impl RuntimeConfig {
             image_limits: ImageLimits::DEFAULT,
             recognition_question: RECOGNITION_QUESTION.to_string(),
             describe_question: DESCRIBE_QUESTION.to_string(),
+            pad_to_square: false,
         }
+    }
+
+    /// The identifier a question asks the recognition question about, if it is that
+    /// question: [`RuntimeConfig::recognition_question`] about some `<identifier>`, whole
+    /// or only its first sentence, case and runs of white space aside. A client that asks
+    /// it should get the p(Yes)/p(No) read-out of [`Runtime::recognise`], not generated text.
+    ///
+    /// ```
+    /// use concepts_runtime::api::RuntimeConfig;
+    ///
+    /// let config = RuntimeConfig::recommended();
+    /// assert_eq!(config.recognition_subject("Is <bo> in this photo?").as_deref(), Some("<bo>"));
+    /// assert_eq!(
+    ///     config.recognition_subject("is <bo>  in this photo? Answer with a single word or phrase.").as_deref(),
+    ///     Some("<bo>")
+    /// );
+    /// assert_eq!(config.recognition_subject("Is <bo> happy?"), None);
+    /// assert_eq!(config.recognition_subject("Is bo in this photo?"), None);
+    /// ```
+    pub fn recognition_subject(&self, question: &str) -> Option<String> {
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let question = words(question);
+        let (before, after) = self.recognition_question.split_once("{}")?;
+        let (before, after) = (words(before), words(after));
+        let strip_prefix = |text: &str, prefix: &str| -> Option<usize> {
+            let head = text.get(..prefix.len())?;
+            head.eq_ignore_ascii_case(prefix).then_some(prefix.len())
+        };
+        let start = strip_prefix(&question, &before)?;
+        let rest = question[start..].trim_start();
+        let end = rest.find('>')? + 1;
+        let identifier = &rest[..end];
+        let tail = rest[end..].trim();
+        let first_sentence = after
+            .find(['?', '.'])
+            .map_or(after.as_str(), |i| &after[..=i]);
+        let matches = [after.as_str(), first_sentence]
+            .iter()
+            .any(|want| tail.eq_ignore_ascii_case(want.trim()));
+        let well_formed = identifier.starts_with('<')
+            && identifier.len() > 2
+            && !identifier[1..end - 1].contains(['<', '>', ' ']);
+        (matches && well_formed).then(|| identifier.to_string())
     }
 }
 
@@ -211,6 +250,19 @@ impl ChatMessage {
     }
 }
 
+/// How a [`ChatRequest`]'s messages become the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptFormat {
+    /// The model's chat template (`llava_v1`, with the personal prompts of the active
+    /// concepts).
+    #[default]
+    Chat,
+    /// One user message, used verbatim as the whole prompt: no system text, no template, no
+    /// personal prompts; `<image>` marks where its image goes. For parity checks and prompt
+    /// research.
+    Raw,
+}
+
 /// A chat (generation) request.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -228,6 +280,27 @@ pub struct ChatRequest {
     pub sampling: Sampling,
     /// Stop at the model's end-of-sequence token (else only at `max_tokens`).
     pub stop_at_eos: bool,
+    pub format: PromptFormat,
+    /// Also return the logits of every prompt position ([`ChatSummary::prompt_logits`]).
+    pub prompt_logits: bool,
+}
+
+impl ChatRequest {
+    /// A greedy chat template request for `messages`, activating the concepts they mention,
+    /// with at most `max_tokens` new tokens.
+    pub fn new(messages: Vec<ChatMessage>, max_tokens: usize) -> ChatRequest {
+        ChatRequest {
+            messages,
+            concepts: Vec::new(),
+            resolve_identifiers: true,
+            personal_prompts: PersonalPrompts::Mentioned,
+            max_tokens,
+            sampling: Sampling::Greedy,
+            stop_at_eos: true,
+            format: PromptFormat::Chat,
+            prompt_logits: false,
+        }
+    }
 }
 
 /// A concept a request used.
@@ -258,6 +331,14 @@ pub struct ChatSummary {
     pub finish: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// The prompt's token ids, each image expanded to one id per image feature.
+    pub prompt_ids: Vec<u32>,
+    /// The generated ids, without the stop token.
+    pub generated_ids: Vec<u32>,
+    /// When [`ChatRequest::prompt_logits`] asked for them: row-major f32 logits of every
+    /// prompt position over the base vocabulary and the active identifiers, and their
+    /// `[T, V + n]` shape.
+    pub prompt_logits: Option<(Vec<f32>, [usize; 2])>,
 }
 
 /// What a [`ChatStream`] yields.
@@ -340,18 +421,6 @@ impl ConceptScore {
     pub fn present(&self) -> bool {
         self.p_yes > self.p_no
     }
-
-    /// The score as `concepts scan --json` and the server's `/v1/recognise` print it:
-    /// `{name, identifier, p_yes, p_no, present}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "name": self.concept.name,
-            "identifier": self.concept.identifier,
-            "p_yes": self.p_yes,
-            "p_no": self.p_no,
-            "present": self.present(),
-        })
-    }
 }
 
 /// A snapshot of the runtime's load.
@@ -426,6 +495,11 @@ impl Runtime {
         &self.inner.config
     }
 
+    /// The base model's configuration (widths, image size, vocabulary).
+    pub fn model_config(&self) -> &crate::config::LlavaConfig {
+        self.inner.base.model().config()
+    }
+
     /// Checks that a package can be activated with this model (prompt template,
     /// base-model fingerprint, tensor shapes), e.g. before installing it.
     pub fn check_package(&self, package: &ConceptPackage) -> Result<()> {
@@ -477,8 +551,9 @@ impl Runtime {
             };
             let result = engine
                 .generate_cancellable(&prompt, &cfg, &mut on_text, &|| flag.load(Ordering::SeqCst));
-            let event = result.map(|g| {
-                ChatEvent::Done(ChatSummary {
+            let event = result.and_then(|g| {
+                Ok(ChatEvent::Done(ChatSummary {
+                    prompt_logits: g.prompt_logits_f32()?,
                     text: g.text,
                     finish: match g.stop {
                         StopReason::Eos => FinishReason::Stop,
@@ -487,7 +562,9 @@ impl Runtime {
                     },
                     prompt_tokens: g.prompt_ids.len(),
                     completion_tokens: g.generated_ids.len(),
-                })
+                    prompt_ids: g.prompt_ids,
+                    generated_ids: g.generated_ids,
+                }))
             });
             // The reader may be gone; then nobody is waiting for the end either.
             let _ = tx.blocking_send(event);
@@ -513,13 +590,12 @@ impl Runtime {
             })
             .await?;
         let request = ChatRequest {
-            messages: vec![ChatMessage::user(question.replace("{}", &identifier))],
             concepts: vec![concept.to_string()],
             resolve_identifiers: false,
-            personal_prompts: PersonalPrompts::Mentioned,
-            max_tokens,
-            sampling: Sampling::Greedy,
-            stop_at_eos: true,
+            ..ChatRequest::new(
+                vec![ChatMessage::user(question.replace("{}", &identifier))],
+                max_tokens,
+            )
         };
         self.chat(request).await?.collect().await
     }
@@ -703,11 +779,11 @@ impl Inner {
     /// Decodes (bounded by [`RuntimeConfig::image_limits`]) and preprocesses an image for
     /// this model.
     fn pixels(&self, image: &ImageInput) -> Result<PixelValues> {
-        let config = self
-            .base
-            .preprocess_config()
+        let base = self.base.preprocess_config();
+        let config = base
             .clone()
-            .with_limits(self.config.image_limits);
+            .with_limits(self.config.image_limits)
+            .with_pad_to_square(self.config.pad_to_square || base.pad_to_square);
         let img = match image {
             ImageInput::Pixels(px) => return Ok(px.clone()),
             ImageInput::Encoded { name, bytes } => decode_image(bytes, Path::new(name), &config)?,
@@ -739,16 +815,26 @@ impl Inner {
         )?;
         let mut engine = self.engine_for(&concepts)?;
         engine.set_personal_prompts(request.personal_prompts);
-        let mut conversation = engine.conversation();
         let (last, earlier) = turns.split_last().expect("turns() returns at least one");
-        for turn in earlier {
-            conversation.push(Exchange {
-                user: turn.user.clone(),
-                image: turn.image.is_some(),
-                assistant: turn.assistant.clone().unwrap_or_default(),
-            });
-        }
-        let text = conversation.prompt(&last.user, last.image.is_some());
+        let text = match request.format {
+            PromptFormat::Chat => {
+                let mut conversation = engine.conversation();
+                for turn in earlier {
+                    conversation.push(Exchange {
+                        user: turn.user.clone(),
+                        image: turn.image.is_some(),
+                        assistant: turn.assistant.clone().unwrap_or_default(),
+                    });
+                }
+                conversation.prompt(&last.user, last.image.is_some())
+            }
+            PromptFormat::Raw if earlier.is_empty() => last.user.clone(),
+            PromptFormat::Raw => {
+                return Err(RuntimeError::InvalidInput(
+                    "messages: a raw prompt is one user message".into(),
+                ))
+            }
+        };
         let images = turns
             .iter()
             .filter_map(|t| t.image)
@@ -774,7 +860,7 @@ impl Inner {
                 max_tokens: request.max_tokens,
                 sampling: request.sampling,
                 stop_ids,
-                prompt_logits: false,
+                prompt_logits: request.prompt_logits,
             },
             prompt: PromptInput { text, images },
             concepts: concepts.iter().map(|c| active(c)).collect(),

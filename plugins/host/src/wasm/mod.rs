@@ -310,7 +310,7 @@ pub(crate) fn load(
 ) -> Result<WasmPlugin, PluginError> {
     let id = manifest.id();
     let path = dir.join(manifest.file());
-    let bytes = crate::manifest::read_capped(&path, MAX_COMPONENT_BYTES)?;
+    let bytes = concepts_fs::read_bounded(&path, MAX_COMPONENT_BYTES)?;
     let digest = sha256_hex(&bytes);
     if digest != manifest.sha256() {
         return Err(PluginError::HashMismatch {

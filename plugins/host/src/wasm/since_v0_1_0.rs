@@ -18,7 +18,7 @@ pub(crate) const MIN_VERSION: ApiVersion = ApiVersion::new(0, 1, 0);
 
 pub(crate) mod miner {
     wasmtime::component::bindgen!({
-        path: "../../spec/plugins/wit/since_v0.1.0",
+        path: "../sdk/wit/since_v0.1.0",
         world: "negative-miner",
         imports: { default: trappable },
         with: {
@@ -29,7 +29,7 @@ pub(crate) mod miner {
 
 pub(crate) mod trainer {
     wasmtime::component::bindgen!({
-        path: "../../spec/plugins/wit/since_v0.1.0",
+        path: "../sdk/wit/since_v0.1.0",
         world: "trainer",
         imports: { default: trappable },
         with: {
@@ -41,7 +41,7 @@ pub(crate) mod trainer {
 
 pub(crate) mod linker {
     wasmtime::component::bindgen!({
-        path: "../../spec/plugins/wit/since_v0.1.0",
+        path: "../sdk/wit/since_v0.1.0",
         world: "metadata-linker",
         imports: { default: trappable },
         with: {

@@ -52,15 +52,28 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
-fn check_wasm_target() {
-    let out = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
-        .output()
-        .expect("running rustc");
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+/// The plugin guests are built for `wasm32-wasip2`; a toolchain without that target gets it
+/// from rustup here, so `cargo test --workspace` works on a machine with only rustup's stable
+/// toolchain (rustup's auto-install does not fetch targets).
+fn ensure_wasm_target() {
+    let installed = || {
+        let out = Command::new("rustc")
+            .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+            .output()
+            .expect("running rustc");
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        out.status.success() && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some())
+    };
+    if installed() {
+        return;
+    }
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .output();
     assert!(
-        out.status.success() && Path::new(&dir).is_dir(),
-        "the wasm32-wasip2 target is not installed; run `rustup target add wasm32-wasip2`"
+        added.is_ok_and(|o| o.status.success()) && installed(),
+        "the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` \
+         failed; install it to build the plugin guests"
     );
 }
 
@@ -85,7 +98,7 @@ const WASM_GROUPS: [&[&str]; 4] = [
 pub fn component(package: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        check_wasm_target();
+        ensure_wasm_target();
         let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-guests");
         for group in WASM_GROUPS {
             let mut cmd = cargo();

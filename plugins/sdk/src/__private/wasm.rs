@@ -4,7 +4,7 @@
 #[cfg(feature = "miner")]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../spec/plugins/wit/since_v0.1.0",
+        path: "wit/since_v0.1.0",
         world: "negative-miner",
         pub_export_macro: true,
         export_macro_name: "__concepts_export_world",
@@ -14,7 +14,7 @@ pub mod bindings {
 #[cfg(feature = "trainer")]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../spec/plugins/wit/since_v0.1.0",
+        path: "wit/since_v0.1.0",
         world: "trainer",
         pub_export_macro: true,
         export_macro_name: "__concepts_export_world",
@@ -24,7 +24,7 @@ pub mod bindings {
 #[cfg(feature = "linker")]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../spec/plugins/wit/since_v0.1.0",
+        path: "wit/since_v0.1.0",
         world: "metadata-linker",
         pub_export_macro: true,
         export_macro_name: "__concepts_export_world",
