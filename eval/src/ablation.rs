@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use concept_format::ConceptPackage;
 use image::{Rgb, RgbImage};
-use serde::Serialize;
 
 use crate::condition::Condition;
 use crate::error::{EvalError, Result};
@@ -23,29 +22,7 @@ pub const K_VALUES: [usize; 5] = [0, 2, 4, 8, 16];
 /// unsupported, more than the dataset has are skipped.
 pub const N_VALUES: [usize; 4] = [1, 3, 5, 10];
 
-/// One ablation variant's learned-condition scores.
-#[derive(Debug, Clone, Serialize)]
-pub struct AblationRow {
-    /// `k`, `n` or `hard_negatives`.
-    pub factor: String,
-    /// The factor's value (`2`, `5`, `without`).
-    pub value: String,
-    /// Recognition, macro-averaged over subjects.
-    pub recognition: RecognitionScores,
-    /// Text-only A/B accuracy, when the dataset has questions.
-    pub text_qa: Option<f64>,
-}
-
-/// All variants.
-#[derive(Debug, Clone, Serialize)]
-pub struct AblationReport {
-    /// One row per variant that ran.
-    pub rows: Vec<AblationRow>,
-    /// Variants that could not run, and why.
-    pub skipped: Vec<String>,
-    /// The PNG plot, when one was written.
-    pub plot: Option<PathBuf>,
-}
+pub use crate::report::{AblationReport, AblationRow};
 
 struct Variant {
     factor: &'static str,

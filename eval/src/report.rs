@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use concepts_runtime::prompt::PersonalPrompts;
 use serde::Serialize;
 
-use crate::ablation::AblationReport;
 use crate::dataset::Layout;
 use crate::metrics::RecognitionScores;
 use crate::model_description::ModelDescription;
@@ -377,4 +377,27 @@ impl EvalReport {
         }
         s
     }
+}
+/// One ablation variant's learned-condition scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct AblationRow {
+    /// `k`, `n` or `hard_negatives`.
+    pub factor: String,
+    /// The factor's value (`2`, `5`, `without`).
+    pub value: String,
+    /// Recognition, macro-averaged over subjects.
+    pub recognition: RecognitionScores,
+    /// Text-only A/B accuracy, when the dataset has questions.
+    pub text_qa: Option<f64>,
+}
+
+/// All variants.
+#[derive(Debug, Clone, Serialize)]
+pub struct AblationReport {
+    /// One row per variant that ran.
+    pub rows: Vec<AblationRow>,
+    /// Variants that could not run, and why.
+    pub skipped: Vec<String>,
+    /// The PNG plot, when one was written.
+    pub plot: Option<PathBuf>,
 }

@@ -40,11 +40,9 @@ use toy_world::{ImageSize, TaskKind, TaskMix};
 use crate::data::{encode, prompt_text, Batch, Sequence};
 use crate::error::{io_err, PretrainError, Result};
 use crate::eval::{gate_items, task_name};
+use crate::heads::{head_classes, scene_labels, Labels, HEADS, HEAD_NAMES};
 use crate::model::{config_json, fnv1a};
-use crate::train::{
-    head_classes, preprocessor_json, save_tensors, scene_labels, write_synced, Labels, TrainConfig,
-    Trainer, HEADS, HEAD_NAMES,
-};
+use crate::train::{preprocessor_json, save_tensors, write_synced, TrainConfig, Trainer};
 
 /// Version of the corpus layout; the PyTorch trainer refuses others.
 pub const CORPUS_VERSION: u32 = 1;
@@ -260,7 +258,7 @@ fn write_reference(
         };
         let ids = Tensor::from_vec(batch.ids.clone(), (batch.batch, batch.len), model.device())?;
         let embeds = model.embed_tokens(&ids)?;
-        let embeds = crate::train::splice_images(&embeds, &batch.image_spans, features.as_ref())?;
+        let embeds = crate::data::splice_images(&embeds, &batch.image_spans, features.as_ref())?;
         let hidden = model.forward_embeds(&embeds, None, Kernels::Fast)?;
         tensors.insert("lm_logits".to_string(), model.base_logits(&hidden)?);
     }

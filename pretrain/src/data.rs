@@ -7,6 +7,7 @@
 //! attention is causal, so trailing padding never influences a real position, and padded
 //! positions are no targets.
 
+use candle_core::{IndexOp, Tensor};
 use concepts_runtime::preprocess::{preprocess, PreprocessConfig};
 use concepts_runtime::prompt::{expand_image_tokens, Conversation};
 use image::RgbImage;
@@ -166,4 +167,36 @@ impl Batch {
             targets,
         }
     }
+}
+/// Replaces each row's image span of `embeds` `[B, T, d]` with the next image's features.
+pub(crate) fn splice_images(
+    embeds: &Tensor,
+    spans: &[Option<std::ops::Range<usize>>],
+    features: Option<&Tensor>,
+) -> Result<Tensor> {
+    let Some(features) = features else {
+        return Ok(embeds.clone());
+    };
+    let t = embeds.dim(1)?;
+    let mut rows = Vec::with_capacity(spans.len());
+    let mut next = 0;
+    for (b, span) in spans.iter().enumerate() {
+        let row = embeds.i(b)?;
+        match span {
+            None => rows.push(row),
+            Some(span) => {
+                let mut parts = Vec::with_capacity(3);
+                if span.start > 0 {
+                    parts.push(row.narrow(0, 0, span.start)?);
+                }
+                parts.push(features.i(next)?);
+                if span.end < t {
+                    parts.push(row.narrow(0, span.end, t - span.end)?);
+                }
+                next += 1;
+                rows.push(Tensor::cat(&parts, 0)?);
+            }
+        }
+    }
+    Ok(Tensor::stack(&rows, 0)?)
 }

@@ -12,21 +12,22 @@
 use std::collections::BTreeMap;
 
 use candle_core::{IndexOp, Tensor, D};
-use concepts_runtime::{Kernels, KvCache, LlavaModel};
+use concepts_runtime::{Kernels, KvCache, LlavaConfig, LlavaModel};
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
 use toy_world::text::SHORT_ANSWER;
 use toy_world::{
     choose_subjects, group_photo, lookalike, photo_of, render, Combo, ImageSize, Member, Sizing,
     Subject, TaskKind, TaskMix,
 };
 
-use crate::data::{encode, prompt_text};
+use crate::data::{encode, prompt_text, splice_images, SpecialIds};
 use crate::error::Result;
+use crate::heads::{scene_labels, Labels, HEAD_NAMES};
 use crate::model::fnv1a;
-use crate::train::{scene_labels, splice_images, Labels, Trainer, HEAD_NAMES};
 
 /// Sizes of the evaluation sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,10 +99,31 @@ pub struct EvalReport {
     pub gate: Option<GateReport>,
 }
 
+/// What evaluation reads of a training run ([`crate::Trainer`] implements it), so that this
+/// module does not depend on the training loop that calls it.
+pub trait Evaluable {
+    /// The model with the run's current weights.
+    fn model(&self) -> Result<LlavaModel>;
+    fn eval_config(&self) -> EvalConfig;
+    /// Steps taken so far.
+    fn step(&self) -> u64;
+    /// Steps of stage 0 (the vision tower alone).
+    fn stage0_steps(&self) -> u64;
+    /// Side of the rendered images, in pixels.
+    fn image_size(&self) -> usize;
+    fn tokenizer(&self) -> &Tokenizer;
+    fn special(&self) -> SpecialIds;
+    fn llava_config(&self) -> &LlavaConfig;
+    /// Preprocessed pixels of `images` as one batch.
+    fn pixel_tensor(&self, images: &[&RgbImage]) -> Result<Tensor>;
+    /// The stage-0 heads' logits for a batch of pixels.
+    fn probe_logits(&self, model: &LlavaModel, px: &Tensor) -> Result<Vec<Tensor>>;
+}
+
 /// Evaluates `trainer`'s current weights.
-pub(crate) fn evaluate(trainer: &Trainer) -> Result<EvalReport> {
+pub(crate) fn evaluate(trainer: &dyn Evaluable) -> Result<EvalReport> {
     let model = trainer.model()?;
-    let cfg = trainer.config().eval;
+    let cfg = trainer.eval_config();
     let probe = probe(trainer, &model, &cfg)?;
     let mut report = EvalReport {
         step: trainer.step(),
@@ -110,7 +132,7 @@ pub(crate) fn evaluate(trainer: &Trainer) -> Result<EvalReport> {
         probe,
         gate: None,
     };
-    if trainer.step() <= trainer.config().stage0_steps {
+    if trainer.step() <= trainer.stage0_steps() {
         return Ok(report);
     }
     let size = render_size(trainer);
@@ -138,8 +160,8 @@ pub(crate) fn evaluate(trainer: &Trainer) -> Result<EvalReport> {
     Ok(report)
 }
 
-fn render_size(trainer: &Trainer) -> ImageSize {
-    ImageSize::new(trainer.config().size.image_size as u32).unwrap_or(ImageSize::DEFAULT)
+fn render_size(trainer: &dyn Evaluable) -> ImageSize {
+    ImageSize::new(trainer.image_size() as u32).unwrap_or(ImageSize::DEFAULT)
 }
 
 /// The snake-case name of a task kind, as in toy-world's serde form.
@@ -150,7 +172,11 @@ pub fn task_name(kind: TaskKind) -> String {
         .unwrap_or_else(|| format!("{kind:?}"))
 }
 
-fn probe(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<BTreeMap<String, f64>> {
+fn probe(
+    trainer: &dyn Evaluable,
+    model: &LlavaModel,
+    cfg: &EvalConfig,
+) -> Result<BTreeMap<String, f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ fnv1a(b"probe"));
     let mix = TaskMix::only(TaskKind::Caption);
     let samples: Vec<toy_world::Sample> = (0..cfg.probe_scenes)
@@ -193,7 +219,7 @@ fn probe(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<BTre
 
 /// Prompt embeddings `[1, T, d]` of `question` (with `image` spliced in if given).
 fn prompt_embeds(
-    trainer: &Trainer,
+    trainer: &dyn Evaluable,
     model: &LlavaModel,
     question: &str,
     image: Option<&RgbImage>,
@@ -217,7 +243,7 @@ fn prompt_embeds(
 
 /// Greedy answer tokens (without `</s>`), at most `max_new`.
 fn greedy(
-    trainer: &Trainer,
+    trainer: &dyn Evaluable,
     model: &LlavaModel,
     question: &str,
     image: Option<&RgbImage>,
@@ -249,7 +275,7 @@ fn greedy(
 
 /// Whether p(Yes) > p(No) as the first answer token.
 fn says_yes(
-    trainer: &Trainer,
+    trainer: &dyn Evaluable,
     model: &LlavaModel,
     question: &str,
     image: &RgbImage,
@@ -396,7 +422,7 @@ pub fn gate_items(cfg: &EvalConfig, size: ImageSize) -> Result<Vec<GateItem>> {
     Ok(items)
 }
 
-fn gate(trainer: &Trainer, model: &LlavaModel, cfg: &EvalConfig) -> Result<GateReport> {
+fn gate(trainer: &dyn Evaluable, model: &LlavaModel, cfg: &EvalConfig) -> Result<GateReport> {
     let items = gate_items(cfg, render_size(trainer))?;
     let mut right = [0usize; 5];
     let mut count = [0usize; 5];

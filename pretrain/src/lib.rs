@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod heads;
 pub mod model;
 pub mod optim;
 pub mod train;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use concepts_runtime::ops::masked_cross_entropy;
 use concepts_runtime::preprocess::PreprocessConfig;
 use concepts_runtime::{Kernels, LlavaConfig, LlavaModel};
@@ -25,11 +25,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
-use toy_world::{Colour, ImageSize, Pattern, Scene, Shape, TaskKind, TaskMix, Tone};
+use toy_world::{Colour, ImageSize, Pattern, Shape, TaskKind, TaskMix};
 
-use crate::data::{pixels, tokenize, Batch, Sequence, SpecialIds};
+use crate::data::{pixels, splice_images, tokenize, Batch, Sequence, SpecialIds};
 use crate::error::{io_err, PretrainError, Result};
-use crate::eval::{evaluate, EvalConfig, EvalReport};
+use crate::eval::{evaluate, EvalConfig, EvalReport, Evaluable};
+use crate::heads::{head_classes, scene_labels, Labels};
 use crate::model::{config_json, fnv1a, Params, Part, ToySize};
 use crate::optim::{learning_rate, AdamW, AdamWConfig, Moments};
 
@@ -128,53 +129,6 @@ impl TrainConfig {
                 }
             })
     }
-}
-
-/// How many stage-0 heads there are.
-pub const HEADS: usize = 6;
-
-/// The stage-0 labels of one scene, in head order.
-pub type Labels = [u32; HEADS];
-
-/// Stage-0 class counts, in head order: shape, colour, pattern, secondary colour (or
-/// none), number of objects (1-3), and the tone of the largest object. The tone is the
-/// identity detail no word says: the head makes the tower's pooled embedding (what the
-/// negative miner compares) and its tokens (what a concept's soft tokens are matched against)
-/// carry it.
-pub fn head_classes() -> [usize; HEADS] {
-    [
-        Shape::ALL.len(),
-        Colour::ALL.len(),
-        Pattern::ALL.len(),
-        Colour::ALL.len() + 1,
-        3,
-        usize::from(Tone::COUNT),
-    ]
-}
-
-/// Names of the stage-0 heads.
-pub const HEAD_NAMES: [&str; HEADS] = ["shape", "colour", "pattern", "secondary", "count", "tone"];
-
-/// Stage-0 labels of a scene: attributes of its largest object and the object count.
-pub fn scene_labels(scene: &Scene) -> Labels {
-    let main = scene
-        .objects
-        .iter()
-        .reduce(|a, b| if b.radius > a.radius { b } else { a })
-        .expect("scenes have an object");
-    let c = main.combo;
-    let idx = |found: Option<usize>| found.unwrap_or(0) as u32;
-    [
-        idx(Shape::ALL.iter().position(|&s| s == c.shape())),
-        idx(Colour::ALL.iter().position(|&s| s == c.colour())),
-        idx(Pattern::ALL.iter().position(|&s| s == c.pattern())),
-        match c.secondary() {
-            Some(s) => idx(Colour::ALL.iter().position(|&x| x == s)),
-            None => Colour::ALL.len() as u32,
-        },
-        (scene.objects.len().clamp(1, 3) - 1) as u32,
-        u32::from(main.tone.index()),
-    ]
 }
 
 /// What happened in one step.
@@ -775,39 +729,6 @@ fn language_loss(model: &LlavaModel, batch: &Batch, features: Option<&Tensor>) -
     Ok(masked_cross_entropy(&logits, &batch.targets, &mask)?)
 }
 
-/// Replaces each row's image span of `embeds` `[B, T, d]` with the next image's features.
-pub(crate) fn splice_images(
-    embeds: &Tensor,
-    spans: &[Option<std::ops::Range<usize>>],
-    features: Option<&Tensor>,
-) -> Result<Tensor> {
-    let Some(features) = features else {
-        return Ok(embeds.clone());
-    };
-    let t = embeds.dim(1)?;
-    let mut rows = Vec::with_capacity(spans.len());
-    let mut next = 0;
-    for (b, span) in spans.iter().enumerate() {
-        let row = embeds.i(b)?;
-        match span {
-            None => rows.push(row),
-            Some(span) => {
-                let mut parts = Vec::with_capacity(3);
-                if span.start > 0 {
-                    parts.push(row.narrow(0, 0, span.start)?);
-                }
-                parts.push(features.i(next)?);
-                if span.end < t {
-                    parts.push(row.narrow(0, span.end, t - span.end)?);
-                }
-                next += 1;
-                rows.push(Tensor::cat(&parts, 0)?);
-            }
-        }
-    }
-    Ok(Tensor::stack(&rows, 0)?)
-}
-
 /// Stage-0 heads: `head.{pooled,mean}.{bias,weight}`, sorted by name.
 fn init_heads(dv: usize, seed: u64, device: &Device) -> Result<Vec<(String, Var)>> {
     let n: usize = head_classes().iter().sum();
@@ -943,4 +864,46 @@ fn append_jsonl(path: &Path, report: &EvalReport) -> Result<()> {
         .open(path)
         .map_err(io_err(path))?;
     writeln!(f, "{line}").map_err(io_err(path))
+}
+
+impl Evaluable for Trainer {
+    fn model(&self) -> Result<LlavaModel> {
+        Trainer::model(self)
+    }
+
+    fn eval_config(&self) -> EvalConfig {
+        self.config().eval
+    }
+
+    fn step(&self) -> u64 {
+        Trainer::step(self)
+    }
+
+    fn stage0_steps(&self) -> u64 {
+        self.config().stage0_steps
+    }
+
+    fn image_size(&self) -> usize {
+        self.config().size.image_size
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        Trainer::tokenizer(self)
+    }
+
+    fn special(&self) -> SpecialIds {
+        Trainer::special(self)
+    }
+
+    fn llava_config(&self) -> &LlavaConfig {
+        Trainer::llava_config(self)
+    }
+
+    fn pixel_tensor(&self, images: &[&RgbImage]) -> Result<Tensor> {
+        Trainer::pixel_tensor(self, images)
+    }
+
+    fn probe_logits(&self, model: &LlavaModel, px: &Tensor) -> Result<Vec<Tensor>> {
+        Trainer::probe_logits(self, model, px)
+    }
 }

@@ -12,7 +12,7 @@
 //! - `store`: install from a folder or archive, list, remove, the compile cache, and `PluginSet`.
 //! - `frozen`: released WIT files never change.
 
-mod support;
+use concepts_tests::plugins as support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

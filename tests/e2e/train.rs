@@ -3,16 +3,18 @@
 use std::path::Path;
 use std::process::Command;
 
-mod common;
-use common::{concepts, write_model};
+use concepts_tests::e2e::write_model;
 
 use concepts_plugin_host::api::Role;
 use concepts_plugin_host::{ManifestLimits, PluginKind};
 use rand::SeedableRng;
 
 // Builds the plugin crates from source and writes packages, as the plugin host's own tests do.
-#[path = "../../plugins/host/tests/support/mod.rs"]
-mod support;
+use concepts_tests::plugins as support;
+
+fn concepts(home: &Path, args: &[&str]) -> std::process::Output {
+    concepts_tests::e2e::concepts(concepts_tests::concepts_bin!(), home, args)
+}
 
 fn write_images(dir: &Path, n: usize, subject: bool) {
     std::fs::create_dir_all(dir).unwrap();
@@ -112,7 +114,7 @@ fn train_writes_package_and_report_and_refuses_bad_input() {
         .copied()
         .filter(|a| *a != "--model" && *a != model)
         .collect();
-    let err = Command::new(env!("CARGO_BIN_EXE_concepts"))
+    let err = Command::new(concepts_tests::concepts_bin!())
         .arg("--home")
         .arg(&home)
         .args(&no_model)

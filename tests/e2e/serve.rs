@@ -3,22 +3,16 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/parity")
-}
-
-fn model_dir() -> PathBuf {
-    fixture().join("model")
-}
+use concepts_tests::e2e::{parity_fixture as fixture, parity_model as model_dir};
 
 fn concepts(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_concepts"));
+    let mut cmd = Command::new(concepts_tests::concepts_bin!());
     cmd.env("CONCEPTS_HOME", home).env_remove("RUST_LOG");
     cmd
 }

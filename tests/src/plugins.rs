@@ -1,8 +1,6 @@
 //! Test support: builds the plugin crates from source, writes packages, and provides a real
 //! training host (a logistic-regression recogniser) and synthetic embeddings.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,14 +14,16 @@ use concepts_plugin_host::{
     TrainingHost,
 };
 
-/// The workspace root (the first ancestor with `Cargo.lock`): this module is also included by
-/// other crates' tests (`#[path]`), which sit at another depth.
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .find(|dir| dir.join("Cargo.lock").is_file())
-        .expect("the workspace root has a Cargo.lock")
-        .to_path_buf()
+use crate::workspace_root;
+
+/// `<target dir>/tmp`, where Cargo's `CARGO_TARGET_TMPDIR` points (a variable only test targets
+/// see, at compile time): found from the running test's path, `<target>/<profile>/deps/<test>`.
+fn target_tmpdir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running test's path");
+    exe.ancestors()
+        .nth(3)
+        .map(|target| target.join("tmp"))
+        .expect("a test runs from <target>/<profile>/deps")
 }
 
 fn cargo() -> Command {
@@ -99,7 +99,7 @@ pub fn component(package: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         ensure_wasm_target();
-        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-guests");
+        let target_dir = target_tmpdir().join("plugin-guests");
         for group in WASM_GROUPS {
             let mut cmd = cargo();
             cmd.args([
@@ -129,7 +129,7 @@ pub fn native_library(package: &str) -> PathBuf {
     if let Some(path) = built.get(package) {
         return path.clone();
     }
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-native");
+    let target_dir = target_tmpdir().join("plugin-native");
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--locked", "-p", package])
         .args(["--features", "concepts-plugin-sdk/native"])

@@ -3,8 +3,11 @@
 
 use std::path::Path;
 
-mod common;
-use common::{concepts, write_model};
+use concepts_tests::e2e::write_model;
+
+fn concepts(home: &Path, args: &[&str]) -> std::process::Output {
+    concepts_tests::e2e::concepts(concepts_tests::concepts_bin!(), home, args)
+}
 
 #[test]
 fn eval_prints_json_per_condition_and_rejects_bad_datasets() {

@@ -79,7 +79,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_concepts"))
+        let output = Command::new(concepts_tests::concepts_bin!())
             .args(args)
             .current_dir(self.dir.path())
             .env("CONCEPTS_HOME", self.home())
@@ -358,7 +358,7 @@ fn verify_fails_on_a_corrupted_blob_and_gc_cleans_leftovers() {
 #[test]
 fn inspect_rejects_every_malformed_file_without_panicking() {
     let env = Env::new();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../concept-format/tests/malformed");
+    let dir = concepts_tests::workspace_root().join("concept-format/tests/malformed");
     let expected: toml::Table = std::fs::read_to_string(dir.join("EXPECTED.toml"))
         .unwrap()
         .parse()
@@ -413,7 +413,7 @@ fn inspect_rejects_truncations_and_bit_flips_of_a_valid_file() {
 #[test]
 fn golden_file_inspects_and_migrates_to_identical_bytes() {
     let env = Env::new();
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/golden/bo-v1.0.ycpt");
+    let golden = concepts_tests::workspace_root().join("spec/golden/bo-v1.0.ycpt");
     env.run(&["inspect", golden.to_str().unwrap()]).ok();
     let out = env.path("migrated.ycpt");
     let migrate = env
@@ -604,7 +604,7 @@ fn verbose_logs_go_to_stderr() {
 }
 
 fn run_as(env: &Env, args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_concepts"));
+    let mut cmd = Command::new(concepts_tests::concepts_bin!());
     cmd.args(args)
         .current_dir(env.dir.path())
         .env("CONCEPTS_HOME", env.home())
@@ -844,8 +844,8 @@ fn run_unprivileged(env: &Env, args: &[&str]) -> Run {
     use std::os::unix::fs::PermissionsExt;
     let bin = env.path("concepts-bin");
     if !bin.exists() {
-        std::fs::hard_link(env!("CARGO_BIN_EXE_concepts"), &bin)
-            .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_concepts"), &bin).map(|_| ()))
+        std::fs::hard_link(concepts_tests::concepts_bin!(), &bin)
+            .or_else(|_| std::fs::copy(concepts_tests::concepts_bin!(), &bin).map(|_| ()))
             .unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     }

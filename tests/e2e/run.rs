@@ -2,20 +2,14 @@
 //! contract used by outside parity checks, compared with what transformers computed.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/parity")
-}
-
-fn model_dir() -> PathBuf {
-    fixture().join("model")
-}
+use concepts_tests::e2e::{parity_fixture as fixture, parity_model as model_dir};
 
 fn reference_json() -> Value {
     let text = std::fs::read_to_string(fixture().join("reference.json")).unwrap();
@@ -59,7 +53,7 @@ struct Out {
 }
 
 fn concepts(home: &Path, args: &[&str]) -> Out {
-    let output = Command::new(env!("CARGO_BIN_EXE_concepts"))
+    let output = Command::new(concepts_tests::concepts_bin!())
         .args(args)
         .env("CONCEPTS_HOME", home)
         .env_remove("RUST_LOG")
@@ -495,7 +489,7 @@ fn the_binary_carries_its_default_model() {
     // comes out of the binary, not from the source tree it was built in.
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("concepts");
-    std::fs::copy(env!("CARGO_BIN_EXE_concepts"), &bin).unwrap();
+    std::fs::copy(concepts_tests::concepts_bin!(), &bin).unwrap();
     let home = tmp.path().join("home");
     let output = Command::new(&bin)
         .args(["run", "--prompt", "What is this?", "--max-tokens", "2"])
