@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use concepts_tests::e2e::Run;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::Value;
@@ -14,53 +15,6 @@ use serde_json::Value;
 /// A temp dir with a registry home inside it; runs `concepts` there.
 struct Env {
     dir: tempfile::TempDir,
-}
-
-/// What a run of `concepts` produced.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<std::process::Output> for Run {
-    fn from(output: std::process::Output) -> Run {
-        Run {
-            code: output
-                .status
-                .code()
-                .expect("exited, not killed by a signal"),
-            stdout: String::from_utf8(output.stdout).unwrap(),
-            stderr: String::from_utf8(output.stderr).unwrap(),
-        }
-    }
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success: {self:#?}");
-        assert!(!self.stderr.contains("panicked"), "{self:#?}");
-        self
-    }
-
-    /// Asserts a clean failure: exit status 1 and a `concepts: error: ` message, never a panic (101).
-    #[track_caller]
-    fn fails(self) -> Run {
-        assert_eq!(self.code, 1, "expected exit status 1: {self:#?}");
-        assert!(
-            self.stderr.starts_with("concepts: error: "),
-            "stderr must start with the error prefix: {self:#?}"
-        );
-        assert!(!self.stderr.contains("panicked"), "{self:#?}");
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
 }
 
 impl Env {

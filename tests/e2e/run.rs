@@ -9,7 +9,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use concepts_tests::e2e::{parity_fixture as fixture, parity_model as model_dir};
+use concepts_tests::e2e::{parity_fixture as fixture, parity_model as model_dir, Run};
 
 fn reference_json() -> Value {
     let text = std::fs::read_to_string(fixture().join("reference.json")).unwrap();
@@ -46,34 +46,19 @@ fn ids(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn concepts(home: &Path, args: &[&str]) -> Out {
+fn concepts(home: &Path, args: &[&str]) -> Run {
     let output = Command::new(concepts_tests::concepts_bin!())
         .args(args)
         .env("CONCEPTS_HOME", home)
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    Out {
-        code: output.status.code().expect("exited"),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
+    Run::from(output)
 }
 
 #[track_caller]
-fn ok(out: Out) -> Out {
-    assert_eq!(
-        out.code, 0,
-        "stdout: {}\nstderr: {}",
-        out.stdout, out.stderr
-    );
-    out
+fn ok(run: Run) -> Run {
+    run.ok()
 }
 
 /// Max |a - b|; the shapes must agree.

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use serde_json::Value;
+
 use crate::workspace_root;
 
 /// The parity fixture: a tiny llava-hf checkpoint made by transformers, images and reference
@@ -34,4 +36,53 @@ pub fn concepts(bin: &Path, home: &Path, args: &[&str]) -> Output {
         .env_remove("CONCEPTS_DEFAULT_MODEL")
         .output()
         .unwrap()
+}
+
+/// What a run of `concepts` produced: the boundary every end-to-end test checks.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output
+                .status
+                .code()
+                .expect("exited, not killed by a signal"),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts success (status 0, no panic), showing the output when it is not.
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        assert!(!self.stderr.contains("panicked"), "{self:#?}");
+        self
+    }
+
+    /// Asserts a clean failure: exit status 1 and a `concepts: error: ` message, never a panic (101).
+    #[track_caller]
+    pub fn fails(self) -> Run {
+        assert_eq!(self.code, 1, "expected exit status 1: {self:#?}");
+        assert!(
+            self.stderr.starts_with("concepts: error: "),
+            "stderr must start with the error prefix: {self:#?}"
+        );
+        assert!(!self.stderr.contains("panicked"), "{self:#?}");
+        self
+    }
+
+    /// Stdout as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
 }
