@@ -4,8 +4,8 @@
 //! layout, about 5 MB) and compiled into every binary that can fall back to it, so an
 //! installed `concepts` works after its checkout moved or was deleted. The runtime loads
 //! models from folders (the weights are memory-mapped), so on first use the embedded files
-//! are written, atomically, to `<home>/models/toy-llava-<digest>/`; later uses find them
-//! there. This module reads no environment variable: the edges resolve
+//! are written, atomically, to `<home>/models/toy-llava-<digest>/toy-llava/` (the last
+//! component is what the runtime reports as the model's id); later uses find them there. This module reads no environment variable: the edges resolve
 //! `CONCEPTS_DEFAULT_MODEL` and the home folder and pass them in.
 
 use std::path::{Path, PathBuf};
@@ -67,14 +67,15 @@ pub fn default_model_dir(override_dir: Option<&Path>, home: &Path) -> Result<Pat
     }
 }
 
-/// The embedded model as a folder under `home`: `<home>/models/toy-llava-<digest>/`, written
+/// The embedded model as a folder under `home`: `<home>/models/toy-llava-<digest>/toy-llava/`, written
 /// on first use. Each file is written atomically into a staging folder that is then renamed
 /// into place, so a folder of that name is always complete; processes racing to write it
 /// agree on the same bytes, and the loser removes its staging copy.
 pub fn embedded_model_dir(home: &Path) -> Result<PathBuf> {
     let digest = embedded_digest();
     let models = home.join("models");
-    let dir = models.join(format!("toy-llava-{digest}"));
+    let root = models.join(format!("toy-llava-{digest}"));
+    let dir = root.join("toy-llava");
     if is_complete(&dir) {
         return Ok(dir);
     }
@@ -85,27 +86,28 @@ pub fn embedded_model_dir(home: &Path) -> Result<PathBuf> {
         ))
     };
     std::fs::create_dir_all(&models).map_err(|e| io("creating", &models, e))?;
-    if dir.exists() {
+    if root.exists() {
         // Damaged since it was placed (a file truncated or removed): write it again.
-        std::fs::remove_dir_all(&dir).map_err(|e| io("removing", &dir, e))?;
+        std::fs::remove_dir_all(&root).map_err(|e| io("removing", &root, e))?;
     }
     let staging = models.join(format!(".toy-llava-{digest}.{}.tmp", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| io("removing", &staging, e))?;
     }
-    std::fs::create_dir(&staging).map_err(|e| io("creating", &staging, e))?;
+    let staged = staging.join("toy-llava");
+    std::fs::create_dir_all(&staged).map_err(|e| io("creating", &staged, e))?;
     let written = EMBEDDED.iter().try_for_each(|(name, bytes)| {
-        concepts_fs::write_atomic(&staging.join(name), bytes).map_err(|e| {
+        concepts_fs::write_atomic(&staged.join(name), bytes).map_err(|e| {
             RuntimeError::InvalidInput(format!("writing the embedded default model: {e}"))
         })
     });
     let placed = written.and_then(|()| {
-        std::fs::rename(&staging, &dir).or_else(|e| {
+        std::fs::rename(&staging, &root).or_else(|e| {
             // Another process placed it first: theirs has the same bytes.
             if is_complete(&dir) {
                 Ok(())
             } else {
-                Err(io("placing", &dir, e))
+                Err(io("placing", &root, e))
             }
         })
     });
@@ -160,6 +162,11 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let dir = default_model_dir(None, home.path()).unwrap();
         assert!(dir.starts_with(home.path().join("models")));
+        assert_eq!(
+            dir.file_name().unwrap(),
+            "toy-llava",
+            "the runtime's model id"
+        );
         for (name, _) in EMBEDDED {
             assert_eq!(
                 std::fs::read(dir.join(name)).unwrap(),
