@@ -33,14 +33,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let output = Command::new(concepts_tests::concepts_bin!())
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("CONCEPTS_HOME", self.home())
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        Run::from(output)
+        run_as(self, args, &[])
     }
 
     /// Packs `<name>` and installs it; returns the package file.
@@ -558,11 +551,8 @@ fn verbose_logs_go_to_stderr() {
 }
 
 fn run_as(env: &Env, args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(concepts_tests::concepts_bin!());
-    cmd.args(args)
-        .current_dir(env.dir.path())
-        .env("CONCEPTS_HOME", env.home())
-        .env_remove("RUST_LOG");
+    let mut cmd = concepts_tests::e2e::command(concepts_tests::concepts_bin!(), &env.home());
+    cmd.args(args).current_dir(env.dir.path());
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -6,7 +6,8 @@ use std::path::Path;
 use concepts_tests::e2e::write_model;
 
 fn concepts(home: &Path, args: &[&str]) -> std::process::Output {
-    concepts_tests::e2e::concepts(concepts_tests::concepts_bin!(), home, args)
+    let mut cmd = concepts_tests::e2e::command(concepts_tests::concepts_bin!(), home);
+    cmd.args(args).output().unwrap()
 }
 
 #[test]

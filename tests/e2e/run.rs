@@ -47,13 +47,7 @@ fn ids(v: &Value) -> Vec<f64> {
 }
 
 fn concepts(home: &Path, args: &[&str]) -> Run {
-    let output = Command::new(concepts_tests::concepts_bin!())
-        .args(args)
-        .env("CONCEPTS_HOME", home)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    Run::from(output)
+    concepts_tests::e2e::run(concepts_tests::concepts_bin!(), home, args)
 }
 
 #[track_caller]

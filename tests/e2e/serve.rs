@@ -12,9 +12,7 @@ use serde_json::Value;
 use concepts_tests::e2e::{parity_fixture as fixture, parity_model as model_dir};
 
 fn concepts(home: &Path) -> Command {
-    let mut cmd = Command::new(concepts_tests::concepts_bin!());
-    cmd.env("CONCEPTS_HOME", home).env_remove("RUST_LOG");
-    cmd
+    concepts_tests::e2e::command(concepts_tests::concepts_bin!(), home)
 }
 
 /// Packs `<name>` for the fixture model (tensors from `seed`) and installs it.

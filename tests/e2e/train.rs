@@ -1,7 +1,6 @@
 //! `concepts train`: the contract command line on a tiny random model and toy-world photos.
 
 use std::path::Path;
-use std::process::Command;
 
 use concepts_tests::e2e::write_model;
 
@@ -13,7 +12,8 @@ use rand::SeedableRng;
 use concepts_tests::plugins as support;
 
 fn concepts(home: &Path, args: &[&str]) -> std::process::Output {
-    concepts_tests::e2e::concepts(concepts_tests::concepts_bin!(), home, args)
+    let mut cmd = concepts_tests::e2e::command(concepts_tests::concepts_bin!(), home);
+    cmd.args(args).output().unwrap()
 }
 
 fn write_images(dir: &Path, n: usize, subject: bool) {
@@ -114,9 +114,7 @@ fn train_writes_package_and_report_and_refuses_bad_input() {
         .copied()
         .filter(|a| *a != "--model" && *a != model)
         .collect();
-    let err = Command::new(concepts_tests::concepts_bin!())
-        .arg("--home")
-        .arg(&home)
+    let err = concepts_tests::e2e::command(concepts_tests::concepts_bin!(), Path::new(&home))
         .args(&no_model)
         .env("CONCEPTS_DEFAULT_MODEL", r.join("nothing-here"))
         .output()

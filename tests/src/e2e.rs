@@ -27,15 +27,19 @@ pub fn write_model(dir: &Path, seed: u64) {
     toy_world::write_tokenizer(&dir.join("tokenizer.json")).unwrap();
 }
 
-/// Runs `BIN --home HOME ARGS…` without the default-model override of the environment.
-pub fn concepts(bin: &Path, home: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("CONCEPTS_DEFAULT_MODEL")
-        .output()
-        .unwrap()
+/// `bin` as a user runs it on the registry `home` (`CONCEPTS_HOME`), without the logging and
+/// default-model settings of the test's own environment.
+pub fn command(bin: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env("CONCEPTS_HOME", home)
+        .env_remove("RUST_LOG")
+        .env_remove("CONCEPTS_DEFAULT_MODEL");
+    cmd
+}
+
+/// Runs `bin ARGS…` ([`command`]) to its end.
+pub fn run(bin: &Path, home: &Path, args: &[&str]) -> Run {
+    Run::from(command(bin, home).args(args).output().unwrap())
 }
 
 /// What a run of `concepts` produced: the boundary every end-to-end test checks.
