@@ -75,7 +75,7 @@ pub use manifest::{
     Category, DType, ImageCounts, Manifest, ModelFingerprint, Provenance, Relation, MAX_RELATIONS,
     MAX_USER_FACTS,
 };
-pub use package::{sha256_hex, ConceptPackage, PREAMBLE_LEN};
+pub use package::{ConceptPackage, PREAMBLE_LEN};
 pub use tensors::{ConceptTensors, TensorStats};
 
 /// The eight bytes every `.ycpt` file starts with (PNG-style: a high byte, the

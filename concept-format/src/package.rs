@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use concepts_fs::sha256_hex;
+
 use crate::tensors::{parse_body, Expected};
 use crate::{
     peek_version, ConceptTensors, FormatError, Manifest, FORMAT_MAJOR, FORMAT_MINOR, MAGIC,
@@ -193,5 +195,3 @@ impl ConceptPackage {
         (self.manifest, self.tensors)
     }
 }
-
-pub use concepts_fs::sha256_hex;

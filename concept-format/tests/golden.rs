@@ -7,7 +7,8 @@ mod corpus;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use concept_format::{migrate, peek_version, sha256_hex, Category, ConceptPackage, DType};
+use concept_format::{migrate, peek_version, Category, ConceptPackage, DType};
+use concepts_fs::sha256_hex;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/golden")

@@ -11,36 +11,26 @@ use candle_core::{Tensor, Var};
 
 use crate::error::Result;
 
-/// AdamW hyper-parameters.
+/// AdamW hyper-parameters (the runtime's update, written once) and this optimiser's clipping.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Decoupled weight decay, applied to matrices and kernels only (not to norms, biases
-    /// or 1-D embeddings).
-    pub weight_decay: f64,
+    /// Betas, epsilon and decoupled weight decay; the decay applies to matrices and kernels
+    /// only (not to norms, biases or 1-D embeddings). Flattened: saved configs keep their keys.
+    #[serde(flatten)]
+    pub adamw: concepts_runtime::optim::AdamW,
     /// Global gradient-norm clip; 0 disables clipping.
     pub clip_norm: f64,
 }
 
 impl AdamWConfig {
-    /// The update's hyper-parameters (the clipping is this optimiser's own).
-    pub fn adamw(&self) -> concepts_runtime::optim::AdamW {
-        concepts_runtime::optim::AdamW {
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-        }
-    }
-
     pub fn standard() -> AdamWConfig {
         AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.01,
+            adamw: concepts_runtime::optim::AdamW {
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
             clip_norm: 1.0,
         }
     }
@@ -122,7 +112,7 @@ impl AdamW {
                 },
             };
             let t = state.t + 1;
-            let (w, m, v) = cfg.adamw().update(
+            let (w, m, v) = cfg.adamw.update(
                 &var.as_tensor().detach(),
                 &g,
                 &state.m,

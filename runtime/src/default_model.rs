@@ -120,15 +120,18 @@ pub fn embedded_model_dir(home: &Path) -> Result<PathBuf> {
 }
 
 /// The first 16 hex digits of the SHA-256 of the embedded files (names and bytes), so a
-/// binary with another model never reads this one's folder.
-fn embedded_digest() -> String {
-    let mut all = Vec::new();
-    for (name, bytes) in EMBEDDED {
-        all.extend_from_slice(name.as_bytes());
-        all.push(0);
-        all.extend_from_slice(concepts_fs::sha256_hex(bytes).as_bytes());
-    }
-    concepts_fs::sha256_hex(&all)[..16].to_string()
+/// binary with another model never reads this one's folder. Hashed once per process.
+fn embedded_digest() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| {
+        let mut all = Vec::new();
+        for (name, bytes) in EMBEDDED {
+            all.extend_from_slice(name.as_bytes());
+            all.push(0);
+            all.extend_from_slice(concepts_fs::sha256_hex(bytes).as_bytes());
+        }
+        concepts_fs::sha256_hex(&all)[..16].to_string()
+    })
 }
 
 /// Whether `dir` holds every embedded file at its size (the folder is only ever renamed

@@ -120,7 +120,7 @@ lm_head_sha256 = "{}"
 }
 
 fn sha256_of(path: &Path) -> String {
-    concept_format::sha256_hex(&std::fs::read(path).unwrap())
+    concepts_fs::sha256_hex(&std::fs::read(path).unwrap())
 }
 
 fn blob_path(env: &Env, file: &Path) -> PathBuf {

@@ -55,7 +55,7 @@ pub struct LoadedImage {
     pub image: RgbImage,
 }
 
-pub use concepts_fs::sha256_hex;
+use concepts_fs::sha256_hex;
 
 /// Reads and decodes `path` within `config`'s image bounds (the one bounded path of
 /// [`concepts_runtime::preprocess`]), refusing images whose shorter side is under `min_side`

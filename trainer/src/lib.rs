@@ -839,5 +839,5 @@ fn job_key(
         templates,
         identifier: &cfg.subject.identifier,
     };
-    images::sha256_hex(serde_json::to_string(&key).unwrap_or_default().as_bytes())
+    concepts_fs::sha256_hex(serde_json::to_string(&key).unwrap_or_default().as_bytes())
 }

@@ -21,7 +21,9 @@ use image::RgbImage;
 use safetensors::tensor::TensorView;
 
 use crate::error::{Result, TrainError};
-use crate::images::{self, sha256_hex};
+use concepts_fs::sha256_hex;
+
+use crate::images;
 use crate::{Phase, Progress};
 use concepts_plugin_host::{EmbeddingMatrix, NegativeMiner};
 

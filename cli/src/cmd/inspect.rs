@@ -46,7 +46,7 @@ pub fn run(args: InspectArgs, _ctx: &Ctx) -> anyhow::Result<()> {
     let path = args.file.display().to_string();
     let file = FileJson {
         path: &path,
-        sha256: concept_format::sha256_hex(&bytes),
+        sha256: concepts_fs::sha256_hex(&bytes),
         size: bytes.len() as u64,
         format_version: format!("{major}.{minor}"),
     };

@@ -59,7 +59,7 @@ pub fn run(args: PackArgs, ctx: &Ctx) -> anyhow::Result<()> {
         m.d,
         m.dtype,
         args.output.display(),
-        concept_format::sha256_hex(&package.to_bytes())
+        concepts_fs::sha256_hex(&package.to_bytes())
     )?;
     Ok(())
 }
@@ -79,7 +79,7 @@ fn complete_manifest(text: &str, tensors: &ConceptTensors) -> anyhow::Result<Man
     }
     table.insert(
         "body_sha256".to_owned(),
-        toml::Value::String(concept_format::sha256_hex(tensors.safetensors_bytes())),
+        toml::Value::String(concepts_fs::sha256_hex(tensors.safetensors_bytes())),
     );
     let completed = toml::to_string(&table).context("re-serialising manifest")?;
     Ok(Manifest::from_toml_str(&completed)?)

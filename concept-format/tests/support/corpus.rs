@@ -8,9 +8,11 @@
 
 #![allow(dead_code)] // each includer uses a different part
 
+use concepts_fs::sha256_hex;
+
 use concept_format::{
-    sha256_hex, Category, ConceptPackage, ConceptTensors, DType, ImageCounts, Manifest,
-    ModelFingerprint, Provenance, Relation, FORMAT_MINOR, MAGIC,
+    Category, ConceptPackage, ConceptTensors, DType, ImageCounts, Manifest, ModelFingerprint,
+    Provenance, Relation, FORMAT_MINOR, MAGIC,
 };
 
 /// Golden dimensions: small enough to read in a hex dump

@@ -341,7 +341,7 @@ fn is_plain_file_name(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
-pub use concepts_fs::sha256_hex;
+use concepts_fs::sha256_hex;
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,9 @@ use concepts_plugin_api::{self as api};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::manifest::{sha256_hex, Manifest};
+use concepts_fs::sha256_hex;
+
+use crate::manifest::Manifest;
 use crate::matrix::EmbeddingMatrix;
 use crate::roles::{self, BatchId, MetadataLinker, NegativeMiner, Trainer, TrainingHost};
 use crate::services::{Events, Mining, ProgressSink, POOL, POSITIVES};

@@ -806,7 +806,7 @@ mod hostile {
                 assert_eq!(id, "tampered");
                 assert_eq!(
                     *found,
-                    concepts_plugin_host::manifest::sha256_hex(&component("concepts-test-spin"))
+                    concepts_fs::sha256_hex(&component("concepts-test-spin"))
                 );
                 assert_ne!(expected, found);
             }
@@ -1171,9 +1171,7 @@ mod frozen {
             .map(|n| {
                 format!(
                     "{n} {}",
-                    concepts_plugin_host::manifest::sha256_hex(
-                        &std::fs::read(dir.join(n)).unwrap()
-                    )
+                    concepts_fs::sha256_hex(&std::fs::read(dir.join(n)).unwrap())
                 )
             })
             .collect();

@@ -20,7 +20,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::limits::{Capability, Grants, Limits};
-use crate::manifest::{sha256_hex, Manifest};
+use concepts_fs::sha256_hex;
+
+use crate::manifest::Manifest;
 use crate::matrix::EmbeddingMatrix;
 use crate::roles::{self, MetadataLinker, NegativeMiner, Trainer, TrainingHost};
 use crate::services::{Events, ProgressSink};
