@@ -40,14 +40,28 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, kernels: Kernels) -> Resu
             weight,
             eps as f32,
         )?),
-        _ => {
-            let dtype = x.dtype();
-            let xf = x.to_dtype(compute_dtype(dtype))?;
-            let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-            let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
-            Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
+        // In f32 the fused kernel's rounding is the composed one's, so it runs forward with
+        // the backward attached: two ops instead of six, and a backward of eight.
+        Kernels::Differentiable if x.dtype() == DType::F32 && weight.dtype() == DType::F32 => {
+            let x = x.contiguous()?;
+            let y = candle_nn::ops::rms_norm(&x.detach(), &weight.detach(), eps as f32)?;
+            if !x.track_op() && !weight.track_op() {
+                return Ok(y);
+            }
+            Ok(x.apply_op3(weight, &y, RmsNormGrad { eps })?)
         }
+        _ => rms_norm_composed(x, weight, eps),
     }
+}
+
+/// RMSNorm from elementary ops, each with candle's backward: the twin the fused op and its
+/// backward are tested against, and the path for f64 and half types.
+fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(compute_dtype(dtype))?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.to_dtype(dtype)?.broadcast_mul(weight)?)
 }
 
 /// LayerNorm over the last dim (Ba et al. 2016) with affine weight and bias.
@@ -154,6 +168,123 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// `(x, weight, rms_norm(x) · weight) -> rms_norm(x) · weight` with the gradients of `x` and
+/// `weight` (the third operand is the fused kernel's output, a constant). With
+/// `r = 1 / sqrt(mean(x²) + eps)` per row and `u = g · weight`:
+/// `∂x = r · u − x · r³ · mean(u · x)` and `∂weight = Σ_rows g · x · r`.
+struct RmsNormGrad {
+    eps: f64,
+}
+
+impl candle_core::CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &candle_core::CpuStorage,
+        _l1: &candle_core::Layout,
+        _s2: &candle_core::CpuStorage,
+        _l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        pass_through(s3, l3)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _s1: &candle_core::CudaStorage,
+        _l1: &candle_core::Layout,
+        _s2: &candle_core::CudaStorage,
+        _l2: &candle_core::Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        pass_through(s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let xr = x.broadcast_mul(&r)?;
+        let dx = x.track_op().then(|| -> candle_core::Result<Tensor> {
+            let u = grad.broadcast_mul(weight)?;
+            let m = (&u * &xr)?.mean_keepdim(D::Minus1)?;
+            (u - xr.broadcast_mul(&m)?)?.broadcast_mul(&r)
+        });
+        let dw = weight.track_op().then(|| -> candle_core::Result<Tensor> {
+            let d = weight.dim(0)?;
+            (grad * &xr)?.reshape(((), d))?.sum(0)
+        });
+        Ok((dx.transpose()?, dw.transpose()?, None))
+    }
+}
+
+/// The forward of the fused-kernel-with-backward ops: the constant operand, unchanged.
+fn pass_through<S: candle_core::backend::BackendStorage>(
+    s: &S,
+    l: &candle_core::Layout,
+) -> candle_core::Result<(S, candle_core::Shape)> {
+    if !l.is_contiguous() || l.start_offset() != 0 {
+        candle_core::bail!("a fused kernel's output must be contiguous");
+    }
+    Ok((s.try_clone(l)?, l.shape().clone()))
+}
+
+/// `(x, rope(x)) -> rope(x)` with the gradient of `x`: RoPE rotates each pair of halves by
+/// its angle, so the gradient is the rotation back, `rope(g, cos, -sin)`.
+struct RopeGrad {
+    cos: Tensor,
+    neg_sin: Tensor,
+}
+
+impl candle_core::CustomOp2 for RopeGrad {
+    fn name(&self) -> &'static str {
+        "rope-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &candle_core::CpuStorage,
+        _l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        pass_through(s2, l2)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _s1: &candle_core::CudaStorage,
+        _l1: &candle_core::Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        pass_through(s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = candle_nn::rotary_emb::rope(&grad.contiguous()?, &self.cos, &self.neg_sin)?;
+        Ok((Some(dx), None))
+    }
+}
+
 /// Log-softmax over the last dim, built from differentiable ops, in f32 for half inputs.
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -176,17 +307,33 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, kernels: Kernels) -> Result<
             &cos.contiguous()?,
             &sin.contiguous()?,
         )?),
-        Kernels::Differentiable => {
-            let d = x.dim(D::Minus1)?;
-            let half = d / 2;
-            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
-            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
-            let x1 = x.narrow(D::Minus1, 0, half)?;
-            let x2 = x.narrow(D::Minus1, half, d - half)?;
-            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-            Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        // The fused kernel forward and its rotation back as the backward: one op each way
+        // instead of about ten. `cos` and `sin` are constants (positions, not parameters).
+        Kernels::Differentiable if !cos.track_op() && !sin.track_op() => {
+            let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+            let x = x.contiguous()?;
+            let y = candle_nn::rotary_emb::rope(&x.detach(), &cos, &sin)?;
+            if !x.track_op() {
+                return Ok(y);
+            }
+            let neg_sin = sin.neg()?;
+            Ok(x.apply_op2(&y, RopeGrad { cos, neg_sin })?)
         }
+        Kernels::Differentiable => rope_composed(x, cos, sin),
     }
+}
+
+/// RoPE from elementary ops, each with candle's backward: the twin the fused op and its
+/// backward are tested against.
+fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let half = d / 2;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, d - half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 /// The activation functions of [`Activation`].
@@ -424,6 +571,71 @@ mod tests {
         let x = randn(&[2, 5, 16], 1);
         let w = randn(&[16], 2);
         check(|k| rms_norm(&x, &w, 1e-5, k).unwrap(), 1e-5);
+        let composed = rms_norm_composed(&x, &w, 1e-5).unwrap();
+        let fused = rms_norm(&x, &w, 1e-5, Kernels::Differentiable).unwrap();
+        assert!(max_abs_diff(&composed, &fused) < 1e-5);
+    }
+
+    /// Gradients of `loss(f(inputs))` for every input, `loss` a fixed random projection, so
+    /// every output element gets a different upstream gradient.
+    fn gradients(inputs: &[&Tensor], f: impl Fn(&[Tensor]) -> Tensor) -> Vec<Tensor> {
+        let vars: Vec<candle_core::Var> = inputs
+            .iter()
+            .map(|t| candle_core::Var::from_tensor(t).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&tensors);
+        let proj = randn(out.dims(), 99);
+        let grads = (out * proj).unwrap().sum_all().unwrap().backward().unwrap();
+        tensors
+            .iter()
+            .map(|t| grads.get(t).expect("a gradient for every input").clone())
+            .collect()
+    }
+
+    #[test]
+    fn rms_norm_backward_matches_the_composed_ops() {
+        let x = randn(&[2, 5, 16], 11);
+        let w = randn(&[16], 12);
+        let fused = gradients(&[&x, &w], |t| {
+            rms_norm(&t[0], &t[1], 1e-5, Kernels::Differentiable).unwrap()
+        });
+        let composed = gradients(&[&x, &w], |t| {
+            rms_norm_composed(&t[0], &t[1], 1e-5).unwrap()
+        });
+        for (name, (a, b)) in ["x", "weight"].iter().zip(fused.iter().zip(&composed)) {
+            let err = max_abs_diff(a, b);
+            assert!(err < 1e-4, "∂{name} differs by {err}");
+        }
+        // Only one operand tracked: the other gets no gradient, the tracked one the same.
+        let x_only = candle_core::Var::from_tensor(&x).unwrap();
+        let out = rms_norm(x_only.as_tensor(), &w, 1e-5, Kernels::Differentiable).unwrap();
+        let grads = (out * randn(&[2, 5, 16], 99))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(max_abs_diff(grads.get(x_only.as_tensor()).unwrap(), &fused[0]) < 1e-6);
+        assert!(grads.get(&w).is_none());
+    }
+
+    #[test]
+    fn rope_backward_matches_the_composed_ops() {
+        let x = randn(&[2, 3, 5, 8], 13);
+        let angles = randn(&[5, 4], 14);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let fused = gradients(&[&x], |t| {
+            rope(&t[0], &cos, &sin, Kernels::Differentiable).unwrap()
+        });
+        let composed = gradients(&[&x], |t| rope_composed(&t[0], &cos, &sin).unwrap());
+        let err = max_abs_diff(&fused[0], &composed[0]);
+        assert!(err < 1e-5, "∂x differs by {err}");
+        let forward = max_abs_diff(
+            &rope(&x, &cos, &sin, Kernels::Differentiable).unwrap(),
+            &rope_composed(&x, &cos, &sin).unwrap(),
+        );
+        assert!(forward < 1e-5, "forward differs by {forward}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! ```text
 //! RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE \
 //!     cargo bench -p concepts-trainer --bench train_step -- [--model DIR] [--wide] \
-//!     [--batch 4] [--steps 10] [--warmup 2] [--k 16] [--python /work/pyenv/bin/python]
+//!     [--batch 4] [--steps 10] [--warmup 2] [--k 16] [--python /work/pyenv/bin/python] \
+//!     [--only whole|recomputed|kept|cold]
 //! ```
 //!
 //! Default checkpoint: the parity fixture (LLaVA-1.5 topology, 336 px, 576 image tokens, tiny
@@ -25,8 +26,12 @@ use concepts_runtime::session::Engine;
 use concepts_runtime::ConceptWeights;
 use concepts_trainer::engine::{EngineObserver, EpochEvent};
 use concepts_trainer::images::{self, LoadedImage};
-use concepts_trainer::{AdamW, Dataset, EngineConfig, Init, TrainingEngine};
+use concepts_trainer::{AdamW, Dataset, EngineConfig, Init, PrefixReuse, TrainingEngine};
 use rand::SeedableRng;
+
+/// The allocator the `concepts` binary uses (see cli/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Quiet;
 
@@ -44,6 +49,8 @@ struct Args {
     warmup: usize,
     k: usize,
     python: PathBuf,
+    /// Time only this Rust setting (`whole`, `recomputed`, `kept`, `cold`), e.g. under a profiler.
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -55,6 +62,7 @@ fn args() -> Args {
         warmup: 2,
         k: 16,
         python: PathBuf::from("/work/pyenv/bin/python"),
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +75,7 @@ fn args() -> Args {
             "--warmup" => a.warmup = value().parse().expect("--warmup N"),
             "--k" => a.k = value().parse().expect("--k N"),
             "--python" => a.python = PathBuf::from(value()),
+            "--only" => a.only = Some(value()),
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -156,16 +165,6 @@ fn main() {
         ..Default::default()
     };
     let cancel = AtomicBool::new(false);
-    let mut quiet = Quiet;
-    let cfg = EngineConfig {
-        k: a.k,
-        init: Init::Random,
-        seed: 0,
-        adamw: AdamW::REFERENCE,
-        templates: concepts_trainer::templates::TemplateSet::yollava(),
-    };
-    let mut engine =
-        TrainingEngine::new(&session, "bo", &data, cfg, None, &cancel, &mut quiet).unwrap();
     let samples: Vec<SampleRef> = (0..a.batch as u32)
         .map(|index| SampleRef {
             kind: SampleKind::Positive,
@@ -173,14 +172,26 @@ fn main() {
             template: 0,
         })
         .collect();
-    let batch = engine.build_batch(&samples).unwrap();
-    let (ids, targets) = engine.sample_tokens(&samples[0]).unwrap();
-
-    let time_steps = |engine: &mut TrainingEngine<'_>, cached: bool| {
+    // Median seconds per step of an engine with `prefix`; `every_step` clears the image
+    // features and prefixes before each step, so the vision tower and the prefix run again.
+    let time_steps = |name: &str, prefix: PrefixReuse, every_step: bool| {
+        let mut quiet = Quiet;
+        let cfg = EngineConfig {
+            k: a.k,
+            init: Init::Random,
+            seed: 0,
+            adamw: AdamW::REFERENCE,
+            templates: concepts_trainer::templates::TemplateSet::yollava(),
+            prefix,
+        };
+        let mut engine =
+            TrainingEngine::new(&session, "bo", &data, cfg, None, &cancel, &mut quiet).unwrap();
+        let batch = engine.build_batch(&samples).unwrap();
         let mut times = Vec::new();
-        for i in 0..a.warmup + a.steps {
-            if !cached {
-                engine.clear_feature_cache();
+        let skip = a.only.as_deref().is_some_and(|only| only != name);
+        for i in 0..if skip { 0 } else { a.warmup + a.steps } {
+            if every_step {
+                engine.clear_caches();
             }
             let t0 = Instant::now();
             let loss = engine.train_step(batch, 1e-3).unwrap();
@@ -189,10 +200,15 @@ fn main() {
                 times.push(t0.elapsed().as_secs_f64());
             }
         }
-        median(times)
+        let tokens = engine.sample_tokens(&samples[0]).unwrap();
+        (if skip { f64::NAN } else { median(times) }, tokens)
     };
-    let rust_cached = time_steps(&mut engine, true);
-    let rust_uncached = time_steps(&mut engine, false);
+    let kept = PrefixReuse::default();
+    let (rust_whole, (ids, targets)) = time_steps("whole", PrefixReuse::Off, false);
+    let recomputed = PrefixReuse::Cached { budget_bytes: 0 };
+    let (rust_recomputed, _) = time_steps("recomputed", recomputed, false);
+    let (rust_kept, _) = time_steps("kept", kept, false);
+    let (rust_cold, _) = time_steps("cold", kept, true);
 
     // The same batch for PyTorch.
     let t = ids.len();
@@ -264,24 +280,31 @@ fn main() {
         .as_ref()
         .and_then(|v| v["seconds_per_step_median"].as_f64());
     println!("train_step bench: model `{}`, batch {b} x {t} tokens, k {}, threads {threads}, load before: {}", model_dir.display(), a.k, load.trim());
-    println!("  rust (image features cached)   {rust_cached:.4} s/step");
-    println!("  rust (vision tower every step) {rust_uncached:.4} s/step");
-    match torch_s {
-        Some(s) => {
-            println!("  pytorch reference              {s:.4} s/step");
-            println!(
-                "  ratio pytorch / rust: {:.2} (cached), {:.2} (uncached)",
-                s / rust_cached,
-                s / rust_uncached
-            );
+    let rows = [
+        (
+            "rust, whole sequence with gradients (reference layout)",
+            rust_whole,
+        ),
+        ("rust, prefix recomputed without gradients", rust_recomputed),
+        ("rust, prefix kept (default)", rust_kept),
+        ("rust, vision tower and prefix every step", rust_cold),
+    ];
+    for (label, secs) in rows {
+        match torch_s {
+            Some(p) => println!("  {label:<56} {secs:.4} s/step  ({:.2}x pytorch)", p / secs),
+            None => println!("  {label:<56} {secs:.4} s/step"),
         }
+    }
+    match torch_s {
+        Some(s) => println!("  {:<56} {s:.4} s/step", "pytorch reference"),
         None => println!("  pytorch reference: not measured"),
     }
     println!(
         "{}",
         serde_json::json!({
             "model": model_dir.display().to_string(), "batch": b, "seq_len": t, "k": a.k,
-            "rust_cached": rust_cached, "rust_uncached": rust_uncached, "pytorch": torch_s,
+            "rust_whole": rust_whole, "rust_prefix_recomputed": rust_recomputed,
+            "rust_prefix_kept": rust_kept, "rust_cold": rust_cold, "pytorch": torch_s,
             "load": load.trim(),
         })
     );

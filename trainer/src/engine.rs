@@ -22,6 +22,7 @@
 //! saved point, answering them from the record without computing, then continues live; so any
 //! deterministic trainer policy resumes to the same result as an uninterrupted run.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -31,12 +32,13 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use concepts_plugin_api::{EpochReport, Recognition, SampleCounts, SampleKind, SampleRef, Split};
 use concepts_runtime::prompt::{expand_image_tokens, ConceptMarkers, Conversation};
 use concepts_runtime::session::Engine;
-use concepts_runtime::{ops, ConceptWeights, Kernels, LlavaModel};
+use concepts_runtime::{ops, ConceptWeights, Kernels, KvCache, LlavaModel};
 use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::error::{Result, TrainError};
+use crate::prefix::{PrefixKey, PrefixReuse, PrefixStore};
 use crate::templates;
 use concepts_plugin_host::{BatchId, EngineError, SnapshotId, TrainingHost};
 use concepts_plugin_sdk::rng::SplitMix64;
@@ -140,6 +142,12 @@ pub struct History {
     pub epochs: Vec<EpochReport>,
 }
 
+/// An image variant among the cached features: (kind code, index, flipped).
+type FeatureKey = (u8, u32, bool);
+
+/// Samples run in one decoder pass: each encoding with its image variant, if any.
+type Group<'e> = Vec<(&'e Encoded, Option<FeatureKey>)>;
+
 /// One tokenized, embedded prompt + answer.
 struct Encoded {
     len: usize,
@@ -153,6 +161,24 @@ struct Encoded {
     concept: Vec<(usize, u32)>,
     /// (position, target id): the position's logits must predict the target.
     targets: Vec<(usize, u32)>,
+    /// Length of the constant prefix: the positions before the first concept token (and
+    /// before the first loss position), which no trainable parameter reaches.
+    prefix: usize,
+}
+
+/// Where the engine's time went (live work only; replayed calls cost nothing).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineTimings {
+    /// Optimiser steps: forward, backward and AdamW.
+    pub steps_secs: f64,
+    /// Recognition read-outs after each epoch.
+    pub recognition_secs: f64,
+    /// Running prompt prefixes (part of the two above).
+    pub prefixes_secs: f64,
+    /// Prompt prefixes run, kept or not.
+    pub prefixes_run: u64,
+    /// Bytes of prompt-prefix keys and values kept at the end.
+    pub prefixes_kept_bytes: u64,
 }
 
 /// Everything a [`TrainingEngine`] needs besides the model and the data.
@@ -163,6 +189,8 @@ pub struct EngineConfig {
     pub adamw: AdamW,
     /// Recognition templates (the base model's own, or Yo'LLaVA's).
     pub templates: templates::TemplateSet,
+    /// Whether steps run the constant prompt prefix once, without gradients ([`crate::prefix`]).
+    pub prefix: PrefixReuse,
 }
 
 /// Called after each epoch (and for each replayed epoch on resume).
@@ -294,6 +322,8 @@ pub struct TrainingEngine<'a> {
     yes_id: u32,
     no_id: u32,
     features: HashMap<(u8, u32, bool), Tensor>,
+    prefixes: RefCell<PrefixStore>,
+    timings: EngineTimings,
     params: ConceptParams,
     moments: Moments,
     batches: BTreeMap<u32, Vec<(SampleRef, bool)>>,
@@ -394,6 +424,11 @@ impl<'a> TrainingEngine<'a> {
             yes_id,
             no_id,
             features: HashMap::new(),
+            prefixes: RefCell::new(PrefixStore::new(match cfg.prefix {
+                PrefixReuse::Off => 0,
+                PrefixReuse::Cached { budget_bytes } => budget_bytes,
+            })),
+            timings: EngineTimings::default(),
             params: ConceptParams {
                 rows: Tensor::zeros((cfg.k + 1, 1), DType::F32, &device)?,
                 head: Tensor::zeros(1, DType::F32, &device)?,
@@ -483,9 +518,28 @@ impl<'a> TrainingEngine<'a> {
         ))
     }
 
-    /// Forgets the cached image features (benchmarks use it to time the uncached path).
-    pub fn clear_feature_cache(&mut self) {
+    /// Forgets the cached image features and prompt prefixes (benchmarks use it to time the
+    /// uncached path).
+    pub fn clear_caches(&mut self) {
         self.features.clear();
+        self.prefixes.borrow_mut().clear();
+    }
+
+    /// How many prompt prefixes were run so far, and the bytes of those kept.
+    pub fn prefix_stats(&self) -> (u64, usize) {
+        let store = self.prefixes.borrow();
+        (store.computed, store.bytes())
+    }
+
+    /// Where the time went so far.
+    pub fn timings(&self) -> EngineTimings {
+        let store = self.prefixes.borrow();
+        EngineTimings {
+            prefixes_secs: store.secs,
+            prefixes_run: store.computed,
+            prefixes_kept_bytes: store.bytes() as u64,
+            ..self.timings
+        }
     }
 
     /// The first error an observer returned, if any (it stopped training).
@@ -755,6 +809,107 @@ impl<'a> TrainingEngine<'a> {
         Ok(Tensor::cat(&[&base, &own], D::Minus1)?.to_dtype(DType::F32)?)
     }
 
+    /// The keys and values of the constant prefixes (`p` positions) of `group`, stacked into
+    /// one cache with room for `reserve` more positions: kept ones reused, the others run now
+    /// (in one batch, without gradients) and kept while the budget lasts.
+    fn prefix_kv(
+        &self,
+        group: &[(&Encoded, Option<FeatureKey>)],
+        constant: &Tensor,
+        p: usize,
+        reserve: usize,
+    ) -> Result<KvCache> {
+        let keys: Vec<PrefixKey> = group
+            .iter()
+            .map(|(enc, image)| PrefixKey {
+                image: *image,
+                ids: enc.ids[..p].to_vec(),
+            })
+            .collect();
+        let mut store = self.prefixes.borrow_mut();
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if store.get(key).is_none() && !missing.iter().any(|&j| keys[j] == *key) {
+                missing.push(i);
+            }
+        }
+        let mut unkept: HashMap<&PrefixKey, KvCache> = HashMap::new();
+        if !missing.is_empty() {
+            let device = constant.device();
+            let picked = Tensor::from_vec(
+                missing.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                missing.len(),
+                device,
+            )?;
+            let started = std::time::Instant::now();
+            let embeds = constant
+                .index_select(&picked, 0)?
+                .narrow(1, 0, p)?
+                .contiguous()?;
+            let mut kv = KvCache::new(self.model().config());
+            self.model()
+                .forward_embeds(&embeds, Some(&mut kv), Kernels::Fast)?;
+            store.computed += missing.len() as u64;
+            store.secs += started.elapsed().as_secs_f64();
+            for (row, &i) in missing.iter().enumerate() {
+                if let Some(back) = store.insert(keys[i].clone(), kv.row(row)?) {
+                    unkept.insert(&keys[i], back);
+                }
+            }
+        }
+        let rows = keys
+            .iter()
+            .map(|key| {
+                store
+                    .get(key)
+                    .or_else(|| unkept.get(key))
+                    .ok_or_else(|| TrainError::Input("a prompt prefix went missing".into()))
+            })
+            .collect::<Result<Vec<&KvCache>>>()?;
+        Ok(KvCache::stack(&rows, reserve)?)
+    }
+
+    /// Runs the decoder over a group of samples with the concept rows spliced in. Returns the
+    /// final hidden states `[B, S, d]` of positions `start..start + S` of the right-padded
+    /// batch: `start` is the group's constant prefix when it is reused ([`PrefixReuse`]), 0
+    /// otherwise. Every sample of the group must have the same prefix length.
+    fn forward_group(
+        &self,
+        group: &[(&Encoded, Option<FeatureKey>)],
+        rows: &Tensor,
+        kernels: Kernels,
+    ) -> Result<(Tensor, usize)> {
+        let with_features: Vec<(&Encoded, Option<Tensor>)> = group
+            .iter()
+            .map(|&(enc, key)| (enc, key.map(|k| self.features[&k].clone())))
+            .collect();
+        let (constant, idx, mask, t) = self.assemble(&with_features)?;
+        drop(with_features);
+        let p = group.first().map_or(0, |(enc, _)| enc.prefix);
+        debug_assert!(group.iter().all(|(enc, _)| enc.prefix == p));
+        if self.cfg.prefix == PrefixReuse::Off || p == 0 {
+            let embeds = self.splice(&constant, rows, idx, mask)?;
+            return Ok((self.model().forward_embeds(&embeds, None, kernels)?, 0));
+        }
+        let s = t - p;
+        let mut cache = self.prefix_kv(group, &constant, p, s)?;
+        fn suffix<T: Copy>(v: &[T], t: usize, p: usize) -> Vec<T> {
+            v.chunks(t)
+                .flat_map(|row| row[p..].iter().copied())
+                .collect()
+        }
+        let embeds = self.splice(
+            &constant.narrow(1, p, s)?,
+            rows,
+            suffix(&idx, t, p),
+            suffix(&mask, t, p),
+        )?;
+        let hidden = self
+            .model()
+            .forward_embeds(&embeds, Some(&mut cache), kernels)?;
+        Ok((hidden, p))
+    }
+
     /// Sum of the answer-token NLL of a batch and the number of answer tokens.
     fn batch_nll(
         &mut self,
@@ -768,41 +923,35 @@ impl<'a> TrainingEngine<'a> {
             .map(|(s, flip)| (s.kind, s.index, *flip))
             .collect();
         self.ensure_features(&wanted)?;
+        // Image-free samples apart (they would be padded to image length), and samples with
+        // different prefix lengths apart (a prefix cannot be padded).
+        let mut groups: BTreeMap<(bool, usize), Group<'_>> = BTreeMap::new();
+        for (s, flip) in samples {
+            let enc = self.encoded(s)?;
+            let image = (s.kind != SampleKind::Conversation)
+                .then(|| (Self::kind_code(s.kind), s.index, *flip));
+            groups
+                .entry((image.is_some(), enc.prefix))
+                .or_default()
+                .push((enc, image));
+        }
         let mut total: Option<Tensor> = None;
         let mut count = 0;
-        for with_image in [true, false] {
-            let mut group = Vec::new();
-            for (s, flip) in samples {
-                if (s.kind != SampleKind::Conversation) != with_image {
-                    continue;
-                }
-                let enc = self.encoded(s)?;
-                let feats = with_image
-                    .then(|| self.features[&(Self::kind_code(s.kind), s.index, *flip)].clone());
-                group.push((enc, feats));
-            }
-            if group.is_empty() {
-                continue;
-            }
-            let (constant, idx, mask, t) = self.assemble(&group)?;
+        for group in groups.values() {
+            let (hidden, start) = self.forward_group(group, rows, Kernels::Differentiable)?;
+            let (b, s, d) = hidden.dims3()?;
             let mut loss_rows = Vec::new();
             let mut targets = Vec::new();
-            for (b, (enc, _)) in group.iter().enumerate() {
+            for (i, (enc, _)) in group.iter().enumerate() {
                 for &(pos, target) in &enc.targets {
-                    loss_rows.push((b * t + pos) as u32);
+                    loss_rows.push((i * s + pos - start) as u32);
                     targets.push(target);
                 }
             }
-            drop(group);
-            let embeds = self.splice(&constant, rows, idx, mask)?;
-            let hidden = self
-                .model()
-                .forward_embeds(&embeds, None, Kernels::Differentiable)?;
-            let (b, t, d) = hidden.dims3()?;
             let device = hidden.device().clone();
             let n = loss_rows.len();
             let picked = hidden
-                .reshape((b * t, d))?
+                .reshape((b * s, d))?
                 .index_select(&Tensor::from_vec(loss_rows, n, &device)?, 0)?;
             let logp = ops::log_softmax_last_dim(&self.logits(&picked, head)?)?;
             let nll = logp
@@ -819,7 +968,10 @@ impl<'a> TrainingEngine<'a> {
         Ok((total, count))
     }
 
-    fn step(&mut self, batch: BatchId, lr: f32) -> Result<f32> {
+    /// The mean answer-token loss of `batch` at the current parameters and its gradients
+    /// with respect to the concept rows `[1 + k, d]` and the head column `[d]` (f32). The
+    /// step applies AdamW to these; tests compare them across [`PrefixReuse`] settings.
+    pub fn loss_and_gradients(&mut self, batch: BatchId) -> Result<(f32, Tensor, Tensor)> {
         let samples = self
             .batches
             .get(&batch.0)
@@ -834,19 +986,29 @@ impl<'a> TrainingEngine<'a> {
         let loss = (nll / count as f64)?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
-            return Ok(value);
+            return Ok((
+                value,
+                self.params.rows.zeros_like()?,
+                self.params.head.zeros_like()?,
+            ));
         }
         let grads = loss.backward()?;
-        let zero_rows = self.params.rows.zeros_like()?;
-        let zero_head = self.params.head.zeros_like()?;
-        let g_rows = grads
-            .get(rows_var.as_tensor())
-            .cloned()
-            .unwrap_or(zero_rows);
-        let g_head = grads
-            .get(head_var.as_tensor())
-            .cloned()
-            .unwrap_or(zero_head);
+        let g_rows = match grads.get(rows_var.as_tensor()) {
+            Some(g) => g.clone(),
+            None => self.params.rows.zeros_like()?,
+        };
+        let g_head = match grads.get(head_var.as_tensor()) {
+            Some(g) => g.clone(),
+            None => self.params.head.zeros_like()?,
+        };
+        Ok((value, g_rows, g_head))
+    }
+
+    fn step(&mut self, batch: BatchId, lr: f32) -> Result<f32> {
+        let (value, g_rows, g_head) = self.loss_and_gradients(batch)?;
+        if !value.is_finite() {
+            return Ok(value);
+        }
         let a = self.cfg.adamw;
         let m = &mut self.moments;
         m.t += 1;
@@ -882,19 +1044,12 @@ impl<'a> TrainingEngine<'a> {
         for chunk in images.chunks(EVAL_BATCH) {
             let wanted: Vec<_> = chunk.iter().map(|&(k, i)| (k, i, false)).collect();
             self.ensure_features(&wanted)?;
-            let group: Vec<(&Encoded, Option<Tensor>)> = chunk
+            let group: Vec<(&Encoded, Option<FeatureKey>)> = chunk
                 .iter()
-                .map(|&(k, i)| {
-                    (
-                        &self.eval,
-                        Some(self.features[&(Self::kind_code(k), i, false)].clone()),
-                    )
-                })
+                .map(|&(k, i)| (&self.eval, Some((Self::kind_code(k), i, false))))
                 .collect();
-            let (constant, idx, mask, t) = self.assemble(&group)?;
-            let embeds = self.splice(&constant, &rows, idx, mask)?;
-            let hidden = self.model().forward_embeds(&embeds, None, Kernels::Fast)?;
-            let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+            let (hidden, start) = self.forward_group(&group, &rows, Kernels::Fast)?;
+            let last = hidden.narrow(1, self.eval.len - 1 - start, 1)?.squeeze(1)?;
             let logp = ops::log_softmax_last_dim(&self.logits(&last, &head)?)?.to_vec2::<f32>()?;
             for (&(kind, _), lp) in chunk.iter().zip(logp) {
                 let (yes, no) = (lp[self.yes_id as usize], lp[self.no_id as usize]);
@@ -1046,6 +1201,15 @@ fn encode(
         Some(_) => (prompt_len - 1..len - 1).map(|p| (p, ids[p + 1])).collect(),
         None => Vec::new(),
     };
+    // Without an answer the last position is read (evaluation), so it stays in the suffix.
+    let prefix = concept
+        .first()
+        .map(|&(p, _)| p)
+        .into_iter()
+        .chain(targets.first().map(|&(p, _)| p))
+        .chain(std::iter::once(len - 1))
+        .min()
+        .unwrap_or(0);
     Ok(Encoded {
         len,
         ids,
@@ -1053,6 +1217,7 @@ fn encode(
         base,
         concept,
         targets,
+        prefix,
     })
 }
 
@@ -1120,7 +1285,9 @@ impl TrainingHost for TrainingEngine<'_> {
                 "learning rate {learning_rate} must be positive"
             )));
         }
+        let started = std::time::Instant::now();
         let loss = self.step(batch, learning_rate).map_err(engine_err)?;
+        self.timings.steps_secs += started.elapsed().as_secs_f64();
         self.steps += 1;
         self.history.step_losses.push(loss);
         self.observer.step(self.steps as u64, loss);
@@ -1139,7 +1306,9 @@ impl TrainingHost for TrainingEngine<'_> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError(INTERRUPTED.to_string()));
         }
+        let started = std::time::Instant::now();
         let rec = self.recognition().map_err(engine_err)?;
+        self.timings.recognition_secs += started.elapsed().as_secs_f64();
         self.evals += 1;
         Ok(rec)
     }

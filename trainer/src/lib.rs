@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod images;
 pub mod mining;
+pub mod prefix;
 pub mod report;
 pub mod templates;
 
@@ -46,6 +47,7 @@ pub use data::{ConversationConfig, Dataset, MAX_QUESTIONS_PER_IMAGE};
 pub use engine::{AdamW, ConceptParams, EngineConfig, Init, TrainingEngine};
 pub use error::{Result, TrainError};
 pub use mining::PoolSource;
+pub use prefix::PrefixReuse;
 
 /// The trainer's name in package provenance.
 pub const TRAINER_NAME: &str = "concepts-train";
@@ -134,6 +136,8 @@ pub struct TrainConfig {
     pub installed: Vec<String>,
     /// License of the package.
     pub license: String,
+    /// Whether steps run the constant prompt prefix once, without gradients ([`prefix`]).
+    pub prefix: PrefixReuse,
 }
 
 impl TrainConfig {
@@ -166,6 +170,7 @@ impl TrainConfig {
             cache_dir: None,
             installed: Vec::new(),
             license: "LicenseRef-personal".to_string(),
+            prefix: PrefixReuse::default(),
         }
     }
 }
@@ -442,6 +447,7 @@ struct Checkpointer<'a, 'b> {
     written_best: Option<u32>,
     live_steps: u64,
     live_since: Instant,
+    checkpoint_secs: f64,
 }
 
 impl engine::EngineObserver for Checkpointer<'_, '_> {
@@ -451,7 +457,9 @@ impl engine::EngineObserver for Checkpointer<'_, '_> {
     }
 
     fn epoch(&mut self, event: engine::EpochEvent<'_>) -> Result<()> {
+        let started = Instant::now();
         let result = self.checkpoint(&event);
+        self.checkpoint_secs += started.elapsed().as_secs_f64();
         self.progress.epoch(event.report, event.replayed);
         result
     }
@@ -686,6 +694,7 @@ pub fn train(
         written_best: None,
         live_steps: 0,
         live_since: Instant::now(),
+        checkpoint_secs: 0.0,
     };
     let engine_cfg = EngineConfig {
         k: cfg.k,
@@ -693,6 +702,7 @@ pub fn train(
         seed: cfg.seed,
         adamw: cfg.adamw,
         templates: recognition_templates.clone(),
+        prefix: cfg.prefix,
     };
     let mut engine = TrainingEngine::new(
         &session,
@@ -717,14 +727,18 @@ pub fn train(
     let history = engine.history().clone();
     let best = engine.best().cloned();
     let params = engine.params().clone();
+    let engine_timings = engine.timings();
     drop(engine);
-    let (live_steps, live_secs, wrote_best) = (
+    let (live_steps, live_secs, wrote_best, checkpoint_secs) = (
         checkpointer.live_steps,
         checkpointer.live_since.elapsed().as_secs_f64(),
         checkpointer.written_best,
+        checkpointer.checkpoint_secs,
     );
     job.timings.training_secs = t2.elapsed().as_secs_f64();
     job.timings.seconds_per_step = (live_steps > 0).then(|| live_secs / live_steps as f64);
+    job.timings.checkpoint_secs = checkpoint_secs;
+    job.timings.engine = engine_timings;
     let summary = match result {
         Ok(summary) => summary,
         Err(e) => {

@@ -74,6 +74,10 @@ pub struct Timings {
     pub training_secs: f64,
     /// Mean seconds per optimiser step of this run (replayed steps excluded).
     pub seconds_per_step: Option<f64>,
+    /// Of `training_secs`: the engine's steps, recognition read-outs and prompt prefixes.
+    pub engine: crate::engine::EngineTimings,
+    /// Of `training_secs`: writing the best package and the report after each epoch.
+    pub checkpoint_secs: f64,
 }
 
 /// `bo.ycpt` → `bo.training.json` and `bo.training.png` in the same folder.

@@ -143,6 +143,7 @@ fn base_tensors_are_bit_identical_after_training() {
         seed: 1,
         adamw: AdamW::REFERENCE,
         templates: concepts_trainer::templates::TemplateSet::yollava(),
+        prefix: concepts_trainer::PrefixReuse::default(),
     };
     let mut engine =
         TrainingEngine::new(&session, "bo", &data, engine_cfg, None, &cancel, &mut quiet).unwrap();

@@ -87,6 +87,11 @@ pub struct TrainArgs {
     /// Continue an interrupted run from FILE.state
     #[arg(long)]
     pub resume: bool,
+    /// MiB of prompt-prefix keys and values kept between steps (system text and image, run
+    /// once without gradients; beyond this they are recomputed). 0 recomputes every prefix;
+    /// `off` runs every step over the whole sequence with gradients, as the reference does
+    #[arg(long, value_name = "MIB", default_value = "2048", value_parser = parse_prefix_budget)]
+    pub prefix_cache: concepts_trainer::PrefixReuse,
     /// Allow native (unsandboxed) plugin libraries for the stages
     #[arg(long)]
     pub allow_native: bool,
@@ -267,6 +272,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     cfg.easy_negatives = args.easy;
     cfg.conversation.questions_per_image = args.questions;
     cfg.resume = args.resume;
+    cfg.prefix = args.prefix_cache;
     cfg.cache_dir = Some(home.join("cache").join("pool-embeddings"));
     cfg.installed = installed;
 
@@ -326,4 +332,18 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         outcome.report_png.display()
     );
     Ok(())
+}
+
+/// `off`, or a budget in MiB, for `--prefix-cache`.
+fn parse_prefix_budget(text: &str) -> Result<concepts_trainer::PrefixReuse, String> {
+    if text == "off" {
+        return Ok(concepts_trainer::PrefixReuse::Off);
+    }
+    let mib: usize = text
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number of MiB or `off`"))?;
+    let budget_bytes = mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| format!("{mib} MiB is more than this machine can address"))?;
+    Ok(concepts_trainer::PrefixReuse::Cached { budget_bytes })
 }

@@ -121,6 +121,104 @@ impl KvCache {
         Ok((buf.k.narrow(2, 0, needed)?, buf.v.narrow(2, 0, needed)?))
     }
 
+    /// Batch row `b` as a cache of batch 1 holding exactly its `len` positions (a copy, so
+    /// it keeps no part of the batched buffers alive).
+    pub fn row(&self, b: usize) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|slot| {
+                let buf = slot.as_ref().ok_or_else(|| {
+                    RuntimeError::InvalidInput("kv cache row of an unwritten cache".into())
+                })?;
+                let batch = buf.k.dim(0)?;
+                if b >= batch {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "kv cache row {b} of a batch of {batch}"
+                    )));
+                }
+                let take = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, b, 1)?.narrow(2, 0, self.len)?.copy()?)
+                };
+                Ok(Some(Arc::new(LayerBuffers {
+                    k: take(&buf.k)?,
+                    v: take(&buf.v)?,
+                })))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+        })
+    }
+
+    /// One batched cache from caches of batch 1 and equal length (batch row `i` is `rows[i]`),
+    /// with room for `reserve` more positions before its buffers grow. The training engine
+    /// uses it to run a batch of suffixes over prefixes that were computed one by one.
+    pub fn stack(rows: &[&KvCache], reserve: usize) -> Result<KvCache> {
+        let first = rows
+            .first()
+            .ok_or_else(|| RuntimeError::InvalidInput("stacking no kv caches".into()))?;
+        let len = first.len;
+        if let Some(other) = rows
+            .iter()
+            .find(|r| r.len != len || r.layers.len() != first.layers.len())
+        {
+            return Err(RuntimeError::InvalidInput(format!(
+                "stacking kv caches of {} and {} positions ({} and {} layers)",
+                len,
+                other.len,
+                first.layers.len(),
+                other.layers.len()
+            )));
+        }
+        let capacity = (len + reserve).next_multiple_of(CAPACITY_STEP);
+        let mut layers = Vec::with_capacity(first.layers.len());
+        for layer in 0..first.layers.len() {
+            let bufs = rows
+                .iter()
+                .map(|r| {
+                    r.layers[layer].as_deref().ok_or_else(|| {
+                        RuntimeError::InvalidInput("stacking an unwritten kv cache".into())
+                    })
+                })
+                .collect::<Result<Vec<&LayerBuffers>>>()?;
+            let gather = |pick: fn(&LayerBuffers) -> &Tensor| -> Result<Tensor> {
+                let first = pick(bufs[0]);
+                let (b, h, _, d) = first.dims4()?;
+                if b != 1 {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "stacking a kv cache of batch {b}, expected 1"
+                    )));
+                }
+                let out =
+                    Tensor::zeros((bufs.len(), h, capacity, d), first.dtype(), first.device())?;
+                if len > 0 {
+                    let parts = bufs
+                        .iter()
+                        .map(|buf| pick(buf).narrow(2, 0, len))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    out.slice_set(&Tensor::cat(&parts, 0)?.contiguous()?, 2, 0)?;
+                }
+                Ok(out)
+            };
+            layers.push(Some(Arc::new(LayerBuffers {
+                k: gather(|b| &b.k)?,
+                v: gather(|b| &b.v)?,
+            })));
+        }
+        Ok(KvCache { layers, len })
+    }
+
+    /// Bytes of the buffers this cache holds (shared buffers counted in full).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|buf| 2 * buf.k.elem_count() * buf.k.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Marks `t` more positions as cached.
     pub(crate) fn advance(&mut self, t: usize) {
         self.len += t;

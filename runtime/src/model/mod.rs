@@ -408,6 +408,55 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_a_batched_prefix_stack_back_into_a_batch_that_continues_each_row() {
+        let cfg = tiny_config_gqa();
+        let (model, _) = random_model(&cfg, 8, DType::F64, &Device::Cpu).unwrap();
+        let prefixes = randn(&[3, 5, 16], 16, DType::F64, &Device::Cpu).unwrap();
+        let suffixes = randn(&[2, 4, 16], 17, DType::F64, &Device::Cpu).unwrap();
+        let mut batched = KvCache::new(&cfg);
+        model
+            .forward_embeds(&prefixes, Some(&mut batched), Kernels::Fast)
+            .unwrap();
+        let rows: Vec<KvCache> = (0..3).map(|b| batched.row(b).unwrap()).collect();
+        assert!(batched.row(3).is_err(), "no row 3 in a batch of 3");
+        assert!(rows.iter().all(|r| r.len() == 5));
+        // Rows 2 and 0, in that order, each continued by its own suffix, with gradients.
+        let mut stacked = KvCache::stack(&[&rows[2], &rows[0]], 4).unwrap();
+        let got = model
+            .forward_embeds(&suffixes, Some(&mut stacked), Kernels::Differentiable)
+            .unwrap();
+        for (i, b) in [2usize, 0].into_iter().enumerate() {
+            let full = Tensor::cat(
+                &[
+                    &prefixes.narrow(0, b, 1).unwrap(),
+                    &suffixes.narrow(0, i, 1).unwrap(),
+                ],
+                1,
+            )
+            .unwrap();
+            let want = model.forward_embeds(&full, None, Kernels::Fast).unwrap();
+            assert!(
+                max_diff(
+                    &got.narrow(0, i, 1).unwrap(),
+                    &want.narrow(1, 5, 4).unwrap()
+                ) < 1e-12
+            );
+        }
+        // Rows of different lengths do not stack.
+        let mut longer = rows[1].clone();
+        model
+            .forward_embeds(
+                &suffixes.narrow(0, 0, 1).unwrap(),
+                Some(&mut longer),
+                Kernels::Fast,
+            )
+            .unwrap();
+        assert!(KvCache::stack(&[&rows[0], &longer], 0).is_err());
+        assert!(KvCache::stack(&[], 0).is_err());
+        assert!(rows[0].bytes() > 0);
+    }
+
+    #[test]
     fn truncate_rewinds_the_cache() {
         let cfg = tiny_config();
         let (model, _) = random_model(&cfg, 6, DType::F64, &Device::Cpu).unwrap();
