@@ -52,6 +52,10 @@ use serde_json::{json, Value};
 
 type BenchResult<T> = Result<T, Box<dyn Error>>;
 
+/// The allocator the `concepts` binary uses (see cli/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The question of the chat prompt (the `llava_v1` template wraps it).
 const QUESTION: &str = "What is in the image?";
 /// Latent tokens of the benchmark concept.
