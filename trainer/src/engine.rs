@@ -525,12 +525,6 @@ impl<'a> TrainingEngine<'a> {
         self.prefixes.borrow_mut().clear();
     }
 
-    /// How many prompt prefixes were run so far, and the bytes of those kept.
-    pub fn prefix_stats(&self) -> (u64, usize) {
-        let store = self.prefixes.borrow();
-        (store.computed, store.bytes())
-    }
-
     /// Where the time went so far.
     pub fn timings(&self) -> EngineTimings {
         let store = self.prefixes.borrow();

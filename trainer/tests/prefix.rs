@@ -66,14 +66,46 @@ fn dataset(world: &common::World, session: &Engine) -> Dataset {
     }
 }
 
-fn config(prefix: PrefixReuse) -> EngineConfig {
-    EngineConfig {
-        k: K,
-        init: Init::Random,
-        seed: 3,
-        adamw: AdamW::REFERENCE,
-        templates: concepts_trainer::templates::TemplateSet::yollava(),
-        prefix,
+/// A tiny random model with `<bo>` active, and a dataset of every sample kind.
+struct Fixture {
+    _world: common::World,
+    session: Engine,
+    data: Dataset,
+    cancel: AtomicBool,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let world = common::world(3, 2, 2);
+        let session = session(&world);
+        let data = dataset(&world, &session);
+        Fixture {
+            _world: world,
+            session,
+            data,
+            cancel: AtomicBool::new(false),
+        }
+    }
+
+    fn engine<'a>(&'a self, prefix: PrefixReuse, quiet: &'a mut Quiet) -> TrainingEngine<'a> {
+        let cfg = EngineConfig {
+            k: K,
+            init: Init::Random,
+            seed: 3,
+            adamw: AdamW::REFERENCE,
+            templates: concepts_trainer::templates::TemplateSet::yollava(),
+            prefix,
+        };
+        TrainingEngine::new(
+            &self.session,
+            "bo",
+            &self.data,
+            cfg,
+            None,
+            &self.cancel,
+            quiet,
+        )
+        .unwrap()
     }
 }
 
@@ -113,10 +145,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn loss_gradients_and_steps_equal_those_of_the_whole_sequence() {
-    let world = common::world(3, 2, 2);
-    let session = session(&world);
-    let data = dataset(&world, &session);
-    let cancel = AtomicBool::new(false);
+    let fixture = Fixture::new();
     let settings = [
         PrefixReuse::Off,
         PrefixReuse::Cached { budget_bytes: 0 },
@@ -125,22 +154,14 @@ fn loss_gradients_and_steps_equal_those_of_the_whole_sequence() {
     let mut results = Vec::new();
     for prefix in settings {
         let mut quiet = Quiet;
-        let mut engine = TrainingEngine::new(
-            &session,
-            "bo",
-            &data,
-            config(prefix),
-            None,
-            &cancel,
-            &mut quiet,
-        )
-        .unwrap();
+        let mut engine = fixture.engine(prefix, &mut quiet);
         let batch = engine.build_batch(&samples()).unwrap();
         let (loss, g_rows, g_head) = engine.loss_and_gradients(batch).unwrap();
         // Again: with kept prefixes, nothing is run twice.
-        let (computed, kept) = engine.prefix_stats();
+        let before = engine.timings();
+        let (computed, kept) = (before.prefixes_run, before.prefixes_kept_bytes);
         let again = engine.loss_and_gradients(batch).unwrap();
-        let (computed_again, _) = engine.prefix_stats();
+        let computed_again = engine.timings().prefixes_run;
         match prefix {
             PrefixReuse::Off => assert_eq!((computed, computed_again), (0, 0)),
             PrefixReuse::Cached { budget_bytes: 0 } => {
@@ -190,22 +211,10 @@ fn loss_gradients_and_steps_equal_those_of_the_whole_sequence() {
 
 #[test]
 fn recognition_equals_that_of_the_whole_sequence() {
-    let world = common::world(3, 2, 2);
-    let session = session(&world);
-    let data = dataset(&world, &session);
-    let cancel = AtomicBool::new(false);
+    let fixture = Fixture::new();
     let read = |prefix| {
         let mut quiet = Quiet;
-        let mut engine = TrainingEngine::new(
-            &session,
-            "bo",
-            &data,
-            config(prefix),
-            None,
-            &cancel,
-            &mut quiet,
-        )
-        .unwrap();
+        let mut engine = fixture.engine(prefix, &mut quiet);
         engine.evaluate_recognition(Split::Validation).unwrap()
     };
     let whole = read(PrefixReuse::Off);
