@@ -89,7 +89,7 @@ pub enum FormatError {
     #[error("manifest field `{field}` is not an rfc 3339 date-time ({reason}): expected e.g. `2025-05-03T12:00:00Z`, found {found}")]
     InvalidTimestamp {
         field: String,
-        reason: &'static str,
+        reason: String,
         found: String,
     },
     /// A dimension (`k`, `d`, a hidden size) is outside its allowed range

@@ -312,3 +312,56 @@ fn manifests_serialize_with_serde_for_other_indexes() {
     let back: Manifest = serde_json::from_value(json).unwrap();
     assert_eq!(back, m);
 }
+
+/// Spec §6: unknown keys (rule 8) are reported before extraction (rule 9), wherever they are;
+/// extraction then stops at the first field at fault in schema order, absent or mistyped.
+#[test]
+fn errors_come_in_spec_order() {
+    let (text, _) = golden_parts();
+    let k_mistyped = text.replace("k = 4", "k = \"4\"");
+    let cases = [
+        (
+            k_mistyped.replace("target = \"<T>\"", "target = \"<T>\"\nweight = 2"),
+            "manifest field `relations[0].weight` is not defined by format version 1.0",
+        ),
+        (
+            k_mistyped.replace("name = \"bo\"\n", ""),
+            "manifest field `name` is missing",
+        ),
+        (
+            text.replace("positives = 10", "positives = 1.5"),
+            "manifest field `provenance.images.positives` has the wrong type: expected integer, found float",
+        ),
+        (
+            text.replace("    \"<bo>'s birthday is May 3\",", "    3,"),
+            "manifest field `user_facts[0]` has the wrong type: expected string, found integer",
+        ),
+        (
+            text.replace("vocab_size = 1000", "vocab_size = -1"),
+            "manifest field `base_model.vocab_size` is out of range: expected 1..=16777216, found -1",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let message = Manifest::from_toml_str(&manifest).unwrap_err().to_string();
+        assert!(message.starts_with(expected), "{message}");
+    }
+}
+
+/// Optional parts may be absent: no provenance, no relations, no facts, no `[ext]`
+#[test]
+fn optional_parts_may_be_absent() {
+    let (text, _) = golden_parts();
+    let cut = |s: &str, from: &str, to: &str| {
+        let a = s.find(from).unwrap();
+        let b = s[a..].find(to).map_or(s.len(), |b| a + b);
+        format!("{}{}", &s[..a], &s[b..])
+    };
+    let bare = cut(&text, "\n[provenance]", "\n[ext");
+    let bare = cut(&bare, "\n[ext", "\u{0}");
+    let bare = cut(&bare, "user_facts = [", "\n\n[base_model]");
+    let m = Manifest::from_toml_str(&bare).unwrap();
+    assert!(m.provenance.is_none() && m.relations.is_empty() && m.user_facts.is_empty());
+    assert!(m.ext.is_empty());
+    assert_eq!(Manifest::from_toml_str(&m.to_toml_string()).unwrap(), m);
+    assert!(m.to_toml_string().contains("user_facts = []\n"));
+}

@@ -15,8 +15,8 @@ use concepts_runtime::session::{Engine, PromptInput};
 
 use crate::error::{Result, TrainError};
 use crate::images::LoadedImage;
+use crate::progress::{Phase, Progress};
 use crate::templates;
-use crate::{Phase, Progress};
 use concepts_plugin_host::MetadataLinker;
 use concepts_plugin_sdk::rng::SplitMix64;
 

@@ -24,8 +24,9 @@ use crate::error::{Result, TrainError};
 use concepts_fs::sha256_hex;
 
 use crate::images;
-use crate::{Phase, Progress};
+use crate::progress::{Phase, Progress};
 use concepts_plugin_host::{EmbeddingMatrix, NegativeMiner};
+use concepts_runtime::session::Engine;
 
 /// The `format` metadata value of cache and pool embedding files.
 pub const EMBEDDING_FILE_FORMAT: &str = "concepts-pool-embeddings/1";
@@ -231,7 +232,7 @@ pub fn write_embedding_file(
     }
     let data = safetensors::serialize([("embeddings", view)], Some(meta))
         .map_err(|e| file_err(path, e))?;
-    crate::write_atomic(path, &data)
+    Ok(concepts_fs::write_atomic(path, &data)?)
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -561,5 +562,75 @@ pub fn mine(
     Ok(Mined {
         hard: rows(NegativeRole::Hard),
         easy: rows(NegativeRole::Easy),
+    })
+}
+
+/// Stage 1's result: the loaded hard and easy negatives, and what the pool held
+pub(crate) struct Negatives {
+    pub(crate) hard: Vec<images::LoadedImage>,
+    pub(crate) easy: Vec<images::LoadedImage>,
+    pub(crate) report: PoolReport,
+    /// Pool images that could be embedded
+    pub(crate) usable: usize,
+}
+
+/// Stage 1: embeds the positives and the pool (through the cache), lets the miner stage choose
+/// hard and easy negatives, and loads them (refusing any that changed since it was embedded)
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mine_negatives(
+    session: &Engine,
+    source: &PoolSource,
+    cache_dir: Option<&Path>,
+    params: MiningParams,
+    positives: &[images::LoadedImage],
+    model_key: &str,
+    min_side: u32,
+    miner: &mut dyn NegativeMiner,
+    progress: &mut dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Negatives> {
+    let pos_images: Vec<image::RgbImage> = positives.iter().map(|p| p.image.clone()).collect();
+    let pos_rows = embed_images(session.model(), session.preprocess_config(), &pos_images)?;
+    let dim = session.model().config().vision.hidden_size;
+    let pos_matrix = EmbeddingMatrix::new(dim, pos_rows.concat())
+        .map_err(|e| TrainError::Input(format!("the positives' embeddings: {e}")))?;
+    let mut cache = EmbeddingCache::open(cache_dir, model_key, dim);
+    let embedder = Embedder {
+        model: session.model(),
+        preprocess: session.preprocess_config(),
+        model_key,
+        min_side,
+    };
+    let exclude: Vec<String> = positives.iter().map(|p| p.sha256.clone()).collect();
+    let (pool, pool_report) =
+        embed_pool(&embedder, source, &mut cache, &exclude, progress, cancel)?;
+    let mined = mine(miner, &pos_matrix, &pool, params)?;
+    let load = |rows: &[usize]| -> Result<Vec<images::LoadedImage>> {
+        rows.iter()
+            .map(|&r| {
+                let img = images::load_checked(
+                    &pool.entries[r].path,
+                    session.preprocess_config(),
+                    min_side,
+                )?;
+                if img.sha256 != pool.entries[r].sha256 {
+                    return Err(TrainError::Image {
+                        path: img.path,
+                        msg: "changed since its embedding was computed".into(),
+                    });
+                }
+                Ok(img)
+            })
+            .collect()
+    };
+    let hard_negatives = load(&mined.hard)?;
+    let easy_negatives = load(&mined.easy)?;
+    progress.finish(Phase::Mining);
+
+    Ok(Negatives {
+        hard: hard_negatives,
+        easy: easy_negatives,
+        usable: pool.entries.len(),
+        report: pool_report,
     })
 }

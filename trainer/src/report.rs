@@ -99,7 +99,7 @@ pub fn write_report(report: &TrainingReport, json: &Path, png: &Path) -> Result<
         path: json.to_path_buf(),
         msg: e.to_string(),
     })?;
-    crate::write_atomic(json, text.as_bytes())?;
+    concepts_fs::write_atomic(json, text.as_bytes())?;
     let img = plot(&report.epochs, report.best_epoch);
     let mut bytes = Vec::new();
     img.write_to(
@@ -110,7 +110,7 @@ pub fn write_report(report: &TrainingReport, json: &Path, png: &Path) -> Result<
         path: png.to_path_buf(),
         msg: e.to_string(),
     })?;
-    crate::write_atomic(png, &bytes)
+    Ok(concepts_fs::write_atomic(png, &bytes)?)
 }
 
 const WIDTH: u32 = 960;

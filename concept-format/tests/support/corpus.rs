@@ -365,7 +365,7 @@ pub fn cases() -> Vec<Case> {
         Case {
             file: "bad-created.ycpt",
             error: "InvalidTimestamp",
-            contains: "day out of range",
+            contains: "expected day between 01 and 28",
             why: "`created` on 2025-02-30",
             bytes: with_manifest_line("2025-05-03T12:00:00Z", "2025-02-30T12:00:00Z"),
         },

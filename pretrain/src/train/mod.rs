@@ -12,7 +12,7 @@
 //! checkpoint (weights, AdamW moments, step) continues exactly as an uninterrupted one.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,113 +23,26 @@ use concepts_runtime::{Kernels, LlavaConfig, LlavaModel};
 use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
-use toy_world::{Colour, ImageSize, Pattern, Shape, TaskKind, TaskMix};
+use toy_world::{ImageSize, TaskKind, TaskMix};
 
 use crate::data::{pixels, splice_images, tokenize, Batch, Sequence, SpecialIds};
-use crate::error::{io_err, PretrainError, Result};
+use crate::error::{PretrainError, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport, Evaluable};
 use crate::heads::{head_classes, scene_labels, Labels};
-use crate::model::{config_json, fnv1a, Params, Part, ToySize};
-use crate::optim::{learning_rate, AdamW, AdamWConfig, Moments};
+use crate::model::{fnv1a, Params, Part};
+use crate::optim::{learning_rate, AdamW};
 
-/// Version of the training-state directory layout.
-pub const STATE_VERSION: u32 = 1;
+mod checkpoint;
+mod config;
+mod export;
 
-/// Everything that determines a run. Saved with each checkpoint; a resumed run must be
-/// given the same values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub seed: u64,
-    pub size: ToySize,
-    pub stage0_steps: u64,
-    pub stage0_batch: usize,
-    pub stage0_lr: f64,
-    pub stage1_steps: u64,
-    pub batch: usize,
-    pub lr: f64,
-    pub warmup: u64,
-    /// Stage-1 step from which the tower trains too (`>= stage1_steps`: never).
-    pub unfreeze_tower_at: u64,
-    /// The tower's learning rate relative to `lr` once unfrozen.
-    pub tower_lr_scale: f64,
-    /// Weight of the stage-0 classification loss while the tower trains in stage 1.
-    pub aux_weight: f64,
-    pub optim: AdamWConfig,
-    pub eval_every: u64,
-    pub eval: EvalConfig,
-}
-
-impl TrainConfig {
-    /// The committed toy model's run.
-    pub fn standard(seed: u64) -> TrainConfig {
-        TrainConfig {
-            seed,
-            size: ToySize::standard(),
-            stage0_steps: 1200,
-            stage0_batch: 64,
-            stage0_lr: 2e-3,
-            stage1_steps: 16000,
-            batch: 24,
-            lr: 1.5e-3,
-            warmup: 300,
-            unfreeze_tower_at: 4000,
-            tower_lr_scale: 0.3,
-            aux_weight: 0.2,
-            optim: AdamWConfig::standard(),
-            eval_every: 500,
-            eval: EvalConfig::standard(),
-        }
-    }
-
-    /// A run small enough for unit tests.
-    pub fn tiny(seed: u64) -> TrainConfig {
-        TrainConfig {
-            seed,
-            size: ToySize::tiny(),
-            stage0_steps: 2,
-            stage0_batch: 4,
-            stage0_lr: 1e-2,
-            stage1_steps: 4,
-            batch: 3,
-            lr: 1e-2,
-            warmup: 1,
-            unfreeze_tower_at: 2,
-            tower_lr_scale: 0.5,
-            aux_weight: 0.2,
-            optim: AdamWConfig::standard(),
-            eval_every: 1000,
-            eval: EvalConfig::tiny(),
-        }
-    }
-
-    pub fn total_steps(&self) -> u64 {
-        self.stage0_steps + self.stage1_steps
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(PretrainError::Config(m.to_string()));
-        if self.batch == 0 || self.stage0_batch == 0 {
-            return bad("batch sizes must be positive");
-        }
-        if self.warmup == 0 || self.eval_every == 0 {
-            return bad("warmup and eval_every must be positive");
-        }
-        if !(self.lr > 0.0 && self.stage0_lr > 0.0 && self.tower_lr_scale >= 0.0) {
-            return bad("learning rates must be positive");
-        }
-        ImageSize::new(self.size.image_size as u32)
-            .map(|_| ())
-            .or_else(|_| {
-                if self.size.image_size == 16 {
-                    Ok(())
-                } else {
-                    bad("image_size must be 16 (tests) or within toy-world's 48..=64 px")
-                }
-            })
-    }
-}
+use checkpoint::append_jsonl;
+pub use checkpoint::STATE_VERSION;
+pub(crate) use checkpoint::{save_tensors, write_synced};
+pub use config::TrainConfig;
+pub(crate) use export::preprocessor_json;
+pub use export::recognition_templates_json;
 
 /// What happened in one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -181,15 +94,6 @@ pub struct Trainer {
     step: u64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StateFile {
-    version: u32,
-    step: u64,
-    config: TrainConfig,
-    /// AdamW update count per parameter.
-    adam_t: BTreeMap<String, u64>,
-}
-
 impl Trainer {
     /// A fresh run at step 0.
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Trainer> {
@@ -214,108 +118,6 @@ impl Trainer {
         })
     }
 
-    /// Resumes from `state_dir` (see [`Trainer::save`]); `cfg` must equal the saved config.
-    pub fn resume(cfg: TrainConfig, state_dir: &Path, device: &Device) -> Result<Trainer> {
-        let mut t = Trainer::new(cfg, device)?;
-        let dir = existing_state(state_dir).ok_or_else(|| PretrainError::State {
-            path: state_dir.to_path_buf(),
-            message: "no saved state".to_string(),
-        })?;
-        let state_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
-        let state: StateFile =
-            serde_json::from_str(&text).map_err(|source| PretrainError::Json {
-                path: state_path.clone(),
-                source,
-            })?;
-        let fail = |message: String| PretrainError::State {
-            path: dir.clone(),
-            message,
-        };
-        if state.version != STATE_VERSION {
-            return Err(fail(format!(
-                "layout version {}, expected {STATE_VERSION}",
-                state.version
-            )));
-        }
-        if state.config != t.cfg {
-            return Err(fail(format!(
-                "saved for another run configuration: {}",
-                serde_json::to_string(&state.config).unwrap_or_default()
-            )));
-        }
-        t.load_weights(&dir.join("weights.safetensors"))?;
-        let moments = load_tensors(&dir.join("optimizer.safetensors"), device)?;
-        let mut restored = BTreeMap::new();
-        for (name, &count) in &state.adam_t {
-            let get = |k: &str| {
-                moments
-                    .get(&format!("{k}.{name}"))
-                    .cloned()
-                    .ok_or_else(|| fail(format!("moment `{k}.{name}` missing")))
-            };
-            restored.insert(
-                name.clone(),
-                Moments {
-                    m: get("m")?,
-                    v: get("v")?,
-                    t: count,
-                },
-            );
-        }
-        t.opt = AdamW::from_moments(restored);
-        t.step = state.step;
-        Ok(t)
-    }
-
-    /// Replaces the model and stage-0 head weights with those in the safetensors file at
-    /// `path` (hub-layout names plus `head.*`, as [`Trainer::save`] and the accelerated
-    /// trainer write them). Every weight must be present with its shape; extra tensors
-    /// are an error too, so a file for another model cannot half-load.
-    pub fn load_weights(&mut self, path: &Path) -> Result<()> {
-        let device = self.params.device();
-        let weights = load_tensors(path, &device)?;
-        let fail = |message: String| PretrainError::State {
-            path: path.to_path_buf(),
-            message,
-        };
-        let checked = |name: &str, var: &Var| -> Result<Tensor> {
-            let w = weights
-                .get(name)
-                .ok_or_else(|| fail(format!("weight `{name}` missing")))?;
-            if w.dims() != var.dims() {
-                return Err(fail(format!(
-                    "weight `{name}` has shape {:?}, expected {:?}",
-                    w.dims(),
-                    var.dims()
-                )));
-            }
-            Ok(w.clone())
-        };
-        let mut model = BTreeMap::new();
-        for (name, var) in self.params.named() {
-            let w = checked(&name, &var)?;
-            model.insert(name, w);
-        }
-        for (name, var) in &self.heads {
-            checked(name, var)?;
-        }
-        let known = model.len() + self.heads.len();
-        if weights.len() != known {
-            let extra: Vec<&String> = weights
-                .keys()
-                .filter(|k| !model.contains_key(*k) && !self.heads.iter().any(|(h, _)| h == *k))
-                .take(3)
-                .collect();
-            return Err(fail(format!("unexpected weights {extra:?}")));
-        }
-        self.params = Params::from_tensors(&self.llava, model)?;
-        for (name, var) in &self.heads {
-            var.set(&weights[name].to_dtype(DType::F32)?)?;
-        }
-        Ok(())
-    }
-
     /// Every weight (model and stage-0 heads) by name, as [`Trainer::load_weights`] reads them.
     pub fn weights(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut weights = self.params.tensors()?;
@@ -329,15 +131,6 @@ impl Trainer {
     /// Marks the weights as those after `step` steps (for weights trained elsewhere).
     pub fn set_step(&mut self, step: u64) {
         self.step = step;
-    }
-
-    /// Resumes from `state_dir` if it holds a state, else starts fresh.
-    pub fn resume_or_new(cfg: TrainConfig, state_dir: &Path, device: &Device) -> Result<Trainer> {
-        if existing_state(state_dir).is_some() {
-            Trainer::resume(cfg, state_dir, device)
-        } else {
-            Trainer::new(cfg, device)
-        }
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -593,76 +386,6 @@ impl Trainer {
         evaluate(self)
     }
 
-    /// Writes the resumable state to `dir` atomically: a sibling `*.tmp` directory is filled
-    /// and fsynced, then swapped in by renames.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        let tmp = sibling(dir, "tmp");
-        let old = sibling(dir, "old");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        save_tensors(&self.weights()?, &tmp.join("weights.safetensors"))?;
-        let mut moments = BTreeMap::new();
-        let mut adam_t = BTreeMap::new();
-        for (name, m) in self.opt.moments() {
-            moments.insert(format!("m.{name}"), m.m.clone());
-            moments.insert(format!("v.{name}"), m.v.clone());
-            adam_t.insert(name.clone(), m.t);
-        }
-        save_tensors(&moments, &tmp.join("optimizer.safetensors"))?;
-        let state = StateFile {
-            version: STATE_VERSION,
-            step: self.step,
-            config: self.cfg.clone(),
-            adam_t,
-        };
-        let json = serde_json::to_string_pretty(&state).map_err(|source| PretrainError::Json {
-            path: tmp.join("state.json"),
-            source,
-        })?;
-        write_synced(&tmp.join("state.json"), json.as_bytes())?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        if dir.exists() {
-            std::fs::rename(dir, &old).map_err(io_err(dir))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        Ok(())
-    }
-
-    /// Writes the model in the llava-hf layout to `dir`: `config.json`, `model.safetensors`
-    /// (hub-layout names, f32), `tokenizer.json`, `preprocessor_config.json`. Each file is
-    /// replaced atomically.
-    pub fn export(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let json = |v: &serde_json::Value, path: &Path| -> Result<()> {
-            let text = serde_json::to_string_pretty(v).map_err(|source| PretrainError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            write_synced(path, format!("{text}\n").as_bytes())
-        };
-        json(&config_json(&self.llava), &dir.join("config.json"))?;
-        json(
-            &preprocessor_json(self.cfg.size.image_size),
-            &dir.join("preprocessor_config.json"),
-        )?;
-        json(
-            &recognition_templates_json(),
-            &dir.join("concepts_templates.json"),
-        )?;
-        let tok = dir.join("tokenizer.json");
-        let tmp = tok.with_extension("json.tmp");
-        toy_world::write_tokenizer(&tmp)?;
-        std::fs::rename(&tmp, &tok).map_err(io_err(&tok))?;
-        save_tensors(&self.params.tensors()?, &dir.join("model.safetensors"))
-    }
-
     /// Trains until the schedule ends or `stop` is set, evaluating and exporting every
     /// `eval_every` steps and saving the state at least every `checkpoint_every`. Always
     /// saves before returning.
@@ -750,120 +473,6 @@ fn init_heads(dv: usize, seed: u64, device: &Device) -> Result<Vec<(String, Var)
         ));
     }
     Ok(out)
-}
-
-/// The toy model's own recognition phrasing for concept training (`concepts_templates.json`,
-/// read by the trainer in place of Yo'LLaVA's templates): the questions it was pretrained
-/// on, with `<sks>` for the name, and their one-word answers; and the attribute questions
-/// of the conversation data in its phrasing.
-pub fn recognition_templates_json() -> serde_json::Value {
-    use toy_world::text::SHORT_ANSWER;
-    let questions = [
-        "Can you see if <sks> is in this photo?",
-        "Is <sks> in this photo?",
-        "Can you see <sks> in this photo?",
-        "Is <sks> in this image?",
-        "Can you see if <sks> is in this image?",
-    ];
-    let colours: Vec<&str> = Colour::ALL.iter().map(|c| c.name()).collect();
-    let shapes: Vec<&str> = Shape::ALL.iter().map(|c| c.name()).collect();
-    let patterns: Vec<&str> = Pattern::ALL.iter().map(|c| c.name()).collect();
-    let pairs = |answer: &str| -> Vec<(String, String)> {
-        questions
-            .iter()
-            .map(|q| (format!("{q} {SHORT_ANSWER}"), answer.to_string()))
-            .collect()
-    };
-    serde_json::json!({
-        "id": "toy-world-recognition-v1",
-        "positive": pairs("Yes"),
-        "negative": pairs("No"),
-        // Asked about each training photo (where the subject is the main object), trained
-        // with the subject named; each answer also becomes an A/B question against another
-        // option, in the pretraining's choice layout.
-        "subject_questions": [
-            {"ask": "What colour is the object?", "train": "What colour is this subject?", "options": colours},
-            {"ask": "What shape is the object?", "train": "What shape is this subject?", "options": shapes},
-            {"ask": "What pattern does the object have?", "train": "What pattern does this subject have?", "options": patterns},
-            {"ask": "What colour is the border of the object?", "train": "What colour is the border of this subject?", "options": colours},
-            {"ask": "What colour are the stripes on the object?", "train": "What colour are the stripes on this subject?", "options": colours},
-            {"ask": "What colour are the dots on the object?", "train": "What colour are the dots on this subject?", "options": colours},
-            {"ask": "What colour are the checks on the object?", "train": "What colour are the checks on this subject?", "options": colours},
-        ],
-        "choice_format": format!("{{question}}\nA: {{a}}\nB: {{b}}\n{}", toy_world::text::CHOICE_ANSWER),
-    })
-}
-
-pub(crate) fn preprocessor_json(size: usize) -> serde_json::Value {
-    serde_json::json!({
-        "crop_size": {"height": size, "width": size},
-        "do_center_crop": true,
-        "do_convert_rgb": true,
-        "do_normalize": true,
-        "do_rescale": true,
-        "do_resize": true,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "image_processor_type": "CLIPImageProcessor",
-        "processor_class": "LlavaProcessor",
-        "resample": 3,
-        "rescale_factor": 0.00392156862745098,
-        "size": {"shortest_edge": size},
-    })
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    dir.with_file_name(name)
-}
-
-/// The directory holding the latest complete state: `dir`, or `dir.old` if a save was cut
-/// off between its renames.
-fn existing_state(dir: &Path) -> Option<PathBuf> {
-    [dir.to_path_buf(), sibling(dir, "old")]
-        .into_iter()
-        .find(|d| d.join("state.json").is_file())
-}
-
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = sibling(path, "tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-pub(crate) fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
-        .map_err(|e| PretrainError::State {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    write_synced(path, &bytes)
-}
-
-fn load_tensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
-    let map = candle_core::safetensors::load(path, device).map_err(|e| PretrainError::State {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(map.into_iter().collect())
-}
-
-fn append_jsonl(path: &Path, report: &EvalReport) -> Result<()> {
-    use std::io::Write;
-    let line = serde_json::to_string(report).map_err(|source| PretrainError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    writeln!(f, "{line}").map_err(io_err(path))
 }
 
 impl Evaluable for Trainer {
