@@ -326,6 +326,38 @@ def save(params, path):
     os.replace(tmp, path)
 
 
+class Resumable:
+    """`OUT/state.pt`: everything a run needs to continue exactly where it stopped (weights, optimizer
+    moments, the batch generator, stage and step), written atomically at least every `minutes`.
+    A long CPU run then survives being stopped (kill, reboot, the end of a session)."""
+
+    def __init__(self, out, minutes, args):
+        self.path = os.path.join(out, "state.pt")
+        self.every = minutes * 60
+        self.last = time.time()
+        self.args = {k: v for k, v in vars(args).items() if k not in ("deadline_seconds", "wait_seconds", "device")}
+
+    def load(self, dev):
+        if not os.path.exists(self.path):
+            return None
+        state = torch.load(self.path, map_location=dev, weights_only=False)
+        if state["args"] != self.args:
+            changed = sorted(k for k in set(state["args"]) | set(self.args) if state["args"].get(k) != self.args.get(k))
+            sys.exit(f"`{self.path}` was written by a run with other options ({', '.join(changed)}); "
+                     "use another --out or delete it")
+        return state
+
+    def due(self):
+        return time.time() - self.last >= self.every
+
+    def save(self, **state):
+        tmp = self.path + ".tmp"
+        state = {k: ({n: t.detach() for n, t in v.items()} if k == "params" else v) for k, v in state.items()}
+        torch.save({"args": self.args, **state}, tmp)
+        os.replace(tmp, self.path)
+        self.last = time.time()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus0", required=True, help="corpus whose stage0/gate/init/reference are used")
@@ -355,6 +387,9 @@ def main():
                     "its random start then pushes no noise into the tower)")
     ap.add_argument("--deadline-seconds", type=float, default=0, help="end stage 1 (evaluating and saving) by then")
     ap.add_argument("--wait-seconds", type=float, default=900, help="give up waiting for a corpus after this")
+    ap.add_argument("--checkpoint-minutes", type=float, default=10,
+                    help="write OUT/state.pt at least this often; a run started again with the same options "
+                    "and OUT continues from it (needs a fixed --stage1-steps)")
     args = ap.parse_args()
     start = time.time()
 
@@ -414,12 +449,28 @@ def main():
           if not k.startswith("vision_tower.") and not k.startswith("head.") and v.requires_grad]
     t0 = time.time()
 
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    resumable = Resumable(args.out, args.checkpoint_minutes, args)
+    resumed = resumable.load(dev)
+    if resumed is not None:
+        if not args.stage1_steps:
+            sys.exit("resuming needs a fixed --stage1-steps (a step count from --stage1-seconds is not reproducible)")
+        with torch.no_grad():
+            for k, v in resumed["params"].items():
+                params[k].copy_(v)
+        g.set_state(resumed["generator"])
+        record({"resumed": resumable.path, "stage": resumed["stage"], "step": resumed["step"]})
+
     # Stage 0: the tower and its heads.
     s0 = load_corpus(os.path.join(c0, "stage0.safetensors"), dev)
     n0 = s0["images"].shape[0]
     opt0 = AdamW(tower)
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
-    for step in range(args.stage0_steps):
+    first0 = 0
+    if resumed is not None:
+        first0 = args.stage0_steps if resumed["stage"] == 1 else resumed["step"]
+        if resumed["stage"] == 0:
+            opt0.opt.load_state_dict(resumed["opt0"])
+    for step in range(first0, args.stage0_steps):
         rows = torch.randint(0, n0, (args.stage0_batch,), generator=g).to(dev)
         px = normalise(s0["images"][rows], mean, std)
         loss = head_loss(model.heads(model.vision_states(px)), s0["labels"][rows], classes)
@@ -438,6 +489,8 @@ def main():
                     acc[name] = (lg[:, off:off + n].argmax(-1) == s0["labels"][rows][:, h]).float().mean().item()
                     off += n
             record({"stage": 0, "step": step, "loss": loss.item(), "probe_train": acc, "seconds": time.time() - t0})
+        if resumable.due():
+            resumable.save(stage=0, step=step + 1, params=params, opt0=opt0.opt.state_dict(), generator=g.get_state())
     del s0
 
     # Stage 1: projector + decoder (tower later), on corpus1 once it is complete.
@@ -465,6 +518,13 @@ def main():
     timing_start = None
     best = -1.0
     step = 0
+    if resumed is not None and resumed["stage"] == 1:
+        opt_lm.opt.load_state_dict(resumed["opt_lm"])
+        opt_tower.opt.load_state_dict(resumed["opt_tower"])
+        step, best = resumed["step"], resumed["best"]
+    else:
+        resumable.save(stage=1, step=0, best=best, params=params, opt_lm=opt_lm.opt.state_dict(),
+                       opt_tower=opt_tower.opt.state_dict(), generator=g.get_state())
     while True:
         if total and step >= total:
             break
@@ -501,6 +561,9 @@ def main():
             record({"stage": 1, "step": step, "loss": loss.item(), "lr": lr, "tower": tower_on, "seconds": time.time() - t0})
         if (total and step == total) or step % args.eval_every == 0:
             best = evaluate_and_save(step, best)
+        if resumable.due() or (total and step == total):
+            resumable.save(stage=1, step=step, best=best, params=params, opt_lm=opt_lm.opt.state_dict(),
+                           opt_tower=opt_tower.opt.state_dict(), generator=g.get_state())
     record({"done": True, "steps": step, "best_gate": best, "seconds": time.time() - t0})
 
 

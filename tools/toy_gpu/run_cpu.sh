@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Pretrains the toy base model from scratch on this machine's CPUs, in the background, resumably:
+# run it again with the same settings and it continues where it stopped (the corpus is written
+# once; the trainer continues from $WORK/run/state.pt). Meant for hours on 2 cores at low priority
+# (nice 19), beside normal work. Results land in $WORK/run: weights.safetensors,
+# best.safetensors, log.jsonl. Import with `concepts base import --weights $WORK/run/best.safetensors …`.
+set -euo pipefail
+BIN=${BIN:-target/release/concepts}
+WORK=${WORK:-/work/toy-cpu}
+PY=${PY:-python3}
+STAGE0=${STAGE0:-120000}
+STAGE1=${STAGE1:-600000}
+THREADS=${THREADS:-2}
+mkdir -p "$WORK"
+if [ ! -f "$WORK/c/corpus.json" ]; then
+  rm -rf "$WORK/c.partial"
+  "$BIN" base export-corpus --out "$WORK/c.partial" --stage0 "$STAGE0" --stage1 "$STAGE1" --threads "$THREADS"
+  mv "$WORK/c.partial" "$WORK/c"
+fi
+export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="$THREADS"
+exec "$PY" tools/toy_gpu/train.py --corpus0 "$WORK/c" --out "$WORK/run" --device cpu \
+  --stage0-steps 3000 --stage0-batch 128 --stage1-steps 12000 --batch 128 --lr 1.5e-3 \
+  --eval-every 1000 --holdout 2000 --checkpoint-minutes 10 "$@"
