@@ -167,6 +167,72 @@ def legacy_name(name: str) -> str:
     raise ValueError(f"unexpected parameter {name}")
 
 
+def config_json(cfg, vision, text, tok, image_token_id: int, model_vocab: int, dtype: str) -> dict:
+    """`config.json` in the llava-hf layout."""
+    return {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "ignore_index": -100,
+        "image_token_index": image_token_id,
+        "image_seq_length": cfg.image_seq_length,
+        "projector_hidden_act": "gelu",
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "text_config": {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": text.hidden_size,
+            "intermediate_size": text.intermediate_size,
+            "num_hidden_layers": text.num_hidden_layers,
+            "num_attention_heads": text.num_attention_heads,
+            "num_key_value_heads": text.num_key_value_heads,
+            "vocab_size": model_vocab,
+            "max_position_embeddings": text.max_position_embeddings,
+            "rms_norm_eps": text.rms_norm_eps,
+            "rope_theta": 10000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "torch_dtype": dtype,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": vision.hidden_size,
+            "intermediate_size": vision.intermediate_size,
+            "num_hidden_layers": vision.num_hidden_layers,
+            "num_attention_heads": vision.num_attention_heads,
+            "image_size": vision.image_size,
+            "patch_size": vision.patch_size,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": vision.layer_norm_eps,
+            "projection_dim": vision.projection_dim,
+            "num_channels": 3,
+        },
+    }
+
+
+def preprocessor_json(size: int) -> dict:
+    """`preprocessor_config.json`: CLIP's, at `size` pixels."""
+    return {
+        "crop_size": {"height": size, "width": size},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_processor_type": "CLIPImageProcessor",
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "processor_class": "LlavaProcessor",
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"shortest_edge": size},
+    }
+
+
 def markers(identifier: str) -> list[str]:
     stem = identifier[1:-1]
     return [identifier] + [f"<{stem}:{i}>" for i in range(1, K_LATENTS + 1)]
@@ -251,66 +317,9 @@ def main() -> None:
 
     state = {legacy_name(k): v.detach().contiguous() for k, v in model.state_dict().items()}
     safetensors.torch.save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
-    config_json = {
-        "architectures": ["LlavaForConditionalGeneration"],
-        "model_type": "llava",
-        "ignore_index": -100,
-        "image_token_index": image_token_id,
-        "image_seq_length": cfg.image_seq_length,
-        "projector_hidden_act": "gelu",
-        "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "default",
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-        "text_config": {
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
-            "hidden_size": text.hidden_size,
-            "intermediate_size": text.intermediate_size,
-            "num_hidden_layers": text.num_hidden_layers,
-            "num_attention_heads": text.num_attention_heads,
-            "num_key_value_heads": text.num_key_value_heads,
-            "vocab_size": model_vocab,
-            "max_position_embeddings": text.max_position_embeddings,
-            "rms_norm_eps": text.rms_norm_eps,
-            "rope_theta": 10000.0,
-            "hidden_act": "silu",
-            "tie_word_embeddings": False,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "torch_dtype": "float32",
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": vision.hidden_size,
-            "intermediate_size": vision.intermediate_size,
-            "num_hidden_layers": vision.num_hidden_layers,
-            "num_attention_heads": vision.num_attention_heads,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": vision.layer_norm_eps,
-            "projection_dim": vision.projection_dim,
-            "num_channels": 3,
-        },
-    }
-    (model_dir / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
-    preproc_json = {
-        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "do_center_crop": True,
-        "do_convert_rgb": True,
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_processor_type": "CLIPImageProcessor",
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "processor_class": "LlavaProcessor",
-        "resample": 3,
-        "rescale_factor": 0.00392156862745098,
-        "size": {"shortest_edge": IMAGE_SIZE},
-    }
-    (model_dir / "preprocessor_config.json").write_text(json.dumps(preproc_json, indent=2) + "\n")
+    config = config_json(cfg, vision, text, tok, image_token_id, model_vocab, "float32")
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (model_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_json(IMAGE_SIZE), indent=2) + "\n")
 
     # The checkpoint must load back through transformers' own llava-hf key
     # mapping with nothing missing or left over.
