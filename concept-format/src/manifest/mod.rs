@@ -291,6 +291,7 @@ impl Manifest {
                             .map(|r| format!(" at manifest bytes {}..{}", r.start, r.end))
                             .unwrap_or_default(),
                 })?;
+        let table = Value::Table(table);
         // A newer minor may define keys this reader does not know: they are ignored.
         let newer_minor = minor > FORMAT_MINOR;
         if !newer_minor {

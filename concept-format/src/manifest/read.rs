@@ -24,20 +24,21 @@ use super::{Category, DType};
 use crate::error::quote;
 use crate::FormatError;
 
-/// The keys of `table` outside `[ext]` that `T`'s schema does not define, as dotted paths
-pub(super) fn unknown_keys<T: DeserializeOwned>(table: &toml::Table) -> Vec<String> {
+/// The keys of the top-level `table` outside `[ext]` that `T`'s schema does not define, as
+/// dotted paths
+pub(super) fn unknown_keys<T: DeserializeOwned>(table: &Value) -> Vec<String> {
     let walk = Walk::Keys(RefCell::default());
     // A keys walk never fails: whatever does not fit is read as a placeholder.
-    let _ = T::deserialize(Field::root(&Value::Table(table.clone()), &walk));
+    let _ = T::deserialize(Field::root(table, &walk));
     match walk {
         Walk::Keys(found) => found.into_inner(),
         Walk::Extract => Vec::new(),
     }
 }
 
-/// Reads `T` from `table`, failing with the first field at fault in schema order
-pub(super) fn extract<T: DeserializeOwned>(table: &toml::Table) -> Result<T, FormatError> {
-    T::deserialize(Field::root(&Value::Table(table.clone()), &Walk::Extract)).map_err(|Error(e)| e)
+/// Reads `T` from the top-level `table`, failing with the first field at fault in schema order
+pub(super) fn extract<T: DeserializeOwned>(table: &Value) -> Result<T, FormatError> {
+    T::deserialize(Field::root(table, &Walk::Extract)).map_err(|Error(e)| e)
 }
 
 /// What a walk over the file does
@@ -275,15 +276,12 @@ impl<'de, 'a> de::Deserializer<'de> for Field<'a> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        let s = self.typed("string", Value::as_str)?.unwrap_or(variants[0]);
-        if variants.contains(&s) || self.lenient() {
-            let s = if variants.contains(&s) {
-                s
-            } else {
-                variants[0]
-            };
+        let found = self.typed("string", Value::as_str)?;
+        let known = found.filter(|s| variants.contains(s));
+        if let Some(s) = known.or(self.lenient().then_some(variants[0])) {
             return visitor.visit_enum(s.into_deserializer());
         }
+        let s = found.unwrap_or_default();
         Err(Error(
             match name {
                 "Category" => s.parse::<Category>().err(),
