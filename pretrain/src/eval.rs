@@ -26,7 +26,7 @@ use toy_world::{
 
 use crate::data::{encode, prompt_text, splice_images, SpecialIds};
 use crate::error::Result;
-use crate::heads::{scene_labels, Labels, HEAD_NAMES};
+use crate::heads::{labelled_scenes, HEAD_NAMES};
 use crate::model::fnv1a;
 
 /// Sizes of the evaluation sets.
@@ -178,16 +178,8 @@ fn probe(
     cfg: &EvalConfig,
 ) -> Result<BTreeMap<String, f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ fnv1a(b"probe"));
-    let mix = TaskMix::only(TaskKind::Caption);
-    let samples: Vec<toy_world::Sample> = (0..cfg.probe_scenes)
-        .map(|_| toy_world::sample(&mut rng, &mix, render_size(trainer)))
-        .collect();
-    let images: Vec<&RgbImage> = samples.iter().filter_map(|s| s.image.as_ref()).collect();
-    let labels: Vec<Labels> = samples
-        .iter()
-        .filter_map(|s| s.scene.as_ref().map(scene_labels))
-        .collect();
-    let px = trainer.pixel_tensor(&images)?;
+    let (images, labels) = labelled_scenes(&mut rng, cfg.probe_scenes, render_size(trainer));
+    let px = trainer.pixel_tensor(&images.iter().collect::<Vec<_>>())?;
     let logits = &trainer.probe_logits(model, &px)?[0];
     let classes = [
         toy_world::Shape::ALL.len(),

@@ -1,6 +1,8 @@
 //! The stage-0 heads of the vision tower: what each predicts about a scene, and the labels.
 
-use toy_world::{Colour, Pattern, Scene, Shape, Tone};
+use image::RgbImage;
+use rand::Rng;
+use toy_world::{Colour, ImageSize, Pattern, Scene, Shape, TaskKind, TaskMix, Tone};
 
 /// How many stage-0 heads there are.
 pub const HEADS: usize = 6;
@@ -47,4 +49,19 @@ pub fn scene_labels(scene: &Scene) -> Labels {
         (scene.objects.len().clamp(1, 3) - 1) as u32,
         u32::from(main.tone.index()),
     ]
+}
+
+/// `n` stage-0 scenes drawn from `rng` (the caption task's scenes): their images and labels
+pub fn labelled_scenes(
+    rng: &mut impl Rng,
+    n: usize,
+    size: ImageSize,
+) -> (Vec<RgbImage>, Vec<Labels>) {
+    let mix = TaskMix::only(TaskKind::Caption);
+    (0..n)
+        .filter_map(|_| {
+            let sample = toy_world::sample(rng, &mix, size);
+            Some((sample.image?, scene_labels(sample.scene.as_ref()?)))
+        })
+        .unzip()
 }

@@ -167,6 +167,36 @@ def legacy_name(name: str) -> str:
     raise ValueError(f"unexpected parameter {name}")
 
 
+def llava_config(tok, image_token_id: int, model_vocab: int, vision: dict, text: dict):
+    """LLaVA-1.5's topology around the given widths (`vision` and `text` are the size fields):
+    CLIP at 336 px / patch 14 with quick-GELU, a Llama decoder with SiLU and RoPE θ 10 000,
+    feature layer −2 without CLS, the GELU projector, untied head."""
+    vision = CLIPVisionConfig(
+        image_size=IMAGE_SIZE, patch_size=PATCH, hidden_act="quick_gelu", layer_norm_eps=1e-5, **vision
+    )
+    text = LlamaConfig(
+        vocab_size=model_vocab,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **text,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+        tie_word_embeddings=False,
+    )
+    return cfg, vision, text
+
+
 def config_json(cfg, vision, text, tok, image_token_id: int, model_vocab: int, dtype: str) -> dict:
     """`config.json` in the llava-hf layout."""
     return {
@@ -276,41 +306,19 @@ def main() -> None:
     model_vocab = ((vocab + 63) // 64) * 64  # padded like llava-hf's 32064
 
     # --- model ------------------------------------------------------------
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-        projection_dim=48,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=model_vocab,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    cfg = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_token_id,
-        projector_hidden_act="gelu",
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
-        tie_word_embeddings=False,
+    cfg, vision, text = llava_config(
+        tok,
+        image_token_id,
+        model_vocab,
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, projection_dim=48),
+        text=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+        ),
     )
     model = LlavaForConditionalGeneration(cfg).float().eval()
     randomise(model)

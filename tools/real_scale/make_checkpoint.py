@@ -27,19 +27,11 @@ import sys
 
 import safetensors.torch
 import torch
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    PreTrainedTokenizerFast,
-)
+from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "parity"))
 import make_fixture as fixture  # noqa: E402  (the parity fixture's tokenizer, names and config writers)
 
-IMAGE_SIZE = 336
-PATCH = 14
 VOCAB = 32064  # llava-hf/llava-1.5-7b-hf pads its 32002-token tokenizer to this
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -82,41 +74,25 @@ def main() -> None:
     )
     image_token_id = tok.convert_tokens_to_ids("<image>")
 
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=args.vision_layers,
-        num_attention_heads=16,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=args.text_layers,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=VOCAB,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    cfg = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_token_id,
-        projector_hidden_act="gelu",
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
-        tie_word_embeddings=False,
+    cfg, vision, text = fixture.llava_config(
+        tok,
+        image_token_id,
+        VOCAB,
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=args.vision_layers,
+            num_attention_heads=16,
+            projection_dim=768,
+        ),
+        text=dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=args.text_layers,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+        ),
     )
     # Only the names and shapes: no memory is allocated for the model itself.
     with torch.device("meta"):
@@ -147,7 +123,7 @@ def main() -> None:
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     config = fixture.config_json(cfg, vision, text, tok, image_token_id, VOCAB, args.dtype)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "preprocessor_config.json").write_text(json.dumps(fixture.preprocessor_json(IMAGE_SIZE), indent=2) + "\n")
+    (out / "preprocessor_config.json").write_text(json.dumps(fixture.preprocessor_json(fixture.IMAGE_SIZE), indent=2) + "\n")
     print(f"{out}: {sum(math.prod(s) for s in shapes.values()) / 1e9:.2f} B parameters, {total / 1e9:.2f} GB", flush=True)
 
 

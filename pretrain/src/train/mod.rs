@@ -24,12 +24,12 @@ use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
-use toy_world::{ImageSize, TaskKind, TaskMix};
+use toy_world::{ImageSize, TaskMix};
 
 use crate::data::{pixels, splice_images, tokenize, Batch, Sequence, SpecialIds};
 use crate::error::{PretrainError, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport, Evaluable};
-use crate::heads::{head_classes, scene_labels, Labels};
+use crate::heads::{head_classes, labelled_scenes, scene_labels, Labels};
 use crate::model::{fnv1a, Params, Part};
 use crate::optim::{learning_rate, AdamW};
 
@@ -200,16 +200,9 @@ impl Trainer {
     fn loss(&self, step: u64, model: &LlavaModel) -> Result<Tensor> {
         let mut rng = self.step_rng(step);
         if step < self.cfg.stage0_steps {
-            let mix = TaskMix::only(TaskKind::Caption);
-            let samples: Vec<toy_world::Sample> = (0..self.cfg.stage0_batch)
-                .map(|_| toy_world::sample(&mut rng, &mix, self.image_size()))
-                .collect();
-            let images: Vec<&RgbImage> = samples.iter().filter_map(|s| s.image.as_ref()).collect();
-            let labels: Vec<Labels> = samples
-                .iter()
-                .filter_map(|s| s.scene.as_ref().map(scene_labels))
-                .collect();
-            let px = self.pixel_tensor(&images)?;
+            let (images, labels) =
+                labelled_scenes(&mut rng, self.cfg.stage0_batch, self.image_size());
+            let px = self.pixel_tensor(&images.iter().collect::<Vec<_>>())?;
             let states = model.vision_hidden_states(&px, Kernels::Differentiable)?;
             return self.head_loss(model, &states, &labels);
         }
