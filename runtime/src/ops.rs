@@ -109,19 +109,36 @@ pub fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
             // instead of five, and the backward `y · (g − Σ g·y)` in three ops.
             let xf = xf.contiguous()?;
             let y = candle_nn::ops::softmax_last_dim(&xf.detach())?;
-            xf.apply_op2(&y, SoftmaxGrad)?
+            let grad_x = |y: &Tensor, g: &Tensor| {
+                let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+                y.mul(&g.broadcast_sub(&dot)?)
+            };
+            xf.apply_op2(
+                &y,
+                FusedGrad {
+                    name: "softmax-grad",
+                    grad_x,
+                },
+            )?
         }
     };
     Ok(out.to_dtype(dtype)?)
 }
 
-/// `(x, softmax(x)) -> softmax(x)` with the softmax gradient for `x`; the second operand is a
-/// constant (the fused kernel's output).
-struct SoftmaxGrad;
+/// `(x, y) -> y`, where `y` is a fused kernel's output for `x` (a constant), with the backward
+/// `grad_x(y, g)`: how the softmax and RoPE attach a hand-written backward to a fast kernel that
+/// has none.
+struct FusedGrad<F> {
+    name: &'static str,
+    grad_x: F,
+}
 
-impl candle_core::CustomOp2 for SoftmaxGrad {
+impl<F> candle_core::CustomOp2 for FusedGrad<F>
+where
+    F: Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync,
+{
     fn name(&self) -> &'static str {
-        "softmax-grad"
+        self.name
     }
 
     fn cpu_fwd(
@@ -151,8 +168,7 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
-        Ok((Some(res.mul(&grad.broadcast_sub(&dot)?)?), None))
+        Ok((Some((self.grad_x)(res, grad)?), None))
     }
 }
 
@@ -229,50 +245,6 @@ fn pass_through<S: candle_core::backend::BackendStorage>(
     Ok((s.try_clone(l)?, l.shape().clone()))
 }
 
-/// `(x, rope(x)) -> rope(x)` with the gradient of `x`: RoPE rotates each pair of halves by
-/// its angle, so the gradient is the rotation back, `rope(g, cos, -sin)`.
-struct RopeGrad {
-    cos: Tensor,
-    neg_sin: Tensor,
-}
-
-impl candle_core::CustomOp2 for RopeGrad {
-    fn name(&self) -> &'static str {
-        "rope-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _s1: &candle_core::CpuStorage,
-        _l1: &candle_core::Layout,
-        s2: &candle_core::CpuStorage,
-        l2: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        pass_through(s2, l2)
-    }
-
-    fn cuda_fwd(
-        &self,
-        _s1: &candle_core::CudaStorage,
-        _l1: &candle_core::Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        pass_through(s2, l2)
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = candle_nn::rotary_emb::rope(&grad.contiguous()?, &self.cos, &self.neg_sin)?;
-        Ok((Some(dx), None))
-    }
-}
-
 /// Log-softmax over the last dim, built from differentiable ops, in f32 for half inputs.
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -304,8 +276,19 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, kernels: Kernels) -> Result<
             if !x.track_op() {
                 return Ok(y);
             }
+            // RoPE rotates each pair of halves by its angle, so the gradient is the rotation
+            // back, `rope(g, cos, -sin)`.
             let neg_sin = sin.neg()?;
-            Ok(x.apply_op2(&y, RopeGrad { cos, neg_sin })?)
+            let grad_x = move |_: &Tensor, g: &Tensor| {
+                candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &neg_sin)
+            };
+            Ok(x.apply_op2(
+                &y,
+                FusedGrad {
+                    name: "rope-grad",
+                    grad_x,
+                },
+            )?)
         }
         Kernels::Differentiable => rope_composed(x, cos, sin),
     }
