@@ -27,13 +27,10 @@ use crate::FormatError;
 /// The keys of the top-level `table` outside `[ext]` that `T`'s schema does not define, as
 /// dotted paths
 pub(super) fn unknown_keys<T: DeserializeOwned>(table: &Value) -> Vec<String> {
-    let walk = Walk::Keys(RefCell::default());
+    let found = RefCell::default();
     // A keys walk never fails: whatever does not fit is read as a placeholder.
-    let _ = T::deserialize(Field::root(table, &walk));
-    match walk {
-        Walk::Keys(found) => found.into_inner(),
-        Walk::Extract => Vec::new(),
-    }
+    let _ = T::deserialize(Field::root(table, &Walk::Keys(&found)));
+    found.into_inner()
 }
 
 /// Reads `T` from the top-level `table`, failing with the first field at fault in schema order
@@ -42,11 +39,11 @@ pub(super) fn extract<T: DeserializeOwned>(table: &Value) -> Result<T, FormatErr
 }
 
 /// What a walk over the file does
-enum Walk {
+enum Walk<'k> {
     /// Extracts the fields; the first one at fault is the error
     Extract,
     /// Visits every field the schema defines, records the keys it does not, never fails
-    Keys(RefCell<Vec<String>>),
+    Keys(&'k RefCell<Vec<String>>),
 }
 
 /// The deserializer's error: a [`FormatError`] (a private type, so that `FormatError` itself does
@@ -76,12 +73,12 @@ impl de::Error for Error {
 struct Field<'a> {
     value: Option<&'a Value>,
     path: String,
-    walk: &'a Walk,
+    walk: &'a Walk<'a>,
 }
 
 impl<'a> Field<'a> {
     /// The manifest's top-level table: a field with an empty path
-    fn root(table: &'a Value, walk: &'a Walk) -> Field<'a> {
+    fn root(table: &'a Value, walk: &'a Walk<'a>) -> Field<'a> {
         Field {
             value: Some(table),
             path: String::new(),
@@ -159,7 +156,7 @@ fn visit_table<'de, 'a, V: Visitor<'de>>(
     table: &'a toml::Table,
     fields: &'static [&'static str],
     path: String,
-    walk: &'a Walk,
+    walk: &'a Walk<'a>,
     visitor: V,
 ) -> Result<V::Value, Error> {
     let prefix = if path.is_empty() { path } else { path + "." };
@@ -308,7 +305,7 @@ struct StructFields<'a> {
     fields: &'static [&'static str],
     prefix: String,
     next: usize,
-    walk: &'a Walk,
+    walk: &'a Walk<'a>,
 }
 
 impl<'de> MapAccess<'de> for StructFields<'_> {
