@@ -55,3 +55,25 @@ pub fn model_dir(model: Option<&Path>, ctx: &Ctx) -> anyhow::Result<PathBuf> {
         }
     }
 }
+
+/// `--device` and `--dtype`, shared by every command that loads a base model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ComputeArgs {
+    /// Where the base model runs: cpu, or cuda (GPU 0; a binary built with `--features cuda`)
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Compute precision of the base model: f32, f16 or bf16 [default: f32 on the CPU, f16
+    /// on CUDA]. Concept tensors and logits stay f32; a quantized folder (`concepts
+    /// quantize`) keeps its matrices quantized and computes the rest in this dtype
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
+}
+
+impl ComputeArgs {
+    pub fn resolve(&self) -> anyhow::Result<concepts_runtime::Compute> {
+        Ok(concepts_runtime::Compute::parse(
+            &self.device,
+            self.dtype.as_deref(),
+        )?)
+    }
+}

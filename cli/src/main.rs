@@ -80,6 +80,8 @@ enum Command {
     Toy(cmd::toy::ToyArgs),
     /// The base model: pretrain the toy LLaVA (`base build-toy`)
     Base(cmd::base::BaseArgs),
+    /// Write a copy of a base model with its linear layers quantized (q8_0 or q4k)
+    Quantize(cmd::quantize::QuantizeArgs),
     /// Evaluate recognition and A/B questions on a dataset: vanilla, true and model-written description, learned
     Eval(Box<cmd::eval::EvalArgs>),
     /// Train `<bo>` on a generated toy subject, install it and ask it questions (a few minutes)
@@ -106,6 +108,7 @@ fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Train(args) => cmd::train::run(*args, ctx),
         Command::Toy(args) => cmd::toy::run(args, ctx),
         Command::Base(args) => cmd::base::run(args, ctx),
+        Command::Quantize(args) => cmd::quantize::run(args, ctx),
         Command::Eval(args) => cmd::eval::run(*args, ctx),
         Command::Demo(args) => cmd::demo::run(args, ctx),
     }

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
 use concept_format::ConceptPackage;
 use concepts_runtime::session::Engine;
+use concepts_runtime::Compute;
 
 use crate::ask::ImageCache;
 use crate::condition::Condition;
@@ -23,8 +23,10 @@ use crate::{ablation, forgetting, multi};
 /// What to run besides the dataset.
 #[derive(Debug, Clone)]
 pub struct EvalConfig {
-    /// The base model folder (llava-hf layout).
+    /// The base model folder (llava-hf layout, or quantized by `concepts quantize`).
     pub model: PathBuf,
+    /// Its device and compute dtype, for training and evaluation alike.
+    pub compute: Compute,
     /// Where trained concepts are cached (`<work_dir>/concepts/`).
     pub work_dir: PathBuf,
     /// Cache of pool embeddings for the miner; `None` disables it.
@@ -68,7 +70,7 @@ pub fn evaluate(
             ))
         })?;
     let mut notes = Vec::new();
-    let mut engine = Engine::load(&cfg.model, &Device::Cpu, DType::F32)?;
+    let mut engine = Engine::load(&cfg.model, &cfg.compute.device, cfg.compute.dtype)?;
     let fingerprint = engine.fingerprint()?.clone();
 
     // --- The model-written descriptions (captions of the training photos, summarised): a
@@ -109,6 +111,7 @@ pub fn evaluate(
     let job = TrainingJob {
         model: &cfg.model,
         fingerprint: &fingerprint,
+        compute: &cfg.compute,
         pool: &pool,
         pool_cache: cfg.pool_cache.as_deref(),
         work_dir: &cfg.work_dir,

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
 use concept_format::{Category, ConceptPackage, ModelFingerprint};
+use concepts_runtime::Compute;
 use concepts_trainer::{Init, PluginSet, PoolSource, Progress, Subject, TrainConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -89,6 +89,9 @@ pub struct TrainingJob<'a> {
     pub model: &'a Path,
     /// Its fingerprint (part of the cache key).
     pub fingerprint: &'a ModelFingerprint,
+    /// Its device and compute dtype (part of the cache key: a quantized folder has its
+    /// source's fingerprint, but trains other concepts).
+    pub compute: &'a Compute,
     /// The negative pool folder.
     pub pool: &'a Path,
     /// Cache of pool embeddings, shared by every subject.
@@ -109,6 +112,7 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject, init: &Init) -> R
         subject: &'a str,
         photos: Vec<String>,
         fingerprint: &'a ModelFingerprint,
+        compute: String,
         pool: Vec<(String, u64)>,
         config: &'a TrainingConfig,
         init: String,
@@ -139,6 +143,7 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject, init: &Init) -> R
         subject: &subject.name,
         photos,
         fingerprint: job.fingerprint,
+        compute: job.compute.label(job.model)?,
         pool,
         config: job.config,
         init: init.label(),
@@ -220,8 +225,8 @@ pub fn train_or_reuse(
     let started = Instant::now();
     let outcome = concepts_trainer::train(
         job.model,
-        &Device::Cpu,
-        DType::F32,
+        &job.compute.device,
+        job.compute.dtype,
         &tc,
         &mut stages,
         progress,

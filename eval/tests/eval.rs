@@ -67,6 +67,7 @@ fn check_structure(report: &EvalReport, subjects: usize, test: usize) {
 fn config(root: &Path, model: PathBuf, training: TrainingConfig) -> EvalConfig {
     EvalConfig {
         model,
+        compute: concepts_runtime::Compute::cpu(),
         work_dir: root.join("work"),
         pool_cache: Some(root.join("pool-cache")),
         negatives: None,

@@ -37,20 +37,21 @@
 //!   [`Engine::activate_package`] (template and fingerprint check; the model fingerprint is
 //!   computed once before timing, as a long-running engine caches it).
 
-use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use concept_format::{Category, ConceptPackage, ConceptTensors, Manifest};
-use concepts_runtime::generate::{GenerateConfig, Sampler, Sampling};
+use concepts_runtime::generate::{GenerateConfig, Sampling};
 use concepts_runtime::preprocess::preprocess_file;
 use concepts_runtime::prompt::TEMPLATE_ID;
-use concepts_runtime::session::{Engine, PromptInput};
+use concepts_runtime::session::Engine;
 use concepts_runtime::{ConceptWeights, Kernels, KvCache};
 use serde_json::{json, Value};
 
-type BenchResult<T> = Result<T, Box<dyn Error>>;
+mod common;
+
+use common::{decode, prefill, BenchResult};
 
 /// The allocator the `concepts` binary uses (see cli/src/main.rs).
 #[global_allocator]
@@ -163,47 +164,6 @@ fn timed<T>(f: impl FnOnce() -> BenchResult<T>) -> BenchResult<(T, Duration)> {
     let start = Instant::now();
     let out = f()?;
     Ok((out, start.elapsed()))
-}
-
-fn argmax(logits: &Tensor) -> BenchResult<u32> {
-    let values = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    Ok(Sampler::new(Sampling::Greedy).sample(&values)?)
-}
-
-/// Prompt to first token: returns the filled cache and the first generated id.
-fn prefill(engine: &Engine, prompt: &PromptInput) -> BenchResult<(KvCache, u32)> {
-    let model = engine.model();
-    let embedded = engine.embed_prompt(prompt)?;
-    let t = embedded.ids.len();
-    let mut cache = KvCache::new(model.config());
-    let hidden = model
-        .forward_embeds(
-            &embedded.embeds.unsqueeze(0)?,
-            Some(&mut cache),
-            Kernels::Fast,
-        )?
-        .squeeze(0)?;
-    let logits = engine
-        .concepts()
-        .logits(model, &hidden.i(t - 1..t)?)?
-        .squeeze(0)?;
-    Ok((cache, argmax(&logits)?))
-}
-
-/// `n` greedy decode steps after `first`; returns the new ids.
-fn decode(engine: &Engine, cache: &mut KvCache, first: u32, n: usize) -> BenchResult<Vec<u32>> {
-    let model = engine.model();
-    let table = engine.concepts();
-    let mut ids = Vec::with_capacity(n);
-    let mut next = first;
-    for _ in 0..n {
-        let embed = table.embed_ids(model, &[next])?.unsqueeze(0)?;
-        let hidden = model.forward_embeds(&embed, Some(cache), Kernels::Fast)?;
-        let logits = table.logits(model, &hidden.i((0, 0..1))?)?.squeeze(0)?;
-        next = argmax(&logits)?;
-        ids.push(next);
-    }
-    Ok(ids)
 }
 
 /// A concept of width `d` with k = [`K`] latents and fixed pseudo-random values.

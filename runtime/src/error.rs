@@ -32,6 +32,14 @@ pub enum RuntimeError {
         source: safetensors::SafeTensorError,
     },
 
+    /// A quantized-weights file (GGUF) is malformed or was not written by `concepts quantize`.
+    #[error("quantized weights `{path}`: {source}")]
+    Quantized {
+        path: PathBuf,
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+
     // === Configuration ===
     /// A configuration value is out of range or inconsistent with another one.
     #[error("invalid config: {0}")]

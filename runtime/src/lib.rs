@@ -14,6 +14,7 @@
 //! model, concepts read from a [`api::ConceptSource`] per request, async and cancellable.
 
 pub mod api;
+pub mod compute;
 pub mod concept_table;
 pub mod config;
 pub mod default_model;
@@ -25,11 +26,13 @@ pub mod ops;
 pub mod optim;
 pub mod preprocess;
 pub mod prompt;
+pub mod quant;
 pub mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod weights;
 
+pub use compute::Compute;
 pub use concept_table::{ConceptTable, ConceptToken, ConceptWeights};
 pub use config::LlavaConfig;
 pub use error::{Result, RuntimeError};

@@ -510,27 +510,14 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         crate::testing::randn(shape, seed, DType::F32, &Device::Cpu).unwrap()
     }
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     /// Runs both kernel flavours and checks they agree within `tol`.
-    fn check(f: impl Fn(Kernels) -> Tensor, tol: f32) {
+    fn check(f: impl Fn(Kernels) -> Tensor, tol: f64) {
         let fast = f(Kernels::Fast);
         let diff = f(Kernels::Differentiable);
         let err = max_abs_diff(&fast, &diff);

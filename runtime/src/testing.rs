@@ -18,12 +18,71 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
+use crate::concept_table::{ConceptTable, ConceptWeights};
 use crate::config::{
     Activation, ClipVisionConfig, FeatureSelect, LlamaConfig, LlavaConfig, ProjectorConfig,
     VisionStem,
 };
 use crate::error::{Result, RuntimeError};
 use crate::model::LlavaModel;
+use crate::ops::Kernels;
+
+/// Max |a − b| over two tensors of the same shape and any float dtype, computed in f64.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let diff = (a.to_dtype(DType::F64).expect("f64") - b.to_dtype(DType::F64).expect("f64"))
+        .expect("same shapes");
+    diff.abs()
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f64>())
+        .expect("a float tensor")
+}
+
+/// The masked answer-only cross-entropy of `<s> 5 <bo> <l0> <l1> 6 <image> 7 8 | <bo> 9 10 </s>`
+/// (the answer after `|`) with a concept `<bo>` of two latent tokens made of `identifier`
+/// (`[d]`), `latents` (`[2, d]`) and `head` (`[d]`): the Yo'LLaVA training loss of one example
+/// as a function of the concept's tensors, what the gradient tests differentiate.
+pub fn concept_answer_loss(
+    model: &LlavaModel,
+    pixels: &Tensor,
+    identifier: &Tensor,
+    latents: &Tensor,
+    head: &Tensor,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    let mut table = ConceptTable::new(model);
+    let weights = ConceptWeights::new(identifier.clone(), latents.clone(), head.clone())?;
+    table.activate("bo", weights)?;
+    let bo = table.identifier_id("bo").expect("`bo` was just activated");
+    let latent_ids: Vec<u32> = table.latent_ids("bo").expect("activated").collect();
+    let before = [1, 5, bo, latent_ids[0], latent_ids[1], 6];
+    let after = [7, 8, bo, 9, 10, 2];
+    let answer_len = 4;
+    let image = model.image_features(pixels, kernels)?.squeeze(0)?;
+    let n_image = image.dim(0)?;
+    let embeds = Tensor::cat(
+        &[
+            &table.embed_ids(model, &before)?,
+            &image,
+            &table.embed_ids(model, &after)?,
+        ],
+        0,
+    )?
+    .unsqueeze(0)?;
+    let hidden = model.forward_embeds(&embeds, None, kernels)?.squeeze(0)?;
+    let logits = table.logits(model, &hidden)?;
+    let image_id = model.config().image_token_id;
+    let ids: Vec<u32> = before
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(image_id, n_image))
+        .chain(after.iter().copied())
+        .collect();
+    let t = ids.len();
+    let mask: Vec<bool> = (1..t).map(|i| i >= t - answer_len).collect();
+    crate::ops::masked_cross_entropy(&logits.narrow(0, 0, t - 1)?, &ids[1..], &mask)
+}
 
 /// A two-layer LLaVA small enough for finite differences: CLIP with hidden 12, 28×28 images
 /// in 14×14 patches (4 image tokens), Llama with hidden 16, 2 heads, vocabulary 40.

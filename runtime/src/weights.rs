@@ -59,11 +59,19 @@ const PROJECTOR_PROBE: &str = "linear_1.weight";
 
 impl LlavaModel {
     /// Loads `config.json` and the safetensors weights of a llava-hf model directory, in
-    /// `dtype` on `device` whatever dtype the files store.
+    /// `dtype` on `device` whatever dtype the files store. A folder written by
+    /// `concepts quantize` ([`crate::quant`]) has its linear layers' matrices taken
+    /// quantized from its GGUF file; the rest of the model computes in `dtype`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let cfg = read_config(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        LlavaModel::from_varbuilder(cfg, checkpoint.varbuilder(dtype, device))
+        let vb = checkpoint.varbuilder(dtype, device);
+        let quantized = dir.join(crate::quant::QUANTIZED_FILE);
+        if quantized.is_file() {
+            let linears = crate::quant::QuantizedLinears::read(&quantized, device)?;
+            return LlavaModel::from_quantized(cfg, vb, std::sync::Arc::new(linears));
+        }
+        LlavaModel::from_varbuilder(cfg, vb)
     }
 }
 
@@ -146,6 +154,29 @@ impl WeightLayout {
         })
     }
 
+    /// The name the model code uses for the tensor stored as `stored` (the inverse of
+    /// [`WeightLayout::stored_name`]; the longest matching stored prefix wins).
+    pub fn hub_name(&self, stored: &str) -> String {
+        let mut best: Option<(&str, &str)> = None;
+        for (canonical, prefix) in [
+            (VISION, &self.vision),
+            (LANGUAGE, &self.language),
+            (LM_HEAD, &self.lm_head),
+            (PROJECTOR, &self.projector),
+        ] {
+            let matches = stored
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|r| r.starts_with('.'));
+            if matches && best.is_none_or(|(_, p)| prefix.len() > p.len()) {
+                best = Some((canonical, prefix));
+            }
+        }
+        match best {
+            Some((canonical, prefix)) => format!("{canonical}{}", &stored[prefix.len()..]),
+            None => stored.to_string(),
+        }
+    }
+
     /// The stored name of the tensor the model code calls `name`.
     pub fn stored_name(&self, name: &str) -> String {
         for (canonical, stored) in [
@@ -180,7 +211,13 @@ impl Checkpoint {
             Ok(files) => files,
             Err(err) => return Err(locate_open_error(&paths, err)),
         };
-        let layout = WeightLayout::detect(|name| files.get(name).is_ok())?;
+        // `concepts quantize` writes the hub layout, with the linear matrices (the
+        // projector's probe among them) in its GGUF file rather than here.
+        let layout = if dir.join(crate::quant::QUANTIZED_FILE).is_file() {
+            WeightLayout::hub()
+        } else {
+            WeightLayout::detect(|name| files.get(name).is_ok())?
+        };
         Ok(Checkpoint {
             files: Arc::new(files),
             paths,
@@ -206,6 +243,18 @@ impl Checkpoint {
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 
+    /// The model-code (hub-layout) names of every tensor in the files, sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .files
+            .tensors()
+            .into_iter()
+            .map(|(stored, _)| self.layout.hub_name(&stored))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The stored dtype, shape and raw little-endian bytes of the tensor the model code
     /// calls `name`, without conversion.
     pub fn raw_tensor(&self, name: &str) -> Result<RawTensor<'_>> {
@@ -227,6 +276,25 @@ pub struct RawTensor<'a> {
     pub dtype: safetensors::Dtype,
     pub shape: Vec<usize>,
     pub data: &'a [u8],
+}
+
+/// Written back as stored (`crate::quant` copies the tensors it does not quantize).
+impl safetensors::View for &RawTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.data)
+    }
+
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
 }
 
 #[derive(Deserialize)]
@@ -335,17 +403,51 @@ impl SimpleBackend for LayoutBackend {
                 got: view.shape().into(),
             });
         }
-        view.load(dev)?.to_dtype(dtype)
+        let tensor = view.load(dev)?.to_dtype(dtype);
+        release_pages(view.data());
+        tensor
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let (_, view) = self.view(name)?;
-        view.load(dev)?.to_dtype(dtype)
+        let tensor = view.load(dev)?.to_dtype(dtype);
+        release_pages(view.data());
+        tensor
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.files.get(&self.layout.stored_name(name)).is_ok()
     }
+}
+
+/// Drops the pages of `bytes`, a slice of a read-only file mapping whose tensor was just
+/// copied out, from this process's resident set. The kernel keeps them in its page cache and
+/// faults them back in if they are read again, so this changes no data; it only stops a model
+/// being loaded from counting its checkpoint twice (mapped file plus converted tensors)
+/// in its peak memory: a 7B f16 load would otherwise touch 14 GB of mapping on top of 14 GB
+/// of tensors.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        let start = bytes.as_ptr() as usize;
+        let first = start.div_ceil(page) * page;
+        let end = (start + bytes.len()) / page * page;
+        if end > first {
+            // SAFETY: [first, end) lies within `bytes`, a shared read-only file mapping that
+            // stays mapped; MADV_DONTNEED on such a mapping only drops resident pages, which
+            // later reads fault back in from the file unchanged.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //! the frozen base weights must neither receive gradients nor change.
 
 use candle_core::{DType, Device, Tensor, Var};
-use concepts_runtime::testing::{randn, random_model, tiny_config, tiny_config_gqa, RandomWeights};
-use concepts_runtime::{ops, ConceptTable, ConceptWeights, Kernels, LlavaConfig, LlavaModel};
+use concepts_runtime::testing::{
+    concept_answer_loss, randn, random_model, tiny_config, tiny_config_gqa, RandomWeights,
+};
+use concepts_runtime::{Kernels, LlavaConfig, LlavaModel};
 
 const K: usize = 2;
 
@@ -54,56 +56,17 @@ fn initial_params(d: usize) -> Params {
     }
 }
 
-/// Masked answer-only cross-entropy of the prompt
-/// `<s> 5 <bo> <l0> <l1> 6 <image> 7 8 | <bo> 9 10 </s>`, the answer being after `|`.
+/// The training loss of one example ([`concept_answer_loss`]).
 fn loss(fx: &Fixture, p: &Params, kernels: Kernels) -> Tensor {
-    let model = &fx.model;
-    let mut table = ConceptTable::new(model);
-    let weights =
-        ConceptWeights::new(p.identifier.clone(), p.latents.clone(), p.head.clone()).unwrap();
-    table.activate("bo", weights).unwrap();
-    let bo = table.identifier_id("bo").unwrap();
-    let latents: Vec<u32> = table.latent_ids("bo").unwrap().collect();
-    assert_eq!(bo as usize, model.config().text.vocab_size);
-
-    let before = [1, 5, bo, latents[0], latents[1], 6];
-    let after = [7, 8, bo, 9, 10, 2];
-    let answer_len = 4;
-    let image = model
-        .image_features(&fx.pixels, kernels)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    let n_image = image.dim(0).unwrap();
-    let embeds = Tensor::cat(
-        &[
-            &table.embed_ids(model, &before).unwrap(),
-            &image,
-            &table.embed_ids(model, &after).unwrap(),
-        ],
-        0,
+    concept_answer_loss(
+        &fx.model,
+        &fx.pixels,
+        &p.identifier,
+        &p.latents,
+        &p.head,
+        kernels,
     )
     .unwrap()
-    .unsqueeze(0)
-    .unwrap();
-    let hidden = model
-        .forward_embeds(&embeds, None, kernels)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    let logits = table.logits(model, &hidden).unwrap();
-
-    let image_id = model.config().image_token_id;
-    let ids: Vec<u32> = before
-        .iter()
-        .copied()
-        .chain(std::iter::repeat_n(image_id, n_image))
-        .chain(after.iter().copied())
-        .collect();
-    let t = ids.len();
-    let targets: Vec<u32> = ids[1..].to_vec();
-    let mask: Vec<bool> = (1..t).map(|i| i >= t - answer_len).collect();
-    ops::masked_cross_entropy(&logits.narrow(0, 0, t - 1).unwrap(), &targets, &mask).unwrap()
 }
 
 fn scalar(t: &Tensor) -> f64 {

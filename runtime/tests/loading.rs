@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use concepts_runtime::testing::{
-    randn, tiny_config, tiny_config_json, tiny_conv_config, tiny_conv_config_json, RandomWeights,
+    max_abs_diff, randn, tiny_config, tiny_config_json, tiny_conv_config, tiny_conv_config_json,
+    RandomWeights,
 };
 use concepts_runtime::{fingerprint, Kernels, LlavaModel, RuntimeError};
 use sha2::{Digest, Sha256};
@@ -154,20 +155,8 @@ fn outputs(model: &LlavaModel) -> (Tensor, Tensor) {
 fn assert_same_outputs(a: &LlavaModel, b: &LlavaModel) {
     let (fa, la) = outputs(a);
     let (fb, lb) = outputs(b);
-    let diff = |x: &Tensor, y: &Tensor| {
-        (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(diff(&fa, &fb), 0.0, "image features differ");
-    assert_eq!(diff(&la, &lb), 0.0, "logits differ");
+    assert_eq!(max_abs_diff(&fa, &fb), 0.0, "image features differ");
+    assert_eq!(max_abs_diff(&la, &lb), 0.0, "logits differ");
 }
 
 fn load(dir: &ModelDir) -> Result<LlavaModel, RuntimeError> {

@@ -17,6 +17,7 @@ use concepts_runtime::preprocess::{
 };
 use concepts_runtime::prompt::{load_tokenizer, ConceptMarkers, Conversation, MarkerId, TextCodec};
 use concepts_runtime::session::{Engine, PromptInput};
+use concepts_runtime::testing::max_abs_diff;
 use concepts_runtime::{ConceptWeights, Kernels};
 use image::RgbImage;
 
@@ -43,27 +44,8 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// Max |a - b| over two tensors of the same shape.
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a
-        .flatten_all()
-        .expect("flat")
-        .to_vec1::<f32>()
-        .expect("f32");
-    let b = b
-        .flatten_all()
-        .expect("flat")
-        .to_vec1::<f32>()
-        .expect("f32");
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// Compares `actual` with the reference tensor `name` and prints the difference.
-fn check_close(name: &str, actual: &Tensor, reference: &HashMap<String, Tensor>, tol: f32) {
+fn check_close(name: &str, actual: &Tensor, reference: &HashMap<String, Tensor>, tol: f64) {
     let expected = reference
         .get(name)
         .unwrap_or_else(|| panic!("no reference `{name}`"));
@@ -141,7 +123,7 @@ fn preprocessing_jpeg_file_is_close_to_clip_image_processor() {
     let diff = max_abs_diff(&pixels(&px), &tensors["pixel_values.photo"]);
     println!("pixel_values.photo from the jpeg file: max abs diff {diff:e}");
     // 8 levels of 255 in the channel with the smallest std.
-    let bound = (8.0 / 255.0 / OPENAI_CLIP_STD[1]) as f32;
+    let bound = 8.0 / 255.0 / OPENAI_CLIP_STD[1];
     assert!(
         diff > 0.0 && diff < bound,
         "jpeg gap {diff} (bound {bound})"

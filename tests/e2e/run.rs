@@ -492,3 +492,110 @@ fn the_binary_carries_its_default_model() {
         "{models:?}"
     );
 }
+
+/// `concepts quantize` and `--dtype` (issue #18's contract): a concept of the toy base runs on
+/// the base's q4k and q8_0 copies and in f16 and bf16; a concept of another base (the parity
+/// fixture's) is refused by the copy, both fingerprints named.
+#[test]
+fn concepts_carry_over_to_quantized_copies_and_other_precisions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let toy = concepts_runtime::default_model::checkout_model_dir();
+    let toy_s = toy.to_str().unwrap();
+    let fp = concepts_runtime::fingerprint(&toy).unwrap();
+    let package =
+        concepts_runtime::testing::random_concept_package("mine", &fp, 16, 7, 0.1).unwrap();
+    let file = tmp.path().join("mine.ycpt");
+    package.write_file_atomic(&file).unwrap();
+    ok(concepts(&home, &["install", file.to_str().unwrap()]));
+
+    let mut models = vec![(toy.clone(), "f16"), (toy.clone(), "bf16")];
+    for format in ["q8_0", "q4k"] {
+        let out_dir = tmp.path().join(format!("toy-{format}"));
+        let out = ok(concepts(
+            &home,
+            &[
+                "quantize",
+                "--model",
+                toy_s,
+                "--format",
+                format,
+                "-o",
+                out_dir.to_str().unwrap(),
+            ],
+        ));
+        assert!(
+            out.stdout
+                .contains(&format!("48 linear matrices in {format}")),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(concepts_runtime::fingerprint(&out_dir).unwrap(), fp);
+        models.push((out_dir, "f32"));
+    }
+    for (model, dtype) in &models {
+        let out = ok(concepts(
+            &home,
+            &[
+                "run",
+                "--model",
+                model.to_str().unwrap(),
+                "--dtype",
+                dtype,
+                "--concept",
+                "mine",
+                "--prompt",
+                "Describe <mine>.",
+                "--max-tokens",
+                "4",
+            ],
+        ));
+        assert!(
+            !out.stdout.trim().is_empty(),
+            "{model:?} {dtype}: no answer"
+        );
+    }
+
+    // Another base's concept, and an existing output folder.
+    install_fixture_concept(&home, tmp.path());
+    let q4k = tmp.path().join("toy-q4k");
+    let run = concepts(
+        &home,
+        &[
+            "run",
+            "--model",
+            q4k.to_str().unwrap(),
+            "--concept",
+            "bo",
+            "--prompt",
+            "hi",
+        ],
+    )
+    .fails();
+    assert!(
+        run.stderr.contains("was trained for base model"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&fp.embed_sha256), "{}", run.stderr);
+    let run = concepts(
+        &home,
+        &[
+            "quantize",
+            "--model",
+            toy_s,
+            "--format",
+            "q8_0",
+            "-o",
+            q4k.to_str().unwrap(),
+        ],
+    )
+    .fails();
+    assert!(run.stderr.contains("exists"), "{}", run.stderr);
+    let run = concepts(
+        &home,
+        &["run", "--model", toy_s, "--dtype", "f8", "--prompt", "hi"],
+    )
+    .fails();
+    assert!(run.stderr.contains("dtype `f8`"), "{}", run.stderr);
+}

@@ -276,6 +276,7 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let dataset = read_dataset(&data)?;
     let cfg = EvalConfig {
         model: model.clone(),
+        compute: concepts_runtime::Compute::cpu(),
         work_dir: dir.clone(),
         pool_cache: Some(dir.join("pool-embeddings")),
         negatives: None,

@@ -98,6 +98,8 @@ pub struct EvalArgs {
     /// Where the ablation plot goes [default: <work dir>/ablations.png]
     #[arg(long, value_name = "FILE")]
     pub ablation_plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: crate::ctx::ComputeArgs,
 }
 
 /// A cancel flag set by Ctrl-C.
@@ -142,6 +144,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     });
     let cfg = EvalConfig {
         model: model.clone(),
+        compute: args.compute.resolve()?,
         work_dir,
         pool_cache: Some(home.join("cache").join("pool-embeddings")),
         negatives: args.negatives.clone(),

@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod pack;
 pub mod pin;
 pub mod plugin;
+pub mod quantize;
 pub mod remove;
 pub mod run;
 pub mod scan;

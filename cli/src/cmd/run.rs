@@ -69,6 +69,8 @@ pub struct RunArgs {
     /// Print the answer as JSON (with p(Yes) / p(No) for a recognition question)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub compute: crate::ctx::ComputeArgs,
 }
 
 pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -80,6 +82,7 @@ pub fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let source = Arc::new(RegistrySource::new(ctx.registry()?));
     let config = RuntimeConfig {
         pad_to_square: args.pad_to_square,
+        compute: args.compute.resolve()?,
         ..RuntimeConfig::recommended()
     };
     let runtime = Runtime::load(&model, source, config)

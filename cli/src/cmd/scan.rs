@@ -31,13 +31,19 @@ pub struct ScanArgs {
     /// llava-hf model directory [default: $CONCEPTS_DEFAULT_MODEL, else the embedded toy model]
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: crate::ctx::ComputeArgs,
 }
 
 pub fn run(args: ScanArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let model = crate::ctx::model_dir(args.model.as_deref(), ctx)?;
     let registry = ctx.registry()?;
     let source = Arc::new(RegistrySource::new(registry));
-    let runtime = Runtime::load(&model, source, RuntimeConfig::recommended())
+    let config = RuntimeConfig {
+        compute: args.compute.resolve()?,
+        ..RuntimeConfig::recommended()
+    };
+    let runtime = Runtime::load(&model, source, config)
         .with_context(|| format!("loading model `{}`", model.display()))?;
     let selection = if args.concepts.is_empty() {
         Selection::All

@@ -59,6 +59,8 @@ pub struct ServeArgs {
     /// Memory for concepts kept loaded between requests, in MiB
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub max_resident_mb: usize,
+    #[command(flatten)]
+    pub compute: crate::ctx::ComputeArgs,
 }
 
 pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -78,6 +80,7 @@ pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let registry = ctx.registry()?;
     let mut runtime_config = RuntimeConfig::recommended();
     runtime_config.max_resident_bytes = args.max_resident_mb << 20;
+    runtime_config.compute = args.compute.resolve()?;
     let source = Arc::new(RegistrySource::new(registry.clone()));
     let runtime = Runtime::load(&model, source, runtime_config)
         .with_context(|| format!("loading model `{}`", model.display()))?;

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
 use concept_format::Category;
 use concepts_plugin_api::EpochReport;
 use concepts_trainer::{Init, Phase, PoolSource, Progress, Subject, TrainConfig};
@@ -95,9 +94,8 @@ pub struct TrainArgs {
     /// Allow native (unsandboxed) plugin libraries for the stages
     #[arg(long)]
     pub allow_native: bool,
-    /// cpu (f32) or cuda (f16 frozen weights; needs a build with the `cuda` feature)
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub compute: crate::ctx::ComputeArgs,
 }
 
 /// Progress bars for mining, conversation generation and epochs; `concepts eval` shows one
@@ -283,18 +281,11 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .context("installing the Ctrl-C handler")?;
     }
     let mut bars = TrainBars::new(MultiProgress::new(), "epochs", true);
-    let (device, dtype) = match args.device.as_str() {
-        "cpu" => (Device::Cpu, DType::F32),
-        "cuda" => (
-            Device::new_cuda(0).context("--device cuda (this binary needs the `cuda` feature)")?,
-            DType::F16,
-        ),
-        other => bail!("--device `{other}`: expected cpu or cuda"),
-    };
+    let compute = args.compute.resolve()?;
     let outcome = concepts_trainer::train(
         &model,
-        &device,
-        dtype,
+        &compute.device,
+        compute.dtype,
         &cfg,
         &mut stages,
         &mut bars,

@@ -85,10 +85,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::{DType, Device};
 use concept_format::{ConceptPackage, ModelFingerprint};
 use tokio::sync::mpsc;
 
+use crate::compute::Compute;
 use crate::error::{Result, RuntimeError};
 use crate::generate::{GenerateConfig, Sampling, StopReason};
 use crate::preprocess::{decode_image, load_image, preprocess, ImageLimits, PixelValues};
@@ -132,6 +132,8 @@ pub struct RuntimeConfig {
     /// Pad every image to a square with its mean colour before resizing (the original
     /// LLaVA-1.5 `pad` mode), whatever the model's preprocessor config says.
     pub pad_to_square: bool,
+    /// The device and compute dtype of the base model ([`Compute::cpu`]: f32 on the CPU).
+    pub compute: Compute,
 }
 
 impl RuntimeConfig {
@@ -148,6 +150,7 @@ impl RuntimeConfig {
             recognition_question: RECOGNITION_QUESTION.to_string(),
             describe_question: DESCRIBE_QUESTION.to_string(),
             pad_to_square: false,
+            compute: Compute::cpu(),
         }
     }
 
@@ -453,14 +456,16 @@ struct Inner {
 }
 
 impl Runtime {
-    /// Loads a llava-hf model directory (f32 on the CPU) and computes its fingerprint.
+    /// Loads a llava-hf model directory (or a quantized one, `concepts quantize`) on
+    /// `config.compute`'s device and dtype, and computes its fingerprint.
     /// Blocking: call it before serving, or from a blocking task.
     pub fn load(
         model_dir: &Path,
         source: Arc<dyn ConceptSource>,
         config: RuntimeConfig,
     ) -> Result<Runtime> {
-        let mut base = Engine::load(model_dir, &Device::Cpu, DType::F32)?;
+        let compute = &config.compute;
+        let mut base = Engine::load(model_dir, &compute.device, compute.dtype)?;
         let fingerprint = base.fingerprint()?.clone();
         let model_id = model_dir
             .canonicalize()

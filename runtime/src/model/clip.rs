@@ -8,8 +8,10 @@
 //! [`ClipVisionTower::pooled`], CLIP's own image embedding. They are loaded when the checkpoint
 //! has them and are optional otherwise.
 
-use candle_core::Tensor;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::Init;
+
+use crate::model::source::Weights;
 
 use crate::config::{Activation, ClipVisionConfig, VisionStem};
 use crate::error::{Result, RuntimeError};
@@ -24,7 +26,7 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+    fn load(vb: Weights, size: usize, eps: f64) -> Result<Self> {
         Ok(LayerNorm {
             weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
             bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
@@ -49,7 +51,7 @@ struct PatchStem {
 }
 
 impl PatchStem {
-    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &ClipVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let p = cfg.patch_size;
         let positions = (cfg.image_size / p).pow(2) + 1;
@@ -70,9 +72,21 @@ impl PatchStem {
         let pixels = pixel_values
             .to_dtype(self.patch_embedding.dtype())?
             .contiguous()?;
-        let maps = pixels.conv2d(&self.patch_embedding, 0, self.patch_size, 1, 1)?;
+        let maps = conv2d(&pixels, &self.patch_embedding, 0, self.patch_size)?;
         tokens_with_class(&maps, &self.class_embedding, &self.position_embedding)
     }
+}
+
+/// `x.conv2d(w, padding, stride)`. candle's CPU convolution has no bf16 kernel: there it
+/// runs in f32 and the result is narrowed back.
+fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        let wide =
+            x.to_dtype(DType::F32)?
+                .conv2d(&w.to_dtype(DType::F32)?, padding, stride, 1, 1)?;
+        return Ok(wide.to_dtype(DType::BF16)?);
+    }
+    Ok(x.conv2d(w, padding, stride, 1, 1)?)
 }
 
 /// Checks `[B, C, H, W]` pixel values against the config.
@@ -115,7 +129,7 @@ struct ConvStem {
 }
 
 impl ConvStem {
-    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &ClipVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let positions = (cfg.image_size / cfg.patch_size).pow(2) + 1;
         let vb_stem = vb.pp("stem");
@@ -151,9 +165,7 @@ impl ConvStem {
         let last = self.convs.len() - 1;
         for (i, (weight, bias)) in self.convs.iter().enumerate() {
             let c = bias.dim(0)?;
-            x = x
-                .conv2d(weight, 1, 2, 1, 1)?
-                .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+            x = conv2d(&x, weight, 1, 2)?.broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
             if i < last {
                 x = ops::activation(&x, Activation::GeluErf, kernels)?;
             }
@@ -169,7 +181,7 @@ enum Stem {
 }
 
 impl Stem {
-    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &ClipVisionConfig) -> Result<Self> {
         match cfg.stem {
             VisionStem::Patch => Ok(Stem::Patch(PatchStem::load(vb, cfg)?)),
             VisionStem::Conv => Ok(Stem::Conv(ConvStem::load(vb, cfg)?)),
@@ -194,7 +206,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &ClipVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Attention {
             q_proj: Linear::load(vb.pp("q_proj"), d, d, true)?,
@@ -233,7 +245,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &ClipVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let mlp = vb.pp("mlp");
         Ok(EncoderLayer {
@@ -248,7 +260,7 @@ impl EncoderLayer {
 
     /// Whether the checkpoint has this layer at all; a partly present layer still fails
     /// to load, naming the missing tensor.
-    fn present(vb: &VarBuilder) -> bool {
+    fn present(vb: &Weights) -> bool {
         vb.pp("layer_norm1").contains_tensor("weight")
     }
 
@@ -274,11 +286,7 @@ pub(crate) struct ClipVisionTower {
 
 impl ClipVisionTower {
     /// Loads from the `vision_model` prefix. Layers `0..feature_layer` are required.
-    pub(crate) fn load(
-        vb: VarBuilder,
-        cfg: &ClipVisionConfig,
-        feature_layer: usize,
-    ) -> Result<Self> {
+    pub(crate) fn load(vb: Weights, cfg: &ClipVisionConfig, feature_layer: usize) -> Result<Self> {
         let d = cfg.hidden_size;
         let stem = Stem::load(vb.pp("embeddings"), cfg)?;
         let pre_layrnorm = LayerNorm::load(vb.pp("pre_layrnorm"), d, cfg.layer_norm_eps)?;

@@ -8,7 +8,9 @@
 //! features and concept embeddings into the sequence.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::Init;
+
+use crate::model::source::Weights;
 
 use crate::config::{Activation, LlamaConfig};
 use crate::error::{Result, RuntimeError};
@@ -77,7 +79,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &LlamaConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let q_out = cfg.num_attention_heads * cfg.head_dim;
         let kv_out = cfg.num_key_value_heads * cfg.head_dim;
@@ -141,7 +143,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &LlamaConfig) -> Result<Self> {
         let (d, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Mlp {
             gate_proj: Linear::load(vb.pp("gate_proj"), d, i, bias)?,
@@ -167,7 +169,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: Weights, cfg: &LlamaConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(DecoderLayer {
             input_layernorm: vb.pp("input_layernorm").get_with_hints(
@@ -216,7 +218,7 @@ pub(crate) struct Llama {
 
 impl Llama {
     /// Loads from the parent of `model` and `lm_head` (`language_model` in the hub layout).
-    pub(crate) fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    pub(crate) fn load(vb: Weights, cfg: &LlamaConfig) -> Result<Self> {
         let vb_m = vb.pp("model");
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = vb_m.pp("embed_tokens").get((v, d), "weight")?;

@@ -12,13 +12,18 @@ mod kv_cache;
 mod linear;
 mod llama;
 mod projector;
+mod source;
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{FeatureSelect, LlavaConfig};
-use crate::error::{Result, RuntimeError};
+use crate::error::Result;
 use crate::ops::Kernels;
+use crate::quant::QuantizedLinears;
+use source::Weights;
 
 pub use kv_cache::KvCache;
 
@@ -39,13 +44,21 @@ impl LlavaModel {
     /// `multi_modal_projector`, `language_model.{model,lm_head}`); `crate::weights` maps other
     /// layouts onto these. Tensors come in the `VarBuilder`'s dtype and device.
     pub fn from_varbuilder(cfg: LlavaConfig, vb: VarBuilder) -> Result<Self> {
+        LlavaModel::from_weights(cfg, Weights::new(vb, None))
+    }
+
+    /// [`LlavaModel::from_varbuilder`] with the linear layers found in `quantized` taken
+    /// from it instead of the `VarBuilder` (a folder written by [`crate::quant::quantize_model`]).
+    pub fn from_quantized(
+        cfg: LlavaConfig,
+        vb: VarBuilder,
+        quantized: Arc<QuantizedLinears>,
+    ) -> Result<Self> {
+        LlavaModel::from_weights(cfg, Weights::new(vb, Some(quantized)))
+    }
+
+    fn from_weights(cfg: LlavaConfig, vb: Weights) -> Result<Self> {
         cfg.validate()?;
-        if vb.device().is_cpu() && vb.dtype() == DType::BF16 {
-            return Err(RuntimeError::Unsupported(
-                "bf16 compute on the cpu (candle has no bf16 cpu matmul); use f32 or f16"
-                    .to_string(),
-            ));
-        }
         let vision = ClipVisionTower::load(
             vb.pp("vision_tower").pp("vision_model"),
             &cfg.vision,
@@ -169,24 +182,12 @@ mod tests {
 
     use super::*;
     use crate::config::FeatureSelect;
-    use crate::testing::{randn, random_model, tiny_config, tiny_config_gqa, RandomWeights};
+    use crate::testing::{
+        max_abs_diff, randn, random_model, tiny_config, tiny_config_gqa, RandomWeights,
+    };
 
     fn pixels(dtype: DType) -> Tensor {
         randn(&[2, 3, 28, 28], 31, dtype, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.dims(), b.dims());
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     /// A model from `weights` after `edit` changed some of them.
@@ -225,7 +226,7 @@ mod tests {
             .projector
             .forward(&states[1].narrow(1, 1, 4).unwrap(), Kernels::Fast)
             .unwrap();
-        assert_eq!(max_diff(&features, &want), 0.0);
+        assert_eq!(max_abs_diff(&features, &want), 0.0);
 
         // Changing the last layer or post_layernorm moves the pooled embedding only.
         let scale = |n: &str, t: &Tensor| {
@@ -236,10 +237,10 @@ mod tests {
         let pooled = model.pooled_image_embedding(&px).unwrap();
         assert_eq!(pooled.dims(), [2, cfg.vision.hidden_size]);
         assert_eq!(
-            max_diff(&tail.image_features(&px, Kernels::Fast).unwrap(), &features),
+            max_abs_diff(&tail.image_features(&px, Kernels::Fast).unwrap(), &features),
             0.0
         );
-        assert!(max_diff(&tail.pooled_image_embedding(&px).unwrap(), &pooled) > 1e-3);
+        assert!(max_abs_diff(&tail.pooled_image_embedding(&px).unwrap(), &pooled) > 1e-3);
 
         // Changing layer 0 moves the features.
         let first = edited(&cfg, &weights, |n, t| {
@@ -247,7 +248,7 @@ mod tests {
                 .then(|| (t * 1.5).unwrap())
         });
         assert!(
-            max_diff(
+            max_abs_diff(
                 &first.image_features(&px, Kernels::Fast).unwrap(),
                 &features
             ) > 1e-3
@@ -264,7 +265,7 @@ mod tests {
         let a = model.image_features(&px, Kernels::Fast).unwrap();
         let b = full.image_features(&px, Kernels::Fast).unwrap();
         assert_eq!(b.dims(), [2, 5, 16]);
-        assert_eq!(max_diff(&b.narrow(1, 1, 4).unwrap(), &a), 0.0);
+        assert_eq!(max_abs_diff(&b.narrow(1, 1, 4).unwrap(), &a), 0.0);
     }
 
     #[test]
@@ -274,13 +275,13 @@ mod tests {
             let px = pixels(DType::F32);
             let fast = model.image_features(&px, Kernels::Fast).unwrap();
             let diff = model.image_features(&px, Kernels::Differentiable).unwrap();
-            assert!(max_diff(&fast, &diff) < 1e-5);
+            assert!(max_abs_diff(&fast, &diff) < 1e-5);
             let embeds = randn(&[2, 7, 16], 3, DType::F32, &Device::Cpu).unwrap();
             let fast = model.forward_embeds(&embeds, None, Kernels::Fast).unwrap();
             let diff = model
                 .forward_embeds(&embeds, None, Kernels::Differentiable)
                 .unwrap();
-            assert!(max_diff(&fast, &diff) < 1e-5);
+            assert!(max_abs_diff(&fast, &diff) < 1e-5);
         }
     }
 
@@ -294,7 +295,7 @@ mod tests {
             let one = model
                 .forward_embeds(&embeds.narrow(0, b, 1).unwrap(), None, Kernels::Fast)
                 .unwrap();
-            assert!(max_diff(&one, &both.narrow(0, b, 1).unwrap()) < 1e-12);
+            assert!(max_abs_diff(&one, &both.narrow(0, b, 1).unwrap()) < 1e-12);
         }
     }
 
@@ -314,8 +315,8 @@ mod tests {
         for k in [Kernels::Fast, Kernels::Differentiable] {
             let a = model.forward_embeds(&embeds, None, k).unwrap();
             let b = model.forward_embeds(&other, None, k).unwrap();
-            assert!(max_diff(&a.narrow(1, 0, 4).unwrap(), &b.narrow(1, 0, 4).unwrap()) < 1e-12);
-            assert!(max_diff(&a.narrow(1, 4, 2).unwrap(), &b.narrow(1, 4, 2).unwrap()) > 1e-3);
+            assert!(max_abs_diff(&a.narrow(1, 0, 4).unwrap(), &b.narrow(1, 0, 4).unwrap()) < 1e-12);
+            assert!(max_abs_diff(&a.narrow(1, 4, 2).unwrap(), &b.narrow(1, 4, 2).unwrap()) > 1e-3);
         }
     }
 
@@ -348,7 +349,7 @@ mod tests {
                 let mut cache = KvCache::new(&cfg);
                 let out = chunked(&model, &mut cache, &embeds, &[5, 1, 1, 2], k);
                 assert_eq!(cache.len(), 9);
-                assert!(max_diff(&out, &full) < 1e-12, "{k:?}");
+                assert!(max_abs_diff(&out, &full) < 1e-12, "{k:?}");
             }
             // Past the first 64-position capacity step, so buffers grow.
             let long = randn(&[1, 64 + 3, 16], 8, DType::F64, &Device::Cpu).unwrap();
@@ -361,7 +362,7 @@ mod tests {
                 &[60, 3, 1, 1, 1, 1],
                 Kernels::Fast,
             );
-            assert!(max_diff(&out, &full) < 1e-12);
+            assert!(max_abs_diff(&out, &full) < 1e-12);
         }
     }
 
@@ -394,9 +395,9 @@ mod tests {
             .forward_embeds(&a, Some(&mut ca2), Kernels::Fast)
             .unwrap();
         assert_eq!((shared.len(), ca.len(), cb.len()), (6, 9, 8));
-        assert!(max_diff(&got_a, &want_a) < 1e-12);
-        assert!(max_diff(&got_b, &want_b) < 1e-12);
-        assert!(max_diff(&got_a2, &want_a) < 1e-12);
+        assert!(max_abs_diff(&got_a, &want_a) < 1e-12);
+        assert!(max_abs_diff(&got_b, &want_b) < 1e-12);
+        assert!(max_abs_diff(&got_a2, &want_a) < 1e-12);
 
         // The first clone still continues correctly after the others wrote.
         let x = randn(&[1, 1, 16], 12, DType::F64, &Device::Cpu).unwrap();
@@ -404,7 +405,7 @@ mod tests {
             .forward_embeds(&x, Some(&mut ca), Kernels::Fast)
             .unwrap();
         let ax = Tensor::cat(&[&a, &x], 1).unwrap();
-        assert!(max_diff(&got, &tail(&ax).narrow(1, 3, 1).unwrap()) < 1e-12);
+        assert!(max_abs_diff(&got, &tail(&ax).narrow(1, 3, 1).unwrap()) < 1e-12);
     }
 
     #[test]
@@ -436,7 +437,7 @@ mod tests {
             .unwrap();
             let want = model.forward_embeds(&full, None, Kernels::Fast).unwrap();
             assert!(
-                max_diff(
+                max_abs_diff(
                     &got.narrow(0, i, 1).unwrap(),
                     &want.narrow(1, 5, 4).unwrap()
                 ) < 1e-12
@@ -473,7 +474,7 @@ mod tests {
             .unwrap();
         let full = Tensor::cat(&[&embeds.narrow(1, 0, 4).unwrap(), &other], 1).unwrap();
         let want = model.forward_embeds(&full, None, Kernels::Fast).unwrap();
-        assert!(max_diff(&got, &want.narrow(1, 4, 2).unwrap()) < 1e-12);
+        assert!(max_abs_diff(&got, &want.narrow(1, 4, 2).unwrap()) < 1e-12);
     }
 
     #[test]
@@ -487,20 +488,12 @@ mod tests {
         let want = hidden
             .broadcast_matmul(&model.embed_weight().t().unwrap())
             .unwrap();
-        assert!(max_diff(&logits, &want) < 1e-12);
+        assert!(max_abs_diff(&logits, &want) < 1e-12);
     }
 
     #[test]
     fn bad_inputs_are_errors() {
         let cfg = tiny_config();
-        let err = LlavaModel::from_varbuilder(
-            cfg.clone(),
-            RandomWeights::new(1).varbuilder(DType::BF16, &Device::Cpu),
-        )
-        .err()
-        .expect("bf16 on the cpu");
-        assert!(err.to_string().contains("bf16"), "{err}");
-
         let (model, _) = random_model(&cfg, 8, DType::F64, &Device::Cpu).unwrap();
         let too_long = randn(&[1, 65, 16], 16, DType::F64, &Device::Cpu).unwrap();
         assert!(model

@@ -2,8 +2,8 @@
 //! Tuning", the `mlp2x_gelu` connector), as transformers' `LlavaMultiModalProjector`:
 //! `linear_2(act(linear_1(x)))`, the activation being the exact erf GELU for LLaVA-1.5.
 
+use crate::model::source::Weights;
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use crate::config::{Activation, LlavaConfig};
 use crate::error::Result;
@@ -17,7 +17,7 @@ pub(crate) struct Projector {
 }
 
 impl Projector {
-    pub(crate) fn load(vb: VarBuilder, cfg: &LlavaConfig) -> Result<Self> {
+    pub(crate) fn load(vb: Weights, cfg: &LlavaConfig) -> Result<Self> {
         let dv = cfg.vision.hidden_size;
         let dt = cfg.text.hidden_size;
         let bias = cfg.projector.bias;

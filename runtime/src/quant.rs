@@ -1,0 +1,374 @@
+//! Quantized base models: [`quantize_model`] writes a model folder whose linear layers are
+//! stored quantized (Q8_0 or Q4_K blocks in a GGUF file, run by candle's quantized kernels),
+//! and [`QuantizedLinears`] loads them back for [`crate::LlavaModel::load`].
+//!
+//! A quantized folder is a llava-hf folder in which the matrices of the linear layers
+//! (attention and MLP projections of the decoder and the vision tower, the projector) moved
+//! from `model.safetensors` to [`QUANTIZED_FILE`], under their hub-layout names. Everything
+//! else (token embeddings, LM head, norms, biases, the vision stem, `config.json`,
+//! `tokenizer.json`) is kept byte for byte as the source stored it. The base-model
+//! fingerprint hashes exactly those kept bytes (`crate::fingerprint`), so a quantized folder
+//! has its source's fingerprint: a concept trained on the source loads into every quantized
+//! folder made from it, and into no other model.
+//!
+//! Quantized blocks run along a matrix row (the input dimension): 32 values for Q8_0, 256
+//! for Q4_K. A row whose width is not a multiple of the block is padded with zero columns
+//! (the layer pads its input to match), so every linear layer is quantized in the format
+//! asked for, on small models as on LLaVA-1.5-7B (whose widths need no padding).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Result, RuntimeError};
+use crate::weights::{read_config, Checkpoint, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
+
+/// The quantized linear weights of a quantized model folder.
+pub const QUANTIZED_FILE: &str = "quantized.gguf";
+
+/// GGUF metadata key naming the format ([`QuantFormat::as_str`]).
+const FORMAT_KEY: &str = "concepts.quantization";
+
+/// Endings of the hub-layout names of linear-layer matrices: `*_proj` (attention and the
+/// decoder's MLP), `fc1`/`fc2` (the vision MLP), `linear_1`/`linear_2` (the projector).
+const LINEAR_SUFFIXES: [&str; 5] = [
+    "_proj.weight",
+    ".fc1.weight",
+    ".fc2.weight",
+    ".linear_1.weight",
+    ".linear_2.weight",
+];
+
+/// A quantization format of `concepts quantize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantFormat {
+    /// 8-bit values in blocks of 32 with one f16 scale: 8.5 bits per weight.
+    Q8_0,
+    /// llama.cpp's 4-bit k-quant, super-blocks of 256 with 6-bit sub-block scales: 4.5 bits
+    /// per weight.
+    Q4K,
+}
+
+impl QuantFormat {
+    pub const ALL: [QuantFormat; 2] = [QuantFormat::Q8_0, QuantFormat::Q4K];
+
+    /// The name on the command line and in the GGUF metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuantFormat::Q8_0 => "q8_0",
+            QuantFormat::Q4K => "q4k",
+        }
+    }
+
+    fn ggml(self) -> GgmlDType {
+        match self {
+            QuantFormat::Q8_0 => GgmlDType::Q8_0,
+            QuantFormat::Q4K => GgmlDType::Q4K,
+        }
+    }
+}
+
+impl fmt::Display for QuantFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for QuantFormat {
+    type Err = RuntimeError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        QuantFormat::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                RuntimeError::Unsupported(format!(
+                    "quantization format `{s}`: expected q8_0 or q4k"
+                ))
+            })
+    }
+}
+
+/// Whether the tensor the model code calls `hub_name` is a linear layer's matrix, which a
+/// quantized folder stores quantized.
+pub fn is_linear_weight(hub_name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2 && LINEAR_SUFFIXES.iter().any(|s| hub_name.ends_with(s))
+}
+
+/// `w` (`[out, in]`, any float dtype) quantized by rows in `dtype`, its rows padded with zero
+/// columns to a whole number of blocks; `true` when padding was needed.
+pub fn quantize_matrix(w: &Tensor, dtype: GgmlDType) -> Result<(QTensor, bool)> {
+    let (_, cols) = w.dims2()?;
+    let w = w.to_dtype(DType::F32)?;
+    let block = dtype.block_size();
+    let padded = cols.div_ceil(block) * block;
+    let w = if padded > cols {
+        w.pad_with_zeros(1, 0, padded - cols)?
+    } else {
+        w
+    };
+    Ok((QTensor::quantize(&w, dtype)?, padded > cols))
+}
+
+/// The format of the quantized folder `dir`, or `None` for a plain llava-hf folder. Reads the
+/// GGUF header only.
+pub fn folder_format(dir: &Path) -> Result<Option<QuantFormat>> {
+    let path = dir.join(QUANTIZED_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let file = File::open(&path).map_err(|source| RuntimeError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let content = gguf_file::Content::read(&mut BufReader::new(file)).map_err(|source| {
+        RuntimeError::Quantized {
+            path: path.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    format_of(&content, &path).map(Some)
+}
+
+/// The format a GGUF file's metadata names; an error for a file `concepts quantize` did not
+/// write.
+fn format_of(content: &gguf_file::Content, path: &Path) -> Result<QuantFormat> {
+    match content.metadata.get(FORMAT_KEY) {
+        Some(gguf_file::Value::String(s)) => s.parse(),
+        _ => Err(RuntimeError::Quantized {
+            path: path.to_path_buf(),
+            source: Box::new(candle_core::Error::Msg(format!(
+                "no `{FORMAT_KEY}` metadata: not written by `concepts quantize`"
+            ))),
+        }),
+    }
+}
+
+/// The quantized linear weights of a model folder, by hub-layout name.
+pub struct QuantizedLinears {
+    tensors: HashMap<String, Arc<QTensor>>,
+}
+
+impl QuantizedLinears {
+    /// The linear matrices among `tensors` (hub-layout names, e.g. a
+    /// `testing::RandomWeights` record) quantized in `dtype`; other tensors are
+    /// ignored. `GgmlDType::F32` gives "quantized" weights that compute exactly, which the
+    /// gradient tests use to check the quantized path's backward by finite differences.
+    pub fn quantize<'t>(
+        tensors: impl IntoIterator<Item = (&'t str, &'t Tensor)>,
+        dtype: GgmlDType,
+    ) -> Result<Self> {
+        let mut out = HashMap::new();
+        for (name, t) in tensors {
+            if is_linear_weight(name, t.dims()) {
+                out.insert(name.to_string(), Arc::new(quantize_matrix(t, dtype)?.0));
+            }
+        }
+        Ok(QuantizedLinears { tensors: out })
+    }
+
+    /// Reads `path` (a [`QUANTIZED_FILE`]) onto `device`.
+    pub fn read(path: &Path, device: &Device) -> Result<Self> {
+        let fail = |source: candle_core::Error| RuntimeError::Quantized {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let file = File::open(path).map_err(|source| RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut reader = BufReader::new(file);
+        let content = gguf_file::Content::read(&mut reader).map_err(fail)?;
+        format_of(&content, path)?;
+        let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
+        for name in content.tensor_infos.keys() {
+            let t = content.tensor(&mut reader, name, device).map_err(fail)?;
+            tensors.insert(name.clone(), Arc::new(t));
+        }
+        Ok(QuantizedLinears { tensors })
+    }
+
+    /// The quantized matrix the model code calls `name` (e.g.
+    /// `language_model.model.layers.0.mlp.down_proj.weight`).
+    pub fn get(&self, name: &str) -> Option<Arc<QTensor>> {
+        self.tensors.get(name).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Bytes of quantized data.
+    pub fn bytes(&self) -> usize {
+        self.tensors
+            .values()
+            .map(|t| t.storage_size_in_bytes())
+            .sum()
+    }
+}
+
+/// What [`quantize_model`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantizeReport {
+    pub format: QuantFormat,
+    /// Linear matrices quantized, and how many of them needed zero padding.
+    pub quantized: usize,
+    pub padded: usize,
+    /// Tensors kept as stored.
+    pub kept: usize,
+    /// Bytes of tensor data in the source and in the output.
+    pub source_bytes: u64,
+    pub output_bytes: u64,
+}
+
+/// Progress of [`quantize_model`]: tensors done, tensors in all.
+pub type QuantizeProgress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// Writes a quantized copy of the llava-hf folder `source` to `out` (which must not exist):
+/// the linear matrices in `format`, everything else as stored (see the module docs). `out`
+/// appears whole or not at all: it is written under a temporary name beside it and renamed.
+pub fn quantize_model(
+    source: &Path,
+    format: QuantFormat,
+    out: &Path,
+    progress: QuantizeProgress<'_>,
+) -> Result<QuantizeReport> {
+    read_config(source)?;
+    if source.join(QUANTIZED_FILE).exists() {
+        return Err(RuntimeError::Unsupported(format!(
+            "`{}` is already quantized; quantize the folder it was made from",
+            source.display()
+        )));
+    }
+    if out.exists() {
+        return Err(RuntimeError::InvalidConfig(format!(
+            "`{}` exists; quantize into a new folder",
+            out.display()
+        )));
+    }
+    let checkpoint = Checkpoint::open(source)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Io { path, source }
+    };
+    let staging = tempfile::Builder::new()
+        .prefix(".quantize-")
+        .tempdir_in(&parent)
+        .map_err(io(&parent))?;
+
+    let names = checkpoint.tensor_names();
+    let mut report = QuantizeReport {
+        format,
+        quantized: 0,
+        padded: 0,
+        kept: 0,
+        source_bytes: 0,
+        output_bytes: 0,
+    };
+    let mut quantized: Vec<(String, QTensor)> = Vec::new();
+    let mut kept = Vec::new();
+    for (i, hub) in names.iter().enumerate() {
+        let raw = checkpoint.raw_tensor(hub)?;
+        report.source_bytes += raw.data.len() as u64;
+        if is_linear_weight(hub, &raw.shape) {
+            let w = Tensor::from_raw_buffer(
+                raw.data,
+                candle_dtype(raw.dtype, hub)?,
+                &raw.shape,
+                &Device::Cpu,
+            )?;
+            let (q, padded) = quantize_matrix(&w, format.ggml())?;
+            report.padded += usize::from(padded);
+            report.output_bytes += q.storage_size_in_bytes() as u64;
+            quantized.push((hub.clone(), q));
+        } else {
+            report.output_bytes += raw.data.len() as u64;
+            kept.push((hub.clone(), raw));
+        }
+        progress(i + 1, names.len());
+    }
+    report.quantized = quantized.len();
+    report.kept = kept.len();
+
+    let st_path = staging.path().join(SAFETENSORS_FILE);
+    safetensors::serialize_to_file(
+        kept.iter().map(|(n, raw)| (n.as_str(), raw)),
+        None,
+        &st_path,
+    )
+    .map_err(|source| RuntimeError::Safetensors {
+        path: st_path.clone(),
+        source,
+    })?;
+
+    let gguf_path = staging.path().join(QUANTIZED_FILE);
+    let file = File::create(&gguf_path).map_err(io(&gguf_path))?;
+    let mut writer = BufWriter::new(file);
+    let format_value = gguf_file::Value::String(format.as_str().to_string());
+    let refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut writer, &[(FORMAT_KEY, &format_value)], &refs).map_err(|source| {
+        RuntimeError::Quantized {
+            path: gguf_path.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let file = writer.into_inner().map_err(|e| RuntimeError::Io {
+        path: gguf_path.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io(&gguf_path))?;
+    drop(quantized);
+
+    // The rest of the folder: config, tokenizer, preprocessor and whatever else it holds.
+    let entries = std::fs::read_dir(source).map_err(io(source))?;
+    for entry in entries {
+        let entry = entry.map_err(io(source))?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        let skip = name_str.ends_with(".safetensors") || name_str == SAFETENSORS_INDEX_FILE;
+        if skip || !entry.file_type().map_err(io(&entry.path()))?.is_file() {
+            continue;
+        }
+        let dest = staging.path().join(&name);
+        std::fs::copy(entry.path(), &dest).map_err(io(&entry.path()))?;
+    }
+    let staged = staging.keep();
+    if let Err(source) = std::fs::rename(&staged, out) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(RuntimeError::Io {
+            path: out.to_path_buf(),
+            source,
+        });
+    }
+    let _ = concepts_fs::sync_dir(&parent);
+    Ok(report)
+}
+
+fn candle_dtype(dtype: safetensors::Dtype, name: &str) -> Result<DType> {
+    Ok(match dtype {
+        safetensors::Dtype::F32 => DType::F32,
+        safetensors::Dtype::F16 => DType::F16,
+        safetensors::Dtype::BF16 => DType::BF16,
+        safetensors::Dtype::F64 => DType::F64,
+        other => {
+            return Err(RuntimeError::Unsupported(format!(
+                "tensor `{name}` is stored as {other:?}; linear weights must be a float type"
+            )))
+        }
+    })
+}
