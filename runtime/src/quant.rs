@@ -331,7 +331,7 @@ pub fn quantize_model(
         path: gguf_path.clone(),
         source: e.into_error(),
     })?;
-    file.sync_all().map_err(io(&gguf_path))?;
+    drop(file);
     drop(quantized);
 
     // The rest of the folder: config, tokenizer, preprocessor and whatever else it holds.
@@ -346,6 +346,14 @@ pub fn quantize_model(
         }
         let dest = staging.path().join(&name);
         std::fs::copy(entry.path(), &dest).map_err(io(&entry.path()))?;
+    }
+    // Durable before visible: every file's bytes reach the disk before the rename publishes
+    // the folder.
+    for entry in std::fs::read_dir(staging.path()).map_err(io(staging.path()))? {
+        let path = entry.map_err(io(staging.path()))?.path();
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path))?;
     }
     let staged = staging.keep();
     if let Err(source) = std::fs::rename(&staged, out) {
