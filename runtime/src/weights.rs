@@ -154,16 +154,21 @@ impl WeightLayout {
         })
     }
 
-    /// The name the model code uses for the tensor stored as `stored` (the inverse of
-    /// [`WeightLayout::stored_name`]; the longest matching stored prefix wins).
-    pub fn hub_name(&self, stored: &str) -> String {
-        let mut best: Option<(&str, &str)> = None;
-        for (canonical, prefix) in [
+    /// Each component's hub-layout prefix and its prefix in this checkpoint.
+    fn components(&self) -> [(&'static str, &String); 4] {
+        [
             (VISION, &self.vision),
             (LANGUAGE, &self.language),
             (LM_HEAD, &self.lm_head),
             (PROJECTOR, &self.projector),
-        ] {
+        ]
+    }
+
+    /// The name the model code uses for the tensor stored as `stored` (the inverse of
+    /// [`WeightLayout::stored_name`]; the longest matching stored prefix wins).
+    pub fn hub_name(&self, stored: &str) -> String {
+        let mut best: Option<(&str, &str)> = None;
+        for (canonical, prefix) in self.components() {
             let matches = stored
                 .strip_prefix(prefix.as_str())
                 .is_some_and(|r| r.starts_with('.'));
@@ -179,12 +184,7 @@ impl WeightLayout {
 
     /// The stored name of the tensor the model code calls `name`.
     pub fn stored_name(&self, name: &str) -> String {
-        for (canonical, stored) in [
-            (VISION, &self.vision),
-            (LANGUAGE, &self.language),
-            (LM_HEAD, &self.lm_head),
-            (PROJECTOR, &self.projector),
-        ] {
+        for (canonical, stored) in self.components() {
             if let Some(rest) = name
                 .strip_prefix(canonical)
                 .and_then(|r| r.strip_prefix('.'))
