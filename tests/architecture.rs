@@ -44,6 +44,16 @@ fn the_registry_runs_no_inference() {
 }
 
 #[test]
+fn the_oci_client_moves_bytes_and_knows_no_model_and_no_registry() {
+    let g = graph();
+    assert_eq!(g.reaches("concepts-oci", MODEL), Vec::<String>::new());
+    assert_eq!(
+        g.house_deps("concepts-oci"),
+        set(&["concept-format", "concepts-fs"])
+    );
+}
+
+#[test]
 fn runtime_and_registry_are_siblings() {
     let g = graph();
     assert!(!g

@@ -41,6 +41,29 @@ impl Ctx {
     }
 }
 
+/// The OCI registry client, configured from the environment (`CONCEPTS_OCI_PLAIN_HTTP`,
+/// `CONCEPTS_REGISTRY_USERNAME` / `_PASSWORD`, else the docker config).
+pub fn oci_client() -> anyhow::Result<concepts_oci::Client> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let credentials = concepts_oci::Credentials::from_pair(
+        var("CONCEPTS_REGISTRY_USERNAME"),
+        var("CONCEPTS_REGISTRY_PASSWORD"),
+    )
+    .context("CONCEPTS_REGISTRY_USERNAME / CONCEPTS_REGISTRY_PASSWORD")?;
+    let plain_http = var("CONCEPTS_OCI_PLAIN_HTTP")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    Ok(concepts_oci::Client::new(concepts_oci::ClientOptions {
+        plain_http,
+        credentials,
+        ..concepts_oci::ClientOptions::default()
+    }))
+}
+
 /// The base model folder: `--model` when given, else `$CONCEPTS_DEFAULT_MODEL`, else the toy
 /// model embedded in this binary (written under the home folder on first use).
 pub fn model_dir(model: Option<&Path>, ctx: &Ctx) -> anyhow::Result<PathBuf> {

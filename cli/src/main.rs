@@ -44,8 +44,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install a concept package file into the registry
+    /// Install a concept package (a file, or `oci://REF` from an OCI registry) into the registry
     Install(cmd::install::InstallArgs),
+    /// Publish an installed concept to an OCI registry
+    Push(cmd::push::PushArgs),
+    /// Download a concept package from an OCI registry to a file, every digest verified
+    Pull(cmd::pull::PullArgs),
     /// List installed concepts
     List(cmd::list::ListArgs),
     /// Show an installed concept's manifest and tensor statistics
@@ -91,6 +95,8 @@ enum Command {
 fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
     match command {
         Command::Install(args) => cmd::install::run(args, ctx),
+        Command::Push(args) => cmd::push::run(args, ctx),
+        Command::Pull(args) => cmd::pull::run(args, ctx),
         Command::List(args) => cmd::list::run(args, ctx),
         Command::Show(args) => cmd::show::run(args, ctx),
         Command::Remove(args) => cmd::remove::run(args, ctx),

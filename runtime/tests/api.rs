@@ -144,6 +144,63 @@ fn recognise_equals_the_engine_with_that_concept_active() {
     assert_eq!((score.p_yes, score.p_no), (r.p_yes, r.p_no));
 }
 
+/// A source backed by a "remote" (`remote`): a named concept it lacks is fetched once.
+struct FetchingSource {
+    local: MemorySource,
+    remote: Vec<ConceptPackage>,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl concepts_runtime::api::ConceptSource for FetchingSource {
+    fn snapshot(
+        &self,
+    ) -> concepts_runtime::Result<Box<dyn concepts_runtime::api::ConceptSnapshot + '_>> {
+        self.local.snapshot()
+    }
+
+    fn fetch(&self, query: &str) -> concepts_runtime::Result<bool> {
+        self.asked.lock().unwrap().push(query.to_string());
+        match self.remote.iter().find(|p| p.manifest().name == query) {
+            Some(p) => {
+                self.local.insert(p.clone());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[test]
+fn a_named_concept_missing_locally_is_fetched_once_from_the_source() {
+    let fp = concepts_runtime::fingerprint(&model_dir()).unwrap();
+    let source = Arc::new(FetchingSource {
+        local: MemorySource::new(),
+        remote: vec![package("bo", &fp, 1, 0.5)],
+        asked: Default::default(),
+    });
+    let runtime =
+        Runtime::load(&model_dir(), source.clone(), RuntimeConfig::recommended()).unwrap();
+    let rt = tokio();
+    let first = rt.block_on(runtime.recognise(image(), "bo")).unwrap();
+    let again = rt.block_on(runtime.recognise(image(), "bo")).unwrap();
+    assert_eq!((first.p_yes, first.p_no), (again.p_yes, again.p_no));
+    let err = rt.block_on(runtime.recognise(image(), "tom")).unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::ConceptNotFound { ref query } if query == "tom"),
+        "{err:?}"
+    );
+    // Fetched once; present afterwards. Mentions in text alone fetch nothing.
+    let reply = rt.block_on(async {
+        runtime
+            .chat(chat("Who is <kiki>?", &[], 2))
+            .await?
+            .collect()
+            .await
+    });
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(*source.asked.lock().unwrap(), ["bo", "tom"]);
+}
+
 #[test]
 fn only_mentioned_concepts_are_introduced_unless_all_are_asked_for() {
     let (runtime, _) = runtime_with(&["bo", "kiki"], RuntimeConfig::recommended());

@@ -43,7 +43,7 @@ mod source;
 
 pub use concepts::score_json;
 pub use error::ServerError;
-pub use source::RegistrySource;
+pub use source::{RegistrySource, RemoteRepository};
 
 use std::future::Future;
 use std::net::SocketAddr;

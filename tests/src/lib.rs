@@ -3,6 +3,7 @@
 //! - [`workspace`]: where the workspace is and its dependency graph (`architecture.rs`).
 //! - [`e2e`]: the `concepts` binary as a user runs it, and the models and fixtures the
 //!   end-to-end tests in `tests/e2e/` use.
+//! - [`oci_registry`]: a real OCI registry (CNCF Distribution) on loopback.
 //! - [`plugins`]: plugin crates built from source into components and native libraries,
 //!   packages, and a real training host (the plugin host's tests and the CLI's).
 //!
@@ -11,6 +12,7 @@
 //! binary they run and hands them its path (`CARGO_BIN_EXE_concepts`, [`concepts_bin!`]).
 
 pub mod e2e;
+pub mod oci_registry;
 pub mod plugins;
 pub mod workspace;
 

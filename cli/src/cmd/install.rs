@@ -1,4 +1,4 @@
-//! `concepts install FILE [--replace] [--force] [--sha256 HEX]`
+//! `concepts install FILE|oci://REF [--replace] [--force] [--sha256 HEX]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use anyhow::bail;
 use anyhow::Context;
 use concept_registry::{Compatibility, Digest, InstallOptions, InstallOutcome};
+use concepts_oci::ConceptRef;
 
-use crate::ctx::Ctx;
+use crate::ctx::{oci_client, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
-    /// The `.ycpt` package file
-    #[arg(value_name = "FILE")]
+    /// The `.ycpt` package file, or `oci://HOST[:PORT]/REPOSITORY:TAG` (or `@sha256:HEX`) to
+    /// pull it from an OCI registry, every digest verified
+    #[arg(value_name = "FILE|oci://REF")]
     pub file: PathBuf,
     /// Replace installed concepts that use the package's name or identifier
     #[arg(long)]
@@ -33,14 +35,35 @@ pub fn run(args: InstallArgs, ctx: &Ctx) -> anyhow::Result<()> {
         replace: args.replace,
         force: args.force,
     };
-    let origin = args.file.display().to_string();
-    let report = match &args.sha256 {
-        None => registry.install_file(&args.file, &options),
-        Some(hex) => {
-            let expected = Digest::parse(&hex.to_ascii_lowercase())
-                .with_context(|| format!("--sha256 `{hex}`"))?;
-            let bytes = concepts_fs::read_bounded(&args.file, concept_format::MAX_FILE_LEN)
-                .with_context(|| format!("installing `{origin}`"))?;
+    // Checked before anything is read or downloaded.
+    let expected = args
+        .sha256
+        .as_deref()
+        .map(|hex| {
+            Digest::parse(&hex.to_ascii_lowercase()).with_context(|| format!("--sha256 `{hex}`"))
+        })
+        .transpose()?;
+    let mut origin = args.file.display().to_string();
+    let remote = match args.file.to_str() {
+        Some(text) if text.starts_with(concepts_oci::SCHEME) => {
+            let reference = ConceptRef::parse(text)?;
+            let pulled = oci_client()?
+                .pull(&reference)
+                .with_context(|| format!("installing {reference}"))?;
+            origin = format!("{}{}", concepts_oci::SCHEME, pulled.pinned);
+            Some(pulled.bytes)
+        }
+        _ => None,
+    };
+    let report = match (expected, remote) {
+        (None, None) => registry.install_file(&args.file, &options),
+        (None, Some(bytes)) => registry.install_bytes_from(&bytes, &origin, &options),
+        (Some(expected), remote) => {
+            let bytes = match remote {
+                Some(bytes) => bytes,
+                None => concepts_fs::read_bounded(&args.file, concept_format::MAX_FILE_LEN)
+                    .with_context(|| format!("installing `{origin}`"))?,
+            };
             let found = Digest::of(&bytes);
             if found != expected {
                 bail!(

@@ -12,6 +12,8 @@ pub mod migrate;
 pub mod pack;
 pub mod pin;
 pub mod plugin;
+pub mod pull;
+pub mod push;
 pub mod quantize;
 pub mod remove;
 pub mod run;

@@ -1,22 +1,25 @@
 //! `concepts serve [--model DIR] [--host ADDR] [--port N] [--token TOKEN] [--insecure-no-auth]
 //! [--image-dir DIR] [--workers N] [--queue N] [--max-connections N] [--max-tokens N]
-//! [--max-resident-mb N]`
+//! [--max-resident-mb N] [--concepts-from oci://REPO]`
 //!
 //! The command line `concepts serve [--model DIR] [--host ADDR] [--port N]` is a contract:
 //! outside checks run it. Without `--model` the embedded default base model is served
 //! (`$CONCEPTS_DEFAULT_MODEL` overrides its location). The server reads concepts from the
 //! registry (`--home` / `$CONCEPTS_HOME`) and runs until Ctrl-C or SIGTERM, then finishes
-//! the requests in flight.
+//! the requests in flight. With `--concepts-from oci://REPO`, a request that names a concept
+//! the registry lacks pulls `REPO:NAME` into it first (docs/scaling.md): any number of such
+//! servers behind a load balancer serve the same concepts.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use concepts_oci::RepositoryRef;
 use concepts_runtime::api::{Runtime, RuntimeConfig};
-use concepts_server::{RegistrySource, Server, ServerConfig};
+use concepts_server::{RegistrySource, RemoteRepository, Server, ServerConfig};
 
-use crate::ctx::Ctx;
+use crate::ctx::{oci_client, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -59,6 +62,10 @@ pub struct ServeArgs {
     /// Memory for concepts kept loaded between requests, in MiB
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub max_resident_mb: usize,
+    /// An OCI repository (`oci://HOST[:PORT]/REPOSITORY`) whose tags are concept names: a
+    /// request naming a concept this registry lacks pulls it from there first
+    #[arg(long, value_name = "oci://REPO")]
+    pub concepts_from: Option<String>,
     #[command(flatten)]
     pub compute: crate::ctx::ComputeArgs,
 }
@@ -76,12 +83,29 @@ pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     config.limits.default_max_tokens = config.limits.default_max_tokens.min(args.max_tokens);
     // Before the model loads: a bad token or an open bind is refused at once.
     config.check()?;
+    let remote = args
+        .concepts_from
+        .as_deref()
+        .map(|repo| -> anyhow::Result<RemoteRepository> {
+            let text = repo.strip_prefix(concepts_oci::SCHEME).with_context(|| {
+                format!("--concepts-from `{repo}`: expected oci://HOST[:PORT]/REPOSITORY")
+            })?;
+            let remote = RemoteRepository::new(RepositoryRef::parse(text)?, oci_client()?);
+            remote
+                .check()
+                .with_context(|| format!("--concepts-from {repo}"))?;
+            Ok(remote)
+        })
+        .transpose()?;
     let model = crate::ctx::model_dir(args.model.as_deref(), ctx)?;
     let registry = ctx.registry()?;
     let mut runtime_config = RuntimeConfig::recommended();
     runtime_config.max_resident_bytes = args.max_resident_mb << 20;
     runtime_config.compute = args.compute.resolve()?;
-    let source = Arc::new(RegistrySource::new(registry.clone()));
+    let source = Arc::new(match remote {
+        Some(remote) => RegistrySource::with_remote(registry.clone(), remote),
+        None => RegistrySource::new(registry.clone()),
+    });
     let runtime = Runtime::load(&model, source, runtime_config)
         .with_context(|| format!("loading model `{}`", model.display()))?;
     let model_id = runtime.model_id().to_string();

@@ -696,10 +696,24 @@ impl Inner {
         bounded: bool,
     ) -> Result<Vec<Arc<ResidentConcept>>> {
         let mut attempt = 0;
+        let mut fetched: Vec<String> = Vec::new();
         loop {
             attempt += 1;
             let snapshot = self.source.snapshot()?;
-            let entries = select(snapshot.entries(), wanted, text)?;
+            let entries = match select(snapshot.entries(), wanted, text) {
+                // A source that fetches on demand gets one try per missing name.
+                Err(RuntimeError::ConceptNotFound { query }) if !fetched.contains(&query) => {
+                    drop(snapshot);
+                    if !self.source.fetch(&query)? {
+                        return Err(RuntimeError::ConceptNotFound { query });
+                    }
+                    tracing::debug!(%query, "concept fetched on demand");
+                    fetched.push(query);
+                    attempt -= 1;
+                    continue;
+                }
+                other => other?,
+            };
             let limit = self.config.max_active_concepts;
             if bounded && entries.len() > limit {
                 return Err(RuntimeError::Limit {

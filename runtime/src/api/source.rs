@@ -31,6 +31,18 @@ pub struct CatalogEntry {
 pub trait ConceptSource: Send + Sync {
     /// A consistent view of the concepts installed now.
     fn snapshot(&self) -> Result<Box<dyn ConceptSnapshot + '_>>;
+
+    /// Makes the concept named `query` available when this source can fetch concepts on
+    /// demand (a server backed by a remote repository), returning whether it now has it.
+    ///
+    /// The runtime calls this, on a blocking thread, when a request names a concept that its
+    /// snapshot lacks, then takes a new snapshot. Concepts found only through identifiers in a
+    /// prompt's text are not fetched: naming them is what asks for them. The default fetches
+    /// nothing.
+    fn fetch(&self, query: &str) -> Result<bool> {
+        let _ = query;
+        Ok(false)
+    }
 }
 
 /// A fixed set of concepts, as seen at one moment.
