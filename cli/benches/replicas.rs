@@ -8,15 +8,13 @@
 //! with two cores, both replicas share those cores: the throughput row says what spreading
 //! costs, not what a second machine would add.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concepts_tests::e2e::{parity_fixture, parity_model};
+use concepts_tests::e2e::{http, parity_fixture, parity_model, served_address};
 use concepts_tests::oci_registry::TestRegistry;
 
 const CONCEPTS: usize = 8;
@@ -56,16 +54,7 @@ impl Replica {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
+        let (addr, _) = served_address(&mut child);
         Replica { child, addr }
     }
 
@@ -73,19 +62,9 @@ impl Replica {
     fn recognise(&self, concept: &str) -> Duration {
         let body = format!(r#"{{"image":"logo.png","concepts":["{concept}"]}}"#);
         let start = Instant::now();
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        write!(
-            stream,
-            "POST /v1/recognise HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        let (status, response) = http(&self.addr, "POST", "/v1/recognise", &body);
         let elapsed = start.elapsed();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert_eq!(status, 200, "{response}");
         elapsed
     }
 }

@@ -2,15 +2,14 @@
 //! `concepts push NAME REF`, `concepts pull REF`, `concepts install oci://REF`, and two
 //! `concepts serve --concepts-from oci://REPO` replicas sharing one repository.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
-use concepts_tests::e2e::{parity_fixture as fixture, parity_model as model_dir, Run};
+use concepts_tests::e2e::{
+    http, parity_fixture as fixture, parity_model as model_dir, served_address, Run,
+};
 use concepts_tests::oci_registry::{free_port, TestRegistry};
 
 fn concepts(home: &Path) -> Command {
@@ -211,37 +210,14 @@ impl Replica {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
+        let (addr, _) = served_address(&mut child);
         Replica { child, addr, home }
     }
 
     fn recognise(&self, concepts: &[&str]) -> (u16, Value) {
         let body = serde_json::json!({"image": "photo.jpg", "concepts": concepts}).to_string();
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        write!(
-            stream,
-            "POST /v1/recognise HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        let (status, body) = http(&self.addr, "POST", "/v1/recognise", &body);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 }
 

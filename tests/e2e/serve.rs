@@ -1,15 +1,16 @@
 //! `concepts scan` and `concepts serve` on the parity fixture model (random weights): the
 //! command-line contracts, run as a user would in a temp registry.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use concepts_tests::e2e::{parity_fixture as fixture, parity_model as model_dir};
+use concepts_tests::e2e::{
+    http, parity_fixture as fixture, parity_model as model_dir, served_address,
+};
 
 fn concepts(home: &Path) -> Command {
     concepts_tests::e2e::command(concepts_tests::concepts_bin!(), home)
@@ -101,29 +102,6 @@ fn scan_asks_every_installed_concept_or_the_named_ones() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`nobody`"));
 }
 
-/// One HTTP/1.1 request over a fresh loopback connection; returns status and body.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn serve_answers_on_loopback_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -136,15 +114,7 @@ fn serve_answers_on_loopback_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let (addr, mut stderr) = served_address(&mut child);
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
     let (status, body) = http(&addr, "GET", "/health", "");
