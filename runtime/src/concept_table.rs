@@ -330,13 +330,29 @@ impl ConceptTable {
     /// active identifier (latent tokens have no head column).
     pub fn logits(&self, model: &LlavaModel, hidden: &Tensor) -> Result<Tensor> {
         let base = model.base_logits(hidden)?;
+        match self.identifier_logits(hidden)? {
+            None => Ok(base),
+            Some(extra) => Ok(Tensor::cat(&[&base, &extra], D::Minus1)?),
+        }
+    }
+
+    /// The active identifiers' logits `[.., n]` for hidden states `[.., d]` (the columns
+    /// [`ConceptTable::logits`] appends to the base logits); `None` without active concepts.
+    pub fn identifier_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        match self.identifier_heads()? {
+            None => Ok(None),
+            Some(heads) => Ok(Some(ops::linear(hidden, &heads, None)?)),
+        }
+    }
+
+    /// The active identifiers' LM-head columns as rows `[n, d]`, in id order; `None` without
+    /// active concepts. A batched decode step stacks its rows' heads into one matrix.
+    pub fn identifier_heads(&self) -> Result<Option<Tensor>> {
         if self.active.is_empty() {
-            return Ok(base);
+            return Ok(None);
         }
         let heads: Vec<&Tensor> = self.active.iter().map(|(_, w)| &w.head).collect();
-        let heads = Tensor::stack(&heads, 0)?;
-        let extra = ops::linear(hidden, &heads, None)?;
-        Ok(Tensor::cat(&[&base, &extra], D::Minus1)?)
+        Ok(Some(Tensor::stack(&heads, 0)?))
     }
 
     /// Concept embedding rows in id order: identifiers, then every concept's latents.

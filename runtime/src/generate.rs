@@ -5,14 +5,16 @@
 //! This module works on an already embedded prompt ([`EmbeddedPrompt`]); building prompts
 //! from text and images is `crate::session`'s job.
 
+use std::ops::Range;
+
 use candle_core::{DType, IndexOp, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::concept_table::ConceptTable;
 use crate::error::{Result, RuntimeError};
-use crate::model::{KvCache, LlavaModel};
-use crate::ops::Kernels;
+use crate::model::{BatchKvCache, KvCache, LlavaModel};
+use crate::ops::{self, Kernels};
 use crate::prompt::TextCodec;
 
 /// How the next token is chosen from the logits.
@@ -190,26 +192,23 @@ fn argmax(logits: &[f32]) -> u32 {
 ///
 /// The whole list is decoded each time and the new suffix returned, so multi-token
 /// characters (byte fallback) and the decoder's leading-space handling come out as in a
-/// one-shot decode; a trailing U+FFFD (an incomplete UTF-8 sequence) is held back.
-pub struct TextStream<'a> {
-    codec: &'a TextCodec,
+/// one-shot decode; a trailing U+FFFD (an incomplete UTF-8 sequence) is held back. The
+/// stream keeps no reference to the codec, so a sequence can own it.
+#[derive(Debug, Clone, Default)]
+pub struct TextStream {
     ids: Vec<u32>,
     emitted: String,
 }
 
-impl<'a> TextStream<'a> {
-    pub fn new(codec: &'a TextCodec) -> Self {
-        TextStream {
-            codec,
-            ids: Vec::new(),
-            emitted: String::new(),
-        }
+impl TextStream {
+    pub fn new() -> Self {
+        TextStream::default()
     }
 
     /// Adds a token; returns the new text, if any is final yet.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+    pub fn push(&mut self, codec: &TextCodec, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = self.codec.decode(&self.ids)?;
+        let text = codec.decode(&self.ids)?;
         if text.ends_with('\u{FFFD}') {
             return Ok(None);
         }
@@ -217,8 +216,8 @@ impl<'a> TextStream<'a> {
     }
 
     /// Flushes what was held back; returns the full text.
-    pub fn finish(mut self) -> Result<(Option<String>, String)> {
-        let text = self.codec.decode(&self.ids)?;
+    pub fn finish(mut self, codec: &TextCodec) -> Result<(Option<String>, String)> {
+        let text = codec.decode(&self.ids)?;
         let delta = self.advance(text.clone());
         Ok((delta, text))
     }
@@ -238,6 +237,331 @@ impl<'a> TextStream<'a> {
 /// Logits `[T, V + n]` (f32) for hidden states `[T, d]`.
 fn logits_f32(model: &LlavaModel, table: &ConceptTable, hidden: &Tensor) -> Result<Tensor> {
     Ok(table.logits(model, hidden)?.to_dtype(DType::F32)?)
+}
+
+/// What a sequence does after [`Sequence::choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Feed this token and come back with the logits after it.
+    Feed(u32),
+    /// The sequence is finished.
+    Stop(StopReason),
+}
+
+/// One sequence's decoding: its prompt, sampler, the ids chosen so far and the text emitted.
+///
+/// The forward passes are the caller's: [`generate_cancellable`] feeds one sequence through
+/// its own [`KvCache`]; the runtime's batch scheduler (`api`) feeds many through one
+/// [`crate::BatchKvCache`] with [`decode_step`]. Both choose every token here, so a sequence
+/// produces the same tokens either way.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    prompt_ids: Vec<u32>,
+    prompt_logits: Option<Tensor>,
+    max_tokens: usize,
+    stop_ids: Vec<u32>,
+    max_positions: usize,
+    sampler: Sampler,
+    stream: TextStream,
+    generated: Vec<u32>,
+}
+
+impl Sequence {
+    /// Runs `prompt` into `cache` and returns the sequence with the logits of the prompt's
+    /// last position. `cache` is empty, or holds the keys and values of the prompt's first
+    /// positions (a shared prefix computed once, such as the system text), which are then not
+    /// run again; at least the last position is. With [`GenerateConfig::prompt_logits`] the
+    /// cache must be empty.
+    pub fn prefill(
+        model: &LlavaModel,
+        table: &ConceptTable,
+        prompt: &EmbeddedPrompt,
+        cfg: &GenerateConfig,
+        cache: &mut KvCache,
+    ) -> Result<(Sequence, Vec<f32>)> {
+        let t = check_prompt(model, prompt)?;
+        let done = cache.len();
+        if done >= t || (done > 0 && cfg.prompt_logits) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "prefill of a {t}-position prompt into a kv cache that holds {done} positions{}",
+                if cfg.prompt_logits {
+                    " (prompt logits need them all)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let hidden = model
+            .forward_embeds(
+                &prompt.embeds.narrow(0, done, t - done)?.unsqueeze(0)?,
+                Some(cache),
+                Kernels::Fast,
+            )?
+            .squeeze(0)?;
+        let prompt_logits = if cfg.prompt_logits {
+            Some(logits_f32(model, table, &hidden)?)
+        } else {
+            None
+        };
+        let last = match &prompt_logits {
+            Some(all) => all.i(t - 1)?,
+            None => logits_f32(model, table, &hidden.i(t - done - 1..t - done)?)?.squeeze(0)?,
+        };
+        let mut sequence = Sequence::new(model, prompt, cfg);
+        sequence.prompt_logits = prompt_logits;
+        Ok((sequence, last.to_vec1::<f32>()?))
+    }
+
+    /// A sequence whose prompt the caller runs itself: every position but the last into a
+    /// cache, then the last one fed as if it were a chosen token (the batch scheduler feeds it
+    /// in a decode step), whose logits go to the first [`Sequence::choose`]. Not for
+    /// [`GenerateConfig::prompt_logits`], which [`Sequence::prefill`] computes.
+    pub fn start(
+        model: &LlavaModel,
+        prompt: &EmbeddedPrompt,
+        cfg: &GenerateConfig,
+    ) -> Result<Sequence> {
+        check_prompt(model, prompt)?;
+        if cfg.prompt_logits {
+            return Err(RuntimeError::InvalidInput(
+                "prompt logits need the prompt run by Sequence::prefill".into(),
+            ));
+        }
+        Ok(Sequence::new(model, prompt, cfg))
+    }
+
+    fn new(model: &LlavaModel, prompt: &EmbeddedPrompt, cfg: &GenerateConfig) -> Sequence {
+        Sequence {
+            prompt_ids: prompt.ids.clone(),
+            prompt_logits: None,
+            max_tokens: cfg.max_tokens,
+            stop_ids: cfg.stop_ids.clone(),
+            max_positions: model.config().text.max_position_embeddings,
+            sampler: Sampler::new(cfg.sampling),
+            stream: TextStream::new(),
+            generated: Vec::new(),
+        }
+    }
+
+    /// Chooses the next token from `logits` (those after the last fed position, over the
+    /// base vocabulary and this sequence's identifiers), with `cached` positions in the
+    /// sequence's cache; `on_text` receives the text that became final.
+    pub fn choose(
+        &mut self,
+        codec: &TextCodec,
+        logits: &[f32],
+        cached: usize,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<NextStep> {
+        if self.generated.len() >= self.max_tokens {
+            return Ok(NextStep::Stop(StopReason::MaxTokens));
+        }
+        let next = self.sampler.sample(logits)?;
+        if self.stop_ids.contains(&next) {
+            return Ok(NextStep::Stop(StopReason::Eos));
+        }
+        self.generated.push(next);
+        if let Some(delta) = self.stream.push(codec, next)? {
+            on_text(&delta);
+        }
+        if self.generated.len() >= self.max_tokens {
+            return Ok(NextStep::Stop(StopReason::MaxTokens));
+        }
+        if cached >= self.max_positions {
+            return Ok(NextStep::Stop(StopReason::ContextFull));
+        }
+        Ok(NextStep::Feed(next))
+    }
+
+    /// Ids chosen so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Flushes the text held back and returns the result.
+    pub fn finish(
+        self,
+        codec: &TextCodec,
+        stop: StopReason,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        let (delta, text) = self.stream.finish(codec)?;
+        if let Some(delta) = delta {
+            on_text(&delta);
+        }
+        Ok(Generation {
+            prompt_ids: self.prompt_ids,
+            generated_ids: self.generated,
+            text,
+            stop,
+            prompt_logits: self.prompt_logits,
+        })
+    }
+}
+
+/// The prompt's length, after checking it against its embeddings and the context size.
+fn check_prompt(model: &LlavaModel, prompt: &EmbeddedPrompt) -> Result<usize> {
+    let t = prompt.ids.len();
+    if t == 0 || prompt.embeds.dim(0)? != t {
+        return Err(RuntimeError::InvalidInput(format!(
+            "prompt of {t} ids with embeddings of shape {:?}",
+            prompt.embeds.dims()
+        )));
+    }
+    let max_pos = model.config().text.max_position_embeddings;
+    if t > max_pos {
+        return Err(RuntimeError::InvalidInput(format!(
+            "prompt of {t} tokens exceeds max_position_embeddings {max_pos}"
+        )));
+    }
+    Ok(t)
+}
+
+/// A sequence's part in a [`decode_step`].
+#[derive(Clone, Copy)]
+pub struct StepRow<'a> {
+    /// The sequence's own concepts (its token ids are ids of this table).
+    pub table: &'a ConceptTable,
+    /// The token to feed.
+    pub token: u32,
+}
+
+/// The identifier head columns of every row of a batch in one matrix, so a step computes all
+/// rows' identifier logits in one product; built again only when rows join or leave. For a
+/// small LM head the matrix starts with the head itself, so base and identifier logits are one
+/// product (copying a large head at every join would cost more than the product saves).
+#[derive(Debug, Clone, Default)]
+pub struct BatchHeads {
+    matrix: Option<Tensor>,
+    /// Whether `matrix` starts with the LM head's rows.
+    with_base: bool,
+    /// Row `i`'s columns of the identifier product.
+    columns: Vec<Range<usize>>,
+}
+
+/// LM heads of at most this many elements are copied into [`BatchHeads`].
+const FUSED_HEAD_ELEMENTS: usize = 1 << 20;
+
+impl BatchHeads {
+    /// From each row's [`ConceptTable::identifier_heads`] (`None`: a row without concepts,
+    /// or a free slot).
+    pub fn new(model: &LlavaModel, rows: &[Option<&Tensor>]) -> Result<Self> {
+        let mut columns = Vec::with_capacity(rows.len());
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for heads in rows {
+            let n = match heads {
+                Some(h) => {
+                    parts.push(*h);
+                    h.dim(0)?
+                }
+                None => 0,
+            };
+            columns.push(start..start + n);
+            start += n;
+        }
+        let head = model.lm_head_weight();
+        let with_base = !parts.is_empty() && head.elem_count() <= FUSED_HEAD_ELEMENTS;
+        if with_base {
+            parts.insert(0, head);
+        }
+        let matrix = if parts.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&parts, 0)?)
+        };
+        Ok(BatchHeads {
+            matrix,
+            with_base,
+            columns,
+        })
+    }
+}
+
+/// One decode step for a batch of sequences: `rows[b]` is the sequence in slot `b` of
+/// `cache` and its next token, `None` for a free slot (computed, ignored); `heads` holds the
+/// rows' identifier heads ([`BatchHeads::new`] over the same rows). Returns, per occupied row,
+/// the f32 logits after its token: the base vocabulary (one product for the whole batch),
+/// then only that row's own identifiers (one product against every row's heads, of which
+/// each row keeps its own columns).
+pub fn decode_step(
+    model: &LlavaModel,
+    cache: &mut BatchKvCache,
+    rows: &[Option<StepRow<'_>>],
+    heads: &BatchHeads,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let b = rows.len();
+    if heads.columns.len() != b {
+        return Err(RuntimeError::InvalidInput(format!(
+            "identifier heads for {} rows in a step of {b}",
+            heads.columns.len()
+        )));
+    }
+    // Base ids of every row in one gather; concept ids (and free slots) take their row from
+    // the row's own table.
+    let base_vocab = model.config().text.vocab_size as u32;
+    let base_ids: Vec<u32> = rows
+        .iter()
+        .map(|row| match row {
+            Some(row) if row.token < base_vocab => row.token,
+            _ => 0,
+        })
+        .collect();
+    let base_rows = model.embed_tokens(&Tensor::from_vec(base_ids, b, model.device())?)?;
+    let embeds = if rows.iter().flatten().any(|row| row.token >= base_vocab) {
+        let parts = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| match row {
+                Some(row) if row.token >= base_vocab => row.table.embed_ids(model, &[row.token]),
+                _ => Ok(base_rows.narrow(0, i, 1)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)?
+    } else {
+        base_rows
+    };
+    let hidden = model
+        .decode_batch(&embeds.unsqueeze(1)?, cache)?
+        .squeeze(1)?;
+    let logits = match (&heads.matrix, heads.with_base) {
+        (Some(matrix), true) => {
+            // [base | every row's identifiers]: each row keeps the base and its own columns.
+            let v = base_vocab as usize;
+            let all = ops::linear(&hidden, matrix, None)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            all.into_iter()
+                .zip(&heads.columns)
+                .map(|(mut row, columns)| {
+                    let own = (v + columns.start)..(v + columns.end);
+                    row.copy_within(own, v);
+                    row.truncate(v + columns.len());
+                    row
+                })
+                .collect()
+        }
+        (matrix, _) => {
+            let mut logits = model
+                .base_logits(&hidden)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            if let Some(matrix) = matrix {
+                let extra = ops::linear(&hidden, matrix, None)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+                for ((row, extra), columns) in logits.iter_mut().zip(&extra).zip(&heads.columns) {
+                    row.extend_from_slice(&extra[columns.clone()]);
+                }
+            }
+            logits
+        }
+    };
+    Ok(rows
+        .iter()
+        .zip(logits)
+        .map(|(row, logits)| row.map(|_| logits))
+        .collect())
 }
 
 /// Runs the prompt through the decoder, then generates until a stop id, `max_tokens`, or
@@ -264,84 +588,28 @@ pub fn generate_cancellable(
     on_text: &mut dyn FnMut(&str),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Generation> {
-    let t = prompt.ids.len();
-    if t == 0 || prompt.embeds.dim(0)? != t {
-        return Err(RuntimeError::InvalidInput(format!(
-            "prompt of {t} ids with embeddings of shape {:?}",
-            prompt.embeds.dims()
-        )));
-    }
-    let max_pos = model.config().text.max_position_embeddings;
-    if t > max_pos {
-        return Err(RuntimeError::InvalidInput(format!(
-            "prompt of {t} tokens exceeds max_position_embeddings {max_pos}"
-        )));
-    }
+    check_prompt(model, prompt)?;
     if cancelled() {
-        return Ok(Generation {
-            prompt_ids: prompt.ids.clone(),
-            generated_ids: Vec::new(),
-            text: String::new(),
-            stop: StopReason::Cancelled,
-            prompt_logits: None,
-        });
+        return Sequence::new(model, prompt, cfg).finish(codec, StopReason::Cancelled, on_text);
     }
     let mut cache = KvCache::new(model.config());
-    let hidden = model
-        .forward_embeds(
-            &prompt.embeds.unsqueeze(0)?,
-            Some(&mut cache),
-            Kernels::Fast,
-        )?
-        .squeeze(0)?;
-    let prompt_logits = if cfg.prompt_logits {
-        Some(logits_f32(model, table, &hidden)?)
-    } else {
-        None
-    };
-    let mut last = match &prompt_logits {
-        Some(all) => all.i(t - 1)?,
-        None => logits_f32(model, table, &hidden.i(t - 1..t)?)?.squeeze(0)?,
-    };
-    let mut sampler = Sampler::new(cfg.sampling);
-    let mut stream = TextStream::new(codec);
-    let mut generated = Vec::new();
+    let (mut sequence, mut last) = Sequence::prefill(model, table, prompt, cfg, &mut cache)?;
     let stop = loop {
-        if generated.len() >= cfg.max_tokens {
-            break StopReason::MaxTokens;
-        }
         if cancelled() {
             break StopReason::Cancelled;
         }
-        let next = sampler.sample(&last.to_vec1::<f32>()?)?;
-        if cfg.stop_ids.contains(&next) {
-            break StopReason::Eos;
+        match sequence.choose(codec, &last, cache.len(), on_text)? {
+            NextStep::Stop(reason) => break reason,
+            NextStep::Feed(next) => {
+                let embed = table.embed_ids(model, &[next])?.unsqueeze(0)?;
+                let hidden = model.forward_embeds(&embed, Some(&mut cache), Kernels::Fast)?;
+                last = logits_f32(model, table, &hidden.i((0, 0..1))?)?
+                    .squeeze(0)?
+                    .to_vec1::<f32>()?;
+            }
         }
-        generated.push(next);
-        if let Some(delta) = stream.push(next)? {
-            on_text(&delta);
-        }
-        if generated.len() >= cfg.max_tokens {
-            break StopReason::MaxTokens;
-        }
-        if cache.len() >= max_pos {
-            break StopReason::ContextFull;
-        }
-        let embed = table.embed_ids(model, &[next])?.unsqueeze(0)?;
-        let hidden = model.forward_embeds(&embed, Some(&mut cache), Kernels::Fast)?;
-        last = logits_f32(model, table, &hidden.i((0, 0..1))?)?.squeeze(0)?;
     };
-    let (delta, text) = stream.finish()?;
-    if let Some(delta) = delta {
-        on_text(&delta);
-    }
-    Ok(Generation {
-        prompt_ids: prompt.ids.clone(),
-        generated_ids: generated,
-        text,
-        stop,
-        prompt_logits,
-    })
+    sequence.finish(codec, stop, on_text)
 }
 
 /// The Yo'LLaVA recognition read-out at the first answer position.

@@ -37,5 +37,5 @@ pub use concept_table::{ConceptTable, ConceptToken, ConceptWeights};
 pub use config::LlavaConfig;
 pub use error::{Result, RuntimeError};
 pub use fingerprint::fingerprint;
-pub use model::{KvCache, LlavaModel};
+pub use model::{BatchKvCache, KvCache, LlavaModel};
 pub use ops::Kernels;

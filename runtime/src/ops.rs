@@ -436,7 +436,9 @@ pub fn causal_mask(t: usize, offset: usize, dtype: DType, device: &Device) -> Re
 /// `q` is `[B, H, T, D]`, `k` and `v` are `[B, H_kv, S, D]` with `H` a multiple of `H_kv`;
 /// query head `h` reads key/value head `h / (H / H_kv)` as transformers' `repeat_kv` does.
 /// Instead of repeating keys and values, the query heads of a group are stacked into the
-/// rows of one matrix, so nothing is copied. `mask` is an additive `[T, S]` mask.
+/// rows of one matrix, so nothing is copied. `mask` is an additive `[T, S]` mask, or
+/// `[B, 1, 1, S]` (one per batch row) when `T` is 1: a batched decode step whose rows have
+/// cached different numbers of positions.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -456,6 +458,7 @@ pub fn attention(
     let q = q.contiguous()?.reshape((b, h_kv, n_rep * t, d))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
+        Some(mask) if mask.rank() == 4 && t == 1 => scores.broadcast_add(mask)?,
         Some(mask) if n_rep == 1 => scores.broadcast_add(mask)?,
         Some(mask) => {
             let mask = mask

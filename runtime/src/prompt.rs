@@ -238,7 +238,7 @@ impl Conversation {
 }
 
 /// A runtime token id for a marker string.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MarkerId {
     pub marker: String,
     pub id: u32,

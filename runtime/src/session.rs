@@ -49,7 +49,7 @@ pub struct Engine {
     table: ConceptTable,
     markers: Vec<(String, ConceptMarkers)>,
     personal_prompts: PersonalPrompts,
-    codec: TextCodec,
+    codec: Arc<TextCodec>,
 }
 
 impl Engine {
@@ -84,7 +84,7 @@ impl Engine {
                 )));
             }
         }
-        let codec = TextCodec::new(&tokenizer, tokenizer_path, &[])?;
+        let codec = Arc::new(TextCodec::new(&tokenizer, tokenizer_path, &[])?);
         let table = ConceptTable::new(&model);
         Ok(Engine {
             model: Arc::new(model),
@@ -101,6 +101,11 @@ impl Engine {
     }
 
     pub fn model(&self) -> &LlavaModel {
+        &self.model
+    }
+
+    /// The shared model itself, for work that outlives a borrow of this engine.
+    pub fn model_arc(&self) -> &Arc<LlavaModel> {
         &self.model
     }
 
@@ -143,13 +148,27 @@ impl Engine {
         &self,
         concepts: impl IntoIterator<Item = (&'a str, &'a str, ConceptWeights)>,
     ) -> Result<Engine> {
+        self.with_concepts_cached(concepts, None)
+    }
+
+    /// [`Engine::with_concepts`] that takes the tokenizer for these markers from `codecs`
+    /// when an earlier engine built it (a server's requests repeat a few concept sets).
+    pub fn with_concepts_cached<'a>(
+        &self,
+        concepts: impl IntoIterator<Item = (&'a str, &'a str, ConceptWeights)>,
+        codecs: Option<&CodecCache>,
+    ) -> Result<Engine> {
         let mut table = ConceptTable::new(&self.model);
         let mut markers = Vec::new();
         for (name, identifier, weights) in concepts {
             push_concept(&mut table, &mut markers, name, identifier, weights)?;
         }
         let ids = marker_ids(&table, &markers)?;
-        let codec = TextCodec::new(&self.tokenizer, &self.tokenizer_path, &ids)?;
+        let build = || TextCodec::new(&self.tokenizer, &self.tokenizer_path, &ids).map(Arc::new);
+        let codec = match codecs {
+            Some(codecs) => codecs.get_or_build(&ids, build)?,
+            None => build()?,
+        };
         Ok(Engine {
             model: Arc::clone(&self.model),
             tokenizer: Arc::clone(&self.tokenizer),
@@ -232,7 +251,7 @@ impl Engine {
 
     fn rebuild_codec(&mut self) -> Result<()> {
         let ids = marker_ids(&self.table, &self.markers)?;
-        self.codec = TextCodec::new(&self.tokenizer, &self.tokenizer_path, &ids)?;
+        self.codec = Arc::new(TextCodec::new(&self.tokenizer, &self.tokenizer_path, &ids)?);
         Ok(())
     }
 
@@ -431,6 +450,74 @@ impl Engine {
             self.codec.answer_token("Yes")?,
             self.codec.answer_token("No")?,
         ))
+    }
+}
+
+/// Tokenizers with concept markers, by marker set, for [`Engine::with_concepts_cached`]:
+/// building one clones the base tokenizer and compiles its added tokens, which costs more
+/// than the rest of a small model's request. Bounded: past `capacity` sets, the least
+/// recently used half is dropped.
+pub struct CodecCache {
+    capacity: usize,
+    entries: std::sync::Mutex<CodecEntries>,
+}
+
+#[derive(Default)]
+struct CodecEntries {
+    clock: u64,
+    map: std::collections::HashMap<Vec<MarkerId>, (Arc<TextCodec>, u64)>,
+}
+
+impl CodecCache {
+    /// A cache of at most `capacity` marker sets.
+    pub fn new(capacity: usize) -> Self {
+        CodecCache {
+            capacity: capacity.max(1),
+            entries: std::sync::Mutex::new(CodecEntries::default()),
+        }
+    }
+
+    /// The codec for `ids`, built by `build` when it is not cached (outside the lock).
+    fn get_or_build(
+        &self,
+        ids: &[MarkerId],
+        build: impl FnOnce() -> Result<Arc<TextCodec>>,
+    ) -> Result<Arc<TextCodec>> {
+        // A panic elsewhere cannot leave the map half-changed: every change is one call.
+        let lock = || self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut entries = lock();
+            entries.clock += 1;
+            let now = entries.clock;
+            if let Some((codec, used)) = entries.map.get_mut(ids) {
+                *used = now;
+                return Ok(Arc::clone(codec));
+            }
+        }
+        let codec = build()?;
+        let mut entries = lock();
+        if entries.map.len() >= self.capacity {
+            let mut ages: Vec<u64> = entries.map.values().map(|(_, used)| *used).collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() / 2];
+            entries.map.retain(|_, (_, used)| *used > cutoff);
+        }
+        let now = entries.clock;
+        entries.map.insert(ids.to_vec(), (Arc::clone(&codec), now));
+        Ok(codec)
+    }
+
+    /// Marker sets cached.
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

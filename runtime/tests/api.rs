@@ -446,3 +446,92 @@ fn describe_answers_with_the_concept_active() {
     assert!(summary.completion_tokens <= 3);
     assert!(summary.prompt_tokens > 30);
 }
+
+/// Continuous batching: chats with different concept sets, more of them than the batch has
+/// rows, joining and leaving at different steps (different lengths, one cancelled half-way,
+/// one dropped at once) answer with exactly the tokens each gives alone.
+#[test]
+fn batched_chats_answer_exactly_as_each_alone() {
+    let names = ["bo", "kiki", "tom", "mia"];
+    let (alone, _) = runtime_with(
+        &names,
+        RuntimeConfig {
+            decode_batch: 0,
+            ..RuntimeConfig::recommended()
+        },
+    );
+    let (batched, _) = runtime_with(
+        &names,
+        RuntimeConfig {
+            decode_batch: 3,
+            ..RuntimeConfig::recommended()
+        },
+    );
+    let endless = |mut r: ChatRequest| {
+        r.stop_at_eos = false;
+        r
+    };
+    let requests = [
+        chat("Hello there.", &[], 12),
+        endless(chat("Is <bo> here?", &["bo"], 20)),
+        chat("Tell me about <kiki> and <tom>.", &[], 7),
+        endless(chat("Write a poem for <mia>.", &["mia", "bo"], 30)),
+        chat("<tom> <tom> <tom>", &["tom"], 16),
+        endless(chat("What is <kiki> doing?", &["kiki", "mia", "tom"], 25)),
+        chat("Describe the weather.", &["bo"], 3),
+        endless(chat("Once upon a time", &[], 40)),
+        // Asked before: its whole prompt but the last position comes from the prefix cache.
+        endless(chat("Is <bo> here?", &["bo"], 20)),
+    ];
+    let rt = tokio();
+    let want: Vec<_> = requests
+        .iter()
+        .map(|r| {
+            rt.block_on(async { alone.chat(r.clone()).await.unwrap().collect().await })
+                .unwrap()
+        })
+        .collect();
+    let long = endless(chat("Tell me everything.", &["kiki"], 1500));
+    let (got, cancelled) = rt.block_on(async {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let (runtime, r) = (batched.clone(), r.clone());
+                tokio::spawn(async move { runtime.chat(r).await.unwrap().collect().await })
+            })
+            .collect();
+        drop(batched.chat(long.clone()).await.unwrap());
+        let mut stream = batched.chat(long).await.unwrap();
+        while !matches!(stream.next().await.unwrap().unwrap(), ChatEvent::Text(_)) {}
+        stream.cancel();
+        let cancelled = stream.collect().await.unwrap();
+        let mut got = Vec::new();
+        for h in handles {
+            got.push(h.await.unwrap().unwrap());
+        }
+        (got, cancelled)
+    });
+    assert_eq!(cancelled.finish, FinishReason::Cancelled);
+    assert!(cancelled.completion_tokens < 1500);
+    let base_vocab = batched.model_config().text.vocab_size as u32;
+    let mut identifiers = 0;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.generated_ids, w.generated_ids, "chat {i}");
+        assert_eq!((&g.text, g.finish), (&w.text, w.finish), "chat {i}");
+        identifiers += g
+            .generated_ids
+            .iter()
+            .filter(|&&id| id >= base_vocab)
+            .count();
+    }
+    // The answers do use concept columns, so each row's own identifiers were in play.
+    assert!(identifiers > 0, "no chat emitted a concept identifier");
+    let start = Instant::now();
+    while batched.stats().running_generations > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still generating"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

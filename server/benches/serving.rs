@@ -5,10 +5,14 @@
 //! 2. concept activation: cold (read from the registry, hashed, parsed, checked and
 //!    converted) and warm (resident), each including the per-request engine build;
 //! 3. sustained requests/s of non-streamed chat with two concepts over loopback HTTP, with
-//!    1, 2 and 4 concurrent clients.
+//!    1, 2 and 4 concurrent clients;
+//! 4. continuous batching: 8 streaming clients without concepts and with a concept each, on
+//!    the batched server and on one that decodes each chat alone (as before batching), with
+//!    time to first token.
 //!
-//! Run with `cargo bench -p concepts-server --bench serving`. Timings are wall-clock
-//! medians; note the machine's load (`uptime`) next to them.
+//! Run with `cargo bench -p concepts-server --bench serving [-- SECTION]` (`scan`,
+//! `activation`, `throughput`, `batching`; all by default). Timings are wall-clock medians;
+//! note the machine's load (`uptime`) next to them.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -213,7 +217,216 @@ async fn throughput() {
     println!();
 }
 
+/// One measured load of `batching`: requests answered, tokens, TTFT and latency samples.
+struct Load {
+    requests: usize,
+    tokens: u64,
+    secs: f64,
+    ttft: Vec<f64>,
+    latency: Vec<f64>,
+}
+
+impl Load {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `clients` clients streaming chats for `window`; client `i` sends `bodies[i % len]`, its
+/// question followed by "Make it about day N." (N counting its requests).
+async fn streamed_load(
+    server: &Arc<TestServer>,
+    bodies: &[serde_json::Value],
+    clients: usize,
+    window: Duration,
+) -> Load {
+    use futures_util::StreamExt;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let server = server.clone();
+        let body = bodies[i % bodies.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ttft, mut latency, mut tokens) = (Vec::new(), Vec::new(), 0u64);
+            while start.elapsed() < window && latency.len() < 10_000 {
+                // Every request a new question: the same start, another day at the end.
+                let mut request = body.clone();
+                let question = request["messages"][0]["content"]
+                    .as_str()
+                    .unwrap_or_default();
+                request["messages"][0]["content"] =
+                    json!(format!("{question} Make it about day {}.", latency.len()));
+                let t = Instant::now();
+                let resp = server
+                    .client
+                    .post(server.at("/v1/chat/completions"))
+                    .json(&request)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+                let mut events = Box::pin(resp.bytes_stream());
+                let mut text = String::new();
+                let mut first = None;
+                // Complete lines before this offset have been looked at.
+                let mut scanned = 0;
+                while let Some(chunk) = events.next().await {
+                    text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                    let Some(end) = text.rfind('\n').filter(|_| first.is_none()) else {
+                        continue;
+                    };
+                    // The first chunk with text (the opening chunk's content is empty).
+                    let has_text = common::sse_data(&text[scanned..end]).iter().any(|d| {
+                        serde_json::from_str::<serde_json::Value>(d).is_ok_and(|v| {
+                            v["choices"][0]["delta"]["content"]
+                                .as_str()
+                                .is_some_and(|c| !c.is_empty())
+                        })
+                    });
+                    if has_text {
+                        first = Some(ms(t.elapsed()));
+                    }
+                    scanned = end;
+                }
+                let done = ms(t.elapsed());
+                ttft.push(first.unwrap_or(done));
+                latency.push(done);
+                let usage = common::sse_data(&text)
+                    .iter()
+                    .rev()
+                    .filter(|d| d.contains("\"usage\""))
+                    .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                    .find_map(|v| v["usage"]["completion_tokens"].as_u64());
+                tokens += usage.expect("the stream ends with its usage");
+            }
+            (ttft, latency, tokens)
+        }));
+    }
+    let mut load = Load {
+        requests: 0,
+        tokens: 0,
+        secs: 0.0,
+        ttft: Vec::new(),
+        latency: Vec::new(),
+    };
+    for t in tasks {
+        let (ttft, latency, tokens) = t.await.unwrap();
+        load.requests += latency.len();
+        load.ttft.extend(ttft);
+        load.latency.extend(latency);
+        load.tokens += tokens;
+    }
+    load.secs = start.elapsed().as_secs_f64();
+    load
+}
+
+/// Continuous batching against one chat per worker: 8 streaming clients, without concepts
+/// and each with a concept of its own (each request a new question), on the batched
+/// server (with and without the prefix cache) and on the server as it was before batching
+/// (2 workers, each decoding one chat alone; and with 8 workers).
+async fn batching() {
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 3;
+    const WINDOW: Duration = Duration::from_secs(4);
+    println!("### Continuous batching: 8 clients, each with its own concept\n");
+    println!(
+        "Streamed `/v1/chat/completions`, text only, `max_tokens` 16 with `ignore_eos`; per server, \
+         windows of 4 s alternate between the two loads three times (after a 1 s warm-up each) and \
+         the median window is shown. TTFT: request sent to the first text chunk.\n"
+    );
+    println!(
+        "| server | concepts | requests/s | generated tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | latency p50 (ms) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let fp = fingerprint();
+    let names: Vec<String> = (0..CLIENTS).map(|i| format!("c{i}")).collect();
+    let body = |name: &str| {
+        json!({
+            "messages": [{"role": "user", "content": format!("Write a short poem for <{name}>.")}],
+            "max_tokens": 16, "ignore_eos": true, "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    };
+    // Each client its own concept, mentioned (so introduced by its personal prompt)…
+    let with_concepts: Vec<serde_json::Value> = names.iter().map(|n| body(n)).collect();
+    // …or the same questions about names no concept has (plain text, nothing activated).
+    let without: Vec<serde_json::Value> = (0..CLIENTS).map(|i| body(&format!("n{i}"))).collect();
+    let prefixes = RuntimeConfig::recommended().prefix_cache_bytes;
+    let servers = [
+        ("one chat per worker (2 workers, before batching)", 2, 0, 0),
+        ("one chat per worker (8 workers)", 8, 0, 0),
+        ("continuous batching (8 rows, 2 workers)", 2, 8, prefixes),
+        (
+            "continuous batching, no prefix cache (8 rows, 8 workers)",
+            8,
+            8,
+            0,
+        ),
+        ("continuous batching (8 rows, 8 workers)", 8, 8, prefixes),
+    ];
+    let mut results = Vec::new();
+    for (label, workers, batch, prefix_cache_bytes) in servers {
+        let mut cfg = ServerConfig::local(0);
+        cfg.workers = workers;
+        cfg.queue_capacity = 64;
+        let runtime_config = RuntimeConfig {
+            decode_batch: batch,
+            prefix_cache_bytes,
+            ..RuntimeConfig::recommended()
+        };
+        let server = Arc::new(TestServer::start_with(cfg, runtime_config).await);
+        for (i, name) in names.iter().enumerate() {
+            let (status, body) = server
+                .upload(package_bytes(name, &fp, i as u64, 1.0), false)
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        let loads = [("none", &without), ("8 different", &with_concepts)];
+        for (_, bodies) in loads {
+            streamed_load(&server, bodies, CLIENTS, Duration::from_secs(1)).await;
+        }
+        // Alternating windows, so both loads see the same machine; the median window counts.
+        let mut windows: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (w, (_, bodies)) in windows.iter_mut().zip(loads) {
+                w.push(streamed_load(&server, bodies, CLIENTS, WINDOW).await);
+            }
+        }
+        for (w, (what, _)) in windows.into_iter().zip(loads) {
+            let mut w: Vec<Load> = w;
+            w.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
+            let load = w.swap_remove(ROUNDS / 2);
+            let rps = load.rps();
+            println!(
+                "| {label} | {what} | {rps:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                load.tokens as f64 / load.secs,
+                percentile(load.ttft.clone(), 0.5),
+                percentile(load.ttft, 0.99),
+                percentile(load.latency, 0.5),
+            );
+            results.push(rps);
+        }
+    }
+    // In the order above: [before none, before 8, …, defaults none, defaults 8].
+    let n = results.len();
+    println!(
+        "\nBatched (8 rows, 8 workers), 8 different concepts vs no concept: {:.2}×; vs the server before \
+         batching (2 workers) with the same 8 concepts: {:.2}×; vs one chat per worker with 8 \
+         workers: {:.2}×.\n",
+        results[n - 1] / results[n - 2],
+        results[n - 1] / results[1],
+        results[n - 1] / results[3],
+    );
+}
+
 fn main() {
+    // As `concepts serve` does: otherwise every matrix product reads /proc/cpuinfo.
+    concepts_runtime::compute::pin_thread_count();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "## concepts-server serving benchmark\n\nload average before: {}\n",
@@ -227,10 +440,25 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench … -- NAME` runs the sections whose name contains NAME.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let run = |name: &str| name.contains(&filter);
     tokio.block_on(async {
-        scan_vs_separate().await;
-        activation().await;
-        throughput().await;
+        if run("scan") {
+            scan_vs_separate().await;
+        }
+        if run("activation") {
+            activation().await;
+        }
+        if run("throughput") {
+            throughput().await;
+        }
+        if run("batching") {
+            batching().await;
+        }
     });
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(

@@ -192,6 +192,7 @@ pub fn router(
             config.workers.max(1),
             config.queue_capacity,
             config.workers.max(1),
+            runtime.config().decode_batch,
         ),
         runtime,
         registry,
@@ -307,6 +308,11 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            // A streamed answer is many small writes: with Nagle's algorithm each waits for
+            // the client's delayed ACK (about 40 ms on Linux), so every chunk would stall.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, %peer, "TCP_NODELAY not set");
+            }
             let service = TowerToHyperService::new(self.router.clone());
             let mut stop = stop_rx.clone();
             let closed = closed_rx.clone();

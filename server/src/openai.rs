@@ -122,8 +122,14 @@ pub(crate) async fn chat_completions(
     if let Some(model) = &request.model {
         tracing::debug!(requested = %model, served = %state.runtime.model_id(), "chat request");
     }
+    // Not kept while the answer is generated.
+    drop(bytes);
     let chat = to_chat_request(&state, request)?;
+    let chat_slot = state.admission.admit_chat().await?;
     let chat_stream = state.runtime.chat(chat).await?;
+    // In the decode batch the chat slot bounds the generation; the worker goes on to the
+    // next request's body.
+    let permit = chat_slot.unwrap_or(permit);
     let id = format!(
         "chatcmpl-{:016x}",
         state.next_id.fetch_add(1, Ordering::Relaxed)

@@ -3,6 +3,11 @@
 //! unbounded backlog). Concept uploads have slots of their own, never waited for. Requests
 //! are admitted before their bodies are read, so the memory held in bodies is bounded by
 //! the slots, not by the number of clients.
+//!
+//! With the runtime's decode batch, a chat holds its worker slot only while its body is read
+//! and its prompt prepared: it then takes one of the batch's chat slots (as many as the
+//! batch has rows), hands the worker slot on, and keeps the chat slot until its answer ends.
+//! So a few workers bound the memory of bodies in flight while a full batch decodes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,19 +23,38 @@ pub(crate) struct Admission {
     slots: Arc<Semaphore>,
     queued: Arc<AtomicUsize>,
     uploads: Arc<Semaphore>,
+    /// Chats generating in the decode batch; `None` when each chat decodes alone (in its
+    /// worker slot).
+    chats: Option<Arc<Semaphore>>,
 }
 
 /// A running slot; the next waiting request starts when it is dropped.
 pub(crate) type Permit = OwnedSemaphorePermit;
 
 impl Admission {
-    pub(crate) fn new(workers: usize, capacity: usize, uploads: usize) -> Self {
+    /// `chats`: the decode batch's rows (chat slots), or 0 when chats decode alone.
+    pub(crate) fn new(workers: usize, capacity: usize, uploads: usize, chats: usize) -> Self {
         Admission {
             workers,
             capacity,
             slots: Arc::new(Semaphore::new(workers)),
             queued: Arc::new(AtomicUsize::new(0)),
             uploads: Arc::new(Semaphore::new(uploads)),
+            chats: (chats > 0).then(|| Arc::new(Semaphore::new(chats))),
+        }
+    }
+
+    /// A chat slot of the decode batch, waited for while holding the worker slot (so the
+    /// wait is bounded by the worker queue); `None` when chats decode alone in their worker
+    /// slot. Dropping the future gives up the wait.
+    pub(crate) async fn admit_chat(&self) -> Result<Option<Permit>, ApiError> {
+        match &self.chats {
+            None => Ok(None),
+            Some(chats) => Arc::clone(chats)
+                .acquire_owned()
+                .await
+                .map(Some)
+                .map_err(|_| ApiError::internal("the chat slots are closed")),
         }
     }
 
@@ -101,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_turns_requests_away_until_a_slot_frees() {
-        let admission = Arc::new(Admission::new(1, 1, 1));
+        let admission = Arc::new(Admission::new(1, 1, 1, 0));
         let running = admission.admit().await.unwrap();
         assert_eq!((admission.running(), admission.queued()), (1, 0));
 
@@ -126,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_wait_leaves_the_queue() {
-        let admission = Admission::new(1, 1, 1);
+        let admission = Admission::new(1, 1, 1, 0);
         let _running = admission.admit().await.unwrap();
         let gave_up = tokio::time::timeout(Duration::from_millis(20), admission.admit()).await;
         assert!(gave_up.is_err());

@@ -142,7 +142,7 @@ async fn a_full_queue_refuses_a_body_before_reading_it() {
     cfg.workers = 1;
     cfg.queue_capacity = 0;
     cfg.limits.max_tokens = 1800;
-    let mut server = TestServer::start(cfg).await;
+    let mut server = TestServer::start_unbatched(cfg).await;
     // A long stream holds the only worker.
     let a_body = common::hold_a_worker(&server).await;
     // 15 MiB declared, not one byte of it sent: 429 at once.

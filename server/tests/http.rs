@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{fingerprint, logo_data_url, package_bytes, sse_data, TestServer};
-use concepts_runtime::api::{ImageInput, Selection};
+use concepts_runtime::api::{ImageInput, RuntimeConfig, Selection};
 use concepts_server::{Limits, ServerConfig};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -431,7 +431,7 @@ async fn a_full_queue_answers_429_and_drains_when_a_client_leaves() {
     cfg.workers = 1;
     cfg.queue_capacity = 1;
     cfg.limits.max_tokens = 1800;
-    let mut server = TestServer::start(cfg).await;
+    let mut server = TestServer::start_unbatched(cfg).await;
     let health = || async {
         server
             .client
@@ -499,6 +499,89 @@ async fn a_full_queue_answers_429_and_drains_when_a_client_leaves() {
         assert!(start.elapsed() < Duration::from_secs(30), "{h}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    server.stop().await;
+}
+
+/// In the decode batch a running chat holds a chat slot, not a worker: with one row, one
+/// worker and one queue place, a second chat waits for the row while holding the worker, a
+/// third waits in the queue, a fourth gets 429; both waiting chats finish once the first
+/// client leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_decode_batch_backs_up_into_the_worker_queue() {
+    let mut cfg = config();
+    cfg.workers = 1;
+    cfg.queue_capacity = 1;
+    cfg.limits.max_tokens = 1800;
+    let one_row = RuntimeConfig {
+        decode_batch: 1,
+        ..RuntimeConfig::recommended()
+    };
+    let mut server = TestServer::start_with(cfg, one_row).await;
+    let health = || async {
+        server
+            .client
+            .get(server.at("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let wait_for = |key: &'static str, value: u64| {
+        let health = &health;
+        async move {
+            let start = Instant::now();
+            while health().await[key] != value {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{key} != {value}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let short_chat = || {
+        let client = server.client.clone();
+        let url = server.at("/v1/chat/completions");
+        tokio::spawn(async move {
+            let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        })
+    };
+
+    // A decodes in the only row and has handed its worker on.
+    let a_body = common::hold_a_worker(&server).await;
+    let h = health().await;
+    assert_eq!(
+        (h["running"].as_u64(), h["running_generations"].as_u64()),
+        (Some(0), Some(1))
+    );
+    // B takes the worker and waits for the row; C waits for the worker; D is refused.
+    let b = short_chat();
+    wait_for("running", 1).await;
+    let c = short_chat();
+    wait_for("queued", 1).await;
+    let d = server
+        .client
+        .post(server.at("/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(d, 429).await;
+
+    drop(a_body);
+    for waiting in [b, c] {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("the waiting chat finished")
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_for("running_generations", 0).await;
+    wait_for("running", 0).await;
     server.stop().await;
 }
 

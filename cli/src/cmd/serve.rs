@@ -1,6 +1,6 @@
 //! `concepts serve [--model DIR] [--host ADDR] [--port N] [--token TOKEN] [--insecure-no-auth]
-//! [--image-dir DIR] [--workers N] [--queue N] [--max-connections N] [--max-tokens N]
-//! [--max-resident-mb N] [--concepts-from oci://REPO]`
+//! [--image-dir DIR] [--workers N] [--batch N] [--queue N] [--max-connections N]
+//! [--max-tokens N] [--max-resident-mb N] [--concepts-from oci://REPO]`
 //!
 //! The command line `concepts serve [--model DIR] [--host ADDR] [--port N]` is a contract:
 //! outside checks run it. Without `--model` the embedded default base model is served
@@ -47,9 +47,14 @@ pub struct ServeArgs {
     /// Directory whose images requests may name by path (otherwise only data URLs)
     #[arg(long, value_name = "DIR")]
     pub image_dir: Option<PathBuf>,
-    /// Inference requests run at once
+    /// Inference requests run at once (a chat in the decode batch needs a worker only
+    /// while its body is read and its prompt prepared)
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub workers: usize,
+    /// Chats decoded together in one forward pass, each with its own concepts (continuous
+    /// batching); 0 decodes each chat alone in its worker
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch: usize,
     /// Inference requests that may wait for a worker; more get 429
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub queue: usize,
@@ -102,6 +107,7 @@ pub fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut runtime_config = RuntimeConfig::recommended();
     runtime_config.max_resident_bytes = args.max_resident_mb << 20;
     runtime_config.compute = args.compute.resolve()?;
+    runtime_config.decode_batch = args.batch;
     let source = Arc::new(match remote {
         Some(remote) => RegistrySource::with_remote(registry.clone(), remote),
         None => RegistrySource::new(registry.clone()),

@@ -73,6 +73,8 @@
 //! # }
 //! ```
 
+mod batcher;
+mod prefix;
 mod resident;
 mod scan;
 mod source;
@@ -90,12 +92,13 @@ use tokio::sync::mpsc;
 
 use crate::compute::Compute;
 use crate::error::{Result, RuntimeError};
-use crate::generate::{GenerateConfig, Sampling, StopReason};
+use crate::generate::{GenerateConfig, Generation, Sampling, StopReason};
 use crate::preprocess::{decode_image, load_image, preprocess, ImageLimits, PixelValues};
 use crate::prompt::Exchange;
 pub use crate::prompt::PersonalPrompts;
-use crate::session::{Engine, PromptInput};
+use crate::session::{CodecCache, Engine, PromptInput};
 
+use batcher::{Batcher, Job, Running};
 use resident::{ResidentCache, ResidentConcept};
 
 /// The recognition question; `{}` stands for the concept's identifier.
@@ -104,8 +107,8 @@ pub const RECOGNITION_QUESTION: &str = "Is {} in this photo? Answer with a singl
 /// The question [`Runtime::describe`] asks; `{}` stands for the concept's identifier.
 pub const DESCRIBE_QUESTION: &str = "Describe {}.";
 
-/// Text events a [`ChatStream`] buffers before the generating thread waits for the reader.
-const STREAM_BUFFER: usize = 32;
+/// Concept sets whose tokenizers a runtime keeps built.
+const CODEC_CACHE_SETS: usize = 256;
 
 /// How often a request re-resolves its concepts when a package vanished under it.
 const RESOLVE_ATTEMPTS: usize = 3;
@@ -134,12 +137,20 @@ pub struct RuntimeConfig {
     pub pad_to_square: bool,
     /// The device and compute dtype of the base model ([`Compute::cpu`]: f32 on the CPU).
     pub compute: Compute,
+    /// Chats decoded together in one forward pass (continuous batching: chats join and
+    /// leave a running batch, each with its own concepts); more wait for a free row. `0`
+    /// decodes every chat alone on a blocking thread of its own, as before batching.
+    pub decode_batch: usize,
+    /// Bytes of keys and values the decode batch keeps of prompt prefixes recent chats began
+    /// with, so a chat that starts as one of them (the system text, the same personal prompt)
+    /// runs only the rest of its prompt. 0 turns the reuse off.
+    pub prefix_cache_bytes: usize,
 }
 
 impl RuntimeConfig {
     /// 256 MiB of resident concepts, 8 concepts and 4096 tokens per request, one image
     /// within [`ImageLimits::DEFAULT`] (32 MiB, 40 megapixels, sides of 4096 after resizing),
-    /// and the standard questions.
+    /// the standard questions, and a decode batch of 8 chats keeping 256 MiB of prompt prefixes.
     pub fn recommended() -> Self {
         RuntimeConfig {
             max_resident_bytes: 256 << 20,
@@ -151,6 +162,8 @@ impl RuntimeConfig {
             describe_question: DESCRIBE_QUESTION.to_string(),
             pad_to_square: false,
             compute: Compute::cpu(),
+            decode_batch: 8,
+            prefix_cache_bytes: 256 << 20,
         }
     }
 
@@ -356,7 +369,7 @@ pub enum ChatEvent {
 /// A chat being generated. Dropping it (or [`ChatStream::cancel`]) stops the generation.
 #[derive(Debug)]
 pub struct ChatStream {
-    rx: mpsc::Receiver<Result<ChatEvent>>,
+    rx: mpsc::UnboundedReceiver<Result<ChatEvent>>,
     cancel: Arc<AtomicBool>,
     concepts: Vec<ActiveConcept>,
     prompt_tokens: usize,
@@ -452,7 +465,11 @@ struct Inner {
     source: Arc<dyn ConceptSource>,
     resident: Mutex<ResidentCache>,
     config: RuntimeConfig,
-    running: AtomicUsize,
+    running: Arc<AtomicUsize>,
+    /// The running decode batch, when [`RuntimeConfig::decode_batch`] is not 0.
+    batcher: Option<Batcher>,
+    /// Tokenizers of the concept sets requests used lately.
+    codecs: CodecCache,
 }
 
 impl Runtime {
@@ -473,6 +490,10 @@ impl Runtime {
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "concepts".to_string());
         tracing::info!(model = %model_id, dir = %model_dir.display(), "loaded base model");
+        let batcher = match config.decode_batch {
+            0 => None,
+            slots => Some(Batcher::start(slots, config.prefix_cache_bytes)?),
+        };
         Ok(Runtime {
             inner: Arc::new(Inner {
                 base,
@@ -481,7 +502,9 @@ impl Runtime {
                 source,
                 resident: Mutex::new(ResidentCache::new(config.max_resident_bytes)),
                 config,
-                running: AtomicUsize::new(0),
+                running: Arc::new(AtomicUsize::new(0)),
+                batcher,
+                codecs: CodecCache::new(CODEC_CACHE_SETS),
             }),
         })
     }
@@ -526,8 +549,9 @@ impl Runtime {
     }
 
     /// Starts a chat: resolves its concepts, decodes its images and checks its bounds, then
-    /// generates on a blocking thread. Errors in the request are returned here, before any
-    /// text; the stream carries the answer.
+    /// generates it in the runtime's decode batch (with chats of other concept sets), or alone
+    /// on a blocking thread when [`RuntimeConfig::decode_batch`] is 0. Errors in the request
+    /// are returned here, before any text; the stream carries the answer.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatStream> {
         let prepared = self
             .run_blocking(move |inner, _| inner.prepare_chat(request))
@@ -539,41 +563,27 @@ impl Runtime {
             concepts,
             prompt_tokens,
         } = prepared;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&cancel);
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            inner.running.fetch_add(1, Ordering::SeqCst);
-            let _running = Decrement(&inner.running);
-            let mut on_text = |text: &str| {
-                if tx
-                    .blocking_send(Ok(ChatEvent::Text(text.to_string())))
-                    .is_err()
-                {
-                    flag.store(true, Ordering::SeqCst);
-                }
-            };
-            let result = engine
-                .generate_cancellable(&prompt, &cfg, &mut on_text, &|| flag.load(Ordering::SeqCst));
-            let event = result.and_then(|g| {
-                Ok(ChatEvent::Done(ChatSummary {
-                    prompt_logits: g.prompt_logits_f32()?,
-                    text: g.text,
-                    finish: match g.stop {
-                        StopReason::Eos => FinishReason::Stop,
-                        StopReason::MaxTokens | StopReason::ContextFull => FinishReason::Length,
-                        StopReason::Cancelled => FinishReason::Cancelled,
-                    },
-                    prompt_tokens: g.prompt_ids.len(),
-                    completion_tokens: g.generated_ids.len(),
-                    prompt_ids: g.prompt_ids,
-                    generated_ids: g.generated_ids,
-                }))
-            });
-            // The reader may be gone; then nobody is waiting for the end either.
-            let _ = tx.blocking_send(event);
-        });
+        let job = Job {
+            digests: concepts
+                .iter()
+                .map(|c| (c.name.clone(), c.digest.clone()))
+                .collect(),
+            engine,
+            prompt,
+            cfg,
+            prompt_tokens,
+            events: tx,
+            cancel: Arc::clone(&cancel),
+            running: Running::start(&self.inner.running),
+        };
+        match &self.inner.batcher {
+            Some(batcher) => batcher.submit(job),
+            None => {
+                tokio::task::spawn_blocking(move || generate_alone(job));
+            }
+        }
         Ok(ChatStream {
             rx,
             cancel,
@@ -663,6 +673,48 @@ impl Runtime {
             Err(_) => Err(RuntimeError::Cancelled),
         }
     }
+}
+
+/// Generates one chat on the calling thread, alone (no batch).
+fn generate_alone(job: Job) {
+    let Job {
+        engine,
+        prompt,
+        cfg,
+        events,
+        cancel,
+        running: _running,
+        ..
+    } = job;
+    let mut on_text = |text: &str| {
+        if events.send(Ok(ChatEvent::Text(text.to_string()))).is_err() {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    };
+    let result = engine
+        .generate_cancellable(&prompt, &cfg, &mut on_text, &|| {
+            cancel.load(Ordering::SeqCst)
+        })
+        .and_then(summary);
+    // The reader may be gone; then nobody is waiting for the end either.
+    let _ = events.send(result.map(ChatEvent::Done));
+}
+
+/// The summary of a finished generation.
+fn summary(g: Generation) -> Result<ChatSummary> {
+    Ok(ChatSummary {
+        prompt_logits: g.prompt_logits_f32()?,
+        text: g.text,
+        finish: match g.stop {
+            StopReason::Eos => FinishReason::Stop,
+            StopReason::MaxTokens | StopReason::ContextFull => FinishReason::Length,
+            StopReason::Cancelled => FinishReason::Cancelled,
+        },
+        prompt_tokens: g.prompt_ids.len(),
+        completion_tokens: g.generated_ids.len(),
+        prompt_ids: g.prompt_ids,
+        generated_ids: g.generated_ids,
+    })
 }
 
 /// A chat ready to generate.
@@ -786,13 +838,16 @@ impl Inner {
 
     /// An engine over the base model with exactly these concepts active.
     fn engine_for(&self, concepts: &[Arc<ResidentConcept>]) -> Result<Engine> {
-        self.base.with_concepts(concepts.iter().map(|c| {
-            (
-                c.entry.name.as_str(),
-                c.entry.identifier.as_str(),
-                c.weights.clone(),
-            )
-        }))
+        self.base.with_concepts_cached(
+            concepts.iter().map(|c| {
+                (
+                    c.entry.name.as_str(),
+                    c.entry.identifier.as_str(),
+                    c.weights.clone(),
+                )
+            }),
+            Some(&self.codecs),
+        )
     }
 
     /// Decodes (bounded by [`RuntimeConfig::image_limits`]) and preprocesses an image for
@@ -1006,15 +1061,6 @@ struct CancelOnDrop(Arc<AtomicBool>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Decrements a counter when dropped.
-struct Decrement<'a>(&'a AtomicUsize);
-
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

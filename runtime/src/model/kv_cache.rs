@@ -225,6 +225,253 @@ impl KvCache {
     }
 }
 
+/// Keys and values of a running decode batch: `slots` rows, each its own sequence with its own
+/// length, so sequences of different lengths and ages decode in one forward call.
+///
+/// A sequence joins by [`BatchKvCache::load`]ing the cache its prefill wrote into a free slot
+/// and leaves by [`BatchKvCache::release`]; the buffers stay allocated for the next one. Each
+/// decode step writes one position per row at that row's own length; attention reads
+/// positions `0..max length` of every row with the positions past a row's length masked out.
+///
+/// Invariant: for an occupied slot `s`, positions `0..len(s)` of row `s` of every layer's
+/// buffers hold its sequence's keys and values; a free slot has length 0 and is never read
+/// past position 0.
+pub struct BatchKvCache {
+    layers: Vec<Option<LayerBuffers>>,
+    lens: Vec<usize>,
+    occupied: Vec<bool>,
+}
+
+impl BatchKvCache {
+    /// An empty batch of `slots` rows for a model of this configuration.
+    pub fn new(cfg: &LlavaConfig, slots: usize) -> Self {
+        BatchKvCache {
+            layers: (0..cfg.text.num_hidden_layers).map(|_| None).collect(),
+            lens: vec![0; slots],
+            occupied: vec![false; slots],
+        }
+    }
+
+    /// Number of rows.
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Positions cached in `slot`: the position its next token gets (0 for a free slot).
+    pub fn len(&self, slot: usize) -> usize {
+        self.lens.get(slot).copied().unwrap_or(0)
+    }
+
+    pub fn is_occupied(&self, slot: usize) -> bool {
+        self.occupied.get(slot).copied().unwrap_or(false)
+    }
+
+    pub(crate) fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The first free slot, if any.
+    pub fn free_slot(&self) -> Option<usize> {
+        self.occupied.iter().position(|o| !o)
+    }
+
+    /// One past the last occupied slot: the rows a decode step has to cover.
+    pub fn width(&self) -> usize {
+        self.occupied.iter().rposition(|&o| o).map_or(0, |s| s + 1)
+    }
+
+    /// Copies a sequence's cache (batch 1, as its prefill left it) into the free `slot`.
+    pub fn load(&mut self, slot: usize, row: &KvCache) -> Result<()> {
+        if slot >= self.slots() || self.occupied[slot] {
+            return Err(RuntimeError::InvalidInput(format!(
+                "batch slot {slot} of {} is not free",
+                self.slots()
+            )));
+        }
+        if row.layers.len() != self.layers.len() || row.len == 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "loading a kv cache of {} layers and {} positions into a batch of {} layers",
+                row.layers.len(),
+                row.len,
+                self.layers.len()
+            )));
+        }
+        // Room for the prompt and one more position, so the next step needs no growth.
+        self.reserve(row.len + 1, row)?;
+        for (layer, src) in self.layers.iter().zip(&row.layers) {
+            let (dst, src) = match (layer, src) {
+                (Some(dst), Some(src)) => (dst, src),
+                _ => {
+                    return Err(RuntimeError::InvalidInput(
+                        "loading an unwritten kv cache into a batch".into(),
+                    ))
+                }
+            };
+            for (d, s) in [(&dst.k, &src.k), (&dst.v, &src.v)] {
+                if s.dim(0)? != 1 {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "loading a kv cache of batch {} into one slot",
+                        s.dim(0)?
+                    )));
+                }
+                d.narrow(0, slot, 1)?
+                    .slice_set(&s.narrow(2, 0, row.len)?.contiguous()?, 2, 0)?;
+            }
+        }
+        self.lens[slot] = row.len;
+        self.occupied[slot] = true;
+        Ok(())
+    }
+
+    /// Frees `slot` for another sequence.
+    pub fn release(&mut self, slot: usize) {
+        if slot < self.slots() {
+            self.lens[slot] = 0;
+            self.occupied[slot] = false;
+        }
+    }
+
+    /// Makes every layer's buffers hold at least `needed` positions per row, shaped like
+    /// `like`'s (heads, head dim, dtype), keeping what they hold.
+    fn reserve(&mut self, needed: usize, like: &KvCache) -> Result<()> {
+        let slots = self.slots();
+        for (layer, src) in self.layers.iter_mut().zip(&like.layers) {
+            let Some(src) = src else { continue };
+            let have = layer.as_ref().map_or(0, LayerBuffers::capacity);
+            if have >= needed {
+                continue;
+            }
+            let (_, h, _, d) = src.k.dims4()?;
+            let capacity = needed.max(2 * have).next_multiple_of(CAPACITY_STEP);
+            let grow = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
+                let buf = Tensor::zeros((slots, h, capacity, d), like.dtype(), like.device())?;
+                if let Some(old) = old {
+                    buf.slice_set(old, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            let old = layer.take();
+            *layer = Some(LayerBuffers {
+                k: grow(old.as_ref().map(|o| &o.k), &src.k)?,
+                v: grow(old.as_ref().map(|o| &o.v), &src.v)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// The longest row among the first `width`, plus the position the step adds.
+    pub(crate) fn step_span(&self, width: usize) -> usize {
+        self.lens[..width].iter().copied().max().unwrap_or(0) + 1
+    }
+
+    /// Positions the rows `0..width` write next (their lengths).
+    pub(crate) fn positions(&self, width: usize) -> &[usize] {
+        &self.lens[..width]
+    }
+
+    /// Writes one position per row (`k`, `v`: `[width, H_kv, 1, D]`) at each row's length
+    /// and returns views of positions `0..step_span(width)` of rows `0..width`.
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let width = k.dim(0)?;
+        let span = self.step_span(width);
+        if width > self.slots() || k.dim(2)? != 1 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "batched decode of keys {:?} over {} slots",
+                k.dims(),
+                self.slots()
+            )));
+        }
+        let buf = self
+            .layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| RuntimeError::InvalidInput(format!("batch has no layer {layer}")))?;
+        if buf.capacity() < span {
+            return Err(RuntimeError::InvalidInput(format!(
+                "batch kv cache holds {} positions, the step needs {span}",
+                buf.capacity()
+            )));
+        }
+        for (dst, src) in [(&buf.k, k), (&buf.v, v)] {
+            for (row, &pos) in self.lens[..width].iter().enumerate() {
+                dst.narrow(0, row, 1)?
+                    .slice_set(&src.narrow(0, row, 1)?.contiguous()?, 2, pos)?;
+            }
+        }
+        Ok((
+            buf.k.narrow(0, 0, width)?.narrow(2, 0, span)?,
+            buf.v.narrow(0, 0, width)?.narrow(2, 0, span)?,
+        ))
+    }
+
+    /// Grows the buffers so that rows `0..width` can take one more position each.
+    pub(crate) fn prepare_step(&mut self, width: usize) -> Result<()> {
+        let span = self.step_span(width);
+        let have = self
+            .layers
+            .iter()
+            .flatten()
+            .map(LayerBuffers::capacity)
+            .min();
+        match have {
+            Some(have) if have < span => {
+                let slots = self.slots();
+                for layer in self.layers.iter_mut().flatten() {
+                    let capacity = span.max(2 * have).next_multiple_of(CAPACITY_STEP);
+                    let grow = |old: &Tensor| -> Result<Tensor> {
+                        let (_, h, _, d) = old.dims4()?;
+                        let buf =
+                            Tensor::zeros((slots, h, capacity, d), old.dtype(), old.device())?;
+                        buf.slice_set(old, 2, 0)?;
+                        Ok(buf)
+                    };
+                    *layer = LayerBuffers {
+                        k: grow(&layer.k)?,
+                        v: grow(&layer.v)?,
+                    };
+                }
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => Err(RuntimeError::InvalidInput(
+                "a decode step over a batch nothing was loaded into".into(),
+            )),
+        }
+    }
+
+    /// Marks one more position cached in every occupied row among `0..width`.
+    pub(crate) fn advance(&mut self, width: usize) {
+        for (len, &occupied) in self.lens[..width].iter_mut().zip(&self.occupied) {
+            if occupied {
+                *len += 1;
+            }
+        }
+    }
+
+    /// Bytes of the buffers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|buf| 2 * buf.k.elem_count() * buf.k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+impl std::fmt::Debug for BatchKvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchKvCache")
+            .field("layers", &self.layers.len())
+            .field("lens", &self.lens)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for KvCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvCache")

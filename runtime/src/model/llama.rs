@@ -14,7 +14,7 @@ use crate::model::source::Weights;
 
 use crate::config::{Activation, LlamaConfig};
 use crate::error::{Result, RuntimeError};
-use crate::model::kv_cache::KvCache;
+use crate::model::kv_cache::{BatchKvCache, KvCache};
 use crate::model::linear::Linear;
 use crate::ops::{self, Kernels};
 
@@ -109,9 +109,10 @@ impl Attention {
         let q = ops::rope(&q, &step.cos, &step.sin, kernels)?;
         let k = ops::rope(&k, &step.cos, &step.sin, kernels)?;
 
-        let (k, v) = match step.cache.as_deref_mut() {
-            None => (k, v),
-            Some(cache) => {
+        let (k, v) = match &mut step.cache {
+            StepCache::None => (k, v),
+            StepCache::Batch(batch) => batch.append(layer, &k, &v)?,
+            StepCache::Sequence(cache) => {
                 let len = cache.len();
                 let (k_all, v_all) = cache.append(layer, &k.detach(), &v.detach())?;
                 match kernels {
@@ -199,11 +200,20 @@ impl DecoderLayer {
 
 /// What every layer of one forward call shares.
 struct Step<'a> {
+    /// `[T, D/2]`, or `[B, 1, D/2]` for a batched decode step (each row at its own position).
     cos: Tensor,
     sin: Tensor,
+    /// Additive: `[T, S]`, or `[B, 1, 1, S]` for a batched decode step.
     mask: Option<Tensor>,
-    cache: Option<&'a mut KvCache>,
+    cache: StepCache<'a>,
     kernels: Kernels,
+}
+
+/// Where a forward call's keys and values go.
+enum StepCache<'a> {
+    None,
+    Sequence(&'a mut KvCache),
+    Batch(&'a mut BatchKvCache),
 }
 
 /// The Llama decoder and its LM head.
@@ -321,17 +331,84 @@ impl Llama {
             cos,
             sin,
             mask,
-            cache,
+            cache: match cache {
+                Some(cache) => StepCache::Sequence(cache),
+                None => StepCache::None,
+            },
             kernels,
         };
-        let mut x = embeds.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &mut step, i)?;
-        }
-        if let Some(cache) = step.cache {
+        let x = self.layers_forward(embeds, &mut step)?;
+        if let StepCache::Sequence(cache) = step.cache {
             cache.advance(t);
         }
         ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, kernels)
+    }
+
+    /// One decode step for rows `0..B` of a batch: `embeds` `[B, 1, d]` holds each row's next
+    /// token, which takes the position `cache.len(row)`, attends to that row's cached
+    /// positions only, and is appended to them. Free slots among the rows are computed
+    /// (their input is anything) and stay free. Returns final-normed hidden states `[B, 1, d]`.
+    pub(crate) fn decode_batch(&self, embeds: &Tensor, cache: &mut BatchKvCache) -> Result<Tensor> {
+        let (b, t, d) = embeds.dims3()?;
+        if d != self.cfg.hidden_size || t != 1 || b == 0 || b > cache.slots() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "batched decode of embeddings {:?}, expected [1..={}, 1, {}]",
+                embeds.dims(),
+                cache.slots(),
+                self.cfg.hidden_size
+            )));
+        }
+        if embeds.dtype() != self.embed_tokens.dtype() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "embeddings of dtype {:?}, the model computes in {:?}",
+                embeds.dtype(),
+                self.embed_tokens.dtype()
+            )));
+        }
+        if cache.num_layers() != self.layers.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "batch kv cache for {} layers, the model has {}",
+                cache.num_layers(),
+                self.layers.len()
+            )));
+        }
+        let positions = cache.positions(b).to_vec();
+        let max = self.rope.cos.dim(0)?;
+        if let Some(&pos) = positions.iter().find(|&&p| p >= max) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "position {pos} exceeds max_position_embeddings {max}"
+            )));
+        }
+        cache.prepare_step(b)?;
+        let span = cache.step_span(b);
+        let device = embeds.device();
+        let ids = Tensor::from_iter(positions.iter().map(|&p| p as u32), device)?;
+        let half = self.cfg.head_dim / 2;
+        let cos = self.rope.cos.index_select(&ids, 0)?.reshape((b, 1, half))?;
+        let sin = self.rope.sin.index_select(&ids, 0)?.reshape((b, 1, half))?;
+        let mask: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| (0..span).map(move |j| if j > p { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, 1, 1, span), device)?.to_dtype(embeds.dtype())?;
+        let mut step = Step {
+            cos,
+            sin,
+            mask: Some(mask),
+            cache: StepCache::Batch(cache),
+            kernels: Kernels::Fast,
+        };
+        let x = self.layers_forward(embeds, &mut step)?;
+        cache.advance(b);
+        ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, Kernels::Fast)
+    }
+
+    fn layers_forward(&self, embeds: &Tensor, step: &mut Step) -> Result<Tensor> {
+        let mut x = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, step, i)?;
+        }
+        Ok(x)
     }
 
     /// `hidden · lm_headᵀ`: `[.., d]` -> `[.., vocab_size]`.

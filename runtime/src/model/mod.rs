@@ -25,7 +25,7 @@ use crate::ops::Kernels;
 use crate::quant::QuantizedLinears;
 use source::Weights;
 
-pub use kv_cache::KvCache;
+pub use kv_cache::{BatchKvCache, KvCache};
 
 use clip::ClipVisionTower;
 use llama::Llama;
@@ -157,6 +157,15 @@ impl LlavaModel {
         kernels: Kernels,
     ) -> Result<Tensor> {
         self.llama.forward_embeds(embeds, cache, kernels)
+    }
+
+    /// One decode step for several sequences at once: row `b` of `embeds` (`[B, 1, d_text]`)
+    /// is the next token of the sequence in slot `b` of `cache`, at that sequence's own
+    /// position, attending to its own positions only. Returns final-normed hidden states
+    /// `[B, 1, d_text]`; each row equals a [`LlavaModel::forward_embeds`] of that sequence
+    /// alone up to floating-point rounding. Fast kernels (inference only).
+    pub fn decode_batch(&self, embeds: &Tensor, cache: &mut BatchKvCache) -> Result<Tensor> {
+        self.llama.decode_batch(embeds, cache)
     }
 
     /// Logits over the base vocabulary `[.., vocab_size]` for hidden states `[.., d_text]`.
@@ -455,6 +464,63 @@ mod tests {
         assert!(KvCache::stack(&[&rows[0], &longer], 0).is_err());
         assert!(KvCache::stack(&[], 0).is_err());
         assert!(rows[0].bytes() > 0);
+    }
+
+    #[test]
+    fn batched_decode_steps_match_each_sequence_alone() {
+        let mut cfg = tiny_config_gqa();
+        cfg.text.max_position_embeddings = 160;
+        let (model, _) = random_model(&cfg, 9, DType::F64, &Device::Cpu).unwrap();
+        let dev = Device::Cpu;
+        // Three sequences with prompts of 5, 2 and 9 positions, each prefilled alone.
+        let prefill = |len: usize, seed: u64| {
+            let mut cache = KvCache::new(&cfg);
+            let prompt = randn(&[1, len, 16], seed, DType::F64, &dev).unwrap();
+            model
+                .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
+                .unwrap();
+            cache
+        };
+        let mut alone = [prefill(5, 20), prefill(2, 21), prefill(9, 22)];
+        let mut batch = BatchKvCache::new(&cfg, 4);
+        // Slot 1 stays free between two sequences; sequence 2 waits for a slot.
+        batch.load(0, &alone[0]).unwrap();
+        batch.load(2, &alone[1]).unwrap();
+        assert!(batch.load(2, &alone[2]).is_err(), "slot 2 is taken");
+        assert_eq!((batch.width(), batch.free_slot()), (3, Some(1)));
+        // slot -> sequence
+        let mut slots: Vec<Option<usize>> = vec![Some(0), None, Some(1)];
+        // Past the first 64-position capacity step, so the batch buffers grow.
+        for step in 0..70u64 {
+            if step == 3 {
+                // Sequence 0 leaves; sequence 2 joins in its slot.
+                batch.release(0);
+                batch.load(0, &alone[2]).unwrap();
+                slots[0] = Some(2);
+            }
+            let width = batch.width();
+            let embeds = randn(&[width, 1, 16], 100 + step, DType::F64, &dev).unwrap();
+            let got = model.decode_batch(&embeds, &mut batch).unwrap();
+            for (slot, seq) in slots.iter().enumerate().take(width) {
+                let Some(seq) = *seq else { continue };
+                let want = model
+                    .forward_embeds(
+                        &embeds.narrow(0, slot, 1).unwrap(),
+                        Some(&mut alone[seq]),
+                        Kernels::Fast,
+                    )
+                    .unwrap();
+                assert_eq!(batch.len(slot), alone[seq].len());
+                let diff = max_abs_diff(&got.narrow(0, slot, 1).unwrap(), &want);
+                assert!(diff < 1e-12, "step {step} slot {slot}: {diff}");
+            }
+            assert_eq!(batch.len(1), 0, "a free slot stays empty");
+        }
+        assert!(batch.bytes() > 0);
+        let too_wide = randn(&[5, 1, 16], 7, DType::F64, &dev).unwrap();
+        assert!(model.decode_batch(&too_wide, &mut batch).is_err());
+        let empty = BatchKvCache::new(&cfg, 2);
+        assert_eq!(empty.width(), 0);
     }
 
     #[test]

@@ -62,12 +62,27 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server on `127.0.0.1:0` with `config` (its address is replaced).
-    pub async fn start(mut config: ServerConfig) -> TestServer {
+    pub async fn start(config: ServerConfig) -> TestServer {
+        TestServer::start_with(config, RuntimeConfig::recommended()).await
+    }
+
+    /// [`TestServer::start`] with chats decoded alone, each in its worker slot (no decode
+    /// batch): a running chat holds a worker, as [`hold_a_worker`] needs.
+    pub async fn start_unbatched(config: ServerConfig) -> TestServer {
+        let runtime_config = RuntimeConfig {
+            decode_batch: 0,
+            ..RuntimeConfig::recommended()
+        };
+        TestServer::start_with(config, runtime_config).await
+    }
+
+    /// [`TestServer::start`] with a runtime configured as given.
+    pub async fn start_with(mut config: ServerConfig, runtime_config: RuntimeConfig) -> TestServer {
         let home = tempfile::tempdir().unwrap();
         let registry = Registry::open(home.path()).unwrap();
         let source = Arc::new(RegistrySource::new(registry.clone()));
         let runtime = tokio::task::spawn_blocking(move || {
-            Runtime::load(&model_dir(), source, RuntimeConfig::recommended()).unwrap()
+            Runtime::load(&model_dir(), source, runtime_config).unwrap()
         })
         .await
         .unwrap();
@@ -154,8 +169,9 @@ impl TestServer {
 }
 
 /// Starts a long streamed generation (1800 tokens, `ignore_eos`) and reads its first chunk,
-/// so it holds a worker until the returned body is dropped (which cancels it). The server
-/// needs `limits.max_tokens` ≥ 1800.
+/// so it holds a worker (on a [`TestServer::start_unbatched`] server; in the decode batch, a
+/// chat slot) until the returned body is dropped (which cancels it). The server needs
+/// `limits.max_tokens` ≥ 1800.
 pub async fn hold_a_worker(
     server: &TestServer,
 ) -> impl futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> {
