@@ -29,6 +29,19 @@ async fn install(server: &TestServer, names: &[&str]) {
     }
 }
 
+/// The server's `/health` document.
+async fn health(server: &TestServer) -> Value {
+    server
+        .client
+        .get(server.at("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+}
+
 /// Parses a finished SSE body into its JSON chunks; asserts it ends with `[DONE]`.
 fn chunks(text: &str) -> Vec<Value> {
     let data = sse_data(text);
@@ -432,17 +445,7 @@ async fn a_full_queue_answers_429_and_drains_when_a_client_leaves() {
     cfg.queue_capacity = 1;
     cfg.limits.max_tokens = 1800;
     let mut server = TestServer::start_unbatched(cfg).await;
-    let health = || async {
-        server
-            .client
-            .get(server.at("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let health = || health(&server);
 
     // A: a long stream that holds the only worker; read its first chunk, then stop reading.
     let a_body = common::hold_a_worker(&server).await;
@@ -517,17 +520,7 @@ async fn a_full_decode_batch_backs_up_into_the_worker_queue() {
         ..RuntimeConfig::recommended()
     };
     let mut server = TestServer::start_with(cfg, one_row).await;
-    let health = || async {
-        server
-            .client
-            .get(server.at("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let health = || health(&server);
     let wait_for = |key: &'static str, value: u64| {
         let health = &health;
         async move {

@@ -36,6 +36,27 @@ impl LayerBuffers {
     fn capacity(&self) -> usize {
         self.k.dim(2).unwrap_or(0)
     }
+
+    fn bytes(&self) -> usize {
+        2 * self.k.elem_count() * self.k.dtype().size_in_bytes()
+    }
+
+    /// Zeroed buffers of `rows` rows and `capacity` positions shaped like `like`'s, holding
+    /// `old`'s positions first (a batch growing keeps what it holds).
+    fn grown(old: Option<&Self>, like: &Self, rows: usize, capacity: usize) -> Result<Self> {
+        let (_, h, _, d) = like.k.dims4()?;
+        let fresh = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
+            let buf = Tensor::zeros((rows, h, capacity, d), like.dtype(), like.device())?;
+            if let Some(old) = old {
+                buf.slice_set(old, 2, 0)?;
+            }
+            Ok(buf)
+        };
+        Ok(LayerBuffers {
+            k: fresh(old.map(|o| &o.k), &like.k)?,
+            v: fresh(old.map(|o| &o.v), &like.v)?,
+        })
+    }
 }
 
 impl KvCache {
@@ -212,11 +233,7 @@ impl KvCache {
 
     /// Bytes of the buffers this cache holds (shared buffers counted in full).
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|buf| 2 * buf.k.elem_count() * buf.k.dtype().size_in_bytes())
-            .sum()
+        self.layers.iter().flatten().map(|buf| buf.bytes()).sum()
     }
 
     /// Marks `t` more positions as cached.
@@ -341,20 +358,8 @@ impl BatchKvCache {
             if have >= needed {
                 continue;
             }
-            let (_, h, _, d) = src.k.dims4()?;
             let capacity = needed.max(2 * have).next_multiple_of(CAPACITY_STEP);
-            let grow = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
-                let buf = Tensor::zeros((slots, h, capacity, d), like.dtype(), like.device())?;
-                if let Some(old) = old {
-                    buf.slice_set(old, 2, 0)?;
-                }
-                Ok(buf)
-            };
-            let old = layer.take();
-            *layer = Some(LayerBuffers {
-                k: grow(old.as_ref().map(|o| &o.k), &src.k)?,
-                v: grow(old.as_ref().map(|o| &o.v), &src.v)?,
-            });
+            *layer = Some(LayerBuffers::grown(layer.as_ref(), src, slots, capacity)?);
         }
         Ok(())
     }
@@ -421,19 +426,10 @@ impl BatchKvCache {
         match have {
             Some(have) if have < span => {
                 let slots = self.slots();
+                let capacity = span.max(2 * have).next_multiple_of(CAPACITY_STEP);
                 for layer in self.layers.iter_mut().flatten() {
-                    let capacity = span.max(2 * have).next_multiple_of(CAPACITY_STEP);
-                    let grow = |old: &Tensor| -> Result<Tensor> {
-                        let (_, h, _, d) = old.dims4()?;
-                        let buf =
-                            Tensor::zeros((slots, h, capacity, d), old.dtype(), old.device())?;
-                        buf.slice_set(old, 2, 0)?;
-                        Ok(buf)
-                    };
-                    *layer = LayerBuffers {
-                        k: grow(&layer.k)?,
-                        v: grow(&layer.v)?,
-                    };
+                    let grown = LayerBuffers::grown(Some(&*layer), layer, slots, capacity)?;
+                    *layer = grown;
                 }
                 Ok(())
             }
@@ -455,11 +451,7 @@ impl BatchKvCache {
 
     /// Bytes of the buffers.
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|buf| 2 * buf.k.elem_count() * buf.k.dtype().size_in_bytes())
-            .sum()
+        self.layers.iter().flatten().map(LayerBuffers::bytes).sum()
     }
 }
 

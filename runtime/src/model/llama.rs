@@ -299,13 +299,7 @@ impl Llama {
                 self.cfg.hidden_size
             )));
         }
-        if embeds.dtype() != self.embed_tokens.dtype() {
-            return Err(RuntimeError::InvalidInput(format!(
-                "embeddings of dtype {:?}, the model computes in {:?}",
-                embeds.dtype(),
-                self.embed_tokens.dtype()
-            )));
-        }
+        self.check_dtype(embeds)?;
         if let Some(cache) = cache.as_deref() {
             if cache.num_layers() != self.layers.len() {
                 return Err(RuntimeError::InvalidInput(format!(
@@ -358,13 +352,7 @@ impl Llama {
                 self.cfg.hidden_size
             )));
         }
-        if embeds.dtype() != self.embed_tokens.dtype() {
-            return Err(RuntimeError::InvalidInput(format!(
-                "embeddings of dtype {:?}, the model computes in {:?}",
-                embeds.dtype(),
-                self.embed_tokens.dtype()
-            )));
-        }
+        self.check_dtype(embeds)?;
         if cache.num_layers() != self.layers.len() {
             return Err(RuntimeError::InvalidInput(format!(
                 "batch kv cache for {} layers, the model has {}",
@@ -401,6 +389,17 @@ impl Llama {
         let x = self.layers_forward(embeds, &mut step)?;
         cache.advance(b);
         ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, Kernels::Fast)
+    }
+
+    fn check_dtype(&self, embeds: &Tensor) -> Result<()> {
+        if embeds.dtype() != self.embed_tokens.dtype() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "embeddings of dtype {:?}, the model computes in {:?}",
+                embeds.dtype(),
+                self.embed_tokens.dtype()
+            )));
+        }
+        Ok(())
     }
 
     fn layers_forward(&self, embeds: &Tensor, step: &mut Step) -> Result<Tensor> {
