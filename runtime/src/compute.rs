@@ -8,20 +8,6 @@ use candle_core::{DType, Device};
 use crate::error::{Result, RuntimeError};
 use crate::quant;
 
-/// Fixes the CPU kernels' thread count for the process. Call it first thing in `main`, before
-/// any thread exists (it sets an environment variable).
-///
-/// Without `RAYON_NUM_THREADS`, candle works out its thread count again on every matrix
-/// product by reading `/proc/cpuinfo`: about 5% of a toy-model training run, and 44% of the
-/// CPU time of a server decoding a small model's batch (docs/serving.md). Working it out once
-/// and setting the variable keeps the same count. A count the user set is left alone.
-pub fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
-}
-
 /// The device and the compute dtype of a base model. Concept tensors, head columns and
 /// logits stay f32 whatever this says; a quantized folder keeps its matrices quantized and
 /// computes the rest in `dtype`.

@@ -425,8 +425,12 @@ async fn batching() {
 }
 
 fn main() {
-    // As `concepts serve` does: otherwise every matrix product reads /proc/cpuinfo.
-    concepts_runtime::compute::pin_thread_count();
+    // As `concepts serve` does (cli/src/main.rs): otherwise candle reads /proc/cpuinfo on
+    // every matrix product.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "## concepts-server serving benchmark\n\nload average before: {}\n",
