@@ -355,6 +355,16 @@ impl ConceptTable {
         Ok(Some(Tensor::stack(&heads, 0)?))
     }
 
+    /// The embedding rows `[m, d]` of the concept tokens, in id order (row `i` is id
+    /// `base_vocab + i`); `None` without active concepts. A batched decode step stacks its
+    /// rows' embeddings into one matrix.
+    pub fn embedding_rows(&self) -> Result<Option<Tensor>> {
+        if self.active.is_empty() {
+            return Ok(None);
+        }
+        self.concept_rows().map(Some)
+    }
+
     /// Concept embedding rows in id order: identifiers, then every concept's latents.
     fn concept_rows(&self) -> Result<Tensor> {
         let mut rows: Vec<Tensor> = Vec::with_capacity(2 * self.active.len());

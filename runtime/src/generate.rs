@@ -190,14 +190,24 @@ fn argmax(logits: &[f32]) -> u32 {
 
 /// Turns a growing list of generated ids into text deltas.
 ///
-/// The whole list is decoded each time and the new suffix returned, so multi-token
-/// characters (byte fallback) and the decoder's leading-space handling come out as in a
-/// one-shot decode; a trailing U+FFFD (an incomplete UTF-8 sequence) is held back. The
-/// stream keeps no reference to the codec, so a sequence can own it.
+/// Each new id is decoded in a window of the ids since the previous delta's context (the
+/// method of the `tokenizers` crate's `DecodeStream` and of TGI): the window's text minus the
+/// text of its context is the delta, so multi-token characters (byte fallback) and the
+/// decoder's leading-space handling come out as in a one-shot decode, while each step decodes
+/// a few ids rather than the whole answer. A trailing U+FFFD (an incomplete UTF-8 sequence)
+/// is held back. [`TextStream::finish`] flushes what was held back, decoding the whole answer
+/// once when there is some. The stream keeps no reference to the codec, so a sequence can own
+/// it.
 #[derive(Debug, Clone, Default)]
 pub struct TextStream {
     ids: Vec<u32>,
+    /// The deltas so far, concatenated.
     emitted: String,
+    /// `ids[context..window]` is the context of the next delta: the ids of the last delta.
+    context: usize,
+    window: usize,
+    /// The decoded text of the context, once computed.
+    context_text: Option<String>,
 }
 
 impl TextStream {
@@ -208,29 +218,49 @@ impl TextStream {
     /// Adds a token; returns the new text, if any is final yet.
     pub fn push(&mut self, codec: &TextCodec, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = codec.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') {
-            return Ok(None);
-        }
-        Ok(self.advance(text))
-    }
-
-    /// Flushes what was held back; returns the full text.
-    pub fn finish(mut self, codec: &TextCodec) -> Result<(Option<String>, String)> {
-        let text = codec.decode(&self.ids)?;
-        let delta = self.advance(text.clone());
-        Ok((delta, text))
-    }
-
-    fn advance(&mut self, text: String) -> Option<String> {
-        match text.strip_prefix(self.emitted.as_str()) {
-            Some(rest) if !rest.is_empty() => {
-                let delta = rest.to_string();
-                self.emitted = text;
-                Some(delta)
+        // A concept marker after text that is all out: its own text, nothing to decode; it
+        // is the next delta's whole context.
+        if self.window + 1 == self.ids.len() {
+            if let Some(marker) = codec.verbatim_marker(id) {
+                self.emitted.push_str(marker);
+                self.context = self.window;
+                self.window = self.ids.len();
+                self.context_text = Some(marker.to_string());
+                return Ok(Some(marker.to_string()));
             }
-            _ => None,
         }
+        let context = match self.context_text.take() {
+            Some(text) => text,
+            None if self.context == self.window => String::new(),
+            None => codec.decode(&self.ids[self.context..self.window])?,
+        };
+        let text = codec.decode(&self.ids[self.context..])?;
+        let delta = text
+            .strip_prefix(context.as_str())
+            .filter(|delta| !delta.is_empty() && !delta.ends_with('\u{FFFD}'));
+        let Some(delta) = delta else {
+            self.context_text = Some(context);
+            return Ok(None);
+        };
+        let delta = delta.to_string();
+        self.emitted.push_str(&delta);
+        self.context = self.window;
+        self.window = self.ids.len();
+        Ok(Some(delta))
+    }
+
+    /// Decodes the whole answer; returns what it has beyond the deltas, and the full text.
+    /// With nothing held back the deltas are that text already.
+    pub fn finish(self, codec: &TextCodec) -> Result<(Option<String>, String)> {
+        if self.window == self.ids.len() {
+            return Ok((None, self.emitted));
+        }
+        let text = codec.decode(&self.ids)?;
+        let delta = text
+            .strip_prefix(self.emitted.as_str())
+            .filter(|rest| !rest.is_empty())
+            .map(str::to_string);
+        Ok((delta, text))
     }
 }
 
@@ -307,7 +337,7 @@ impl Sequence {
             Some(all) => all.i(t - 1)?,
             None => logits_f32(model, table, &hidden.i(t - done - 1..t - done)?)?.squeeze(0)?,
         };
-        let mut sequence = Sequence::new(model, prompt, cfg);
+        let mut sequence = Sequence::new(model, &prompt.ids, cfg);
         sequence.prompt_logits = prompt_logits;
         Ok((sequence, last.to_vec1::<f32>()?))
     }
@@ -316,23 +346,19 @@ impl Sequence {
     /// cache, then the last one fed as if it were a chosen token (the batch scheduler feeds it
     /// in a decode step), whose logits go to the first [`Sequence::choose`]. Not for
     /// [`GenerateConfig::prompt_logits`], which [`Sequence::prefill`] computes.
-    pub fn start(
-        model: &LlavaModel,
-        prompt: &EmbeddedPrompt,
-        cfg: &GenerateConfig,
-    ) -> Result<Sequence> {
-        check_prompt(model, prompt)?;
+    pub fn start(model: &LlavaModel, prompt_ids: &[u32], cfg: &GenerateConfig) -> Result<Sequence> {
+        check_prompt_length(model, prompt_ids.len())?;
         if cfg.prompt_logits {
             return Err(RuntimeError::InvalidInput(
                 "prompt logits need the prompt run by Sequence::prefill".into(),
             ));
         }
-        Ok(Sequence::new(model, prompt, cfg))
+        Ok(Sequence::new(model, prompt_ids, cfg))
     }
 
-    fn new(model: &LlavaModel, prompt: &EmbeddedPrompt, cfg: &GenerateConfig) -> Sequence {
+    fn new(model: &LlavaModel, prompt_ids: &[u32], cfg: &GenerateConfig) -> Sequence {
         Sequence {
-            prompt_ids: prompt.ids.clone(),
+            prompt_ids: prompt_ids.to_vec(),
             prompt_logits: None,
             max_tokens: cfg.max_tokens,
             stop_ids: cfg.stop_ids.clone(),
@@ -408,6 +434,13 @@ fn check_prompt(model: &LlavaModel, prompt: &EmbeddedPrompt) -> Result<usize> {
             prompt.embeds.dims()
         )));
     }
+    check_prompt_length(model, t)
+}
+
+fn check_prompt_length(model: &LlavaModel, t: usize) -> Result<usize> {
+    if t == 0 {
+        return Err(RuntimeError::InvalidInput("empty prompt".into()));
+    }
     let max_pos = model.config().text.max_position_embeddings;
     if t > max_pos {
         return Err(RuntimeError::InvalidInput(format!(
@@ -426,61 +459,92 @@ pub struct StepRow<'a> {
     pub token: u32,
 }
 
-/// The identifier head columns of every row of a batch in one matrix, so a step computes all
-/// rows' identifier logits in one product; built again only when rows join or leave. For a
-/// small LM head the matrix starts with the head itself, so base and identifier logits are one
-/// product (copying a large head at every join would cost more than the product saves).
+/// A sequence's concepts as a batched step uses them, stacked once when it joins the batch:
+/// its identifiers' head columns as rows `[n, d]` and its concept tokens' embedding rows
+/// `[m, d]` in id order (`None` without concepts).
+#[derive(Debug, Clone)]
+pub struct RowConcepts {
+    heads: Tensor,
+    embeds: Tensor,
+}
+
+impl RowConcepts {
+    /// The concepts of `table`; `None` when it has none.
+    pub fn of(table: &ConceptTable) -> Result<Option<RowConcepts>> {
+        Ok(match (table.identifier_heads()?, table.embedding_rows()?) {
+            (Some(heads), Some(embeds)) => Some(RowConcepts { heads, embeds }),
+            _ => None,
+        })
+    }
+}
+
+/// The concepts of every row of a batch, each kind in one matrix, built again only when rows
+/// join or leave: identifier head columns, so a step computes all rows' identifier logits in
+/// one product, and concept embedding rows, so a step embeds every row's token in one gather
+/// whatever its concepts. For a small LM head the head matrix starts with the head itself, so
+/// base and identifier logits are one product (copying a large head at every join would cost
+/// more than the product saves).
 #[derive(Debug, Clone, Default)]
-pub struct BatchHeads {
-    matrix: Option<Tensor>,
-    /// Whether `matrix` starts with the LM head's rows.
+pub struct BatchConcepts {
+    heads: Option<Tensor>,
+    /// Whether `heads` starts with the LM head's rows.
     with_base: bool,
     /// Row `i`'s columns of the identifier product.
     columns: Vec<Range<usize>>,
+    /// Every row's concept embedding rows, one after another.
+    embeds: Option<Tensor>,
+    /// Where row `i`'s embedding rows start in `embeds`.
+    embed_offsets: Vec<usize>,
 }
 
-/// LM heads of at most this many elements are copied into [`BatchHeads`].
+/// LM heads of at most this many elements are copied into [`BatchConcepts`].
 const FUSED_HEAD_ELEMENTS: usize = 1 << 20;
 
-impl BatchHeads {
-    /// From each row's [`ConceptTable::identifier_heads`] (`None`: a row without concepts,
-    /// or a free slot).
-    pub fn new(model: &LlavaModel, rows: &[Option<&Tensor>]) -> Result<Self> {
+impl BatchConcepts {
+    /// From each row's [`RowConcepts`] (`None`: a row without concepts, or a free slot).
+    pub fn new(model: &LlavaModel, rows: &[Option<&RowConcepts>]) -> Result<Self> {
         let mut columns = Vec::with_capacity(rows.len());
-        let mut parts = Vec::new();
-        let mut start = 0;
-        for heads in rows {
-            let n = match heads {
-                Some(h) => {
-                    parts.push(*h);
-                    h.dim(0)?
+        let mut embed_offsets = Vec::with_capacity(rows.len());
+        let (mut heads, mut embeds) = (Vec::new(), Vec::new());
+        let (mut head_start, mut embed_start) = (0, 0);
+        for row in rows {
+            let (n, m) = match row {
+                Some(row) => {
+                    heads.push(&row.heads);
+                    embeds.push(&row.embeds);
+                    (row.heads.dim(0)?, row.embeds.dim(0)?)
                 }
-                None => 0,
+                None => (0, 0),
             };
-            columns.push(start..start + n);
-            start += n;
+            columns.push(head_start..head_start + n);
+            embed_offsets.push(embed_start);
+            head_start += n;
+            embed_start += m;
         }
         let head = model.lm_head_weight();
-        let with_base = !parts.is_empty() && head.elem_count() <= FUSED_HEAD_ELEMENTS;
+        let with_base = !heads.is_empty() && head.elem_count() <= FUSED_HEAD_ELEMENTS;
         if with_base {
-            parts.insert(0, head);
+            heads.insert(0, head);
         }
-        let matrix = if parts.is_empty() {
-            None
-        } else {
-            Some(Tensor::cat(&parts, 0)?)
+        let stacked = |parts: &[&Tensor]| -> Result<Option<Tensor>> {
+            Ok(match parts {
+                [] => None,
+                parts => Some(Tensor::cat(parts, 0)?),
+            })
         };
-        Ok(BatchHeads {
-            matrix,
+        Ok(BatchConcepts {
+            heads: stacked(&heads)?,
             with_base,
             columns,
+            embeds: stacked(&embeds)?,
+            embed_offsets,
         })
     }
 }
 
 /// One decode step for a batch of sequences: `rows[b]` is the sequence in slot `b` of
-/// `cache` and its next token, `None` for a free slot (computed, ignored); `heads` holds the
-/// rows' identifier heads ([`BatchHeads::new`] over the same rows). Returns, per occupied row,
+/// `cache` and its next token, `None` for a free slot (computed, ignored); `concepts` holds
+/// the rows' concepts ([`BatchConcepts::new`] over the same rows). Returns, per occupied row,
 /// the f32 logits after its token: the base vocabulary (one product for the whole batch),
 /// then only that row's own identifiers (one product against every row's heads, of which
 /// each row keeps its own columns).
@@ -488,43 +552,55 @@ pub fn decode_step(
     model: &LlavaModel,
     cache: &mut BatchKvCache,
     rows: &[Option<StepRow<'_>>],
-    heads: &BatchHeads,
+    concepts: &BatchConcepts,
 ) -> Result<Vec<Option<Vec<f32>>>> {
     let b = rows.len();
-    if heads.columns.len() != b {
+    if concepts.columns.len() != b {
         return Err(RuntimeError::InvalidInput(format!(
-            "identifier heads for {} rows in a step of {b}",
-            heads.columns.len()
+            "concepts for {} rows in a step of {b}",
+            concepts.columns.len()
         )));
     }
-    // Base ids of every row in one gather; concept ids (and free slots) take their row from
-    // the row's own table.
+    // Base ids in one gather; concept ids (and free slots) take their row from the batch's
+    // concept rows in a second one, and a mask picks per row.
     let base_vocab = model.config().text.vocab_size as u32;
-    let base_ids: Vec<u32> = rows
-        .iter()
-        .map(|row| match row {
-            Some(row) if row.token < base_vocab => row.token,
-            _ => 0,
-        })
-        .collect();
-    let base_rows = model.embed_tokens(&Tensor::from_vec(base_ids, b, model.device())?)?;
-    let embeds = if rows.iter().flatten().any(|row| row.token >= base_vocab) {
-        let parts = rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| match row {
-                Some(row) if row.token >= base_vocab => row.table.embed_ids(model, &[row.token]),
-                _ => Ok(base_rows.narrow(0, i, 1)?),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 0)?
+    let mut base_ids = vec![0u32; b];
+    let mut concept_rows = vec![0u32; b];
+    let mut is_concept = vec![0u8; b];
+    for (i, row) in rows.iter().enumerate() {
+        let Some(row) = row else { continue };
+        if row.token < base_vocab {
+            base_ids[i] = row.token;
+        } else if (row.token as usize) < row.table.input_vocab_size() {
+            concept_rows[i] =
+                (concepts.embed_offsets[i] + (row.token - base_vocab) as usize) as u32;
+            is_concept[i] = 1;
+        } else {
+            return Err(RuntimeError::InvalidInput(format!(
+                "token id {} of row {i} outside its vocabulary of {}",
+                row.token,
+                row.table.input_vocab_size()
+            )));
+        }
+    }
+    let device = model.device();
+    let base_rows = model.embed_tokens(&Tensor::from_vec(base_ids, b, device)?)?;
+    let embeds = if is_concept.contains(&1) {
+        let table = concepts.embeds.as_ref().ok_or_else(|| {
+            RuntimeError::InvalidInput("a concept token in a batch without concept rows".into())
+        })?;
+        let rows = table.index_select(&Tensor::from_vec(concept_rows, b, device)?, 0)?;
+        let d = model.config().text.hidden_size;
+        Tensor::from_vec(is_concept, (b, 1), device)?
+            .broadcast_as((b, d))?
+            .where_cond(&rows, &base_rows)?
     } else {
         base_rows
     };
     let hidden = model
         .decode_batch(&embeds.unsqueeze(1)?, cache)?
         .squeeze(1)?;
-    let logits = match (&heads.matrix, heads.with_base) {
+    let logits = match (&concepts.heads, concepts.with_base) {
         (Some(matrix), true) => {
             // [base | every row's identifiers]: each row keeps the base and its own columns.
             let v = base_vocab as usize;
@@ -532,7 +608,7 @@ pub fn decode_step(
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
             all.into_iter()
-                .zip(&heads.columns)
+                .zip(&concepts.columns)
                 .map(|(mut row, columns)| {
                     let own = (v + columns.start)..(v + columns.end);
                     row.copy_within(own, v);
@@ -550,7 +626,8 @@ pub fn decode_step(
                 let extra = ops::linear(&hidden, matrix, None)?
                     .to_dtype(DType::F32)?
                     .to_vec2::<f32>()?;
-                for ((row, extra), columns) in logits.iter_mut().zip(&extra).zip(&heads.columns) {
+                for ((row, extra), columns) in logits.iter_mut().zip(&extra).zip(&concepts.columns)
+                {
                     row.extend_from_slice(&extra[columns.clone()]);
                 }
             }
@@ -590,7 +667,11 @@ pub fn generate_cancellable(
 ) -> Result<Generation> {
     check_prompt(model, prompt)?;
     if cancelled() {
-        return Sequence::new(model, prompt, cfg).finish(codec, StopReason::Cancelled, on_text);
+        return Sequence::new(model, &prompt.ids, cfg).finish(
+            codec,
+            StopReason::Cancelled,
+            on_text,
+        );
     }
     let mut cache = KvCache::new(model.config());
     let (mut sequence, mut last) = Sequence::prefill(model, table, prompt, cfg, &mut cache)?;

@@ -253,6 +253,10 @@ pub struct TextCodec {
     source: PathBuf,
     to_runtime: HashMap<u32, u32>,
     from_runtime: HashMap<u32, u32>,
+    /// Marker text by runtime id, for markers that decode as themselves whatever comes
+    /// before them (checked when the codec is built), so a text stream appends them without
+    /// decoding.
+    verbatim: HashMap<u32, String>,
 }
 
 impl std::fmt::Debug for TextCodec {
@@ -304,12 +308,30 @@ impl TextCodec {
                 }
             }
         }
-        Ok(Self {
+        let mut codec = Self {
             tokenizer,
             source: source.to_path_buf(),
             to_runtime,
             from_runtime,
-        })
+            verbatim: HashMap::new(),
+        };
+        // A marker is verbatim when it decodes as itself alone and after an ordinary word
+        // (the decoder neither strips, joins nor rewrites it).
+        let word = codec.encode("a", false)?;
+        let before = codec.decode(&word)?;
+        for m in markers {
+            let alone = codec.decode(&[m.id])?;
+            let after = codec.decode(&[word.as_slice(), &[m.id]].concat())?;
+            if alone == m.marker && after == format!("{before}{}", m.marker) {
+                codec.verbatim.insert(m.id, m.marker.clone());
+            }
+        }
+        Ok(codec)
+    }
+
+    /// The text of marker `id` when it decodes as itself wherever it stands.
+    pub fn verbatim_marker(&self, id: u32) -> Option<&str> {
+        self.verbatim.get(&id).map(String::as_str)
     }
 
     fn tok_err(&self, e: impl std::fmt::Display) -> RuntimeError {

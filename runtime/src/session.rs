@@ -38,6 +38,16 @@ pub struct PromptInput {
     pub images: Vec<PixelValues>,
 }
 
+/// A prompt after [`Engine::tokenize`]: its token ids (each `<image>` expanded to one position
+/// per image feature), the positions of each image, and the images. A server tokenizes once,
+/// to check the prompt's length, and embeds later where it runs.
+#[derive(Debug, Clone)]
+pub struct TokenizedPrompt {
+    pub ids: Vec<u32>,
+    pub spans: Vec<Range<usize>>,
+    pub images: Vec<PixelValues>,
+}
+
 /// A loaded model ready to answer.
 pub struct Engine {
     model: Arc<LlavaModel>,
@@ -285,12 +295,59 @@ impl Engine {
     /// position per image feature, and embeds it with the image features in place.
     pub fn embed_prompt(&self, prompt: &PromptInput) -> Result<EmbeddedPrompt> {
         let (ids, spans) = self.tokenize_prompt(&prompt.text, prompt.images.len())?;
+        self.embed_parts(ids, &spans, &prompt.images)
+    }
+
+    /// The first half of [`Engine::embed_prompt`]: the prompt's ids and image positions.
+    pub fn tokenize(&self, prompt: PromptInput) -> Result<TokenizedPrompt> {
+        let (ids, spans) = self.tokenize_prompt(&prompt.text, prompt.images.len())?;
+        Ok(TokenizedPrompt {
+            ids,
+            spans,
+            images: prompt.images,
+        })
+    }
+
+    /// The second half of [`Engine::embed_prompt`]: embeddings with the image features in
+    /// place. `prompt` must come from [`Engine::tokenize`] of an engine with the same
+    /// concepts (the ids of concept tokens are this engine's).
+    pub fn embed_tokenized(&self, prompt: &TokenizedPrompt) -> Result<EmbeddedPrompt> {
+        self.embed_parts(prompt.ids.clone(), &prompt.spans, &prompt.images)
+    }
+
+    /// The embeddings `[n, d]` of positions `range` of a tokenized prompt: only those ids
+    /// when no image falls in the range (a prompt whose prefix is already in a kv cache),
+    /// else the whole prompt's, narrowed.
+    pub fn embed_range(&self, prompt: &TokenizedPrompt, range: Range<usize>) -> Result<Tensor> {
+        let ids = prompt.ids.get(range.clone()).ok_or_else(|| {
+            RuntimeError::InvalidInput(format!(
+                "positions {range:?} of a prompt of {} tokens",
+                prompt.ids.len()
+            ))
+        })?;
+        if prompt
+            .spans
+            .iter()
+            .all(|span| span.end <= range.start || span.start >= range.end)
+        {
+            return self.table.embed_ids(&self.model, ids);
+        }
+        let all = self.embed_tokenized(prompt)?;
+        Ok(all.embeds.narrow(0, range.start, range.len())?)
+    }
+
+    fn embed_parts(
+        &self,
+        ids: Vec<u32>,
+        spans: &[Range<usize>],
+        images: &[PixelValues],
+    ) -> Result<EmbeddedPrompt> {
         let features = if spans.is_empty() {
             None
         } else {
-            Some(self.image_features(&prompt.images)?)
+            Some(self.image_features(images)?)
         };
-        let embeds = self.embed_with_features(&ids, &spans, features.as_ref())?;
+        let embeds = self.embed_with_features(&ids, spans, features.as_ref())?;
         Ok(EmbeddedPrompt { ids, embeds })
     }
 

@@ -130,6 +130,70 @@ fn preprocessing_jpeg_file_is_close_to_clip_image_processor() {
     );
 }
 
+/// Streamed deltas (each id decoded in a small window, markers appended undecoded) add up to
+/// the one-shot decode of the answer so far after every token but an incomplete character,
+/// over random answers mixing words, byte-fallback pieces and concept markers.
+#[test]
+fn streamed_text_adds_up_to_the_one_shot_decode() {
+    use concepts_runtime::generate::TextStream;
+    use rand::{Rng, SeedableRng};
+    let (json, _) = reference();
+    let path = fixture().join("model/tokenizer.json");
+    let tokenizer = load_tokenizer(&path).expect("tokenizer");
+    let (_, marker_ids) = concept_markers(&json);
+    let codec = TextCodec::new(&tokenizer, &path, &marker_ids).expect("codec");
+    let vocab = json["model_vocab_size"].as_u64().expect("vocab") as u32;
+    let all = vocab + marker_ids.len() as u32;
+    // Markers take the stream's no-decode path with this (Llama) tokenizer.
+    assert!(marker_ids
+        .iter()
+        .all(|m| codec.verbatim_marker(m.id) == Some(m.marker.as_str())));
+    // A multi-byte character in byte-fallback pieces, so some steps hold text back.
+    let bytes: Vec<u32> = "é😀"
+        .bytes()
+        .filter_map(|b| codec.token_id(&format!("<0x{b:02X}>")))
+        .collect();
+    assert_eq!(
+        bytes.len(),
+        6,
+        "the fixture tokenizer has byte-fallback tokens"
+    );
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut held_back = 0;
+    for _ in 0..300 {
+        let n = rng.random_range(1..40);
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            match rng.random_range(0..10) {
+                0 => ids.extend_from_slice(&bytes[..2]),
+                1 => ids.extend_from_slice(&bytes[2..]),
+                _ => ids.push(rng.random_range(3..all)),
+            }
+        }
+        let mut stream = TextStream::new();
+        let mut text = String::new();
+        for (i, &id) in ids.iter().enumerate() {
+            match stream.push(&codec, id).expect("push") {
+                Some(delta) => {
+                    assert!(!delta.ends_with('\u{FFFD}'), "{delta:?}");
+                    text.push_str(&delta);
+                }
+                None => held_back += 1,
+            }
+            // Nothing is held back longer than an incomplete character.
+            let so_far = codec.decode(&ids[..=i]).expect("decode");
+            if !so_far.ends_with('\u{FFFD}') {
+                assert_eq!(text, so_far, "after {:?}", &ids[..=i]);
+            }
+        }
+        let (rest, full) = stream.finish(&codec).expect("finish");
+        text.push_str(rest.as_deref().unwrap_or_default());
+        assert_eq!(full, codec.decode(&ids).expect("decode"));
+        assert_eq!(text, full, "ids {ids:?}");
+    }
+    assert!(held_back > 0);
+}
+
 #[test]
 fn tokenization_around_markers_matches_transformers_added_tokens() {
     let (json, _) = reference();

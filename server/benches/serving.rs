@@ -8,11 +8,14 @@
 //!    1, 2 and 4 concurrent clients;
 //! 4. continuous batching: 8 streaming clients without concepts and with a concept each, on
 //!    the batched server and on one that decodes each chat alone (as before batching), with
-//!    time to first token.
+//!    time to first token;
+//! 5. the same two loads on the batched runtime without HTTP (8 tasks calling `Runtime::chat`).
 //!
 //! Run with `cargo bench -p concepts-server --bench serving [-- SECTION]` (`scan`,
-//! `activation`, `throughput`, `batching`; all by default). Timings are wall-clock medians;
-//! note the machine's load (`uptime`) next to them.
+//! `activation`, `throughput`, `batching`, `runtime`; all by default). Timings are wall-clock
+//! medians; note the machine's load (`uptime`) next to them. `BATCH_THREADS=N` sets the batch
+//! pool's threads; `batching` takes `BATCHING_ROUNDS=N` and `BATCHING_DEFAULTS_ONLY=1`, and
+//! `runtime` takes `PROFILE_LOAD=none|concepts` (one load for 20 s, to run under `perf`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -232,6 +235,14 @@ impl Load {
     }
 }
 
+/// `BATCH_THREADS=N` overrides [`RuntimeConfig::batch_threads`] (0, the default, chooses).
+fn batch_threads() -> usize {
+    std::env::var("BATCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -331,12 +342,18 @@ async fn streamed_load(
 /// (2 workers, each decoding one chat alone; and with 8 workers).
 async fn batching() {
     const CLIENTS: usize = 8;
-    const ROUNDS: usize = 3;
+    // `BATCHING_ROUNDS=N` alternates more windows; `BATCHING_DEFAULTS_ONLY=1` measures only
+    // the batched server with the default settings (for quick comparisons).
+    let rounds: usize = std::env::var("BATCHING_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let defaults_only = std::env::var_os("BATCHING_DEFAULTS_ONLY").is_some();
     const WINDOW: Duration = Duration::from_secs(4);
     println!("### Continuous batching: 8 clients, each with its own concept\n");
     println!(
         "Streamed `/v1/chat/completions`, text only, `max_tokens` 16 with `ignore_eos`; per server, \
-         windows of 4 s alternate between the two loads three times (after a 1 s warm-up each) and \
+         windows of 4 s alternate between the two loads five times (after a 1 s warm-up each) and \
          the median window is shown. TTFT: request sent to the first text chunk.\n"
     );
     println!(
@@ -370,13 +387,15 @@ async fn batching() {
         ("continuous batching (8 rows, 8 workers)", 8, 8, prefixes),
     ];
     let mut results = Vec::new();
-    for (label, workers, batch, prefix_cache_bytes) in servers {
+    let skip = if defaults_only { servers.len() - 1 } else { 0 };
+    for (label, workers, batch, prefix_cache_bytes) in servers.into_iter().skip(skip) {
         let mut cfg = ServerConfig::local(0);
         cfg.workers = workers;
         cfg.queue_capacity = 64;
         let runtime_config = RuntimeConfig {
             decode_batch: batch,
             prefix_cache_bytes,
+            batch_threads: batch_threads(),
             ..RuntimeConfig::recommended()
         };
         let server = Arc::new(TestServer::start_with(cfg, runtime_config).await);
@@ -392,7 +411,7 @@ async fn batching() {
         }
         // Alternating windows, so both loads see the same machine; the median window counts.
         let mut windows: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             for (w, (_, bodies)) in windows.iter_mut().zip(loads) {
                 w.push(streamed_load(&server, bodies, CLIENTS, WINDOW).await);
             }
@@ -400,7 +419,7 @@ async fn batching() {
         for (w, (what, _)) in windows.into_iter().zip(loads) {
             let mut w: Vec<Load> = w;
             w.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
-            let load = w.swap_remove(ROUNDS / 2);
+            let load = w.swap_remove(rounds / 2);
             let rps = load.rps();
             println!(
                 "| {label} | {what} | {rps:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
@@ -414,6 +433,13 @@ async fn batching() {
     }
     // In the order above: [before none, before 8, …, defaults none, defaults 8].
     let n = results.len();
+    if defaults_only {
+        println!(
+            "\nBatched, 8 different concepts vs no concept: {:.2}×\n",
+            results[1] / results[0]
+        );
+        return;
+    }
     println!(
         "\nBatched (8 rows, 8 workers), 8 different concepts vs no concept: {:.2}×; vs the server before \
          batching (2 workers) with the same 8 concepts: {:.2}×; vs one chat per worker with 8 \
@@ -422,6 +448,88 @@ async fn batching() {
         results[n - 1] / results[1],
         results[n - 1] / results[3],
     );
+}
+
+/// The batched runtime without HTTP: 8 tasks calling [`Runtime::chat`], none vs a concept
+/// each (as `batching`'s bodies). `PROFILE_LOAD=none|concepts` runs only that load for 20 s.
+async fn runtime_batching() {
+    use concepts_runtime::api::{ChatMessage, ChatRequest};
+    const CLIENTS: usize = 8;
+    let fp = fingerprint();
+    let config = RuntimeConfig {
+        batch_threads: batch_threads(),
+        ..RuntimeConfig::recommended()
+    };
+    let server = Arc::new(TestServer::start_with(ServerConfig::local(0), config).await);
+    let names: Vec<String> = (0..CLIENTS).map(|i| format!("c{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let (status, body) = server
+            .upload(package_bytes(name, &fp, i as u64, 1.0), false)
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let load = |prefix: &'static str, window: Duration| {
+        let server = server.clone();
+        async move {
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..CLIENTS {
+                let server = server.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while start.elapsed() < window {
+                        let text =
+                            format!("Write a short poem for <{prefix}{i}>. Make it about day {n}.");
+                        let request = ChatRequest {
+                            stop_at_eos: false,
+                            ..ChatRequest::new(vec![ChatMessage::user(text)], 16)
+                        };
+                        let s = server
+                            .runtime
+                            .chat(request)
+                            .await
+                            .unwrap()
+                            .collect()
+                            .await
+                            .unwrap();
+                        assert_eq!(s.completion_tokens, 16);
+                        n += 1;
+                    }
+                    n
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            total as f64 / start.elapsed().as_secs_f64()
+        }
+    };
+    if let Ok(which) = std::env::var("PROFILE_LOAD") {
+        let prefix = if which == "none" { "n" } else { "c" };
+        load(prefix, Duration::from_secs(1)).await;
+        println!(
+            "{which}: {:.1} req/s",
+            load(prefix, Duration::from_secs(20)).await
+        );
+        return;
+    }
+    load("n", Duration::from_secs(1)).await;
+    load("c", Duration::from_secs(1)).await;
+    let (mut none, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        none.push(load("n", Duration::from_secs(2)).await);
+        with.push(load("c", Duration::from_secs(2)).await);
+    }
+    let (none, with) = (median(none), median(with));
+    println!("### Continuous batching without HTTP: 8 tasks calling `Runtime::chat`\n");
+    println!(
+        "The `batching` loads (16 tokens, each request a new question), windows of 2 s \
+         alternating ten times, median window.\n"
+    );
+    println!("| concepts | requests/s |\n|---|---:|");
+    println!("| none | {none:.1} |\n| 8 different | {with:.1} |\n");
+    println!("8 different concepts vs no concept: {:.2}×\n", with / none);
 }
 
 fn main() {
@@ -462,6 +570,9 @@ fn main() {
         }
         if run("batching") {
             batching().await;
+        }
+        if run("runtime") {
+            runtime_batching().await;
         }
     });
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

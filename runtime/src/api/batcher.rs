@@ -20,16 +20,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
-use candle_core::Tensor;
 use tokio::sync::mpsc;
 
+use crate::config::LlavaConfig;
 use crate::error::{Result, RuntimeError};
 use crate::generate::{
-    decode_step, BatchHeads, GenerateConfig, NextStep, Sequence, StepRow, StopReason,
+    decode_step, BatchConcepts, GenerateConfig, NextStep, RowConcepts, Sequence, StepRow,
+    StopReason,
 };
 use crate::model::{BatchKvCache, KvCache};
 use crate::ops::Kernels;
-use crate::session::{Engine, PromptInput};
+use crate::session::{Engine, TokenizedPrompt};
 
 use super::prefix::{prompt_key, PrefixCache};
 use super::{summary, ChatEvent};
@@ -37,18 +38,38 @@ use super::{summary, ChatEvent};
 /// Prompt tokens prefilled between two decode steps while rows are decoding.
 pub(crate) const PREFILL_TOKENS_PER_STEP: usize = 512;
 
+/// Decoder weights from which a decode step is split across cores by default: below it a
+/// step's kernels are too short to share (waking the pool's other workers costs more than
+/// they save, and while they spin they take the core that tokenizes and serves requests;
+/// measured in docs/serving.md).
+const PARALLEL_STEP_WEIGHTS: usize = 16 << 20;
+
+/// The batch pool's threads when [`super::RuntimeConfig::batch_threads`] is 0: one per core
+/// for a decoder of at least [`PARALLEL_STEP_WEIGHTS`] weights, else one.
+pub(crate) fn default_threads(config: &LlavaConfig) -> usize {
+    let t = &config.text;
+    let per_layer = 4 * t.hidden_size * t.hidden_size + 3 * t.hidden_size * t.intermediate_size;
+    if t.num_hidden_layers * per_layer >= PARALLEL_STEP_WEIGHTS {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        1
+    }
+}
+
 /// A chat handed to the batch thread.
 pub(crate) struct Job {
     pub(crate) engine: Engine,
-    pub(crate) prompt: PromptInput,
+    pub(crate) prompt: TokenizedPrompt,
     pub(crate) cfg: GenerateConfig,
-    pub(crate) prompt_tokens: usize,
     pub(crate) events: mpsc::UnboundedSender<Result<ChatEvent>>,
     pub(crate) cancel: Arc<AtomicBool>,
     /// Counts the chat as running until it is dropped.
     pub(crate) running: Running,
     /// The package digest of each active concept, by name (for the prefix cache).
     pub(crate) digests: HashMap<String, String>,
+    /// The chat's concepts, stacked for [`BatchConcepts`] before the chat reaches the
+    /// batch thread.
+    pub(crate) concepts: Option<RowConcepts>,
 }
 
 /// Holds one count of a running-chats counter.
@@ -73,18 +94,18 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batch thread with `slots` rows.
+    /// Starts the batch thread with `slots` rows, in a pool of `threads` threads.
     ///
-    /// The loop runs on a worker of a rayon pool of its own (one thread per core), so the
-    /// CPU kernels it calls split their work within that pool: called from a thread outside
-    /// any pool, every parallel kernel is handed to rayon's global pool and waited for, which
-    /// costs more than a small model's whole kernel (measured in docs/serving.md).
-    pub(crate) fn start(slots: usize, prefix_bytes: usize) -> Result<Batcher> {
+    /// The loop runs on a worker of a rayon pool of its own, so the CPU kernels it calls
+    /// split their work within that pool: called from a thread outside any pool, every
+    /// parallel kernel is handed to rayon's global pool and waited for, which costs more
+    /// than a small model's whole kernel (measured in docs/serving.md).
+    pub(crate) fn start(slots: usize, prefix_bytes: usize, threads: usize) -> Result<Batcher> {
         let failed =
             |e: String| RuntimeError::InvalidInput(format!("starting the batch thread: {e}"));
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
+            .num_threads(threads.max(1))
             .thread_name(|i| format!("concepts-batch-{i}"))
             .build()
             .map_err(|e| failed(e.to_string()))?;
@@ -112,8 +133,6 @@ impl Batcher {
 struct Row {
     job: Job,
     sequence: Sequence,
-    /// The chat's identifier heads, stacked once ([`StepRow::heads`]).
-    heads: Option<Tensor>,
     /// The token the next step feeds.
     next: u32,
 }
@@ -137,8 +156,8 @@ struct BatchLoop {
     cache: Option<BatchKvCache>,
     waiting: VecDeque<Job>,
     prefixes: PrefixCache,
-    /// The rows' identifier heads; `None` after rows joined or left.
-    heads: Option<BatchHeads>,
+    /// The rows' concepts; `None` after rows joined or left.
+    concepts: Option<BatchConcepts>,
 }
 
 impl BatchLoop {
@@ -149,7 +168,7 @@ impl BatchLoop {
             cache: None,
             waiting: VecDeque::new(),
             prefixes: PrefixCache::new(prefix_bytes),
-            heads: None,
+            concepts: None,
         }
     }
 
@@ -181,10 +200,10 @@ impl BatchLoop {
             let Some(job) = self.waiting.pop_front() else {
                 return;
             };
-            spent += job.prompt_tokens.max(1);
+            spent += job.prompt.ids.len().max(1);
             if let Some(row) = self.prefill(job, slot) {
                 self.rows[slot] = Some(row);
-                self.heads = None;
+                self.concepts = None;
             }
         }
     }
@@ -200,13 +219,13 @@ impl BatchLoop {
         let started = (|| {
             let engine = &job.engine;
             let model = engine.model();
-            let prompt = engine.embed_prompt(&job.prompt)?;
+            let ids = &job.prompt.ids;
+            let t = ids.len();
             let image = model.config().image_token_id;
-            let key = prompt_key(&prompt.ids, engine.concepts(), &job.digests, image);
-            let t = prompt.ids.len();
-            let heads = engine.concepts().identifier_heads()?;
+            let key = prompt_key(ids, engine.concepts(), &job.digests, image);
             if job.cfg.prompt_logits || t < 2 {
                 // Prompt logits need every position run here, with the LM head.
+                let prompt = engine.embed_tokenized(&job.prompt)?;
                 let mut cache = KvCache::new(model.config());
                 let (mut sequence, logits) =
                     Sequence::prefill(model, engine.concepts(), &prompt, &job.cfg, &mut cache)?;
@@ -214,25 +233,25 @@ impl BatchLoop {
                 let next = sequence.choose(engine.codec(), &logits, cache.len(), &mut |t| {
                     Row::send_text(&job, t)
                 })?;
-                return Ok((sequence, next, cache, heads));
+                return Ok((sequence, next, cache));
             }
-            // Every position but the last, after what the prefix cache holds; the last one
-            // is the row's first token in the next decode step, whose LM head serves the
-            // whole batch at once.
+            // Every position but the last, after what the prefix cache holds (only those are
+            // embedded); the last one is the row's first token in the next decode step, whose
+            // LM head serves the whole batch at once.
             let mut cache = self
                 .prefixes
                 .lookup(&key, t - 1)
                 .unwrap_or_else(|| KvCache::new(model.config()));
             let done = cache.len();
             if done < t - 1 {
-                let rest = prompt.embeds.narrow(0, done, t - 1 - done)?.unsqueeze(0)?;
+                let rest = engine.embed_range(&job.prompt, done..t - 1)?.unsqueeze(0)?;
                 model.forward_embeds(&rest, Some(&mut cache), Kernels::Fast)?;
             }
             self.prefixes.insert(&key, &cache)?;
-            let sequence = Sequence::start(model, &prompt, &job.cfg)?;
-            Ok((sequence, NextStep::Feed(prompt.ids[t - 1]), cache, heads))
+            let sequence = Sequence::start(model, ids, &job.cfg)?;
+            Ok((sequence, NextStep::Feed(ids[t - 1]), cache))
         })();
-        let (sequence, next, cache, heads) = match started {
+        let (sequence, next, cache) = match started {
             Ok(started) => started,
             Err(e) => {
                 let _ = job.events.send(Err(e));
@@ -256,7 +275,6 @@ impl BatchLoop {
         Some(Row {
             job,
             sequence,
-            heads,
             next,
         })
     }
@@ -288,19 +306,19 @@ impl BatchLoop {
                 })
             })
             .collect();
-        let heads = match self.heads.take() {
-            Some(heads) => Ok(heads),
+        let concepts = match self.concepts.take() {
+            Some(concepts) => Ok(concepts),
             None => {
                 let rows: Vec<_> = self.rows[..width]
                     .iter()
-                    .map(|row| row.as_ref().and_then(|r| r.heads.as_ref()))
+                    .map(|row| row.as_ref().and_then(|r| r.job.concepts.as_ref()))
                     .collect();
-                BatchHeads::new(&model, &rows)
+                BatchConcepts::new(&model, &rows)
             }
         };
-        let logits = heads.and_then(|heads| {
-            let logits = decode_step(&model, cache, &feeds, &heads);
-            self.heads = Some(heads);
+        let logits = concepts.and_then(|concepts| {
+            let logits = decode_step(&model, cache, &feeds, &concepts);
+            self.concepts = Some(concepts);
             logits
         });
         let logits = match logits {
@@ -316,7 +334,7 @@ impl BatchLoop {
                         ))));
                     }
                 }
-                self.heads = None;
+                self.concepts = None;
                 return;
             }
         };
@@ -334,13 +352,13 @@ impl BatchLoop {
                 Ok(NextStep::Feed(next)) => row.next = next,
                 Ok(NextStep::Stop(stop)) => {
                     let row = self.rows[slot].take().expect("row is occupied");
-                    self.heads = None;
+                    self.concepts = None;
                     cache.release(slot);
                     finish_row(row, stop);
                 }
                 Err(e) => {
                     let row = self.rows[slot].take().expect("row is occupied");
-                    self.heads = None;
+                    self.concepts = None;
                     cache.release(slot);
                     let _ = row.job.events.send(Err(e));
                 }
@@ -364,7 +382,7 @@ impl BatchLoop {
                 .is_some_and(|row| row.job.cancel.load(Ordering::SeqCst));
             if cancelled {
                 let row = self.rows[slot].take().expect("row is occupied");
-                self.heads = None;
+                self.concepts = None;
                 if let Some(cache) = self.cache.as_mut() {
                     cache.release(slot);
                 }

@@ -92,11 +92,11 @@ use tokio::sync::mpsc;
 
 use crate::compute::Compute;
 use crate::error::{Result, RuntimeError};
-use crate::generate::{GenerateConfig, Generation, Sampling, StopReason};
+use crate::generate::{self, GenerateConfig, Generation, RowConcepts, Sampling, StopReason};
 use crate::preprocess::{decode_image, load_image, preprocess, ImageLimits, PixelValues};
 use crate::prompt::Exchange;
 pub use crate::prompt::PersonalPrompts;
-use crate::session::{CodecCache, Engine, PromptInput};
+use crate::session::{CodecCache, Engine, PromptInput, TokenizedPrompt};
 
 use batcher::{Batcher, Job, Running};
 use resident::{ResidentCache, ResidentConcept};
@@ -145,6 +145,10 @@ pub struct RuntimeConfig {
     /// with, so a chat that starts as one of them (the system text, the same personal prompt)
     /// runs only the rest of its prompt. 0 turns the reuse off.
     pub prefix_cache_bytes: usize,
+    /// Threads of the decode batch's own pool, which split each step's kernels. 0 chooses:
+    /// one per core for a decoder of at least 16 M weights, one for smaller models, whose
+    /// steps are too short to share across cores (docs/serving.md).
+    pub batch_threads: usize,
 }
 
 impl RuntimeConfig {
@@ -164,6 +168,7 @@ impl RuntimeConfig {
             compute: Compute::cpu(),
             decode_batch: 8,
             prefix_cache_bytes: 256 << 20,
+            batch_threads: 0,
         }
     }
 
@@ -492,7 +497,13 @@ impl Runtime {
         tracing::info!(model = %model_id, dir = %model_dir.display(), "loaded base model");
         let batcher = match config.decode_batch {
             0 => None,
-            slots => Some(Batcher::start(slots, config.prefix_cache_bytes)?),
+            slots => {
+                let threads = match config.batch_threads {
+                    0 => batcher::default_threads(base.model().config()),
+                    n => n,
+                };
+                Some(Batcher::start(slots, config.prefix_cache_bytes, threads)?)
+            }
         };
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -561,11 +572,13 @@ impl Runtime {
             prompt,
             cfg,
             concepts,
-            prompt_tokens,
+            row_concepts,
         } = prepared;
+        let prompt_tokens = prompt.ids.len();
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
+            concepts: row_concepts,
             digests: concepts
                 .iter()
                 .map(|c| (c.name.clone(), c.digest.clone()))
@@ -573,7 +586,6 @@ impl Runtime {
             engine,
             prompt,
             cfg,
-            prompt_tokens,
             events: tx,
             cancel: Arc::clone(&cancel),
             running: Running::start(&self.inner.running),
@@ -692,8 +704,17 @@ fn generate_alone(job: Job) {
         }
     };
     let result = engine
-        .generate_cancellable(&prompt, &cfg, &mut on_text, &|| {
-            cancel.load(Ordering::SeqCst)
+        .embed_tokenized(&prompt)
+        .and_then(|prompt| {
+            generate::generate_cancellable(
+                engine.model(),
+                engine.concepts(),
+                engine.codec(),
+                &prompt,
+                &cfg,
+                &mut on_text,
+                &|| cancel.load(Ordering::SeqCst),
+            )
         })
         .and_then(summary);
     // The reader may be gone; then nobody is waiting for the end either.
@@ -720,10 +741,11 @@ fn summary(g: Generation) -> Result<ChatSummary> {
 /// A chat ready to generate.
 struct PreparedChat {
     engine: Engine,
-    prompt: PromptInput,
+    prompt: TokenizedPrompt,
     cfg: GenerateConfig,
     concepts: Vec<ActiveConcept>,
-    prompt_tokens: usize,
+    /// For the decode batch (stacked here, off the batch thread).
+    row_concepts: Option<RowConcepts>,
 }
 
 /// One user turn and the answer that followed it, if any.
@@ -914,14 +936,15 @@ impl Inner {
             .filter_map(|t| t.image)
             .map(|image| self.pixels(image))
             .collect::<Result<Vec<_>>>()?;
-        let (ids, _) = engine.tokenize_prompt(&text, images.len())?;
+        // Tokenized once, here: the batch thread embeds these ids.
+        let prompt = engine.tokenize(PromptInput { text, images })?;
         let max_pos = engine.model().config().text.max_position_embeddings;
         let limit = self.config.max_prompt_tokens.min(max_pos.saturating_sub(1));
-        if ids.len() > limit {
+        if prompt.ids.len() > limit {
             return Err(RuntimeError::Limit {
                 what: "prompt tokens",
                 limit: limit as u64,
-                found: ids.len() as u64,
+                found: prompt.ids.len() as u64,
             });
         }
         let stop_ids = if request.stop_at_eos {
@@ -936,9 +959,12 @@ impl Inner {
                 stop_ids,
                 prompt_logits: request.prompt_logits,
             },
-            prompt: PromptInput { text, images },
+            row_concepts: match self.batcher {
+                Some(_) => RowConcepts::of(engine.concepts())?,
+                None => None,
+            },
+            prompt,
             concepts: concepts.iter().map(|c| active(c)).collect(),
-            prompt_tokens: ids.len(),
             engine,
         })
     }
