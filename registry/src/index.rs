@@ -84,17 +84,29 @@ pub(crate) struct Index {
 impl Index {
     /// Reads `path`; a missing file is an empty index.
     pub(crate) fn load(path: &Path) -> Result<Index> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Index::default()),
-            Err(e) => return Err(e).io("read", path),
-        };
+        match Index::read_bytes(path)? {
+            Some(bytes) => Index::parse(path, &bytes),
+            None => Ok(Index::default()),
+        }
+    }
+
+    /// The bytes of the index at `path`; `None` when there is no file (an empty index).
+    pub(crate) fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).io("read", path),
+        }
+    }
+
+    /// Parses and checks index bytes read from `path` (named in errors).
+    pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Index> {
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
         }
         let version: Version =
-            serde_json::from_slice(&bytes).map_err(|source| RegistryError::IndexCorrupt {
+            serde_json::from_slice(bytes).map_err(|source| RegistryError::IndexCorrupt {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -106,7 +118,7 @@ impl Index {
             });
         }
         let file: IndexFile =
-            serde_json::from_slice(&bytes).map_err(|source| RegistryError::IndexCorrupt {
+            serde_json::from_slice(bytes).map_err(|source| RegistryError::IndexCorrupt {
                 path: path.to_path_buf(),
                 source,
             })?;

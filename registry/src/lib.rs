@@ -34,6 +34,7 @@ mod view;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use concept_format::{ConceptPackage, ModelFingerprint};
 
@@ -141,6 +142,16 @@ const TMP_DIR: &str = "tmp";
 #[derive(Clone, Debug)]
 pub struct Registry {
     root: PathBuf,
+    /// The index bytes the last [`Registry::view`] read and their entries (shared by clones):
+    /// a view of an unchanged index costs a read and a comparison, not a parse.
+    last_view: Arc<Mutex<Option<ParsedIndex>>>,
+}
+
+/// Index bytes (`None`: no index file) and the entries they hold, in name order.
+#[derive(Debug)]
+struct ParsedIndex {
+    bytes: Option<Vec<u8>>,
+    entries: Arc<[Entry]>,
 }
 
 /// How [`Registry::install_bytes`] treats clashes and base-model differences.
@@ -348,6 +359,7 @@ impl Registry {
     pub fn open(root: &Path) -> Result<Registry> {
         let registry = Registry {
             root: root.to_path_buf(),
+            last_view: Arc::default(),
         };
         for dir in [registry.blob_dir(), registry.tmp_dir()] {
             fs::create_dir_all(&dir).io("create directory", &dir)?;
@@ -669,6 +681,7 @@ impl Registry {
     pub fn rebuild_index(root: &Path) -> Result<RepairReport> {
         let registry = Registry {
             root: root.to_path_buf(),
+            last_view: Arc::default(),
         };
         let blob_dir = registry.blob_dir();
         registry.check_folder(&blob_dir, "rebuild the index")?;
@@ -764,13 +777,29 @@ impl Registry {
     }
 
     /// An in-memory view for the runtime: a snapshot of the index whose packages load on demand.
+    ///
+    /// A server takes one per request: when the index file holds the same bytes as at the
+    /// previous view, its entries are shared instead of parsed again.
     pub fn view(&self) -> Result<RegistryView> {
         let _lock = self.lock(false)?;
-        let index = Index::load(&self.index_path())?;
-        Ok(RegistryView::new(
-            self.clone(),
-            index.entries().cloned().collect(),
-        ))
+        let path = self.index_path();
+        let bytes = Index::read_bytes(&path)?;
+        let mut last = self.last_view.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = match last.as_ref() {
+            Some(parsed) if parsed.bytes == bytes => Arc::clone(&parsed.entries),
+            _ => {
+                let entries: Arc<[Entry]> = match &bytes {
+                    Some(bytes) => Index::parse(&path, bytes)?.entries().cloned().collect(),
+                    None => Arc::new([]),
+                };
+                *last = Some(ParsedIndex {
+                    bytes,
+                    entries: Arc::clone(&entries),
+                });
+                entries
+            }
+        };
+        Ok(RegistryView::new(self.clone(), entries))
     }
 
     // --- internals ---

@@ -18,12 +18,12 @@ use crate::Registry;
 #[derive(Debug)]
 pub struct RegistryView {
     registry: Registry,
-    entries: Vec<Entry>,
+    entries: Arc<[Entry]>,
     loaded: DashMap<Digest, Arc<ConceptPackage>>,
 }
 
 impl RegistryView {
-    pub(crate) fn new(registry: Registry, entries: Vec<Entry>) -> RegistryView {
+    pub(crate) fn new(registry: Registry, entries: Arc<[Entry]>) -> RegistryView {
         RegistryView {
             registry,
             entries,

@@ -383,6 +383,43 @@ fn view_loads_packages_on_demand_and_shares_them() {
     ));
 }
 
+/// Views share the entries of an unchanged index, yet every view follows what was installed or
+/// removed since (through any handle on the registry), and a damaged index is refused.
+#[test]
+fn each_view_sees_the_index_as_it_is_now() {
+    let (_dir, registry) = open();
+    let names = |r: &Registry| -> Vec<String> {
+        r.view()
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    };
+    assert!(names(&registry).is_empty());
+    registry.install_bytes(&package("bo", 1), &KEEP).unwrap();
+    assert_eq!(names(&registry), ["bo"]);
+    // Another handle on the same folder (another process, say) installs: the next view sees it.
+    let other = Registry::open(registry.root()).unwrap();
+    other.install_bytes(&package("mochi", 2), &KEEP).unwrap();
+    assert_eq!(names(&registry), ["bo", "mochi"]);
+    let (a, b) = (registry.view().unwrap(), registry.view().unwrap());
+    assert!(
+        std::ptr::eq(a.entries(), b.entries()),
+        "unchanged index, shared entries"
+    );
+    other.remove("bo").unwrap();
+    assert_eq!(names(&registry), ["mochi"]);
+    let index = registry.root().join("index.json");
+    std::fs::write(&index, "{ not json").unwrap();
+    assert!(matches!(
+        registry.view().unwrap_err(),
+        RegistryError::IndexCorrupt { .. }
+    ));
+    std::fs::remove_file(&index).unwrap();
+    assert!(names(&registry).is_empty());
+}
+
 #[test]
 fn unknown_index_version_is_refused() {
     let (_dir, registry) = open();

@@ -478,73 +478,135 @@ impl RowConcepts {
     }
 }
 
-/// The concepts of every row of a batch, each kind in one matrix, built again only when rows
-/// join or leave: identifier head columns, so a step computes all rows' identifier logits in
-/// one product, and concept embedding rows, so a step embeds every row's token in one gather
-/// whatever its concepts. For a small LM head the head matrix starts with the head itself, so
-/// base and identifier logits are one product (copying a large head at every join would cost
-/// more than the product saves).
-#[derive(Debug, Clone, Default)]
+/// The concepts of every row of a batch, each kind in one matrix: identifier head columns, so
+/// a step computes all rows' identifier logits in one product, and concept embedding rows, so
+/// a step embeds every row's token in one gather whatever its concepts. For a small LM head
+/// the head matrix starts with the head itself, so base and identifier logits are one product.
+///
+/// Each slot owns a fixed stretch of both matrices (room for the most identifiers and concept
+/// tokens any row has had), so a chat joining writes only its own rows in place and a chat
+/// leaving writes nothing ([`BatchConcepts::set`], [`BatchConcepts::clear`]); the matrices are
+/// rebuilt only when a chat brings more concepts than the room. Stretches no row owns are
+/// computed and ignored.
+#[derive(Debug)]
 pub struct BatchConcepts {
+    /// `[head rows (when `with_base`) | slots × head_room identifier rows]`.
     heads: Option<Tensor>,
     /// Whether `heads` starts with the LM head's rows.
     with_base: bool,
-    /// Row `i`'s columns of the identifier product.
+    head_room: usize,
+    /// Slot `i`'s columns of the identifier product (empty: no concepts).
     columns: Vec<Range<usize>>,
-    /// Every row's concept embedding rows, one after another.
+    /// `slots × embed_room` concept embedding rows.
     embeds: Option<Tensor>,
-    /// Where row `i`'s embedding rows start in `embeds`.
-    embed_offsets: Vec<usize>,
+    embed_room: usize,
+    /// How many of slot `i`'s embedding rows are its own.
+    embed_rows: Vec<usize>,
 }
 
 /// LM heads of at most this many elements are copied into [`BatchConcepts`].
 const FUSED_HEAD_ELEMENTS: usize = 1 << 20;
 
 impl BatchConcepts {
-    /// From each row's [`RowConcepts`] (`None`: a row without concepts, or a free slot).
+    /// From each slot's [`RowConcepts`] (`None`: a row without concepts, or a free slot).
     pub fn new(model: &LlavaModel, rows: &[Option<&RowConcepts>]) -> Result<Self> {
-        let mut columns = Vec::with_capacity(rows.len());
-        let mut embed_offsets = Vec::with_capacity(rows.len());
-        let (mut heads, mut embeds) = (Vec::new(), Vec::new());
-        let (mut head_start, mut embed_start) = (0, 0);
-        for row in rows {
-            let (n, m) = match row {
-                Some(row) => {
-                    heads.push(&row.heads);
-                    embeds.push(&row.embeds);
-                    (row.heads.dim(0)?, row.embeds.dim(0)?)
-                }
-                None => (0, 0),
-            };
-            columns.push(head_start..head_start + n);
-            embed_offsets.push(embed_start);
-            head_start += n;
-            embed_start += m;
-        }
-        let head = model.lm_head_weight();
-        let with_base = !heads.is_empty() && head.elem_count() <= FUSED_HEAD_ELEMENTS;
-        if with_base {
-            heads.insert(0, head);
-        }
-        let stacked = |parts: &[&Tensor]| -> Result<Option<Tensor>> {
-            Ok(match parts {
-                [] => None,
-                parts => Some(Tensor::cat(parts, 0)?),
-            })
+        let mut batch = BatchConcepts {
+            heads: None,
+            with_base: false,
+            head_room: 0,
+            columns: vec![0..0; rows.len()],
+            embeds: None,
+            embed_room: 0,
+            embed_rows: vec![0; rows.len()],
         };
-        Ok(BatchConcepts {
-            heads: stacked(&heads)?,
-            with_base,
-            columns,
-            embeds: stacked(&embeds)?,
-            embed_offsets,
-        })
+        let room = |f: fn(&RowConcepts) -> Result<usize>| -> Result<usize> {
+            rows.iter()
+                .flatten()
+                .try_fold(0, |most, row| Ok(most.max(f(row)?)))
+        };
+        let head_room = room(|r| Ok(r.heads.dim(0)?))?;
+        let embed_room = room(|r| Ok(r.embeds.dim(0)?))?;
+        let Some(first) = rows.iter().flatten().next() else {
+            return Ok(batch);
+        };
+        let (_, d) = first.heads.dims2()?;
+        let (dtype, device) = (first.heads.dtype(), first.heads.device());
+        let head = model.lm_head_weight();
+        batch.with_base = head.elem_count() <= FUSED_HEAD_ELEMENTS;
+        let base_rows = if batch.with_base { head.dim(0)? } else { 0 };
+        // Fresh buffers (never a view of a row's tensors): `set` writes into them.
+        let heads = Tensor::zeros((base_rows + rows.len() * head_room, d), dtype, device)?;
+        if batch.with_base {
+            heads.slice_set(&head.to_dtype(dtype)?.contiguous()?, 0, 0)?;
+        }
+        let embeds = Tensor::zeros((rows.len() * embed_room, d), first.embeds.dtype(), device)?;
+        batch.heads = Some(heads);
+        batch.embeds = Some(embeds);
+        batch.head_room = head_room;
+        batch.embed_room = embed_room;
+        for (slot, row) in rows.iter().enumerate() {
+            if let Some(row) = row {
+                batch.write(slot, row)?;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Puts `rows[slot]` (a chat that joined) into its slot: in place when its concepts fit
+    /// the room, otherwise by building every slot's again from `rows`.
+    pub fn set(
+        &mut self,
+        model: &LlavaModel,
+        rows: &[Option<&RowConcepts>],
+        slot: usize,
+    ) -> Result<()> {
+        let fits = |row: &RowConcepts| -> Result<bool> {
+            Ok(self.heads.is_some()
+                && row.heads.dim(0)? <= self.head_room
+                && row.embeds.dim(0)? <= self.embed_room)
+        };
+        match rows.get(slot) {
+            _ if rows.len() != self.columns.len() => *self = Self::new(model, rows)?,
+            Some(None) => self.clear(slot),
+            Some(Some(row)) if fits(row)? => self.write(slot, row)?,
+            _ => *self = Self::new(model, rows)?,
+        }
+        Ok(())
+    }
+
+    /// Empties `slot` (its chat left): its stretch stays, owned by no row.
+    pub fn clear(&mut self, slot: usize) {
+        if let Some(columns) = self.columns.get_mut(slot) {
+            *columns = 0..0;
+            self.embed_rows[slot] = 0;
+        }
+    }
+
+    fn write(&mut self, slot: usize, row: &RowConcepts) -> Result<()> {
+        let (Some(heads), Some(embeds)) = (&self.heads, &self.embeds) else {
+            return Err(RuntimeError::InvalidInput(
+                "concepts written into a batch without concept matrices".into(),
+            ));
+        };
+        let n = row.heads.dim(0)?;
+        let start = slot * self.head_room;
+        let base_rows = if self.with_base {
+            heads.dim(0)? - self.columns.len() * self.head_room
+        } else {
+            0
+        };
+        heads.slice_set(&row.heads.contiguous()?, 0, base_rows + start)?;
+        embeds.slice_set(&row.embeds.contiguous()?, 0, slot * self.embed_room)?;
+        self.columns[slot] = start..start + n;
+        self.embed_rows[slot] = row.embeds.dim(0)?;
+        Ok(())
     }
 }
 
 /// One decode step for a batch of sequences: `rows[b]` is the sequence in slot `b` of
 /// `cache` and its next token, `None` for a free slot (computed, ignored); `concepts` holds
-/// the rows' concepts ([`BatchConcepts::new`] over the same rows). Returns, per occupied row,
+/// the concepts of the same slots ([`BatchConcepts::new`], kept by [`BatchConcepts::set`] and
+/// [`BatchConcepts::clear`]; it may cover more slots than the step). Returns, per occupied row,
 /// the f32 logits after its token: the base vocabulary (one product for the whole batch),
 /// then only that row's own identifiers (one product against every row's heads, of which
 /// each row keeps its own columns).
@@ -555,26 +617,30 @@ pub fn decode_step(
     concepts: &BatchConcepts,
 ) -> Result<Vec<Option<Vec<f32>>>> {
     let b = rows.len();
-    if concepts.columns.len() != b {
+    if concepts.columns.len() < b {
         return Err(RuntimeError::InvalidInput(format!(
-            "concepts for {} rows in a step of {b}",
+            "concepts for {} slots in a step of {b}",
             concepts.columns.len()
         )));
     }
-    // Base ids in one gather; concept ids (and free slots) take their row from the batch's
-    // concept rows in a second one, and a mask picks per row.
+    // Base ids in one gather; a row feeding a concept token then gets its concept row copied
+    // over its (placeholder) base row, in place.
     let base_vocab = model.config().text.vocab_size as u32;
     let mut base_ids = vec![0u32; b];
-    let mut concept_rows = vec![0u32; b];
-    let mut is_concept = vec![0u8; b];
+    let mut concept_rows = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let Some(row) = row else { continue };
         if row.token < base_vocab {
             base_ids[i] = row.token;
         } else if (row.token as usize) < row.table.input_vocab_size() {
-            concept_rows[i] =
-                (concepts.embed_offsets[i] + (row.token - base_vocab) as usize) as u32;
-            is_concept[i] = 1;
+            let index = (row.token - base_vocab) as usize;
+            if index >= concepts.embed_rows[i] {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "concept token {} of row {i} is not among the batch's {} concept rows for it",
+                    row.token, concepts.embed_rows[i]
+                )));
+            }
+            concept_rows.push((i, i * concepts.embed_room + index));
         } else {
             return Err(RuntimeError::InvalidInput(format!(
                 "token id {} of row {i} outside its vocabulary of {}",
@@ -584,19 +650,18 @@ pub fn decode_step(
         }
     }
     let device = model.device();
-    let base_rows = model.embed_tokens(&Tensor::from_vec(base_ids, b, device)?)?;
-    let embeds = if is_concept.contains(&1) {
+    // A fresh tensor (the gather's output), so writing into it touches nothing else.
+    let embeds = model
+        .embed_tokens(&Tensor::from_vec(base_ids, b, device)?)?
+        .contiguous()?;
+    if !concept_rows.is_empty() {
         let table = concepts.embeds.as_ref().ok_or_else(|| {
             RuntimeError::InvalidInput("a concept token in a batch without concept rows".into())
         })?;
-        let rows = table.index_select(&Tensor::from_vec(concept_rows, b, device)?, 0)?;
-        let d = model.config().text.hidden_size;
-        Tensor::from_vec(is_concept, (b, 1), device)?
-            .broadcast_as((b, d))?
-            .where_cond(&rows, &base_rows)?
-    } else {
-        base_rows
-    };
+        for (i, r) in concept_rows {
+            embeds.slice_set(&table.narrow(0, r, 1)?.to_dtype(embeds.dtype())?, 0, i)?;
+        }
+    }
     let hidden = model
         .decode_batch(&embeds.unsqueeze(1)?, cache)?
         .squeeze(1)?;
@@ -791,6 +856,132 @@ fn readout(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::concept_table::ConceptWeights;
+    use crate::model::BatchKvCache;
+    use crate::testing::{randn, random_model, tiny_config};
+    use candle_core::Device;
+
+    /// Chats join and leave a batch (one bringing more concepts than the room, one plain, one
+    /// fitting in place); after every change each row's step logits are those of its chat
+    /// decoding alone with its own concepts.
+    #[test]
+    fn batch_concepts_kept_in_place_step_as_each_chat_alone() {
+        let cfg = tiny_config();
+        let (model, _) = random_model(&cfg, 3, DType::F64, &Device::Cpu).unwrap();
+        let dev = Device::Cpu;
+        let concept = |seed| {
+            let r = |shape: &[usize], s| randn(shape, s, DType::F64, &dev).unwrap();
+            ConceptWeights::new(r(&[16], seed), r(&[2, 16], seed + 1), r(&[16], seed + 2)).unwrap()
+        };
+        let table = |names: &[(&str, u64)]| {
+            let mut t = ConceptTable::new(&model);
+            for &(name, seed) in names {
+                t.activate(name, concept(seed)).unwrap();
+            }
+            t
+        };
+        let tables = [
+            table(&[("bo", 1)]),
+            table(&[("kiki", 4), ("bo", 1)]),
+            table(&[]),
+            table(&[("mug", 7)]),
+        ];
+        let stacked: Vec<Option<RowConcepts>> =
+            tables.iter().map(|t| RowConcepts::of(t).unwrap()).collect();
+        // Which chat each of three slots holds, phase by phase.
+        let phases: [[Option<usize>; 3]; 4] = [
+            [Some(0), None, None],
+            [Some(0), Some(1), None],
+            [None, Some(1), Some(2)],
+            [Some(3), Some(1), Some(2)],
+        ];
+        let mut batch = BatchKvCache::new(&cfg, 3);
+        let mut alone: Vec<Option<KvCache>> = vec![None, None, None];
+        let mut held: [Option<usize>; 3] = [None; 3];
+        let mut concepts: Option<BatchConcepts> = None;
+        let mut seed = 50;
+        for phase in phases {
+            for slot in 0..3 {
+                if held[slot] == phase[slot] {
+                    continue;
+                }
+                if held[slot].take().is_some() {
+                    batch.release(slot);
+                    alone[slot] = None;
+                    if let Some(c) = concepts.as_mut() {
+                        c.clear(slot);
+                    }
+                }
+                let Some(chat) = phase[slot] else { continue };
+                seed += 1;
+                let mut cache = KvCache::new(&cfg);
+                let prompt = randn(&[1, 3, 16], seed, DType::F64, &dev).unwrap();
+                model
+                    .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
+                    .unwrap();
+                batch.load(slot, &cache).unwrap();
+                alone[slot] = Some(cache);
+                held[slot] = Some(chat);
+                let rows: Vec<_> = held
+                    .iter()
+                    .map(|h| h.and_then(|c| stacked[c].as_ref()))
+                    .collect();
+                match concepts.as_mut() {
+                    Some(c) => c.set(&model, &rows, slot).unwrap(),
+                    None => concepts = Some(BatchConcepts::new(&model, &rows).unwrap()),
+                }
+            }
+            // Each row feeds a base token, then its concept tokens in turn.
+            for step in 0..4u32 {
+                let width = batch.width();
+                let feeds: Vec<Option<StepRow>> = held[..width]
+                    .iter()
+                    .map(|h| {
+                        h.map(|chat| {
+                            let t = &tables[chat];
+                            let own = (t.input_vocab_size() - t.base_vocab()) as u32;
+                            let token = match step {
+                                0 => 5,
+                                s if own == 0 => 5 + s,
+                                s => t.base_vocab() as u32 + (s - 1) % own,
+                            };
+                            StepRow { table: t, token }
+                        })
+                    })
+                    .collect();
+                let got =
+                    decode_step(&model, &mut batch, &feeds, concepts.as_ref().unwrap()).unwrap();
+                for (slot, feed) in feeds.iter().enumerate() {
+                    let Some(feed) = feed else {
+                        assert!(got[slot].is_none());
+                        continue;
+                    };
+                    let cache = alone[slot].as_mut().unwrap();
+                    let embed = feed.table.embed_ids(&model, &[feed.token]).unwrap();
+                    let hidden = model
+                        .forward_embeds(&embed.unsqueeze(0).unwrap(), Some(cache), Kernels::Fast)
+                        .unwrap();
+                    let want = logits_f32(&model, feed.table, &hidden.i((0, 0..1)).unwrap())
+                        .unwrap()
+                        .squeeze(0)
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let got = got[slot].as_ref().unwrap();
+                    assert_eq!(got.len(), want.len(), "slot {slot}: own identifiers only");
+                    let diff = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-5,
+                        "phase {phase:?} step {step} slot {slot}: {diff}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn greedy_takes_the_first_maximum() {

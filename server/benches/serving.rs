@@ -336,6 +336,22 @@ async fn streamed_load(
     load
 }
 
+/// How many rounds of two adjacent windows (`BATCHING_ROUNDS`, 40) and how long each window is
+/// (`BATCHING_WINDOW_MS`, 500): short windows, because this machine's speed drifts by tens of
+/// percent over seconds and only adjacent windows see the same machine.
+fn rounds_and_window() -> (usize, Duration) {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        var("BATCHING_ROUNDS", 40) as usize,
+        Duration::from_millis(var("BATCHING_WINDOW_MS", 500)),
+    )
+}
+
 /// Continuous batching against one chat per worker: 8 streaming clients, without concepts
 /// and each with a concept of its own (each request a new question), on the batched
 /// server (with and without the prefix cache) and on the server as it was before batching
@@ -344,17 +360,17 @@ async fn batching() {
     const CLIENTS: usize = 8;
     // `BATCHING_ROUNDS=N` alternates more windows; `BATCHING_DEFAULTS_ONLY=1` measures only
     // the batched server with the default settings (for quick comparisons).
-    let rounds: usize = std::env::var("BATCHING_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+    let (rounds, window) = rounds_and_window();
     let defaults_only = std::env::var_os("BATCHING_DEFAULTS_ONLY").is_some();
-    const WINDOW: Duration = Duration::from_secs(4);
     println!("### Continuous batching: 8 clients, each with its own concept\n");
     println!(
         "Streamed `/v1/chat/completions`, text only, `max_tokens` 16 with `ignore_eos`; per server, \
-         windows of 4 s alternate between the two loads five times (after a 1 s warm-up each) and \
-         the median window is shown. TTFT: request sent to the first text chunk.\n"
+         the two loads run in {rounds} rounds of two adjacent {:.1}-s windows (after a 1 s warm-up \
+         each; which load goes first alternates) and the median window is shown. TTFT: request \
+         sent to the first text chunk. Concepts vs none: the median over rounds of the ratio of \
+         a round's two windows (the machine's speed drifts over seconds; adjacent windows see \
+         the same machine).\n",
+        window.as_secs_f64()
     );
     println!(
         "| server | concepts | requests/s | generated tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | latency p50 (ms) |"
@@ -387,6 +403,8 @@ async fn batching() {
         ("continuous batching (8 rows, 8 workers)", 8, 8, prefixes),
     ];
     let mut results = Vec::new();
+    // Per server: concepts vs none, the median paired ratio and the lowest and highest.
+    let mut ratios: Vec<(f64, (f64, f64))> = Vec::new();
     let skip = if defaults_only { servers.len() - 1 } else { 0 };
     for (label, workers, batch, prefix_cache_bytes) in servers.into_iter().skip(skip) {
         let mut cfg = ServerConfig::local(0);
@@ -406,16 +424,38 @@ async fn batching() {
             assert_eq!(status, 201, "{body}");
         }
         let loads = [("none", &without), ("8 different", &with_concepts)];
+        if let Ok(which) = std::env::var("PROFILE_LOAD") {
+            let bodies = if which == "none" {
+                loads[0].1
+            } else {
+                loads[1].1
+            };
+            streamed_load(&server, bodies, CLIENTS, Duration::from_secs(1)).await;
+            let load = streamed_load(&server, bodies, CLIENTS, Duration::from_secs(20)).await;
+            println!("{which}: {:.1} req/s", load.rps());
+            return;
+        }
         for (_, bodies) in loads {
             streamed_load(&server, bodies, CLIENTS, Duration::from_secs(1)).await;
         }
-        // Alternating windows, so both loads see the same machine; the median window counts.
+        // Adjacent windows, so both loads of a round see the same machine.
         let mut windows: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..rounds {
-            for (w, (_, bodies)) in windows.iter_mut().zip(loads) {
-                w.push(streamed_load(&server, bodies, CLIENTS, WINDOW).await);
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for w in order {
+                windows[w].push(streamed_load(&server, loads[w].1, CLIENTS, window).await);
             }
         }
+        let paired: Vec<f64> = windows[1]
+            .iter()
+            .zip(&windows[0])
+            .map(|(with, none)| with.rps() / none.rps())
+            .collect();
+        let spread = (
+            paired.iter().copied().fold(f64::INFINITY, f64::min),
+            paired.iter().copied().fold(0.0, f64::max),
+        );
+        ratios.push((median(paired), spread));
         for (w, (what, _)) in windows.into_iter().zip(loads) {
             let mut w: Vec<Load> = w;
             w.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
@@ -433,18 +473,17 @@ async fn batching() {
     }
     // In the order above: [before none, before 8, …, defaults none, defaults 8].
     let n = results.len();
+    let (ratio, (low, high)) = *ratios.last().expect("a server was measured");
+    println!(
+        "\nBatched (8 rows, 8 workers), 8 different concepts vs no concept: {ratio:.2}× (median of \
+         {rounds} paired rounds; lowest {low:.2}×, highest {high:.2}×)."
+    );
     if defaults_only {
-        println!(
-            "\nBatched, 8 different concepts vs no concept: {:.2}×\n",
-            results[1] / results[0]
-        );
         return;
     }
     println!(
-        "\nBatched (8 rows, 8 workers), 8 different concepts vs no concept: {:.2}×; vs the server before \
-         batching (2 workers) with the same 8 concepts: {:.2}×; vs one chat per worker with 8 \
-         workers: {:.2}×.\n",
-        results[n - 1] / results[n - 2],
+        "Batched (8 rows, 8 workers) with 8 concepts vs the server before batching (2 workers) with \
+         the same 8 concepts: {:.2}×; vs one chat per worker with 8 workers: {:.2}×.\n",
         results[n - 1] / results[1],
         results[n - 1] / results[3],
     );
@@ -516,20 +555,34 @@ async fn runtime_batching() {
     }
     load("n", Duration::from_secs(1)).await;
     load("c", Duration::from_secs(1)).await;
-    let (mut none, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
-        none.push(load("n", Duration::from_secs(2)).await);
-        with.push(load("c", Duration::from_secs(2)).await);
+    let (rounds, window) = rounds_and_window();
+    let (mut none, mut with, mut paired) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (n, c) = if round % 2 == 0 {
+            let n = load("n", window).await;
+            (n, load("c", window).await)
+        } else {
+            let c = load("c", window).await;
+            (load("n", window).await, c)
+        };
+        none.push(n);
+        with.push(c);
+        paired.push(c / n);
     }
     let (none, with) = (median(none), median(with));
     println!("### Continuous batching without HTTP: 8 tasks calling `Runtime::chat`\n");
     println!(
-        "The `batching` loads (16 tokens, each request a new question), windows of 2 s \
-         alternating ten times, median window.\n"
+        "The `batching` loads (16 tokens, each request a new question), {rounds} rounds of two \
+         adjacent {:.1}-s windows (which goes first alternates), median window; the ratio is the \
+         median of the rounds' ratios.\n",
+        window.as_secs_f64()
     );
     println!("| concepts | requests/s |\n|---|---:|");
     println!("| none | {none:.1} |\n| 8 different | {with:.1} |\n");
-    println!("8 different concepts vs no concept: {:.2}×\n", with / none);
+    println!(
+        "8 different concepts vs no concept: {:.2}×\n",
+        median(paired)
+    );
 }
 
 fn main() {

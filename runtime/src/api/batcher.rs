@@ -156,7 +156,7 @@ struct BatchLoop {
     cache: Option<BatchKvCache>,
     waiting: VecDeque<Job>,
     prefixes: PrefixCache,
-    /// The rows' concepts; `None` after rows joined or left.
+    /// Every slot's concepts, kept as rows join and leave; `None`: built at the next step.
     concepts: Option<BatchConcepts>,
 }
 
@@ -202,8 +202,17 @@ impl BatchLoop {
             };
             spent += job.prompt.ids.len().max(1);
             if let Some(row) = self.prefill(job, slot) {
+                let model = Arc::clone(row.job.engine.model_arc());
                 self.rows[slot] = Some(row);
-                self.concepts = None;
+                if let Some(concepts) = self.concepts.as_mut() {
+                    if concepts
+                        .set(&model, &row_concepts(&self.rows), slot)
+                        .is_err()
+                    {
+                        // Built again (and any error reported) at the next step.
+                        self.concepts = None;
+                    }
+                }
             }
         }
     }
@@ -308,13 +317,7 @@ impl BatchLoop {
             .collect();
         let concepts = match self.concepts.take() {
             Some(concepts) => Ok(concepts),
-            None => {
-                let rows: Vec<_> = self.rows[..width]
-                    .iter()
-                    .map(|row| row.as_ref().and_then(|r| r.job.concepts.as_ref()))
-                    .collect();
-                BatchConcepts::new(&model, &rows)
-            }
+            None => BatchConcepts::new(&model, &row_concepts(&self.rows)),
         };
         let logits = concepts.and_then(|concepts| {
             let logits = decode_step(&model, cache, &feeds, &concepts);
@@ -352,13 +355,17 @@ impl BatchLoop {
                 Ok(NextStep::Feed(next)) => row.next = next,
                 Ok(NextStep::Stop(stop)) => {
                     let row = self.rows[slot].take().expect("row is occupied");
-                    self.concepts = None;
+                    if let Some(concepts) = self.concepts.as_mut() {
+                        concepts.clear(slot);
+                    }
                     cache.release(slot);
                     finish_row(row, stop);
                 }
                 Err(e) => {
                     let row = self.rows[slot].take().expect("row is occupied");
-                    self.concepts = None;
+                    if let Some(concepts) = self.concepts.as_mut() {
+                        concepts.clear(slot);
+                    }
                     cache.release(slot);
                     let _ = row.job.events.send(Err(e));
                 }
@@ -382,7 +389,9 @@ impl BatchLoop {
                 .is_some_and(|row| row.job.cancel.load(Ordering::SeqCst));
             if cancelled {
                 let row = self.rows[slot].take().expect("row is occupied");
-                self.concepts = None;
+                if let Some(concepts) = self.concepts.as_mut() {
+                    concepts.clear(slot);
+                }
                 if let Some(cache) = self.cache.as_mut() {
                     cache.release(slot);
                 }
@@ -390,6 +399,13 @@ impl BatchLoop {
             }
         }
     }
+}
+
+/// Every slot's concepts, as [`BatchConcepts`] takes them.
+fn row_concepts(rows: &[Option<Row>]) -> Vec<Option<&RowConcepts>> {
+    rows.iter()
+        .map(|row| row.as_ref().and_then(|r| r.job.concepts.as_ref()))
+        .collect()
 }
 
 /// Sends a finished row's summary.

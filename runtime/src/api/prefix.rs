@@ -97,7 +97,10 @@ impl PrefixCache {
     }
 
     /// Keeps the first `key.len()` positions of `cache` (as many as it holds), unless an entry
-    /// already covers them; an entry this one extends is replaced.
+    /// already shares all but fewer than [`MIN_PREFIX`] of them (a prompt that differs from an
+    /// earlier one only in its last few tokens, as a new question in the same chat does: running
+    /// those few again costs less than copying the whole prefix at every request); an entry
+    /// this one extends is replaced.
     pub(crate) fn insert(&mut self, key: &[u64], cache: &KvCache) -> Result<()> {
         let n = key.len().min(cache.len());
         if n < MIN_PREFIX || self.budget == 0 {
@@ -105,9 +108,16 @@ impl PrefixCache {
         }
         let key = &key[..n];
         self.clock += 1;
-        if let Some(e) = self.entries.iter_mut().find(|e| e.key.starts_with(key)) {
-            e.used = self.clock;
-            return Ok(());
+        let closest = self
+            .entries
+            .iter_mut()
+            .map(|e| (common_prefix(&e.key, key), e))
+            .max_by_key(|(shared, _)| *shared);
+        if let Some((shared, e)) = closest {
+            if n - shared < MIN_PREFIX {
+                e.used = self.clock;
+                return Ok(());
+            }
         }
         let mut kept = cache.clone();
         kept.truncate(n);
@@ -210,6 +220,18 @@ mod tests {
         assert_eq!(prefixes.lookup(&key, 10).map(|c| c.len()), Some(10));
         // Too short to be worth it.
         assert!(prefixes.lookup(&[0, 1, 2, 77], 3).is_none());
+        // A prompt adding fewer than MIN_PREFIX positions to an entry is not kept; one adding
+        // that many is.
+        let mut near = key.clone();
+        near.truncate(15);
+        near.extend([50, 51, 52, 53, 54]);
+        prefixes.insert(&near, &cache).unwrap();
+        assert_eq!(prefixes.lookup(&near, 19).map(|c| c.len()), Some(15));
+        let mut far = key.clone();
+        far.truncate(12);
+        far.extend(60..68);
+        prefixes.insert(&far, &cache).unwrap();
+        assert_eq!(prefixes.lookup(&far, 19).map(|c| c.len()), Some(19));
         // A budget below one entry keeps nothing.
         let mut tiny = PrefixCache::new(16);
         tiny.insert(&key, &cache).unwrap();
