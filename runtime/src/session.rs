@@ -463,11 +463,34 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Generation> {
         let embedded = self.embed_prompt(prompt)?;
+        self.generate_embedded(&embedded, cfg, on_text, cancelled)
+    }
+
+    /// [`Engine::generate_cancellable`] for a prompt already tokenized by [`Engine::tokenize`]
+    /// (of an engine with the same concepts).
+    pub fn generate_tokenized(
+        &self,
+        prompt: &TokenizedPrompt,
+        cfg: &GenerateConfig,
+        on_text: &mut dyn FnMut(&str),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation> {
+        let embedded = self.embed_tokenized(prompt)?;
+        self.generate_embedded(&embedded, cfg, on_text, cancelled)
+    }
+
+    fn generate_embedded(
+        &self,
+        embedded: &EmbeddedPrompt,
+        cfg: &GenerateConfig,
+        on_text: &mut dyn FnMut(&str),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation> {
         generate::generate_cancellable(
             &self.model,
             &self.table,
             &self.codec,
-            &embedded,
+            embedded,
             cfg,
             on_text,
             cancelled,

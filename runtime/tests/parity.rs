@@ -130,6 +130,15 @@ fn preprocessing_jpeg_file_is_close_to_clip_image_processor() {
     );
 }
 
+/// The fixture's tokenizer with the reference's concept markers, and those markers.
+fn fixture_codec(json: &Value) -> (TextCodec, Vec<MarkerId>) {
+    let path = fixture().join("model/tokenizer.json");
+    let tokenizer = load_tokenizer(&path).expect("tokenizer");
+    let (_, marker_ids) = concept_markers(json);
+    let codec = TextCodec::new(&tokenizer, &path, &marker_ids).expect("codec");
+    (codec, marker_ids)
+}
+
 /// Streamed deltas (each id decoded in a small window, markers appended undecoded) add up to
 /// the one-shot decode of the answer so far after every token but an incomplete character,
 /// over random answers mixing words, byte-fallback pieces and concept markers.
@@ -138,10 +147,7 @@ fn streamed_text_adds_up_to_the_one_shot_decode() {
     use concepts_runtime::generate::TextStream;
     use rand::{Rng, SeedableRng};
     let (json, _) = reference();
-    let path = fixture().join("model/tokenizer.json");
-    let tokenizer = load_tokenizer(&path).expect("tokenizer");
-    let (_, marker_ids) = concept_markers(&json);
-    let codec = TextCodec::new(&tokenizer, &path, &marker_ids).expect("codec");
+    let (codec, marker_ids) = fixture_codec(&json);
     let vocab = json["model_vocab_size"].as_u64().expect("vocab") as u32;
     let all = vocab + marker_ids.len() as u32;
     // Markers take the stream's no-decode path with this (Llama) tokenizer.
@@ -197,10 +203,7 @@ fn streamed_text_adds_up_to_the_one_shot_decode() {
 #[test]
 fn tokenization_around_markers_matches_transformers_added_tokens() {
     let (json, _) = reference();
-    let path = fixture().join("model/tokenizer.json");
-    let tokenizer = load_tokenizer(&path).expect("tokenizer");
-    let (_, marker_ids) = concept_markers(&json);
-    let codec = TextCodec::new(&tokenizer, &path, &marker_ids).expect("codec");
+    let (codec, _) = fixture_codec(&json);
     let cases = json["tokenization"].as_array().expect("cases");
     assert!(!cases.is_empty());
     for case in cases {

@@ -336,6 +336,15 @@ async fn streamed_load(
     load
 }
 
+/// `with[i] / none[i]` over rounds of adjacent windows: the median, then the lowest and the
+/// highest.
+fn paired_ratio(with: &[f64], none: &[f64]) -> (f64, (f64, f64)) {
+    let ratios: Vec<f64> = with.iter().zip(none).map(|(w, n)| w / n).collect();
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(0.0, f64::max);
+    (median(ratios), (low, high))
+}
+
 /// How many rounds of two adjacent windows (`BATCHING_ROUNDS`, 40) and how long each window is
 /// (`BATCHING_WINDOW_MS`, 500): short windows, because this machine's speed drifts by tens of
 /// percent over seconds and only adjacent windows see the same machine.
@@ -403,7 +412,7 @@ async fn batching() {
         ("continuous batching (8 rows, 8 workers)", 8, 8, prefixes),
     ];
     let mut results = Vec::new();
-    // Per server: concepts vs none, the median paired ratio and the lowest and highest.
+    // Per server: concepts vs none (`paired_ratio`).
     let mut ratios: Vec<(f64, (f64, f64))> = Vec::new();
     let skip = if defaults_only { servers.len() - 1 } else { 0 };
     for (label, workers, batch, prefix_cache_bytes) in servers.into_iter().skip(skip) {
@@ -446,16 +455,8 @@ async fn batching() {
                 windows[w].push(streamed_load(&server, loads[w].1, CLIENTS, window).await);
             }
         }
-        let paired: Vec<f64> = windows[1]
-            .iter()
-            .zip(&windows[0])
-            .map(|(with, none)| with.rps() / none.rps())
-            .collect();
-        let spread = (
-            paired.iter().copied().fold(f64::INFINITY, f64::min),
-            paired.iter().copied().fold(0.0, f64::max),
-        );
-        ratios.push((median(paired), spread));
+        let rps = |w: &[Load]| w.iter().map(Load::rps).collect::<Vec<_>>();
+        ratios.push(paired_ratio(&rps(&windows[1]), &rps(&windows[0])));
         for (w, (what, _)) in windows.into_iter().zip(loads) {
             let mut w: Vec<Load> = w;
             w.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
@@ -556,7 +557,7 @@ async fn runtime_batching() {
     load("n", Duration::from_secs(1)).await;
     load("c", Duration::from_secs(1)).await;
     let (rounds, window) = rounds_and_window();
-    let (mut none, mut with, mut paired) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut none, mut with) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let (n, c) = if round % 2 == 0 {
             let n = load("n", window).await;
@@ -567,8 +568,8 @@ async fn runtime_batching() {
         };
         none.push(n);
         with.push(c);
-        paired.push(c / n);
     }
+    let (ratio, (low, high)) = paired_ratio(&with, &none);
     let (none, with) = (median(none), median(with));
     println!("### Continuous batching without HTTP: 8 tasks calling `Runtime::chat`\n");
     println!(
@@ -580,8 +581,8 @@ async fn runtime_batching() {
     println!("| concepts | requests/s |\n|---|---:|");
     println!("| none | {none:.1} |\n| 8 different | {with:.1} |\n");
     println!(
-        "8 different concepts vs no concept: {:.2}×\n",
-        median(paired)
+        "8 different concepts vs no concept: {ratio:.2}× (lowest round {low:.2}×, highest \
+         {high:.2}×)\n"
     );
 }
 

@@ -92,7 +92,7 @@ use tokio::sync::mpsc;
 
 use crate::compute::Compute;
 use crate::error::{Result, RuntimeError};
-use crate::generate::{self, GenerateConfig, Generation, RowConcepts, Sampling, StopReason};
+use crate::generate::{GenerateConfig, Generation, RowConcepts, Sampling, StopReason};
 use crate::preprocess::{decode_image, load_image, preprocess, ImageLimits, PixelValues};
 use crate::prompt::Exchange;
 pub use crate::prompt::PersonalPrompts;
@@ -704,17 +704,8 @@ fn generate_alone(job: Job) {
         }
     };
     let result = engine
-        .embed_tokenized(&prompt)
-        .and_then(|prompt| {
-            generate::generate_cancellable(
-                engine.model(),
-                engine.concepts(),
-                engine.codec(),
-                &prompt,
-                &cfg,
-                &mut on_text,
-                &|| cancel.load(Ordering::SeqCst),
-            )
+        .generate_tokenized(&prompt, &cfg, &mut on_text, &|| {
+            cancel.load(Ordering::SeqCst)
         })
         .and_then(summary);
     // The reader may be gone; then nobody is waiting for the end either.
