@@ -15,7 +15,10 @@
 //! `". What"` on its own would. [`TextCodec`] reproduces exactly this by giving a private copy
 //! of the base tokenizer the active markers as added tokens (`normalized = false`, not
 //! special), encoding the whole text once, and mapping the copy's marker ids to the
-//! runtime's concept ids.
+//! runtime's concept ids. Where it is provably the same (checked when the codec is built, see
+//! `pieces`), the codec assembles those ids from the pieces between markers, tokenizing each
+//! distinct piece once: a concept chat's system text and personal prompts recur in every
+//! request.
 //!
 //! `normalized = false` is transformers' behaviour for `add_special_tokens` and is identical
 //! to `add_tokens` for tokenizers without a normalizer (Llama-2 non-legacy, byte-level BPE).
@@ -46,10 +49,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Result, RuntimeError};
+
+mod pieces;
 
 /// The template id recorded in concept package manifests.
 pub const TEMPLATE_ID: &str = "llava_v1/yollava-1";
@@ -257,6 +263,9 @@ pub struct TextCodec {
     /// before them (checked when the codec is built), so a text stream appends them without
     /// decoding.
     verbatim: HashMap<u32, String>,
+    /// Tokenizes texts with markers piece by piece, each distinct piece once; `None` without
+    /// markers or where that would not give the whole text's ids (`pieces`).
+    pieces: Option<Arc<pieces::Pieces>>,
 }
 
 impl std::fmt::Debug for TextCodec {
@@ -308,12 +317,18 @@ impl TextCodec {
                 }
             }
         }
+        let marker_ids: Vec<(String, u32, u32)> = markers
+            .iter()
+            .map(|m| (m.marker.clone(), from_runtime[&m.id], m.id))
+            .collect();
+        let pieces = pieces::Pieces::new(&tokenizer, &marker_ids).map(Arc::new);
         let mut codec = Self {
             tokenizer,
             source: source.to_path_buf(),
             to_runtime,
             from_runtime,
             verbatim: HashMap::new(),
+            pieces,
         };
         // A marker is verbatim when it decodes as itself alone and after an ordinary word
         // (the decoder neither strips, joins nor rewrites it).
@@ -344,6 +359,16 @@ impl TextCodec {
     /// Token ids of `text`; with `add_special_tokens` the tokenizer's post-processor adds
     /// BOS (and whatever else it adds). Markers become the runtime's concept ids.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        if let Some(pieces) = &self.pieces {
+            return pieces
+                .encode(&self.tokenizer, text, add_special_tokens)
+                .map_err(|e| self.tok_err(e));
+        }
+        self.encode_whole(text, add_special_tokens)
+    }
+
+    /// [`TextCodec::encode`] by running the whole text through the tokenizer.
+    fn encode_whole(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self
             .tokenizer
             .encode(text, add_special_tokens)
@@ -419,6 +444,87 @@ pub fn expand_image_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids assembled from marker-free pieces (each tokenized once) equal the whole text's ids,
+    /// on the parity fixture's Llama tokenizer and the toy model's word-level one, over random
+    /// texts of markers, near-markers, the tokenizers' own added tokens, words, spaces and
+    /// multi-byte characters.
+    #[test]
+    fn pieces_between_markers_tokenize_as_the_whole_text() {
+        use rand::{Rng, SeedableRng};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let markers: Vec<MarkerId> = ["<bo>", "<bo:1>", "<bo:2>", "<bo:10>", "<T>", "<T:1>"]
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MarkerId {
+                marker: m.to_string(),
+                id: 50_000 + i as u32,
+            })
+            .collect();
+        let fragments = [
+            "<bo>",
+            "<bo:1>",
+            "<bo:2>",
+            "<bo:10>",
+            "<T>",
+            "<T:1>",
+            "<bo:3>",
+            "<bo",
+            "bo>",
+            "<bo:>",
+            "<<",
+            ">",
+            "<",
+            "<image>",
+            "</s>",
+            "<s>",
+            "<unk>",
+            " is ",
+            "is",
+            "a",
+            "dog",
+            "Hello",
+            "red",
+            " ",
+            "  ",
+            "\n",
+            ".",
+            ",",
+            "?",
+            "é",
+            "😀",
+            "▁",
+            "USER:",
+            " ASSISTANT:",
+        ];
+        for path in [
+            root.join("tests/fixtures/parity/model/tokenizer.json"),
+            root.join("../models/toy-llava/tokenizer.json"),
+        ] {
+            let tokenizer = load_tokenizer(&path).expect("tokenizer");
+            let codec = TextCodec::new(&tokenizer, &path, &markers).expect("codec");
+            assert!(
+                codec.pieces.is_some(),
+                "{}: no piecewise path",
+                path.display()
+            );
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            for _ in 0..1500 {
+                let n = rng.random_range(0..24);
+                let text: String = (0..n)
+                    .map(|_| fragments[rng.random_range(0..fragments.len())])
+                    .collect();
+                for special in [false, true] {
+                    let whole = codec.encode_whole(&text, special).expect("whole");
+                    // Twice: the second time every piece comes from the cache.
+                    for _ in 0..2 {
+                        let pieces = codec.encode(&text, special).expect("pieces");
+                        assert_eq!(pieces, whole, "{}: {text:?}", path.display());
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn markers_and_personal_prompt() {
