@@ -89,21 +89,22 @@ impl Pieces {
         // Probes: markers at the start, the end, side by side, after spaces and words, inside
         // brackets and next to the base tokenizer's own added tokens.
         let m = &lead;
-        let mut base: Vec<String> = tokenizer
+        // The base's first and last added tokens (`<unk>`, `<s>`, `</s>`, `<image>`…; a
+        // tokenizer may have hundreds, such as byte-fallback pieces, and building a codec
+        // must stay cheap: it happens when a concept set is first used).
+        let mut base: Vec<(u32, String)> = tokenizer
             .get_added_tokens_decoder()
-            .into_values()
-            .map(|t| t.content)
+            .into_iter()
+            .map(|(id, t)| (id, t.content))
             .collect();
         base.sort();
-        let beside_base: String = base.iter().map(|t| format!("{t}{m} w{t} ")).collect();
+        let few = base.iter().take(3).chain(base.iter().skip(3).rev().take(2));
+        let beside_base: String = few.map(|(_, t)| format!("{t}{m} w{t} ")).collect();
         let probes = [
             String::new(),
-            m.clone(),
-            format!("{m}{m}"),
-            format!("a {m} is {m}{m}. b"),
-            format!(" {m}\n{m} . <{m}> x<y {m}>"),
+            format!("a {m} is {m}{m}. b {m}"),
+            format!("{m} {m}\n{m} . <{m}> x<y {m}>"),
             beside_base,
-            "plain words, no marker".to_string(),
         ];
         let to_runtime: HashMap<u32, u32> = markers.iter().map(|(_, l, r)| (*l, *r)).collect();
         for probe in &probes {
@@ -118,6 +119,7 @@ impl Pieces {
                 }
             }
         }
+        pieces.cache.lock().expect("piece cache").clear();
         Some(pieces)
     }
 
