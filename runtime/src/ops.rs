@@ -13,6 +13,9 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 
+mod scaled_softmax;
+mod vexp;
+
 /// Which kernels a forward pass may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
@@ -309,6 +312,12 @@ fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// The activation functions of [`Activation`].
 pub fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
+    if kernels == Kernels::Fast && x.device().is_cpu() && x.dtype() == DType::F32 {
+        if let Some(op) = vexp::SigmoidGated::of(act) {
+            // One pass with the vectorised exp (candle's sigmoid / silu call libm per element).
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+        }
+    }
     Ok(match act {
         Activation::QuickGelu => {
             let z = (x * 1.702)?;
@@ -431,19 +440,69 @@ pub fn causal_mask(t: usize, offset: usize, dtype: DType, device: &Device) -> Re
     Ok(Tensor::from_vec(values, (t, s), device)?.to_dtype(dtype)?)
 }
 
+/// Which keys each query of [`attention`] sees.
+#[derive(Debug)]
+pub enum Mask {
+    /// Every key (the vision tower; a single query over its cache).
+    All,
+    /// `t` queries after `offset` cached positions: query `i` sees keys `0..=offset + i`.
+    /// The inference kernel applies it by bounds; the additive `[t, offset + t]` tensor is
+    /// built (once, on first use) only for the differentiable path.
+    Causal {
+        t: usize,
+        offset: usize,
+        additive: std::sync::OnceLock<Tensor>,
+    },
+    /// An additive mask: `[T, S]`, or `[B, 1, 1, S]` (one per batch row) when `T` is 1, a
+    /// batched decode step whose rows have cached different numbers of positions.
+    Additive(Tensor),
+}
+
+impl Mask {
+    /// [`Mask::Causal`] for `t` queries after `offset` positions.
+    pub fn causal(t: usize, offset: usize) -> Self {
+        Mask::Causal {
+            t,
+            offset,
+            additive: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The mask as an additive tensor, if it masks anything.
+    fn additive(&self, dtype: DType, device: &Device) -> Result<Option<&Tensor>> {
+        match self {
+            Mask::All => Ok(None),
+            Mask::Additive(mask) => Ok(Some(mask)),
+            Mask::Causal {
+                t,
+                offset,
+                additive,
+            } => {
+                if additive.get().is_none() {
+                    // A race only builds the same tensor twice.
+                    let _ = additive.set(causal_mask(*t, *offset, dtype, device)?);
+                }
+                Ok(additive.get())
+            }
+        }
+    }
+}
+
 /// Scaled dot-product attention with grouped-query heads.
 ///
 /// `q` is `[B, H, T, D]`, `k` and `v` are `[B, H_kv, S, D]` with `H` a multiple of `H_kv`;
 /// query head `h` reads key/value head `h / (H / H_kv)` as transformers' `repeat_kv` does.
 /// Instead of repeating keys and values, the query heads of a group are stacked into the
-/// rows of one matrix, so nothing is copied. `mask` is an additive `[T, S]` mask, or
-/// `[B, 1, 1, S]` (one per batch row) when `T` is 1: a batched decode step whose rows have
-/// cached different numbers of positions.
+/// rows of one matrix, so nothing is copied.
+///
+/// With [`Kernels::Fast`] on the CPU the scores are scaled, masked and softmaxed in one pass
+/// per row in f32, a causal mask by bounds (`scaled_softmax`); otherwise (and for f64, which
+/// the model tests use for exact comparisons) by differentiable ops over the additive mask.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    mask: &Mask,
     scale: f64,
     kernels: Kernels,
 ) -> Result<Tensor> {
@@ -456,20 +515,47 @@ pub fn attention(
     }
     let n_rep = h / h_kv;
     let q = q.contiguous()?.reshape((b, h_kv, n_rep * t, d))?;
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = match mask {
-        Some(mask) if mask.rank() == 4 && t == 1 => scores.broadcast_add(mask)?,
-        Some(mask) if n_rep == 1 => scores.broadcast_add(mask)?,
-        Some(mask) => {
-            let mask = mask
-                .unsqueeze(0)?
-                .broadcast_as((n_rep, t, s))?
-                .reshape((n_rep * t, s))?;
-            scores.broadcast_add(&mask)?
+    let scores = q.matmul(&k.t()?)?;
+    let fused = match mask {
+        Mask::All => Some(None),
+        Mask::Causal { t: mt, offset, .. } if *mt == t && offset + t == s => {
+            Some(Some((t, *offset)))
         }
-        None => scores,
+        _ => None,
     };
-    let probs = softmax_last_dim(&scores, kernels)?;
+    let probs = match fused {
+        Some(causal)
+            if kernels == Kernels::Fast
+                && scores.device().is_cpu()
+                && scores.dtype() != DType::F64 =>
+        {
+            let dtype = scores.dtype();
+            let op = scaled_softmax::ScaledSoftmax {
+                scale: scale as f32,
+                causal,
+            };
+            // In place: `scores` is this function's own fresh tensor (or its f32 copy).
+            let scores = scores.to_dtype(DType::F32)?.contiguous()?;
+            scores.inplace_op1(&op)?;
+            scores.to_dtype(dtype)?
+        }
+        _ => {
+            let scores = (scores * scale)?;
+            let scores = match mask.additive(scores.dtype(), scores.device())? {
+                Some(mask) if mask.rank() == 4 && t == 1 => scores.broadcast_add(mask)?,
+                Some(mask) if n_rep == 1 => scores.broadcast_add(mask)?,
+                Some(mask) => {
+                    let mask = mask
+                        .unsqueeze(0)?
+                        .broadcast_as((n_rep, t, s))?
+                        .reshape((n_rep * t, s))?;
+                    scores.broadcast_add(&mask)?
+                }
+                None => scores,
+            };
+            softmax_last_dim(&scores, kernels)?
+        }
+    };
     Ok(probs.matmul(v)?.reshape((b, h, t, d))?)
 }
 
@@ -682,7 +768,7 @@ mod tests {
         let v = randn(&[1, 2, 5, 8], 13);
         let mask = causal_mask(3, 2, DType::F32, &Device::Cpu).unwrap();
         check(
-            |kern| attention(&q, &k, &v, Some(&mask), 0.3, kern).unwrap(),
+            |kern| attention(&q, &k, &v, &Mask::causal(3, 2), 0.3, kern).unwrap(),
             1e-5,
         );
         // Reference: transformers' repeat_kv (head h reads kv head h / 2), then plain attention.
@@ -699,19 +785,51 @@ mod tests {
             .unwrap()
             .matmul(&vr)
             .unwrap();
-        let got = attention(&q, &k, &v, Some(&mask), 0.3, Kernels::Fast).unwrap();
+        let got = attention(&q, &k, &v, &Mask::causal(3, 2), 0.3, Kernels::Fast).unwrap();
         assert!(max_abs_diff(&got, &want) < 1e-5);
+        // The same mask as a tensor takes the unfused path.
+        let additive = attention(&q, &k, &v, &Mask::Additive(mask), 0.3, Kernels::Fast).unwrap();
+        assert!(max_abs_diff(&additive, &want) < 1e-5);
         // The first query (at position 2) sees exactly keys 0..=2.
         let first = attention(
             &q.narrow(2, 0, 1).unwrap(),
             &k.narrow(2, 0, 3).unwrap(),
             &v.narrow(2, 0, 3).unwrap(),
-            None,
+            &Mask::All,
             0.3,
             Kernels::Fast,
         )
         .unwrap();
         assert!(max_abs_diff(&first, &got.narrow(2, 0, 1).unwrap()) < 1e-6);
+    }
+
+    /// The one-pass kernel at a prefill's size (rows split over tasks, batch rows, grouped
+    /// heads, large scores) against the composed ops, causal and unmasked, f32 and f16.
+    #[test]
+    fn fused_attention_softmax_matches_composed_at_prefill_size() {
+        let q = (randn(&[2, 4, 37, 16], 21) * 4.0).unwrap();
+        let k = (randn(&[2, 2, 300, 16], 22) * 4.0).unwrap();
+        let v = randn(&[2, 2, 300, 16], 23);
+        for mask in [Mask::causal(37, 263), Mask::All] {
+            let fast = attention(&q, &k, &v, &mask, 0.25, Kernels::Fast).unwrap();
+            let composed = attention(&q, &k, &v, &mask, 0.25, Kernels::Differentiable).unwrap();
+            let diff = max_abs_diff(&fast, &composed);
+            assert!(diff < 2e-6, "{mask:?}: {diff}");
+            let half = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+            let fast = attention(&half(&q), &half(&k), &half(&v), &mask, 0.25, Kernels::Fast)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let diff = max_abs_diff(&fast, &composed);
+            assert!(diff < 5e-2, "{mask:?} f16: {diff}");
+        }
+        // A causal mask that does not fit the scores is refused, not misapplied.
+        let wrong = Tensor::zeros((1, 1, 4, 6), DType::F32, &Device::Cpu).unwrap();
+        let op = scaled_softmax::ScaledSoftmax {
+            scale: 1.0,
+            causal: Some((4, 3)),
+        };
+        assert!(wrong.inplace_op1(&op).is_err());
     }
 
     #[test]

@@ -49,7 +49,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -263,9 +263,13 @@ pub struct TextCodec {
     /// before them (checked when the codec is built), so a text stream appends them without
     /// decoding.
     verbatim: HashMap<u32, String>,
+    /// (marker, id in `tokenizer`, runtime id) of each marker.
+    markers: Arc<[(String, u32, u32)]>,
     /// Tokenizes texts with markers piece by piece, each distinct piece once; `None` without
-    /// markers or where that would not give the whole text's ids (`pieces`).
-    pieces: Option<Arc<pieces::Pieces>>,
+    /// markers or where that would not give the whole text's ids (`pieces`). Built on the
+    /// first encode (probing costs a few encodes, and many codecs never encode: a concept
+    /// activated and deactivated, a codec built to decode).
+    pieces: OnceLock<Option<Arc<pieces::Pieces>>>,
 }
 
 impl std::fmt::Debug for TextCodec {
@@ -317,18 +321,18 @@ impl TextCodec {
                 }
             }
         }
-        let marker_ids: Vec<(String, u32, u32)> = markers
+        let marker_ids = markers
             .iter()
             .map(|m| (m.marker.clone(), from_runtime[&m.id], m.id))
             .collect();
-        let pieces = pieces::Pieces::new(&tokenizer, &marker_ids).map(Arc::new);
         let mut codec = Self {
             tokenizer,
             source: source.to_path_buf(),
             to_runtime,
             from_runtime,
             verbatim: HashMap::new(),
-            pieces,
+            markers: marker_ids,
+            pieces: OnceLock::new(),
         };
         // A marker is verbatim when it decodes as itself alone and after an ordinary word
         // (the decoder neither strips, joins nor rewrites it).
@@ -359,7 +363,10 @@ impl TextCodec {
     /// Token ids of `text`; with `add_special_tokens` the tokenizer's post-processor adds
     /// BOS (and whatever else it adds). Markers become the runtime's concept ids.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        if let Some(pieces) = &self.pieces {
+        let pieces = self
+            .pieces
+            .get_or_init(|| pieces::Pieces::new(&self.tokenizer, &self.markers).map(Arc::new));
+        if let Some(pieces) = pieces {
             return pieces
                 .encode(&self.tokenizer, text, add_special_tokens)
                 .map_err(|e| self.tok_err(e));
@@ -503,8 +510,9 @@ mod tests {
         ] {
             let tokenizer = load_tokenizer(&path).expect("tokenizer");
             let codec = TextCodec::new(&tokenizer, &path, &markers).expect("codec");
+            codec.encode("", false).expect("first encode");
             assert!(
-                codec.pieces.is_some(),
+                matches!(codec.pieces.get(), Some(Some(_))),
                 "{}: no piecewise path",
                 path.display()
             );

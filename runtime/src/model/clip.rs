@@ -229,7 +229,7 @@ impl Attention {
         let k = heads(self.k_proj.forward(x)?)?;
         let v = heads(self.v_proj.forward(x)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = ops::attention(&q, &k, &v, None, scale, kernels)?;
+        let out = ops::attention(&q, &k, &v, &ops::Mask::All, scale, kernels)?;
         self.out_proj
             .forward(&out.transpose(1, 2)?.reshape((b, n, d))?)
     }

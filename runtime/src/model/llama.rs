@@ -128,7 +128,7 @@ impl Attention {
             }
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = ops::attention(&q, &k, &v, step.mask.as_ref(), scale, kernels)?;
+        let out = ops::attention(&q, &k, &v, &step.mask, scale, kernels)?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
@@ -204,7 +204,7 @@ struct Step<'a> {
     cos: Tensor,
     sin: Tensor,
     /// Additive: `[T, S]`, or `[B, 1, 1, S]` for a batched decode step.
-    mask: Option<Tensor>,
+    mask: ops::Mask,
     cache: StepCache<'a>,
     kernels: Kernels,
 }
@@ -312,14 +312,9 @@ impl Llama {
         let offset = cache.as_deref().map_or(0, KvCache::len);
         let (cos, sin) = self.rope.angles(offset, t)?;
         let mask = if t > 1 {
-            Some(ops::causal_mask(
-                t,
-                offset,
-                embeds.dtype(),
-                embeds.device(),
-            )?)
+            ops::Mask::causal(t, offset)
         } else {
-            None
+            ops::Mask::All
         };
         let mut step = Step {
             cos,
@@ -382,7 +377,7 @@ impl Llama {
         let mut step = Step {
             cos,
             sin,
-            mask: Some(mask),
+            mask: ops::Mask::Additive(mask),
             cache: StepCache::Batch(cache),
             kernels: Kernels::Fast,
         };
