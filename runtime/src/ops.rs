@@ -453,8 +453,15 @@ pub enum Mask {
         offset: usize,
         additive: std::sync::OnceLock<Tensor>,
     },
-    /// An additive mask: `[T, S]`, or `[B, 1, 1, S]` (one per batch row) when `T` is 1, a
-    /// batched decode step whose rows have cached different numbers of positions.
+    /// One query per batch row over `span` keys, batch row `b` seeing keys `0..keys[b]`: a
+    /// batched decode step whose rows have cached different numbers of positions. The
+    /// additive `[B, 1, 1, span]` tensor is built only for the composed path.
+    PerBatchRow {
+        keys: Vec<usize>,
+        span: usize,
+        additive: std::sync::OnceLock<Tensor>,
+    },
+    /// An additive mask: `[T, S]`, or `[B, 1, 1, S]` (one per batch row) when `T` is 1.
     Additive(Tensor),
 }
 
@@ -464,6 +471,15 @@ impl Mask {
         Mask::Causal {
             t,
             offset,
+            additive: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// [`Mask::PerBatchRow`]: batch row `b` sees keys `0..keys[b]` of `span`.
+    pub fn per_batch_row(keys: Vec<usize>, span: usize) -> Self {
+        Mask::PerBatchRow {
+            keys,
+            span,
             additive: std::sync::OnceLock::new(),
         }
     }
@@ -481,6 +497,24 @@ impl Mask {
                 if additive.get().is_none() {
                     // A race only builds the same tensor twice.
                     let _ = additive.set(causal_mask(*t, *offset, dtype, device)?);
+                }
+                Ok(additive.get())
+            }
+            Mask::PerBatchRow {
+                keys,
+                span,
+                additive,
+            } => {
+                if additive.get().is_none() {
+                    let values: Vec<f32> = keys
+                        .iter()
+                        .flat_map(|&k| {
+                            (0..*span).map(move |j| if j < k { 0.0 } else { f32::NEG_INFINITY })
+                        })
+                        .collect();
+                    let mask = Tensor::from_vec(values, (keys.len(), 1, 1, *span), device)?
+                        .to_dtype(dtype)?;
+                    let _ = additive.set(mask);
                 }
                 Ok(additive.get())
             }
@@ -517,14 +551,20 @@ pub fn attention(
     let q = q.contiguous()?.reshape((b, h_kv, n_rep * t, d))?;
     let scores = q.matmul(&k.t()?)?;
     let fused = match mask {
-        Mask::All => Some(None),
+        Mask::All => Some(scaled_softmax::Visible::All),
         Mask::Causal { t: mt, offset, .. } if *mt == t && offset + t == s => {
-            Some(Some((t, *offset)))
+            Some(scaled_softmax::Visible::Causal { t, offset: *offset })
+        }
+        Mask::PerBatchRow { keys, span, .. } if t == 1 && keys.len() == b && *span == s => {
+            Some(scaled_softmax::Visible::PerBatchRow {
+                rows: h,
+                keys: keys.clone(),
+            })
         }
         _ => None,
     };
     let probs = match fused {
-        Some(causal)
+        Some(visible)
             if kernels == Kernels::Fast
                 && scores.device().is_cpu()
                 && scores.dtype() != DType::F64 =>
@@ -532,7 +572,7 @@ pub fn attention(
             let dtype = scores.dtype();
             let op = scaled_softmax::ScaledSoftmax {
                 scale: scale as f32,
-                causal,
+                visible,
             };
             // In place: `scores` is this function's own fresh tensor (or its f32 copy).
             let scores = scores.to_dtype(DType::F32)?.contiguous()?;
@@ -823,11 +863,31 @@ mod tests {
             let diff = max_abs_diff(&fast, &composed);
             assert!(diff < 5e-2, "{mask:?} f16: {diff}");
         }
+        // A batched decode step: one query per batch row, each seeing its own number of keys.
+        let q = (randn(&[3, 4, 1, 16], 24) * 4.0).unwrap();
+        let k = (randn(&[3, 2, 40, 16], 25) * 4.0).unwrap();
+        let v = randn(&[3, 2, 40, 16], 26);
+        let mask = Mask::per_batch_row(vec![40, 7, 23], 40);
+        let fast = attention(&q, &k, &v, &mask, 0.25, Kernels::Fast).unwrap();
+        let composed = attention(&q, &k, &v, &mask, 0.25, Kernels::Differentiable).unwrap();
+        let diff = max_abs_diff(&fast, &composed);
+        assert!(diff < 2e-6, "per batch row: {diff}");
+        // Row 1 alone over its 7 keys.
+        let alone = attention(
+            &q.narrow(0, 1, 1).unwrap(),
+            &k.narrow(0, 1, 1).unwrap().narrow(2, 0, 7).unwrap(),
+            &v.narrow(0, 1, 1).unwrap().narrow(2, 0, 7).unwrap(),
+            &Mask::All,
+            0.25,
+            Kernels::Fast,
+        )
+        .unwrap();
+        assert!(max_abs_diff(&alone, &fast.narrow(0, 1, 1).unwrap()) < 2e-6);
         // A causal mask that does not fit the scores is refused, not misapplied.
         let wrong = Tensor::zeros((1, 1, 4, 6), DType::F32, &Device::Cpu).unwrap();
         let op = scaled_softmax::ScaledSoftmax {
             scale: 1.0,
-            causal: Some((4, 3)),
+            visible: scaled_softmax::Visible::Causal { t: 4, offset: 3 },
         };
         assert!(wrong.inplace_op1(&op).is_err());
     }

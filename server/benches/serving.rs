@@ -8,7 +8,7 @@
 //!    1, 2 and 4 concurrent clients;
 //! 4. continuous batching: 8 streaming clients without concepts and with a concept each, on
 //!    the batched server and on one that decodes each chat alone (as before batching), with
-//!    time to first token;
+//!    time to first token; all servers side by side, compared in paired windows;
 //! 5. the same two loads on the batched runtime without HTTP (8 tasks calling `Runtime::chat`).
 //!
 //! Run with `cargo bench -p concepts-server --bench serving [-- SECTION]` (`scan`,
@@ -29,6 +29,10 @@ use concept_registry::{InstallOptions, Registry};
 use concepts_runtime::api::{ImageInput, MemorySource, Runtime, RuntimeConfig, Selection};
 use concepts_server::{RegistrySource, ServerConfig};
 use serde_json::json;
+
+/// The allocator the `concepts` binary (`concepts serve`) uses (see cli/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -373,12 +377,13 @@ async fn batching() {
     let defaults_only = std::env::var_os("BATCHING_DEFAULTS_ONLY").is_some();
     println!("### Continuous batching: 8 clients, each with its own concept\n");
     println!(
-        "Streamed `/v1/chat/completions`, text only, `max_tokens` 16 with `ignore_eos`; per server, \
-         the two loads run in {rounds} rounds of two adjacent {:.1}-s windows (after a 1 s warm-up \
-         each; which load goes first alternates) and the median window is shown. TTFT: request \
-         sent to the first text chunk. Concepts vs none: the median over rounds of the ratio of \
-         a round's two windows (the machine's speed drifts over seconds; adjacent windows see \
-         the same machine).\n",
+        "Streamed `/v1/chat/completions`, text only, `max_tokens` 16 with `ignore_eos`; all servers \
+         run side by side, and each of {rounds} rounds measures every server under both loads in \
+         adjacent {:.1}-s windows (after a 1 s warm-up each; which server goes first rotates, which \
+         load goes first alternates); the table shows the median window. TTFT: request sent to \
+         the first text chunk. Ratios (concepts vs none, batched vs not) are medians over rounds \
+         of the ratio of a round's windows: the machine's speed drifts over seconds, and windows \
+         of one round see the same machine.\n",
         window.as_secs_f64()
     );
     println!(
@@ -411,10 +416,8 @@ async fn batching() {
         ),
         ("continuous batching (8 rows, 8 workers)", 8, 8, prefixes),
     ];
-    let mut results = Vec::new();
-    // Per server: concepts vs none (`paired_ratio`).
-    let mut ratios: Vec<(f64, (f64, f64))> = Vec::new();
     let skip = if defaults_only { servers.len() - 1 } else { 0 };
+    let mut started = Vec::new();
     for (label, workers, batch, prefix_cache_bytes) in servers.into_iter().skip(skip) {
         let mut cfg = ServerConfig::local(0);
         cfg.workers = workers;
@@ -432,49 +435,59 @@ async fn batching() {
                 .await;
             assert_eq!(status, 201, "{body}");
         }
-        let loads = [("none", &without), ("8 different", &with_concepts)];
-        if let Ok(which) = std::env::var("PROFILE_LOAD") {
-            let bodies = if which == "none" {
-                loads[0].1
-            } else {
-                loads[1].1
-            };
-            streamed_load(&server, bodies, CLIENTS, Duration::from_secs(1)).await;
-            let load = streamed_load(&server, bodies, CLIENTS, Duration::from_secs(20)).await;
-            println!("{which}: {:.1} req/s", load.rps());
-            return;
-        }
+        started.push((label, server));
+    }
+    let loads = [("none", &without), ("8 different", &with_concepts)];
+    if let Ok(which) = std::env::var("PROFILE_LOAD") {
+        let bodies = if which == "none" {
+            loads[0].1
+        } else {
+            loads[1].1
+        };
+        let server = &started.last().expect("a server").1;
+        streamed_load(server, bodies, CLIENTS, Duration::from_secs(1)).await;
+        let load = streamed_load(server, bodies, CLIENTS, Duration::from_secs(20)).await;
+        println!("{which}: {:.1} req/s", load.rps());
+        return;
+    }
+    for (_, server) in &started {
         for (_, bodies) in loads {
-            streamed_load(&server, bodies, CLIENTS, Duration::from_secs(1)).await;
-        }
-        // Adjacent windows, so both loads of a round see the same machine.
-        let mut windows: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
-        for round in 0..rounds {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for w in order {
-                windows[w].push(streamed_load(&server, loads[w].1, CLIENTS, window).await);
-            }
-        }
-        let rps = |w: &[Load]| w.iter().map(Load::rps).collect::<Vec<_>>();
-        ratios.push(paired_ratio(&rps(&windows[1]), &rps(&windows[0])));
-        for (w, (what, _)) in windows.into_iter().zip(loads) {
-            let mut w: Vec<Load> = w;
-            w.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
-            let load = w.swap_remove(rounds / 2);
-            let rps = load.rps();
-            println!(
-                "| {label} | {what} | {rps:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
-                load.tokens as f64 / load.secs,
-                percentile(load.ttft.clone(), 0.5),
-                percentile(load.ttft, 0.99),
-                percentile(load.latency, 0.5),
-            );
-            results.push(rps);
+            streamed_load(server, bodies, CLIENTS, Duration::from_secs(1)).await;
         }
     }
-    // In the order above: [before none, before 8, …, defaults none, defaults 8].
-    let n = results.len();
-    let (ratio, (low, high)) = *ratios.last().expect("a server was measured");
+    // Every round measures every server under both loads, in adjacent windows (which server
+    // goes first rotates, which load goes first alternates), so that ratios between servers as
+    // well as between loads compare windows seconds apart on the same machine.
+    let n = started.len();
+    let mut windows: Vec<[Vec<Load>; 2]> = (0..n).map(|_| [Vec::new(), Vec::new()]).collect();
+    for round in 0..rounds {
+        for i in 0..n {
+            let si = (round + i) % n;
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for w in order {
+                let load = streamed_load(&started[si].1, loads[w].1, CLIENTS, window).await;
+                windows[si][w].push(load);
+            }
+        }
+    }
+    let rps = |w: &[Load]| w.iter().map(Load::rps).collect::<Vec<_>>();
+    for ((label, _), server_windows) in started.iter().zip(&windows) {
+        for (w, (what, _)) in server_windows.iter().zip(loads) {
+            let mut w: Vec<&Load> = w.iter().collect();
+            w.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
+            let load = w[rounds / 2];
+            println!(
+                "| {label} | {what} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                load.rps(),
+                load.tokens as f64 / load.secs,
+                percentile(load.ttft.clone(), 0.5),
+                percentile(load.ttft.clone(), 0.99),
+                percentile(load.latency.clone(), 0.5),
+            );
+        }
+    }
+    let defaults = &windows[n - 1];
+    let (ratio, (low, high)) = paired_ratio(&rps(&defaults[1]), &rps(&defaults[0]));
     println!(
         "\nBatched (8 rows, 8 workers), 8 different concepts vs no concept: {ratio:.2}× (median of \
          {rounds} paired rounds; lowest {low:.2}×, highest {high:.2}×)."
@@ -482,11 +495,13 @@ async fn batching() {
     if defaults_only {
         return;
     }
+    // [before (2 workers), before (8 workers), …, defaults], each [none, 8 different].
+    let vs = |other: usize| paired_ratio(&rps(&defaults[1]), &rps(&windows[other][1]));
+    let ((two, (two_low, two_high)), (eight, _)) = (vs(0), vs(1));
     println!(
         "Batched (8 rows, 8 workers) with 8 concepts vs the server before batching (2 workers) with \
-         the same 8 concepts: {:.2}×; vs one chat per worker with 8 workers: {:.2}×.\n",
-        results[n - 1] / results[1],
-        results[n - 1] / results[3],
+         the same 8 concepts: {two:.2}× (median of {rounds} rounds; lowest {two_low:.2}×, highest \
+         {two_high:.2}×); vs one chat per worker with 8 workers: {eight:.2}×.\n",
     );
 }
 

@@ -369,15 +369,12 @@ impl Llama {
         let half = self.cfg.head_dim / 2;
         let cos = self.rope.cos.index_select(&ids, 0)?.reshape((b, 1, half))?;
         let sin = self.rope.sin.index_select(&ids, 0)?.reshape((b, 1, half))?;
-        let mask: Vec<f32> = positions
-            .iter()
-            .flat_map(|&p| (0..span).map(move |j| if j > p { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (b, 1, 1, span), device)?.to_dtype(embeds.dtype())?;
+        // Row `i` writes position `positions[i]` and sees keys `0..=positions[i]`.
+        let mask = ops::Mask::per_batch_row(positions.iter().map(|&p| p + 1).collect(), span);
         let mut step = Step {
             cos,
             sin,
-            mask: ops::Mask::Additive(mask),
+            mask,
             cache: StepCache::Batch(cache),
             kernels: Kernels::Fast,
         };

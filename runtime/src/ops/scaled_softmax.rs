@@ -13,12 +13,24 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, InplaceOp1, Layout};
 use rayon::prelude::*;
 
-/// `softmax(scale · x + causal mask)` over the last dim of a contiguous f32 tensor
-/// `[.., R, S]`, in place. With `causal = Some((t, offset))`, row `r` stands for query `r % t` at position
-/// `offset + r % t` and sees keys `0..=offset + r % t`; the rest of the row is 0.
+/// Which keys row `r` of the scores sees: `0..visible(r)`.
+#[derive(Debug, Clone)]
+pub(super) enum Visible {
+    /// Every key.
+    All,
+    /// `t` queries after `offset` cached positions: row `r` is query `r % t`, at position
+    /// `offset + r % t`, and sees keys `0..=offset + r % t`.
+    Causal { t: usize, offset: usize },
+    /// One query per batch row, `rows` score rows each (its heads): row `r` belongs to batch
+    /// row `r / rows`, which sees keys `0..keys[r / rows]`.
+    PerBatchRow { rows: usize, keys: Vec<usize> },
+}
+
+/// `softmax(scale · x)` over the keys each row sees (the rest of the row 0), over the last dim
+/// of a contiguous f32 tensor `[.., R, S]`, in place.
 pub(super) struct ScaledSoftmax {
     pub scale: f32,
-    pub causal: Option<(usize, usize)>,
+    pub visible: Visible,
 }
 
 impl InplaceOp1 for ScaledSoftmax {
@@ -35,10 +47,28 @@ impl InplaceOp1 for ScaledSoftmax {
             candle_core::bail!("scaled-softmax takes a contiguous tensor");
         };
         let s = layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        let (scale, causal) = (self.scale, self.causal);
-        if let Some((t, offset)) = causal {
-            if t == 0 || offset + t > s {
-                candle_core::bail!("causal softmax of {t} queries after {offset} over {s} keys");
+        let n_rows = (end - start) / s;
+        let scale = self.scale;
+        let visible = &self.visible;
+        match visible {
+            Visible::All => {}
+            Visible::Causal { t, offset } => {
+                if *t == 0 || offset + t > s || n_rows % t != 0 {
+                    candle_core::bail!(
+                        "causal softmax of {t} queries after {offset} over {n_rows} rows of {s} keys"
+                    );
+                }
+            }
+            Visible::PerBatchRow { rows, keys } => {
+                if *rows == 0
+                    || rows * keys.len() != n_rows
+                    || keys.iter().any(|&k| k == 0 || k > s)
+                {
+                    candle_core::bail!(
+                        "softmax of {n_rows} rows of {s} keys for {} batch rows of {rows} seeing {keys:?} keys",
+                        keys.len()
+                    );
+                }
             }
         }
         // Rows in chunks big enough to be worth a task (~32 k entries).
@@ -46,14 +76,15 @@ impl InplaceOp1 for ScaledSoftmax {
         data[start..end]
             .par_chunks_mut(s * rows_per_task)
             .enumerate()
-            .for_each(|(chunk, rows)| {
-                for (i, row) in rows.chunks_mut(s).enumerate() {
+            .for_each(|(chunk, chunk_rows)| {
+                for (i, row) in chunk_rows.chunks_mut(s).enumerate() {
                     let r = chunk * rows_per_task + i;
-                    let visible = match causal {
-                        Some((t, offset)) => offset + r % t + 1,
-                        None => s,
+                    let seen = match visible {
+                        Visible::All => s,
+                        Visible::Causal { t, offset } => offset + r % t + 1,
+                        Visible::PerBatchRow { rows, keys } => keys[r / rows],
                     };
-                    softmax_row(row, visible, scale);
+                    softmax_row(row, seen, scale);
                 }
             });
         Ok(())
