@@ -533,11 +533,11 @@ impl BatchConcepts {
         let (dtype, device) = (first.heads.dtype(), first.heads.device());
         let head = model.lm_head_weight();
         batch.with_base = head.elem_count() <= FUSED_HEAD_ELEMENTS;
-        let base_rows = if batch.with_base { head.dim(0)? } else { 0 };
+        let base_rows = if batch.with_base { head.dims2().0 } else { 0 };
         // Fresh buffers (never a view of a row's tensors): `set` writes into them.
         let heads = Tensor::zeros((base_rows + rows.len() * head_room, d), dtype, device)?;
         if batch.with_base {
-            heads.slice_set(&head.to_dtype(dtype)?.contiguous()?, 0, 0)?;
+            heads.slice_set(&head.to_tensor()?.to_dtype(dtype)?.contiguous()?, 0, 0)?;
         }
         let embeds = Tensor::zeros((rows.len() * embed_room, d), first.embeds.dtype(), device)?;
         batch.heads = Some(heads);

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::config::LlavaConfig;
 use crate::error::{Result, RuntimeError};
-use crate::model::LlavaModel;
+use crate::model::{LlavaModel, MappedMatrix};
 
 /// The single-file checkpoint name.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
@@ -66,12 +66,16 @@ impl LlavaModel {
         let cfg = read_config(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         let vb = checkpoint.varbuilder(dtype, device);
+        let mapped = Arc::new(checkpoint.mapped_files());
         let quantized = dir.join(crate::quant::QUANTIZED_FILE);
-        if quantized.is_file() {
-            let linears = crate::quant::QuantizedLinears::read(&quantized, device)?;
-            return LlavaModel::from_quantized(cfg, vb, std::sync::Arc::new(linears));
-        }
-        LlavaModel::from_varbuilder(cfg, vb)
+        let quantized = if quantized.is_file() {
+            Some(Arc::new(crate::quant::QuantizedLinears::read(
+                &quantized, device,
+            )?))
+        } else {
+            None
+        };
+        LlavaModel::from_parts(cfg, vb, quantized, Some(mapped))
     }
 }
 
@@ -243,6 +247,14 @@ impl Checkpoint {
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 
+    /// The files as the model reads matrices from them in place (`model::matrix`).
+    pub(crate) fn mapped_files(&self) -> MappedFiles {
+        MappedFiles {
+            files: self.files.clone(),
+            layout: self.layout.clone(),
+        }
+    }
+
     /// The model-code (hub-layout) names of every tensor in the files, sorted.
     pub fn tensor_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -268,6 +280,39 @@ impl Checkpoint {
             shape: view.shape().to_vec(),
             data: view.data(),
         })
+    }
+}
+
+/// A checkpoint's memory-mapped files, from which the model uses matrices in place.
+pub(crate) struct MappedFiles {
+    files: Arc<MmapedSafetensors>,
+    layout: WeightLayout,
+}
+
+impl MappedFiles {
+    /// The `[rows, cols]` matrix the model code calls `name`, in place, if it is stored in
+    /// `dtype` with that shape, is large enough to be worth it and the kernels can read its
+    /// bytes as they are (`model::matrix`).
+    pub(crate) fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+    ) -> Option<MappedMatrix> {
+        let view = self.files.get(&self.layout.stored_name(name)).ok()?;
+        let stored = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            _ => return None,
+        };
+        if stored != dtype
+            || view.shape() != [rows, cols]
+            || rows * cols < crate::model::MIN_MAPPED_ELEMENTS
+        {
+            return None;
+        }
+        MappedMatrix::new(self.files.clone(), view.data(), rows, cols, dtype)
     }
 }
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use concepts_runtime::testing::{
-    max_abs_diff, randn, tiny_config, tiny_config_json, tiny_conv_config, tiny_conv_config_json,
-    RandomWeights,
+    max_abs_diff, randn, tiny_config, tiny_config_json, tiny_config_json_with_vocab,
+    tiny_conv_config, tiny_conv_config_json, write_random_checkpoint, RandomWeights,
 };
 use concepts_runtime::{fingerprint, Kernels, LlavaModel, RuntimeError};
 use sha2::{Digest, Sha256};
@@ -152,11 +152,28 @@ fn outputs(model: &LlavaModel) -> (Tensor, Tensor) {
     (features, model.base_logits(&hidden).unwrap())
 }
 
+/// The same weights (the embedding table and LM head bit for bit) and the same outputs:
+/// exactly where both compute on tensors; within float rounding where `a` reads its matrices
+/// in place from the file (the GEMM then sees the stored `W`, not a transposed copy, and
+/// sums in another order), far below what a wrong or transposed tensor would change.
 fn assert_same_outputs(a: &LlavaModel, b: &LlavaModel) {
+    for (what, x, y) in [
+        ("embedding table", a.embed_weight(), b.embed_weight()),
+        ("LM head", a.lm_head_weight(), b.lm_head_weight()),
+    ] {
+        let (x, y) = (x.to_tensor().unwrap(), y.to_tensor().unwrap());
+        assert_eq!(max_abs_diff(&x, &y), 0.0, "{what} differs");
+    }
+    let tolerance = if a.embed_weight().is_mapped() {
+        1e-5
+    } else {
+        0.0
+    };
     let (fa, la) = outputs(a);
     let (fb, lb) = outputs(b);
-    assert_eq!(max_abs_diff(&fa, &fb), 0.0, "image features differ");
-    assert_eq!(max_abs_diff(&la, &lb), 0.0, "logits differ");
+    let (df, dl) = (max_abs_diff(&fa, &fb), max_abs_diff(&la, &lb));
+    assert!(df <= tolerance, "image features differ by {df}");
+    assert!(dl <= tolerance, "logits differ by {dl}");
 }
 
 fn load(dir: &ModelDir) -> Result<LlavaModel, RuntimeError> {
@@ -167,7 +184,31 @@ fn load(dir: &ModelDir) -> Result<LlavaModel, RuntimeError> {
 fn loads_hub_layout_single_file() {
     let w = hub_weights();
     let dir = write_model("hub", &w, Layout::Hub, DType::F32, false);
-    assert_same_outputs(&load(&dir).unwrap(), &in_memory(&w, DType::F32));
+    let model = load(&dir).unwrap();
+    // Below the size from which matrices are read in place: copied.
+    assert!(!model.embed_weight().is_mapped());
+    assert_same_outputs(&model, &in_memory(&w, DType::F32));
+}
+
+/// Matrices of 2^20 elements and more, stored in the compute dtype, are read in place from the
+/// file instead of copied (here the embedding table and LM head: a vocabulary of 65 536 × 16),
+/// and the model computes what the same weights in memory compute.
+#[test]
+fn large_matrices_are_read_in_place() {
+    let dir = ModelDir::new("mapped");
+    let json = tiny_config_json_with_vocab(1 << 16, 39);
+    let cfg = write_random_checkpoint(dir.path(), &json, 11).unwrap();
+    let model = load(&dir).unwrap();
+    assert!(model.embed_weight().is_mapped() && model.lm_head_weight().is_mapped());
+    let tensors =
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let reference = LlavaModel::from_varbuilder(cfg, vb).unwrap();
+    assert!(!reference.embed_weight().is_mapped());
+    assert_same_outputs(&model, &reference);
+    // Computing in another dtype than stored needs converted copies.
+    let half = LlavaModel::load(dir.path(), &Device::Cpu, DType::F16).unwrap();
+    assert!(!half.embed_weight().is_mapped() && !half.lm_head_weight().is_mapped());
 }
 
 #[test]
@@ -257,6 +298,10 @@ fn converts_stored_half_precision_to_the_requested_dtype() {
         let dir = write_model(tag, &w, Layout::Hub, stored, true);
         let model = load(&dir).unwrap();
         assert_eq!(model.dtype(), DType::F32);
+        assert!(
+            !model.embed_weight().is_mapped(),
+            "{tag} converted, not mapped"
+        );
         assert_same_outputs(&model, &in_memory(&w, stored));
     }
 }

@@ -62,8 +62,8 @@ fn fingerprint_outputs(model: &LlavaModel) -> Vec<Vec<u32>> {
         bits(&model.pooled_image_embedding(&px).unwrap()),
         bits(&hidden),
         bits(&model.base_logits(&hidden).unwrap()),
-        bits(model.embed_weight()),
-        bits(model.lm_head_weight()),
+        bits(&model.embed_weight().to_tensor().unwrap()),
+        bits(&model.lm_head_weight().to_tensor().unwrap()),
     ]
 }
 

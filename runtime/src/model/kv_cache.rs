@@ -41,14 +41,19 @@ impl LayerBuffers {
         2 * self.k.elem_count() * self.k.dtype().size_in_bytes()
     }
 
+    /// Rows the buffers hold.
+    fn rows(&self) -> usize {
+        self.k.dim(0).unwrap_or(0)
+    }
+
     /// Zeroed buffers of `rows` rows and `capacity` positions shaped like `like`'s, holding
-    /// `old`'s positions first (a batch growing keeps what it holds).
+    /// `old`'s rows and positions first (a batch growing keeps what it holds).
     fn grown(old: Option<&Self>, like: &Self, rows: usize, capacity: usize) -> Result<Self> {
         let (_, h, _, d) = like.k.dims4()?;
         let fresh = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
             let buf = Tensor::zeros((rows, h, capacity, d), like.dtype(), like.device())?;
             if let Some(old) = old {
-                buf.slice_set(old, 2, 0)?;
+                buf.narrow(0, 0, old.dim(0)?)?.slice_set(old, 2, 0)?;
             }
             Ok(buf)
         };
@@ -313,8 +318,9 @@ impl BatchKvCache {
                 self.layers.len()
             )));
         }
-        // Room for the prompt and one more position, so the next step needs no growth.
-        self.reserve(row.len + 1, row)?;
+        // Room for the prompt and one more position, so the next step needs no growth; rows
+        // up to this slot only (a 7B's 8 rows of 1024 positions would be 4.3 GB in f16).
+        self.reserve(row.len + 1, slot + 1, row)?;
         for (layer, src) in self.layers.iter().zip(&row.layers) {
             let (dst, src) = match (layer, src) {
                 (Some(dst), Some(src)) => (dst, src),
@@ -348,18 +354,25 @@ impl BatchKvCache {
         }
     }
 
-    /// Makes every layer's buffers hold at least `needed` positions per row, shaped like
-    /// `like`'s (heads, head dim, dtype), keeping what they hold.
-    fn reserve(&mut self, needed: usize, like: &KvCache) -> Result<()> {
-        let slots = self.slots();
+    /// Makes every layer's buffers hold at least `rows` rows of `needed` positions, shaped
+    /// like `like`'s (heads, head dim, dtype), keeping what they hold. Rows are allocated as
+    /// slots are first used, not all at once: one chat on a server of eight slots holds one
+    /// row.
+    fn reserve(&mut self, needed: usize, rows: usize, like: &KvCache) -> Result<()> {
         for (layer, src) in self.layers.iter_mut().zip(&like.layers) {
             let Some(src) = src else { continue };
             let have = layer.as_ref().map_or(0, LayerBuffers::capacity);
-            if have >= needed {
+            let have_rows = layer.as_ref().map_or(0, LayerBuffers::rows);
+            if have >= needed && have_rows >= rows {
                 continue;
             }
-            let capacity = needed.max(2 * have).next_multiple_of(CAPACITY_STEP);
-            *layer = Some(LayerBuffers::grown(layer.as_ref(), src, slots, capacity)?);
+            let capacity = if have >= needed {
+                have
+            } else {
+                needed.max(2 * have).next_multiple_of(CAPACITY_STEP)
+            };
+            let rows = rows.max(have_rows);
+            *layer = Some(LayerBuffers::grown(layer.as_ref(), src, rows, capacity)?);
         }
         Ok(())
     }
@@ -396,9 +409,10 @@ impl BatchKvCache {
             .get(layer)
             .and_then(Option::as_ref)
             .ok_or_else(|| RuntimeError::InvalidInput(format!("batch has no layer {layer}")))?;
-        if buf.capacity() < span {
+        if buf.capacity() < span || buf.rows() < width {
             return Err(RuntimeError::InvalidInput(format!(
-                "batch kv cache holds {} positions, the step needs {span}",
+                "batch kv cache holds {} rows of {} positions, the step needs {width} of {span}",
+                buf.rows(),
                 buf.capacity()
             )));
         }
@@ -425,10 +439,9 @@ impl BatchKvCache {
             .min();
         match have {
             Some(have) if have < span => {
-                let slots = self.slots();
                 let capacity = span.max(2 * have).next_multiple_of(CAPACITY_STEP);
                 for layer in self.layers.iter_mut().flatten() {
-                    let grown = LayerBuffers::grown(Some(&*layer), layer, slots, capacity)?;
+                    let grown = LayerBuffers::grown(Some(&*layer), layer, layer.rows(), capacity)?;
                     *layer = grown;
                 }
                 Ok(())

@@ -7,6 +7,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use crate::error::{Result, RuntimeError};
+use crate::model::matrix::WeightMatrix;
 use crate::model::source::Weights;
 
 /// `y = x · Wᵀ + b` for a checkpoint weight `W` of shape `[out, in]`.
@@ -21,6 +22,9 @@ enum LinearWeight {
     /// `Wᵀ`, `[in, out]` and contiguous: candle's CPU GEMM runs measurably faster on it than
     /// on a transposed view, at the cost of one copy at load.
     Dense(Tensor),
+    /// `W` as stored, `[out, in]`, read in place from the checkpoint's memory map: no copy
+    /// at load, the GEMM reads it through transposing strides (`crate::model::matrix`).
+    Mapped(WeightMatrix),
     /// `W` quantized by rows, `[out, padded_in]`: quantized blocks span the input dimension,
     /// so an input width that is not a multiple of the block size was padded with zero
     /// columns (`crate::quant`), and the input is padded with zeros to match.
@@ -47,10 +51,13 @@ impl Linear {
                 }
                 LinearWeight::Quantized(q)
             }
-            None => {
-                let w = vb.get((out_features, in_features), "weight")?;
-                LinearWeight::Dense(w.t()?.contiguous()?)
-            }
+            None => match vb.mapped_matrix(out_features, in_features, "weight") {
+                Some(m) => LinearWeight::Mapped(WeightMatrix::mapped(m)),
+                None => {
+                    let w = vb.get((out_features, in_features), "weight")?;
+                    LinearWeight::Dense(w.t()?.contiguous()?)
+                }
+            },
         };
         let bias = if bias {
             Some(vb.get(out_features, "bias")?)
@@ -73,6 +80,7 @@ impl Linear {
         let x = x.reshape((rows, inner))?;
         let y = match &self.weight {
             LinearWeight::Dense(w_t) => crate::ops::matmul(&x, w_t)?,
+            LinearWeight::Mapped(w) => w.linear_t(&x)?,
             LinearWeight::Quantized(w) => {
                 let padded = w.shape().dims()[1];
                 let x = if padded > self.in_features {

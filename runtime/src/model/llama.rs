@@ -16,6 +16,7 @@ use crate::config::{Activation, LlamaConfig};
 use crate::error::{Result, RuntimeError};
 use crate::model::kv_cache::{BatchKvCache, KvCache};
 use crate::model::linear::Linear;
+use crate::model::matrix::WeightMatrix;
 use crate::ops::{self, Kernels};
 
 /// Precomputed RoPE angles for every position up to `max_position_embeddings`.
@@ -218,10 +219,10 @@ enum StepCache<'a> {
 
 /// The Llama decoder and its LM head.
 pub(crate) struct Llama {
-    embed_tokens: Tensor,
+    embed_tokens: WeightMatrix,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: WeightMatrix,
     rope: Rope,
     cfg: LlamaConfig,
 }
@@ -231,7 +232,7 @@ impl Llama {
     pub(crate) fn load(vb: Weights, cfg: &LlamaConfig) -> Result<Self> {
         let vb_m = vb.pp("model");
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
-        let embed_tokens = vb_m.pp("embed_tokens").get((v, d), "weight")?;
+        let embed_tokens = vb_m.pp("embed_tokens").matrix(v, d, "weight")?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(vb_m.pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -241,7 +242,7 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
-            vb.pp("lm_head").get((v, d), "weight")?
+            vb.pp("lm_head").matrix(v, d, "weight")?
         };
         let rope = Rope::new(cfg, embed_tokens.dtype(), embed_tokens.device())?;
         Ok(Llama {
@@ -254,11 +255,11 @@ impl Llama {
         })
     }
 
-    pub(crate) fn embed_weight(&self) -> &Tensor {
+    pub(crate) fn embed_weight(&self) -> &WeightMatrix {
         &self.embed_tokens
     }
 
-    pub(crate) fn lm_head_weight(&self) -> &Tensor {
+    pub(crate) fn lm_head_weight(&self) -> &WeightMatrix {
         &self.lm_head
     }
 
@@ -270,17 +271,18 @@ impl Llama {
                 ids.dtype()
             )));
         }
-        let flat = ids.flatten_all()?;
         let v = self.cfg.vocab_size;
-        if let Some(&bad) = flat.to_vec1::<u32>()?.iter().find(|&&id| id as usize >= v) {
+        if let Some(&bad) = ids
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .iter()
+            .find(|&&id| id as usize >= v)
+        {
             return Err(RuntimeError::InvalidInput(format!(
                 "token id {bad} outside the base vocabulary of {v}"
             )));
         }
-        let rows = self.embed_tokens.index_select(&flat, 0)?;
-        let mut shape = ids.dims().to_vec();
-        shape.push(self.cfg.hidden_size);
-        Ok(rows.reshape(shape)?)
+        self.embed_tokens.rows(ids)
     }
 
     /// Runs the decoder over `[B, T, d]` embeddings and returns final-normed hidden states.
@@ -404,6 +406,6 @@ impl Llama {
 
     /// `hidden · lm_headᵀ`: `[.., d]` -> `[.., vocab_size]`.
     pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::linear(hidden, &self.lm_head, None)
+        self.lm_head.linear_t(hidden)
     }
 }

@@ -2,8 +2,9 @@
 //! transformers' `LlavaForConditionalGeneration`: a CLIP ViT vision tower, a two-layer MLP
 //! projector, and a Llama decoder with an untied LM head.
 //!
-//! The model is frozen: every weight is a plain [`Tensor`], never a `Var`, so it neither
-//! records nor receives gradients. Trainable concept embeddings enter through
+//! The model is frozen: every weight is a plain [`Tensor`] or a [`WeightMatrix`] read in place
+//! from the checkpoint's memory map, never a `Var`, so it neither records nor receives
+//! gradients. Trainable concept embeddings enter through
 //! [`LlavaModel::forward_embeds`], which starts from embeddings rather than token ids. This
 //! module does no file I/O; `crate::weights` loads checkpoints.
 
@@ -11,6 +12,7 @@ mod clip;
 mod kv_cache;
 mod linear;
 mod llama;
+mod matrix;
 mod projector;
 mod source;
 
@@ -26,6 +28,8 @@ use crate::quant::QuantizedLinears;
 use source::Weights;
 
 pub use kv_cache::{BatchKvCache, KvCache};
+pub use matrix::WeightMatrix;
+pub(crate) use matrix::{MappedMatrix, MIN_MAPPED_ELEMENTS};
 
 use clip::ClipVisionTower;
 use llama::Llama;
@@ -44,7 +48,7 @@ impl LlavaModel {
     /// `multi_modal_projector`, `language_model.{model,lm_head}`); `crate::weights` maps other
     /// layouts onto these. Tensors come in the `VarBuilder`'s dtype and device.
     pub fn from_varbuilder(cfg: LlavaConfig, vb: VarBuilder) -> Result<Self> {
-        LlavaModel::from_weights(cfg, Weights::new(vb, None))
+        LlavaModel::from_weights(cfg, Weights::new(vb, None, None))
     }
 
     /// [`LlavaModel::from_varbuilder`] with the linear layers found in `quantized` taken
@@ -54,7 +58,18 @@ impl LlavaModel {
         vb: VarBuilder,
         quantized: Arc<QuantizedLinears>,
     ) -> Result<Self> {
-        LlavaModel::from_weights(cfg, Weights::new(vb, Some(quantized)))
+        LlavaModel::from_weights(cfg, Weights::new(vb, Some(quantized), None))
+    }
+
+    /// A checkpoint's model: linear layers from `quantized` where given, large matrices read
+    /// in place from `mapped` where they can be (`model::matrix`), the rest from `vb`.
+    pub(crate) fn from_parts(
+        cfg: LlavaConfig,
+        vb: VarBuilder,
+        quantized: Option<Arc<QuantizedLinears>>,
+        mapped: Option<Arc<crate::weights::MappedFiles>>,
+    ) -> Result<Self> {
+        LlavaModel::from_weights(cfg, Weights::new(vb, quantized, mapped))
     }
 
     fn from_weights(cfg: LlavaConfig, vb: Weights) -> Result<Self> {
@@ -175,12 +190,12 @@ impl LlavaModel {
     }
 
     /// The LM head `[vocab_size, d_text]`.
-    pub fn lm_head_weight(&self) -> &Tensor {
+    pub fn lm_head_weight(&self) -> &WeightMatrix {
         self.llama.lm_head_weight()
     }
 
     /// The token embedding table `[vocab_size, d_text]`.
-    pub fn embed_weight(&self) -> &Tensor {
+    pub fn embed_weight(&self) -> &WeightMatrix {
         self.llama.embed_weight()
     }
 }
@@ -485,7 +500,10 @@ mod tests {
         let mut batch = BatchKvCache::new(&cfg, 4);
         // Slot 1 stays free between two sequences; sequence 2 waits for a slot.
         batch.load(0, &alone[0]).unwrap();
+        let one_row = batch.bytes();
         batch.load(2, &alone[1]).unwrap();
+        // Rows are allocated up to the highest slot used, not for all four slots.
+        assert_eq!(batch.bytes(), 3 * one_row);
         assert!(batch.load(2, &alone[2]).is_err(), "slot 2 is taken");
         assert_eq!((batch.width(), batch.free_slot()), (3, Some(1)));
         // slot -> sequence
@@ -552,7 +570,7 @@ mod tests {
         let hidden = randn(&[1, 2, 16], 15, DType::F64, &Device::Cpu).unwrap();
         let logits = model.base_logits(&hidden).unwrap();
         let want = hidden
-            .broadcast_matmul(&model.embed_weight().t().unwrap())
+            .broadcast_matmul(&model.embed_weight().to_tensor().unwrap().t().unwrap())
             .unwrap();
         assert!(max_abs_diff(&logits, &want) < 1e-12);
     }

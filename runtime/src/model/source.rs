@@ -1,5 +1,6 @@
-//! Where the model's constructors take their weights from: a `VarBuilder` for dense tensors
-//! and, for a quantized model folder, the quantized matrices of its linear layers.
+//! Where the model's constructors take their weights from: a `VarBuilder` for dense tensors,
+//! the checkpoint's memory map for matrices used in place, and, for a quantized model
+//! folder, the quantized matrices of its linear layers.
 
 use std::sync::Arc;
 
@@ -7,25 +8,75 @@ use candle_core::quantized::QTensor;
 use candle_core::{Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use super::matrix::{MappedMatrix, WeightMatrix};
 use crate::quant::QuantizedLinears;
+use crate::weights::MappedFiles;
 
 /// A `VarBuilder` (same methods, same prefixes) that also knows the quantized linear
-/// weights, looked up by the same hub-layout names.
+/// weights and the memory-mapped files, looked up by the same hub-layout names.
 #[derive(Clone)]
 pub(crate) struct Weights<'a> {
     vb: VarBuilder<'a>,
     quantized: Option<Arc<QuantizedLinears>>,
+    mapped: Option<Arc<MappedFiles>>,
 }
 
 impl<'a> Weights<'a> {
-    pub(crate) fn new(vb: VarBuilder<'a>, quantized: Option<Arc<QuantizedLinears>>) -> Self {
-        Weights { vb, quantized }
+    pub(crate) fn new(
+        vb: VarBuilder<'a>,
+        quantized: Option<Arc<QuantizedLinears>>,
+        mapped: Option<Arc<MappedFiles>>,
+    ) -> Self {
+        Weights {
+            vb,
+            quantized,
+            mapped,
+        }
     }
 
     pub(crate) fn pp<S: ToString>(&self, s: S) -> Self {
         Weights {
             vb: self.vb.pp(s),
             quantized: self.quantized.clone(),
+            mapped: self.mapped.clone(),
+        }
+    }
+
+    /// The `[rows, cols]` matrix stored as `name`: read in place from the memory map where
+    /// the kernels can use its bytes as stored (CPU, stored in the compute dtype, aligned;
+    /// see `model::matrix`), else loaded as a tensor.
+    pub(crate) fn matrix(
+        &self,
+        rows: usize,
+        cols: usize,
+        name: &str,
+    ) -> candle_core::Result<WeightMatrix> {
+        if let Some(m) = self.mapped_matrix(rows, cols, name) {
+            return Ok(WeightMatrix::mapped(m));
+        }
+        Ok(WeightMatrix::tensor(self.vb.get((rows, cols), name)?))
+    }
+
+    /// The stored `[rows, cols]` matrix `name` used in place, where it can be.
+    pub(crate) fn mapped_matrix(
+        &self,
+        rows: usize,
+        cols: usize,
+        name: &str,
+    ) -> Option<Arc<MappedMatrix>> {
+        let files = self.mapped.as_ref()?;
+        if !self.vb.device().is_cpu() {
+            return None;
+        }
+        files
+            .matrix(&self.full_name(name), rows, cols, self.vb.dtype())
+            .map(Arc::new)
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        match self.vb.prefix() {
+            p if p.is_empty() => name.to_string(),
+            p => format!("{p}.{name}"),
         }
     }
 
@@ -52,10 +103,6 @@ impl<'a> Weights<'a> {
 
     /// The quantized matrix stored as `name` under this prefix, if the folder has one.
     pub(crate) fn quantized(&self, name: &str) -> Option<Arc<QTensor>> {
-        let full = match self.vb.prefix() {
-            p if p.is_empty() => name.to_string(),
-            p => format!("{p}.{name}"),
-        };
-        self.quantized.as_ref()?.get(&full)
+        self.quantized.as_ref()?.get(&self.full_name(name))
     }
 }

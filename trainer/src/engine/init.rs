@@ -73,17 +73,8 @@ impl TrainingEngine<'_> {
         let model = self.session.model();
         let (k, d) = (self.cfg.k, model.config().text.hidden_size);
         let device = model.device().clone();
-        let std = |t: &Tensor| -> Result<f64> {
-            let t = t.to_dtype(DType::F64)?.flatten_all()?;
-            let mean = t.mean_all()?.to_scalar::<f64>()?;
-            Ok(t.affine(1.0, -mean)?
-                .sqr()?
-                .mean_all()?
-                .to_scalar::<f64>()?
-                .sqrt())
-        };
-        let embed_std = std(model.embed_weight())?;
-        let head_std = std(model.lm_head_weight())?;
+        let embed_std = model.embed_weight().std()?;
+        let head_std = model.lm_head_weight().std()?;
         let noise = |shape: &[usize], seed: u64, scale: f64| -> Result<Tensor> {
             Ok((concepts_runtime::optim::randn(shape, seed, DType::F32, &device)? * scale)?)
         };
@@ -125,12 +116,12 @@ impl TrainingEngine<'_> {
                 let idx = Tensor::new(ids.as_slice(), &device)?;
                 let emb = model
                     .embed_weight()
-                    .index_select(&idx, 0)?
+                    .rows(&idx)?
                     .to_dtype(DType::F32)?
                     .mean(0)?;
                 let out = model
                     .lm_head_weight()
-                    .index_select(&idx, 0)?
+                    .rows(&idx)?
                     .to_dtype(DType::F32)?
                     .mean(0)?;
                 ConceptParams {
@@ -142,10 +133,7 @@ impl TrainingEngine<'_> {
                 let ids = self.known_ids(&text)?;
                 let cycled: Vec<u32> = ids.iter().copied().cycle().take(k).collect();
                 let idx = Tensor::new(cycled.as_slice(), &device)?;
-                let latents = model
-                    .embed_weight()
-                    .index_select(&idx, 0)?
-                    .to_dtype(DType::F32)?;
+                let latents = model.embed_weight().rows(&idx)?.to_dtype(DType::F32)?;
                 let identifier = rows_noise.narrow(0, 0, 1)?;
                 ConceptParams {
                     rows: Tensor::cat(&[&identifier, &latents], 0)?,
