@@ -6,7 +6,7 @@
 //! libm's scalar `expf` that is most of a small model's prefill (a third of the parity
 //! checkpoint's CPU time went to `expf` alone: 7 M calls for 638 + 577 positions). Here each
 //! row is scaled, reduced, exponentiated and normalised in place, only up to its last visible
-//! key, and `exp` is a polynomial the compiler turns into 8-lane FMA code where the CPU has
+//! key, and `exp` is a polynomial the compiler turns into 8-lane AVX2 code where the CPU has
 //! AVX2 (chosen at run time; any other CPU runs the same code compiled for its baseline).
 
 use candle_core::backend::BackendStorage;
@@ -107,23 +107,9 @@ fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
     seen.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// `x ← exp(scale · (x − max))` for each element; returns their sum.
-fn exp_scaled_sum(xs: &mut [f32], max: f32, scale: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has both features (checked just above).
-            return unsafe { exp_scaled_sum_avx2(xs, max, scale) };
-        }
-    }
-    exp_scaled_sum_portable(xs, max, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_scaled_sum_avx2(xs: &mut [f32], max: f32, scale: f32) -> f32 {
-    exp_scaled_sum_portable(xs, max, scale)
+// `x ← exp(scale · (x − max))` for each element; returns their sum.
+super::vexp::with_avx2! {
+    fn exp_scaled_sum / exp_scaled_sum_avx2 (xs: &mut [f32], max: f32, scale: f32) -> f32 = exp_scaled_sum_portable;
 }
 
 /// Lanes summed side by side (so the sum vectorises too).

@@ -3,7 +3,7 @@
 //! libm's `expf` is scalar: one call per element. In a small model's prefill the attention
 //! softmax and the activations (CLIP's quick GELU, Llama's SiLU) call it millions of times.
 //! Here `exp` is branch-free arithmetic on `f32`s, so a loop over a slice compiles to 8-lane
-//! FMA code where the CPU has AVX2 (chosen at run time; any other CPU runs the same loop
+//! AVX2 code where the CPU has AVX2 (chosen at run time; any other CPU runs the same loop
 //! compiled for its baseline).
 
 use candle_core::backend::BackendStorage;
@@ -11,6 +11,35 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
 use crate::config::Activation;
+
+/// `fn $name(args) -> ret` running the portable function `$portable` compiled once more for
+/// AVX2 + FMA (as `$avx2`, a `#[target_feature]` twin that inlines it) where the CPU has them,
+/// chosen at run time, and as compiled for the baseline elsewhere. The twin is what lets the
+/// compiler vectorise the portable loop 8 lanes wide (Rust does not contract `a * b + c`
+/// into FMA instructions, so the AVX2 code multiplies and adds separately).
+macro_rules! with_avx2 {
+    ($vis:vis fn $name:ident / $avx2:ident ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $portable:ident;) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has both features (checked just above).
+                    return unsafe { $avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
+            $portable($($arg),*)
+        }
+    };
+}
+pub(super) use with_avx2;
 
 /// `e^x` to within 2 ulp for `x` in [−87, 88] (Cephes' `expf`: `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`,
 /// a degree-7 polynomial for `e^r`, `2^n` put in the exponent bits), branch-free so that it
@@ -89,22 +118,8 @@ impl CustomOp1 for SigmoidGated {
     }
 }
 
-fn sigmoid_gated(out: &mut [f32], src: &[f32], a: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has both features (checked just above).
-            return unsafe { sigmoid_gated_avx2(out, src, a) };
-        }
-    }
-    sigmoid_gated_portable(out, src, a)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sigmoid_gated_avx2(out: &mut [f32], src: &[f32], a: f32) {
-    sigmoid_gated_portable(out, src, a)
+with_avx2! {
+    fn sigmoid_gated / sigmoid_gated_avx2 (out: &mut [f32], src: &[f32], a: f32) = sigmoid_gated_portable;
 }
 
 #[inline(always)]
