@@ -919,7 +919,7 @@ mod tests {
                 model
                     .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
                     .unwrap();
-                batch.load(slot, &cache).unwrap();
+                batch.load(slot, cache.clone()).unwrap();
                 alone[slot] = Some(cache);
                 held[slot] = Some(chat);
                 let rows: Vec<_> = held

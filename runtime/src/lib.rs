@@ -21,6 +21,7 @@ pub mod default_model;
 pub mod error;
 pub mod fingerprint;
 pub mod generate;
+mod madvise;
 pub mod model;
 pub mod ops;
 pub mod optim;

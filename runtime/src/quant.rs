@@ -19,15 +19,17 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::{gguf_file, GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, RuntimeError};
+use crate::madvise::{advise, Advice};
 use crate::weights::{read_config, Checkpoint, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
 
 /// The quantized linear weights of a quantized model folder.
@@ -187,9 +189,25 @@ impl QuantizedLinears {
         let mut reader = BufReader::new(file);
         let content = gguf_file::Content::read(&mut reader).map_err(fail)?;
         format_of(&content, path)?;
+        let file_size = reader
+            .seek(SeekFrom::End(0))
+            .map_err(|source| RuntimeError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
-        for name in content.tensor_infos.keys() {
-            let t = content.tensor(&mut reader, name, device).map_err(fail)?;
+        for (name, info) in &content.tensor_infos {
+            let start = content.tensor_data_offset.saturating_add(info.offset);
+            let t = match (device, info.ggml_dtype) {
+                (Device::Cpu, GgmlDType::Q8_0) => {
+                    read_blocks::<BlockQ8_0>(&mut reader, info, start, file_size)
+                }
+                (Device::Cpu, GgmlDType::Q4K) => {
+                    read_blocks::<BlockQ4K>(&mut reader, info, start, file_size)
+                }
+                _ => content.tensor(&mut reader, name, device),
+            }
+            .map_err(|e| fail(e.context(format!("tensor `{name}`"))))?;
             tensors.insert(name.clone(), Arc::new(t));
         }
         Ok(QuantizedLinears { tensors })
@@ -230,6 +248,51 @@ pub struct QuantizeReport {
     /// Bytes of tensor data in the source and in the output.
     pub source_bytes: u64,
     pub output_bytes: u64,
+}
+
+/// Reads the CPU tensor `info` (blocks of `T`, starting at byte `start` of a file of
+/// `file_size` bytes) straight into the block vector the model keeps. candle's own
+/// `TensorInfo::read` reads a byte buffer and copies it into the blocks: twice each tensor
+/// at once, and after the 370 matrices of mixed sizes of a LLaVA-7B that left 0.39 GB of the
+/// heap fragmented (measured after loading Q4_K: 4.12 GiB resident for 3.73 GiB of blocks).
+fn read_blocks<T: GgmlType + 'static>(
+    reader: &mut (impl Read + Seek),
+    info: &gguf_file::TensorInfo,
+    start: u64,
+    file_size: u64,
+) -> candle_core::Result<QTensor> {
+    let elems = info.shape.elem_count();
+    if T::DTYPE != info.ggml_dtype
+        || elems % T::BLCK_SIZE != 0
+        || std::mem::size_of::<T>() != T::DTYPE.type_size()
+    {
+        candle_core::bail!(
+            "{:?} tensor of {elems} elements read as {:?} blocks of {}",
+            info.ggml_dtype,
+            T::DTYPE,
+            T::BLCK_SIZE
+        );
+    }
+    let n_blocks = elems / T::BLCK_SIZE;
+    let bytes = n_blocks * std::mem::size_of::<T>();
+    if start.saturating_add(bytes as u64) > file_size {
+        candle_core::bail!(
+            "needs {bytes} bytes at offset {start}, the file has {file_size}: truncated"
+        );
+    }
+    let mut blocks: Vec<T> = Vec::with_capacity(n_blocks);
+    // Before the first write, so the pages come in as small pages: these blocks are kept for
+    // the model's life, and huge pages they fill only in part would be resident in full.
+    // SAFETY: the vector's own allocation, of at least `bytes` bytes.
+    unsafe { advise(blocks.as_ptr().cast::<u8>(), bytes, Advice::NoHugePages) };
+    blocks.resize(n_blocks, T::zeros());
+    // SAFETY: the blocks are plain old data (`#[repr(C)]` structs of f16 scales and byte
+    // arrays, in which every bit pattern is a value), `bytes` long as checked above; the
+    // slice is the vector's own memory and is dropped before the vector is used again.
+    let raw = unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), bytes) };
+    reader.seek(SeekFrom::Start(start))?;
+    reader.read_exact(raw)?;
+    QTensor::new(QStorage::Cpu(Box::new(blocks)), info.shape.clone())
 }
 
 /// Progress of [`quantize_model`]: tensors done, tensors in all.

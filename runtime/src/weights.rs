@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::config::LlavaConfig;
 use crate::error::{Result, RuntimeError};
+use crate::madvise::{advise, Advice};
 use crate::model::{LlavaModel, MappedMatrix};
 
 /// The single-file checkpoint name.
@@ -290,9 +291,10 @@ pub(crate) struct MappedFiles {
 }
 
 impl MappedFiles {
-    /// The `[rows, cols]` matrix the model code calls `name`, in place, if it is stored in
-    /// `dtype` with that shape, is large enough to be worth it and the kernels can read its
-    /// bytes as they are (`model::matrix`).
+    /// The `[rows, cols]` matrix the model code calls `name`, in place, to compute in
+    /// `dtype`, if it is stored with that shape, in `dtype` or in half precision for an f32
+    /// computation, is large enough to be worth it and is laid out as the kernels read it
+    /// (`model::matrix`).
     pub(crate) fn matrix(
         &self,
         name: &str,
@@ -304,15 +306,13 @@ impl MappedFiles {
         let stored = match view.dtype() {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
             _ => return None,
         };
-        if stored != dtype
-            || view.shape() != [rows, cols]
-            || rows * cols < crate::model::MIN_MAPPED_ELEMENTS
-        {
+        if view.shape() != [rows, cols] || rows * cols < crate::model::MIN_MAPPED_ELEMENTS {
             return None;
         }
-        MappedMatrix::new(self.files.clone(), view.data(), rows, cols, dtype)
+        MappedMatrix::new(self.files.clone(), view.data(), rows, cols, stored, dtype)
     }
 }
 
@@ -472,27 +472,9 @@ impl SimpleBackend for LayoutBackend {
 /// in its peak memory: a 7B f16 load would otherwise touch 14 GB of mapping on top of 14 GB
 /// of tensors.
 fn release_pages(bytes: &[u8]) {
-    #[cfg(unix)]
-    {
-        // SAFETY: sysconf has no preconditions.
-        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-            p if p > 0 => p as usize,
-            _ => return,
-        };
-        let start = bytes.as_ptr() as usize;
-        let first = start.div_ceil(page) * page;
-        let end = (start + bytes.len()) / page * page;
-        if end > first {
-            // SAFETY: [first, end) lies within `bytes`, a shared read-only file mapping that
-            // stays mapped; MADV_DONTNEED on such a mapping only drops resident pages, which
-            // later reads fault back in from the file unchanged.
-            unsafe {
-                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = bytes;
+    // SAFETY: `bytes` is a tensor's data in the checkpoint's read-only file mapping, which
+    // stays mapped.
+    unsafe { advise(bytes.as_ptr(), bytes.len(), Advice::DontNeed) };
 }
 
 #[cfg(test)]

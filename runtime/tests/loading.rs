@@ -206,9 +206,42 @@ fn large_matrices_are_read_in_place() {
     let reference = LlavaModel::from_varbuilder(cfg, vb).unwrap();
     assert!(!reference.embed_weight().is_mapped());
     assert_same_outputs(&model, &reference);
-    // Computing in another dtype than stored needs converted copies.
+    // Computing in f16 over f32 files needs converted copies.
     let half = LlavaModel::load(dir.path(), &Device::Cpu, DType::F16).unwrap();
     assert!(!half.embed_weight().is_mapped() && !half.lm_head_weight().is_mapped());
+}
+
+/// Matrices stored in half precision are read in place for an f32 computation too (their
+/// rows converted as they are used), and the model computes what the converted copies
+/// compute: how an f32 run of an f16 checkpoint, or a quantized folder's embedding table and
+/// head, avoid holding the weights twice.
+#[test]
+fn half_precision_matrices_are_read_in_place_for_f32() {
+    let dir = ModelDir::new("mapped-half-src");
+    let json = tiny_config_json_with_vocab(1 << 16, 39);
+    let cfg = write_random_checkpoint(dir.path(), &json, 12).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    for stored in [DType::F16, DType::BF16] {
+        let half = ModelDir::new(&format!("mapped-{stored:?}"));
+        std::fs::copy(
+            dir.path().join("config.json"),
+            half.path().join("config.json"),
+        )
+        .unwrap();
+        let converted: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_dtype(stored).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&converted, half.path().join("model.safetensors")).unwrap();
+        let model = load(&half).unwrap();
+        assert!(model.embed_weight().is_mapped() && model.lm_head_weight().is_mapped());
+        assert_eq!(model.embed_weight().dtype(), DType::F32);
+        let vb = VarBuilder::from_tensors(converted, DType::F32, &Device::Cpu);
+        let reference = LlavaModel::from_varbuilder(cfg.clone(), vb).unwrap();
+        assert!(!reference.embed_weight().is_mapped());
+        assert_same_outputs(&model, &reference);
+    }
 }
 
 #[test]

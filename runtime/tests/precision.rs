@@ -131,6 +131,41 @@ fn quantize_refuses_an_existing_output_and_a_quantized_source() {
     );
 }
 
+/// A quantized folder's blocks are read as they were written (every matrix equal, block for
+/// block, to what candle's own GGUF reader gives), and a cut-short file is refused naming a
+/// tensor, not read as zeros.
+#[test]
+fn quantized_blocks_are_read_whole_or_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for format in QuantFormat::ALL {
+        let dir = quantized(format, tmp.path());
+        let path = dir.join(QUANTIZED_FILE);
+        let ours = QuantizedLinears::read(&path, &Device::Cpu).unwrap();
+        let mut file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+        assert_eq!(ours.len(), content.tensor_infos.len());
+        for name in content.tensor_infos.keys() {
+            let theirs = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+            let mine = ours.get(name).unwrap();
+            assert_eq!(
+                (mine.dtype(), mine.shape()),
+                (theirs.dtype(), theirs.shape())
+            );
+            assert_eq!(mine.data().unwrap(), theirs.data().unwrap(), "{name}");
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let err = QuantizedLinears::read(&path, &Device::Cpu)
+            .err()
+            .expect("a truncated file is refused")
+            .to_string();
+        assert!(
+            err.contains("truncated") && err.contains("tensor `"),
+            "{err}"
+        );
+    }
+}
+
 /// The tiny model with its linear layers as `dtype` quantized matrices.
 fn tiny_quantized(dtype: GgmlDType) -> LlavaModel {
     let weights = RandomWeights::new(11);

@@ -28,7 +28,7 @@ use crate::generate::{
     decode_step, BatchConcepts, GenerateConfig, NextStep, RowConcepts, Sequence, StepRow,
     StopReason,
 };
-use crate::model::{BatchKvCache, KvCache};
+use crate::model::{BatchKvCache, KvCache, LlavaModel};
 use crate::ops::Kernels;
 use crate::session::{Engine, TokenizedPrompt};
 
@@ -236,6 +236,7 @@ impl BatchLoop {
                 // Prompt logits need every position run here, with the LM head.
                 let prompt = engine.embed_tokenized(&job.prompt)?;
                 let mut cache = KvCache::new(model.config());
+                cache.reserve(planned_positions(model, t, job.cfg.max_tokens));
                 let (mut sequence, logits) =
                     Sequence::prefill(model, engine.concepts(), &prompt, &job.cfg, &mut cache)?;
                 self.prefixes.insert(&key, &cache)?;
@@ -251,12 +252,14 @@ impl BatchLoop {
                 .prefixes
                 .lookup(&key, t - 1)
                 .unwrap_or_else(|| KvCache::new(model.config()));
+            cache.reserve(planned_positions(model, t, job.cfg.max_tokens));
             let done = cache.len();
             if done < t - 1 {
                 let rest = engine.embed_range(&job.prompt, done..t - 1)?.unsqueeze(0)?;
                 model.forward_embeds(&rest, Some(&mut cache), Kernels::Fast)?;
             }
             self.prefixes.insert(&key, &cache)?;
+
             let sequence = Sequence::start(model, ids, &job.cfg)?;
             Ok((sequence, NextStep::Feed(ids[t - 1]), cache))
         })();
@@ -277,7 +280,7 @@ impl BatchLoop {
         let batch = self
             .cache
             .get_or_insert_with(|| BatchKvCache::new(job.engine.model().config(), self.slots));
-        if let Err(e) = batch.load(slot, &cache) {
+        if let Err(e) = batch.load(slot, cache) {
             let _ = job.events.send(Err(e));
             return None;
         }
@@ -419,4 +422,13 @@ fn finish_chat(job: Job, sequence: Sequence, stop: StopReason) {
         .finish(job.engine.codec(), stop, &mut |t| Row::send_text(&job, t))
         .and_then(summary);
     let _ = job.events.send(result.map(ChatEvent::Done));
+}
+
+/// Positions a chat's key/value cache is allocated for at once: its prompt and every token it
+/// may generate, within the model's context. Growing a cache later copies it into one twice
+/// as large, both held meanwhile; at LLaVA-7B's size that is gigabytes.
+fn planned_positions(model: &LlavaModel, prompt: usize, max_tokens: usize) -> usize {
+    prompt
+        .saturating_add(max_tokens)
+        .min(model.config().text.max_position_embeddings)
 }

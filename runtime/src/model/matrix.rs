@@ -9,10 +9,16 @@
 //! asked for. Loading a model then touches only headers; pages are read when first used,
 //! and stay shared with the page cache (and with other processes mapping the same files).
 //!
-//! Only when the stored bytes are what the kernels read as they are: on the CPU, stored in
-//! the compute dtype (f32 or f16, the dtypes candle's CPU GEMM takes), little-endian and
-//! aligned for the element type; and only for matrices of at least [`MIN_MAPPED_ELEMENTS`].
-//! Anything else is loaded as a tensor, as before.
+//! Only on the CPU, little-endian, aligned for the element type, for matrices of at least
+//! [`MIN_MAPPED_ELEMENTS`], and either stored in the compute dtype (f32 or f16, the dtypes
+//! candle's CPU GEMM takes) or stored in half precision (f16, bf16) and computed in f32.
+//! In the second case the products convert the stored rows to f32 a block at a time
+//! ([`CONVERT_ROWS`] rows, in a per-thread buffer) just before multiplying with them, and
+//! lookups convert the rows they copy: the conversion is exact, so this computes what a
+//! converted copy would, while the model holds half the bytes. It is what keeps an f32 run
+//! of a half-precision checkpoint (every llava-hf release; the quantized folders' embedding
+//! table and head) from doubling the weights in memory. Anything else is loaded as a tensor,
+//! as before.
 //!
 //! Why the size floor: with `W` as stored, both GEMM operands run along the summed dimension,
 //! and for products with few outputs (rows × outputs ≤ 256, or one row) the GEMM switches to
@@ -33,13 +39,21 @@ use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
-use half::f16;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 use crate::error::{Result, RuntimeError};
+use crate::madvise::{advise, Advice};
 use crate::ops;
 
 /// The fewest elements a matrix must have to be read in place (see the module docs).
 pub(crate) const MIN_MAPPED_ELEMENTS: usize = 1 << 20;
+
+/// Stored half-precision rows converted to f32 at a time by a product computed in f32: 256
+/// rows of LLaVA-7B's 4096 columns are 4 MiB of f32, few enough to stay in cache between
+/// the conversion and the GEMM that reads them, many enough that every block has over 256
+/// outputs per input row (the GEMM's blocked kernels, as for an unconverted product).
+const CONVERT_ROWS: usize = 256;
 
 /// A frozen `[rows, cols]` weight matrix: a tensor, or the stored bytes read in place.
 ///
@@ -127,10 +141,11 @@ impl WeightMatrix {
                     .to_scalar::<f64>()?
                     .sqrt())
             }
-            Repr::Mapped(m) => Ok(match m.dtype {
+            Repr::Mapped(m) => Ok(match m.stored {
                 DType::F32 => std_of(m.slice::<f32>().iter().map(|&x| x as f64)),
                 DType::F16 => std_of(m.slice::<f16>().iter().map(|x| x.to_f64())),
-                other => unreachable!("a mapped matrix of {other:?}"),
+                DType::BF16 => std_of(m.slice::<bf16>().iter().map(|x| x.to_f64())),
+                other => unreachable!("a mapped matrix stored in {other:?}"),
             }),
         }
     }
@@ -193,6 +208,9 @@ pub(crate) struct MappedMatrix {
     ptr: *const u8,
     rows: usize,
     cols: usize,
+    /// How the elements are stored.
+    stored: DType,
+    /// What products and lookups compute in: `stored`, or f32 over half-precision storage.
     dtype: DType,
 }
 
@@ -202,38 +220,44 @@ unsafe impl Send for MappedMatrix {}
 unsafe impl Sync for MappedMatrix {}
 
 impl MappedMatrix {
-    /// The stored bytes `data` of a `[rows, cols]` matrix of `dtype`, used in place, or
-    /// `None` where the kernels cannot read them as they are (see the module docs).
+    /// The stored bytes `data` of a `[rows, cols]` matrix of `stored` elements, used in place
+    /// to compute in `dtype`, or `None` where that cannot be done on them as they are (see
+    /// the module docs).
     pub(crate) fn new(
         files: Arc<MmapedSafetensors>,
         data: &[u8],
         rows: usize,
         cols: usize,
+        stored: DType,
         dtype: DType,
     ) -> Option<Self> {
-        let size = match dtype {
-            DType::F32 => 4,
-            DType::F16 => 2,
+        let size = match (stored, dtype) {
+            (DType::F32, DType::F32) => 4,
+            (DType::F16, DType::F16 | DType::F32) | (DType::BF16, DType::F32) => 2,
             _ => return None,
         };
         let aligned = (data.as_ptr() as usize) % size == 0;
         if !cfg!(target_endian = "little") || !aligned || data.len() != rows * cols * size {
             return None;
         }
-        advise_huge_pages(data);
+        // SAFETY: `data` lies in the file mapping `files` keeps alive; huge pages are advice.
+        unsafe { advise(data.as_ptr(), data.len(), Advice::HugePages) };
         Some(MappedMatrix {
             _files: files,
             ptr: data.as_ptr(),
             rows,
             cols,
+            stored,
             dtype,
         })
     }
 
-    fn slice<T>(&self) -> &[T] {
-        // SAFETY: `new` checked that the bytes are `rows * cols` elements of `T` (the dtype's
-        // element type: f32 or f16, plain old data), aligned for it, in a mapping that lives
-        // as long as `self`.
+    /// The stored elements; `T` must be `stored`'s element type.
+    fn slice<T: candle_core::WithDType>(&self) -> &[T] {
+        assert_eq!(T::DTYPE, self.stored, "mapped matrix read as another dtype");
+        // SAFETY: `new` checked that the bytes are `rows * cols` elements of the stored dtype
+        // (plain old data), which the assertion above makes `T`, aligned for it, in a mapping
+        // that lives as long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.cast::<T>(), self.rows * self.cols) }
     }
 
@@ -248,19 +272,38 @@ impl MappedMatrix {
             out
         }
         let shape = (ids.len(), self.cols);
-        Ok(match self.dtype {
-            DType::F32 => Tensor::from_vec(
+        Ok(match (self.stored, self.dtype) {
+            (DType::F32, _) => Tensor::from_vec(
                 gather(self.slice::<f32>(), self.cols, ids),
                 shape,
                 &Device::Cpu,
             )?,
-            DType::F16 => Tensor::from_vec(
+            (DType::F16, DType::F16) => Tensor::from_vec(
                 gather(self.slice::<f16>(), self.cols, ids),
                 shape,
                 &Device::Cpu,
             )?,
-            other => unreachable!("a mapped matrix of {other:?}"),
+            (DType::F16 | DType::BF16, DType::F32) => {
+                let mut out = vec![0f32; ids.len() * self.cols];
+                for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+                    self.convert_rows(id as usize, dst);
+                }
+                Tensor::from_vec(out, shape, &Device::Cpu)?
+            }
+            (stored, dtype) => unreachable!("a mapped {stored:?} matrix computed in {dtype:?}"),
         })
+    }
+
+    /// Rows `first..` converted to f32 into `dst` (a whole number of rows), from half
+    /// precision storage.
+    fn convert_rows(&self, first: usize, dst: &mut [f32]) {
+        let start = first * self.cols;
+        let end = start + dst.len();
+        match self.stored {
+            DType::F16 => self.slice::<f16>()[start..end].convert_to_f32_slice(dst),
+            DType::BF16 => self.slice::<bf16>()[start..end].convert_to_f32_slice(dst),
+            other => unreachable!("converting a mapped {other:?} matrix"),
+        }
     }
 
     /// `x · Wᵀ` for `x` `[m, cols]`, with a backward to `x`.
@@ -280,25 +323,6 @@ impl MappedMatrix {
     }
 }
 
-/// Asks the kernel to map `bytes` (in a file mapping) with huge pages where it can.
-fn advise_huge_pages(bytes: &[u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (bytes.as_ptr() as usize).div_ceil(HUGE) * HUGE;
-        let end = (bytes.as_ptr() as usize + bytes.len()) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: an advice on whole huge pages inside `bytes`' mapping; it changes how
-            // pages are mapped, never their contents.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = bytes;
-}
-
 /// `x · Wᵀ` (`transposed: false`, `[m, cols]` -> `[m, rows]`) or `x · W` (`transposed:
 /// true`, `[m, rows]` -> `[m, cols]`, the other's input gradient) with the mapped `W`.
 struct MappedMatmul {
@@ -307,6 +331,24 @@ struct MappedMatmul {
 }
 
 impl MappedMatmul {
+    /// `(m, k, n)` of the product with an input laid out as `layout`, checked against `W`.
+    fn dims(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+        let (m, k) = layout.shape().dims2()?;
+        let (rows, cols) = (self.w.rows, self.w.cols);
+        let (want_k, n) = if self.transposed {
+            (rows, cols)
+        } else {
+            (cols, rows)
+        };
+        if k != want_k {
+            candle_core::bail!(
+                "mapped matrix [{rows}, {cols}] multiplied with [{m}, {k}] (transposed: {})",
+                self.transposed
+            );
+        }
+        Ok((m, k, n))
+    }
+
     /// `dst[m, n] = lhs[m, k] · rhs[k, n]` where `rhs` is `W` or `Wᵀ` as stored: the GEMM
     /// reads the stored row-major bytes through strides, packing them as it does any operand.
     fn gemm<T: 'static + Copy + num_traits::Zero + num_traits::One>(
@@ -315,59 +357,171 @@ impl MappedMatmul {
         layout: &Layout,
         w: &[T],
     ) -> candle_core::Result<(Vec<T>, Shape)> {
-        let (m, k) = layout.shape().dims2()?;
-        let (rows, cols) = (self.w.rows, self.w.cols);
+        let (m, k, n) = self.dims(layout)?;
+        let cols = self.w.cols as isize;
         // Element (i, j) of rhs is W[j, i] (not transposed) or W[i, j].
-        let (want_k, n, rhs_rs, rhs_cs) = if self.transposed {
-            (rows, cols, cols as isize, 1)
+        let (rhs_rs, rhs_cs) = if self.transposed {
+            (cols, 1)
         } else {
-            (cols, rows, 1, cols as isize)
+            (1, cols)
         };
-        if k != want_k {
-            candle_core::bail!(
-                "mapped matrix [{rows}, {cols}] multiplied with [{m}, {k}] (transposed: {})",
-                self.transposed
-            );
-        }
-        let stride = layout.stride();
-        let lhs = &lhs[layout.start_offset()..];
         let mut dst = vec![T::zero(); m * n];
-        if m == 0 || n == 0 {
-            return Ok((dst, (m, n).into()));
-        }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
+        let [lhs_rs, lhs_cs] = strides2(layout);
         // SAFETY: dst is [m, n] row-major; lhs is addressed through its layout's strides from
         // its start offset, within its storage (candle's own matmul passes the same); rhs
         // addresses rows * cols elements of `w` through the strides chosen above.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                lhs.as_ptr(),
-                stride[1] as isize,
-                stride[0] as isize,
-                w.as_ptr(),
-                rhs_cs,
-                rhs_rs,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                parallelism,
+            gemm_into(
+                (m, n, k),
+                (dst.as_mut_ptr(), n as isize, false),
+                (lhs[layout.start_offset()..].as_ptr(), lhs_rs, lhs_cs),
+                (w.as_ptr(), rhs_rs, rhs_cs),
+                parallelism(),
             );
         }
         Ok((dst, (m, n).into()))
+    }
+
+    /// The f32 product with `W` stored in half precision: blocks of [`CONVERT_ROWS`] stored
+    /// rows are converted to f32 in a per-thread buffer and multiplied with at once. The
+    /// forward (`x · Wᵀ`) gives each block its own output columns, so blocks run in parallel;
+    /// the input gradient (`x · W`) sums over the blocks, one after another.
+    fn gemm_converted(
+        &self,
+        lhs: &[f32],
+        layout: &Layout,
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        use rayon::prelude::*;
+
+        let (m, k, n) = self.dims(layout)?;
+        let w = &*self.w;
+        let mut dst = vec![0f32; m * n];
+        let lhs = &lhs[layout.start_offset()..];
+        let [lhs_rs, lhs_cs] = strides2(layout);
+        if !self.transposed {
+            let out = SyncPtr(dst.as_mut_ptr());
+            (0..w.rows)
+                .into_par_iter()
+                .step_by(CONVERT_ROWS)
+                .for_each(|first| {
+                    let count = CONVERT_ROWS.min(w.rows - first);
+                    CONVERTED.with_borrow_mut(|buf| {
+                        buf.resize(count * w.cols, 0.0);
+                        w.convert_rows(first, buf);
+                        // SAFETY: this block writes output columns first..first + count of
+                        // the [m, n] dst, which no other block writes; lhs as in `gemm`; rhs
+                        // element (i, j) is buf[j, i], within the count * cols buffer.
+                        unsafe {
+                            gemm_into(
+                                (m, count, k),
+                                (out.get().add(first), n as isize, false),
+                                (lhs.as_ptr(), lhs_rs, lhs_cs),
+                                (buf.as_ptr(), 1, w.cols as isize),
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    });
+                });
+        } else {
+            let mut buf = Vec::new();
+            for first in (0..w.rows).step_by(CONVERT_ROWS) {
+                let count = CONVERT_ROWS.min(w.rows - first);
+                buf.resize(count * w.cols, 0.0);
+                w.convert_rows(first, &mut buf);
+                // SAFETY: dst [m, n] row-major, accumulated after the first block; lhs columns
+                // first..first + count through its strides (k = rows, so within the input);
+                // rhs is the converted [count, cols] block, row-major.
+                unsafe {
+                    gemm_into(
+                        (m, n, count),
+                        (dst.as_mut_ptr(), n as isize, first > 0),
+                        (lhs.as_ptr().offset(first as isize * lhs_cs), lhs_rs, lhs_cs),
+                        (buf.as_ptr(), w.cols as isize, 1),
+                        parallelism(),
+                    );
+                }
+            }
+        }
+        Ok((dst, (m, n).into()))
+    }
+}
+
+thread_local! {
+    /// A product's converted block of stored rows, kept per thread across products (4 MiB
+    /// at LLaVA-7B's width) so that no product allocates and faults in a fresh one per block.
+    static CONVERTED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output pointer shared by the parallel blocks of one product, each writing its own
+/// columns.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+
+// SAFETY: blocks write disjoint elements through it while the owning Vec outlives them.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// A method (not a field access) so that closures capture the whole wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `[row stride, column stride]` of a 2-D input layout.
+fn strides2(layout: &Layout) -> [isize; 2] {
+    let s = layout.stride();
+    [s[0] as isize, s[1] as isize]
+}
+
+/// The GEMM's parallelism for a whole product: candle's thread count.
+fn parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        threads if threads > 1 => gemm::Parallelism::Rayon(threads),
+        _ => gemm::Parallelism::None,
+    }
+}
+
+/// `dst (=, or += when accumulating) lhs · rhs` for `(m, n, k)`, each operand a pointer with
+/// its row and column strides (`dst` row-major with the given row stride).
+///
+/// # Safety
+/// Every element the strides address must lie within its operand's allocation, and `dst`'s
+/// elements must not be written by anyone else during the call.
+unsafe fn gemm_into<T: 'static + Copy + num_traits::Zero + num_traits::One>(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, accumulate): (*mut T, isize, bool),
+    (lhs, lhs_rs, lhs_cs): (*const T, isize, isize),
+    (rhs, rhs_rs, rhs_cs): (*const T, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract; gemm computes dst = alpha·dst + beta·lhs·rhs, reading dst
+    // only when asked to.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            if accumulate { T::one() } else { T::zero() },
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 
@@ -381,17 +535,21 @@ impl CustomOp1 for MappedMatmul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match (storage, self.w.dtype) {
-            (CpuStorage::F32(x), DType::F32) => {
+        match (storage, self.w.stored, self.w.dtype) {
+            (CpuStorage::F32(x), DType::F32, DType::F32) => {
                 let (y, s) = self.gemm(x, layout, self.w.slice::<f32>())?;
                 Ok((CpuStorage::F32(y), s))
             }
-            (CpuStorage::F16(x), DType::F16) => {
+            (CpuStorage::F16(x), DType::F16, DType::F16) => {
                 let (y, s) = self.gemm(x, layout, self.w.slice::<f16>())?;
                 Ok((CpuStorage::F16(y), s))
             }
-            (other, dtype) => candle_core::bail!(
-                "a product of a mapped {dtype:?} matrix with {:?}",
+            (CpuStorage::F32(x), DType::F16 | DType::BF16, DType::F32) => {
+                let (y, s) = self.gemm_converted(x, layout)?;
+                Ok((CpuStorage::F32(y), s))
+            }
+            (other, stored, dtype) => candle_core::bail!(
+                "a product of a mapped {stored:?} matrix computed in {dtype:?} with {:?}",
                 candle_core::backend::BackendStorage::dtype(other)
             ),
         }
@@ -417,8 +575,8 @@ mod tests {
     use crate::testing::{max_abs_diff, randn};
 
     /// `[rows, cols]` matrices `w` stored in a safetensors file (after a few bytes of another
-    /// tensor, as in a real checkpoint) and mapped back.
-    fn mapped(w: &Tensor) -> (tempfile::TempDir, WeightMatrix) {
+    /// tensor, as in a real checkpoint) and mapped back, to compute in `compute`.
+    fn mapped(w: &Tensor, compute: DType) -> (tempfile::TempDir, WeightMatrix) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let lead = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
@@ -431,81 +589,109 @@ mod tests {
         let files = Arc::new(unsafe { MmapedSafetensors::new(&path) }.unwrap());
         let view = files.get("w").unwrap();
         let (rows, cols) = w.dims2().unwrap();
-        let m = MappedMatrix::new(files.clone(), view.data(), rows, cols, w.dtype())
-            .expect("an aligned f32/f16 matrix is mapped");
-        // Another dtype, or bytes that do not make the shape, are not mapped.
-        assert!(MappedMatrix::new(files.clone(), view.data(), rows, cols, DType::BF16).is_none());
-        assert!(MappedMatrix::new(files.clone(), view.data(), rows + 1, cols, w.dtype()).is_none());
+        let stored = w.dtype();
+        let m = MappedMatrix::new(files.clone(), view.data(), rows, cols, stored, compute)
+            .expect("an aligned matrix is mapped");
+        // Computing in a dtype other than the stored one or f32 over half precision, or bytes
+        // that do not make the shape, are not mapped.
+        for other in [DType::BF16, DType::F64] {
+            let m = MappedMatrix::new(files.clone(), view.data(), rows, cols, stored, other);
+            assert!(m.is_none(), "{stored:?} computed in {other:?}");
+        }
+        let short = MappedMatrix::new(files.clone(), view.data(), rows + 1, cols, stored, compute);
+        assert!(short.is_none());
         (dir, WeightMatrix::mapped(Arc::new(m)))
     }
 
+    /// Stored dtype, compute dtype, tolerance of products against the tensor computation.
+    /// The last two convert half-precision storage to f32 by blocks of stored rows: 600 rows
+    /// make two whole blocks and a partial one.
+    const CASES: [(DType, DType, f64); 4] = [
+        (DType::F32, DType::F32, 1e-5),
+        (DType::F16, DType::F16, 2e-2),
+        (DType::F16, DType::F32, 1e-5),
+        (DType::BF16, DType::F32, 1e-5),
+    ];
+
     #[test]
     fn mapped_products_and_rows_match_the_tensor_ones() {
-        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 2e-2)] {
-            let w = randn(&[37, 19], 1, DType::F32, &Device::Cpu).unwrap();
-            let w = w.to_dtype(dtype).unwrap();
-            let (_dir, m) = mapped(&w);
+        let (n, k) = (600, 19);
+        for (stored, compute, tol) in CASES {
+            let w = randn(&[n, k], 1, DType::F32, &Device::Cpu).unwrap();
+            let w = w.to_dtype(stored).unwrap();
+            let (_dir, m) = mapped(&w, compute);
+            // The reference: the stored values as a tensor in the compute dtype (exact).
+            let w = w.to_dtype(compute).unwrap();
             let t = WeightMatrix::tensor(w.clone());
             assert!(m.is_mapped() && !t.is_mapped());
-            assert_eq!((m.dims2(), m.dtype()), ((37, 19), dtype));
+            assert_eq!((m.dims2(), m.dtype()), ((n, k), compute));
             // Rows are copied bit for bit, any id shape; an id past the end is refused.
-            let ids = Tensor::new(&[[36u32, 0, 5], [5, 2, 17]], &Device::Cpu).unwrap();
+            let ids = Tensor::new(&[[599u32, 0, 5], [5, 2, 300]], &Device::Cpu).unwrap();
             assert_eq!(
                 max_abs_diff(&m.rows(&ids).unwrap(), &t.rows(&ids).unwrap()),
                 0.0
             );
-            assert_eq!(m.rows(&ids).unwrap().dims(), [2, 3, 19]);
-            let bad = Tensor::new(&[37u32], &Device::Cpu).unwrap();
+            assert_eq!(m.rows(&ids).unwrap().dims(), [2, 3, k]);
+            let bad = Tensor::new(&[n as u32], &Device::Cpu).unwrap();
             assert!(m.rows(&bad).is_err());
             assert_eq!(max_abs_diff(&m.to_tensor().unwrap(), &w), 0.0);
             assert!((m.std().unwrap() - t.std().unwrap()).abs() < 1e-12);
             // x · Wᵀ for a batch of rows, a single row (decoding) and a strided input.
             for rows in [1usize, 4, 33] {
-                let x = randn(&[2, rows, 19], 2, DType::F32, &Device::Cpu)
+                let x = randn(&[2, rows, k], 2, DType::F32, &Device::Cpu)
                     .unwrap()
-                    .to_dtype(dtype)
+                    .to_dtype(compute)
                     .unwrap();
                 let want = t.linear_t(&x).unwrap();
                 let got = m.linear_t(&x).unwrap();
-                assert_eq!(got.dims(), [2, rows, 37]);
-                assert!(max_abs_diff(&got, &want) < tol, "{dtype:?} rows {rows}");
+                assert_eq!(got.dims(), [2, rows, n]);
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff < tol, "{stored:?}/{compute:?} rows {rows}: {diff}");
             }
-            let wide = randn(&[5, 38], 3, DType::F32, &Device::Cpu)
+            let wide = randn(&[5, 2 * k], 3, DType::F32, &Device::Cpu)
                 .unwrap()
-                .to_dtype(dtype)
+                .to_dtype(compute)
                 .unwrap();
-            let strided = wide.narrow(1, 7, 19).unwrap();
+            let strided = wide.narrow(1, 7, k).unwrap();
             assert!(!strided.is_contiguous());
             let want = t.linear_t(&strided.contiguous().unwrap()).unwrap();
             assert!(max_abs_diff(&m.linear_t(&strided).unwrap(), &want) < tol);
             // A product with another dtype is refused, not converted.
-            let other = if dtype == DType::F32 {
+            let other = if compute == DType::F32 {
                 DType::F16
             } else {
                 DType::F32
             };
             assert!(m
-                .linear_t(&wide.narrow(1, 0, 19).unwrap().to_dtype(other).unwrap())
+                .linear_t(&wide.narrow(1, 0, k).unwrap().to_dtype(other).unwrap())
                 .is_err());
         }
     }
 
-    /// The input gradient of a product with a mapped matrix is `dy · W`, as through a tensor.
+    /// The input gradient of a product with a mapped matrix is `dy · W`, as through a tensor
+    /// (for converted storage: summed over the blocks of stored rows).
     #[test]
     fn mapped_product_passes_the_input_gradient() {
-        let w = randn(&[23, 11], 4, DType::F32, &Device::Cpu).unwrap();
-        let (_dir, m) = mapped(&w);
-        let t = WeightMatrix::tensor(w);
-        let x0 = randn(&[3, 11], 5, DType::F32, &Device::Cpu).unwrap();
-        let probe = randn(&[3, 23], 6, DType::F32, &Device::Cpu).unwrap();
-        let grad = |mat: &WeightMatrix| {
-            let x = candle_core::Var::from_tensor(&x0).unwrap();
-            let y = mat.linear_t(x.as_tensor()).unwrap();
-            let loss = (y * &probe).unwrap().sum_all().unwrap();
-            loss.backward().unwrap().get(x.as_tensor()).unwrap().clone()
-        };
-        let (gm, gt) = (grad(&m), grad(&t));
-        assert_eq!(gm.dims(), [3, 11]);
-        assert!(max_abs_diff(&gm, &gt) < 1e-5, "{}", max_abs_diff(&gm, &gt));
+        for (stored, compute, _) in CASES {
+            if compute != DType::F32 {
+                continue;
+            }
+            let w = randn(&[600, 11], 4, DType::F32, &Device::Cpu).unwrap();
+            let w = w.to_dtype(stored).unwrap();
+            let (_dir, m) = mapped(&w, compute);
+            let t = WeightMatrix::tensor(w.to_dtype(compute).unwrap());
+            let x0 = randn(&[3, 11], 5, DType::F32, &Device::Cpu).unwrap();
+            let probe = randn(&[3, 600], 6, DType::F32, &Device::Cpu).unwrap();
+            let grad = |mat: &WeightMatrix| {
+                let x = candle_core::Var::from_tensor(&x0).unwrap();
+                let y = mat.linear_t(x.as_tensor()).unwrap();
+                let loss = (y * &probe).unwrap().sum_all().unwrap();
+                loss.backward().unwrap().get(x.as_tensor()).unwrap().clone()
+            };
+            let (gm, gt) = (grad(&m), grad(&t));
+            assert_eq!(gm.dims(), [3, 11]);
+            let diff = max_abs_diff(&gm, &gt);
+            assert!(diff < 1e-4, "{stored:?}: {diff}");
+        }
     }
 }

@@ -498,13 +498,16 @@ mod tests {
         };
         let mut alone = [prefill(5, 20), prefill(2, 21), prefill(9, 22)];
         let mut batch = BatchKvCache::new(&cfg, 4);
-        // Slot 1 stays free between two sequences; sequence 2 waits for a slot.
-        batch.load(0, &alone[0]).unwrap();
+        // Slot 1 stays free between two sequences; sequence 2 waits for a slot. The first
+        // sequence hands its buffers over (a prefill of its own, equal to alone[0]); the others
+        // are copied (shared with `alone`).
+        batch.load(0, prefill(5, 20)).unwrap();
         let one_row = batch.bytes();
-        batch.load(2, &alone[1]).unwrap();
+        assert_eq!(one_row, alone[0].bytes());
+        batch.load(2, alone[1].clone()).unwrap();
         // Rows are allocated up to the highest slot used, not for all four slots.
         assert_eq!(batch.bytes(), 3 * one_row);
-        assert!(batch.load(2, &alone[2]).is_err(), "slot 2 is taken");
+        assert!(batch.load(2, alone[2].clone()).is_err(), "slot 2 is taken");
         assert_eq!((batch.width(), batch.free_slot()), (3, Some(1)));
         // slot -> sequence
         let mut slots: Vec<Option<usize>> = vec![Some(0), None, Some(1)];
@@ -513,7 +516,7 @@ mod tests {
             if step == 3 {
                 // Sequence 0 leaves; sequence 2 joins in its slot.
                 batch.release(0);
-                batch.load(0, &alone[2]).unwrap();
+                batch.load(0, alone[2].clone()).unwrap();
                 slots[0] = Some(2);
             }
             let width = batch.width();
@@ -539,6 +542,53 @@ mod tests {
         assert!(model.decode_batch(&too_wide, &mut batch).is_err());
         let empty = BatchKvCache::new(&cfg, 2);
         assert_eq!(empty.width(), 0);
+    }
+
+    /// A cache reserved for its whole sequence is allocated once: the prefill allocates room
+    /// for every position, the batch takes those buffers over (slot 0 of an empty batch), and
+    /// decoding up to the reserved length allocates nothing more; a copied row gets the same
+    /// room.
+    #[test]
+    fn a_reserved_cache_is_allocated_once() {
+        let mut cfg = tiny_config_gqa();
+        cfg.text.max_position_embeddings = 256;
+        let (model, _) = random_model(&cfg, 9, DType::F64, &Device::Cpu).unwrap();
+        let dev = Device::Cpu;
+        let prefill = |reserve: usize| {
+            let mut cache = KvCache::new(&cfg);
+            cache.reserve(reserve);
+            let prompt = randn(&[1, 5, 16], 20, DType::F64, &dev).unwrap();
+            model
+                .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
+                .unwrap();
+            cache
+        };
+        let small = prefill(0).bytes();
+        let reserved = prefill(200);
+        // 200 positions, rounded up to the capacity step (256), against 64 for 5 positions.
+        assert_eq!(reserved.bytes(), small * 4);
+        let mut batch = BatchKvCache::new(&cfg, 2);
+        batch.load(0, prefill(200)).unwrap();
+        assert_eq!(batch.bytes(), reserved.bytes());
+        let mut alone = reserved.clone();
+        for step in 0..195u64 {
+            let embeds = randn(&[1, 1, 16], 100 + step, DType::F64, &dev).unwrap();
+            let got = model.decode_batch(&embeds, &mut batch).unwrap();
+            let want = model
+                .forward_embeds(&embeds, Some(&mut alone), Kernels::Fast)
+                .unwrap();
+            assert!(max_abs_diff(&got, &want) < 1e-12, "step {step}");
+        }
+        assert_eq!(batch.len(0), 200);
+        assert_eq!(
+            batch.bytes(),
+            reserved.bytes(),
+            "no growth within the reservation"
+        );
+        // A shared cache is copied, into buffers with the same room.
+        let mut copied = BatchKvCache::new(&cfg, 2);
+        copied.load(1, reserved.clone()).unwrap();
+        assert_eq!(copied.bytes(), 2 * reserved.bytes());
     }
 
     #[test]
