@@ -488,14 +488,7 @@ mod tests {
         let (model, _) = random_model(&cfg, 9, DType::F64, &Device::Cpu).unwrap();
         let dev = Device::Cpu;
         // Three sequences with prompts of 5, 2 and 9 positions, each prefilled alone.
-        let prefill = |len: usize, seed: u64| {
-            let mut cache = KvCache::new(&cfg);
-            let prompt = randn(&[1, len, 16], seed, DType::F64, &dev).unwrap();
-            model
-                .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
-                .unwrap();
-            cache
-        };
+        let prefill = |len: usize, seed: u64| prefilled(&model, len, seed, 0);
         let mut alone = [prefill(5, 20), prefill(2, 21), prefill(9, 22)];
         let mut batch = BatchKvCache::new(&cfg, 4);
         // Slot 1 stays free between two sequences; sequence 2 waits for a slot. The first
@@ -544,6 +537,18 @@ mod tests {
         assert_eq!(empty.width(), 0);
     }
 
+    /// The cache of a prefill of `len` random f64 embeddings (`seed`) of the width-16 test
+    /// models, allocated for at least `reserve` positions.
+    fn prefilled(model: &LlavaModel, len: usize, seed: u64, reserve: usize) -> KvCache {
+        let mut cache = KvCache::new(model.config());
+        cache.reserve(reserve);
+        let prompt = randn(&[1, len, 16], seed, DType::F64, &Device::Cpu).unwrap();
+        model
+            .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
+            .unwrap();
+        cache
+    }
+
     /// A cache reserved for its whole sequence is allocated once: the prefill allocates room
     /// for every position, the batch takes those buffers over (slot 0 of an empty batch), and
     /// decoding up to the reserved length allocates nothing more; a copied row gets the same
@@ -554,15 +559,7 @@ mod tests {
         cfg.text.max_position_embeddings = 256;
         let (model, _) = random_model(&cfg, 9, DType::F64, &Device::Cpu).unwrap();
         let dev = Device::Cpu;
-        let prefill = |reserve: usize| {
-            let mut cache = KvCache::new(&cfg);
-            cache.reserve(reserve);
-            let prompt = randn(&[1, 5, 16], 20, DType::F64, &dev).unwrap();
-            model
-                .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
-                .unwrap();
-            cache
-        };
+        let prefill = |reserve: usize| prefilled(&model, 5, 20, reserve);
         let small = prefill(0).bytes();
         let reserved = prefill(200);
         // 200 positions, rounded up to the capacity step (256), against 64 for 5 positions.
