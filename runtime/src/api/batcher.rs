@@ -259,7 +259,6 @@ impl BatchLoop {
                 model.forward_embeds(&rest, Some(&mut cache), Kernels::Fast)?;
             }
             self.prefixes.insert(&key, &cache)?;
-
             let sequence = Sequence::start(model, ids, &job.cfg)?;
             Ok((sequence, NextStep::Feed(ids[t - 1]), cache))
         })();
