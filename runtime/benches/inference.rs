@@ -46,7 +46,7 @@ use concepts_runtime::generate::{GenerateConfig, Sampling};
 use concepts_runtime::preprocess::preprocess_file;
 use concepts_runtime::prompt::TEMPLATE_ID;
 use concepts_runtime::session::Engine;
-use concepts_runtime::{ConceptWeights, Kernels, KvCache};
+use concepts_runtime::{ConceptWeights, Kernels};
 use serde_json::{json, Value};
 
 mod common;
@@ -251,7 +251,7 @@ fn main() -> BenchResult<()> {
     let prompt_ids = engine.embed_prompt(&prompt)?.ids;
 
     let prefill_s = measure("prefill", 3, opts.reps(30), || {
-        Ok(timed(|| prefill(&engine, &prompt))?.1)
+        Ok(timed(|| prefill(&engine, &prompt, engine.model().kv_cache()))?.1)
     })?;
     // The two halves of the prefill.
     let model = engine.model();
@@ -262,7 +262,7 @@ fn main() -> BenchResult<()> {
     let embedded = engine.embed_prompt(&prompt)?.embeds.unsqueeze(0)?;
     let decoder = measure("prefill.decoder", 3, opts.reps(30), || {
         let run = || -> BenchResult<Tensor> {
-            let mut cache = KvCache::new(model.config());
+            let mut cache = model.kv_cache();
             let hidden = model.forward_embeds(&embedded, Some(&mut cache), Kernels::Fast)?;
             let t = hidden.dim(1)?;
             Ok(engine.concepts().logits(model, &hidden.i((0, t - 1..t))?)?)
@@ -272,7 +272,7 @@ fn main() -> BenchResult<()> {
 
     let mut greedy_ids = Vec::new();
     let decode_s = measure("decode", 2, opts.reps(15), || {
-        let (mut cache, first) = prefill(&engine, &prompt)?;
+        let (mut cache, first) = prefill(&engine, &prompt, engine.model().kv_cache())?;
         let (ids, time) = timed(|| decode(&engine, &mut cache, first, n_decode))?;
         greedy_ids = std::iter::once(first).chain(ids).collect();
         Ok(time)

@@ -6,8 +6,11 @@
 //!
 //! ```sh
 //! cargo bench -p concepts-runtime --bench real_scale -- --model /tmp/llava7b-q4k \
-//!     --image photo.png --decode-tokens 16 [--dtype f16]
+//!     --image photo.png --decode-tokens 16 [--dtype f16] [--kv-cache f32|f16]
 //! ```
+//!
+//! `--kv-cache` overrides the dtype the key/value cache keeps (by default the model's choice,
+//! `LlavaModel::kv_storage`: f16 for an f32 computation over quantized weights).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,7 +18,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use concepts_runtime::preprocess::preprocess_file;
 use concepts_runtime::session::Engine;
-use concepts_runtime::Kernels;
+use concepts_runtime::{Kernels, KvCache};
 use serde_json::json;
 
 mod common;
@@ -31,6 +34,7 @@ fn main() -> BenchResult<()> {
     let mut image = None;
     let mut dtype = DType::F32;
     let mut decode_tokens = 16usize;
+    let mut kv_cache = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
@@ -45,6 +49,13 @@ fn main() -> BenchResult<()> {
                     "bf16" => DType::BF16,
                     other => return Err(format!("--dtype {other}").into()),
                 }
+            }
+            "--kv-cache" => {
+                kv_cache = Some(match value()?.as_str() {
+                    "f32" => DType::F32,
+                    "f16" => DType::F16,
+                    other => return Err(format!("--kv-cache {other}").into()),
+                })
             }
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
@@ -69,7 +80,12 @@ fn main() -> BenchResult<()> {
 
     // The whole prefill: text and pixels to the first token (the vision tower again included).
     let t = Instant::now();
-    let (mut cache, first) = prefill(&engine, &prompt)?;
+    let cache = match kv_cache {
+        Some(kv) => KvCache::new(model.config()).storing((kv != dtype).then_some(kv)),
+        None => model.kv_cache(),
+    };
+    let kv_dtype = cache.storage().unwrap_or(dtype);
+    let (mut cache, first) = prefill(&engine, &prompt, cache)?;
     let prefill_s = t.elapsed().as_secs_f64();
     let positions = cache.len();
 
@@ -84,6 +100,7 @@ fn main() -> BenchResult<()> {
         "model": model_dir.display().to_string(),
         "dtype": format!("{dtype:?}").to_lowercase(),
         "quantized": concepts_runtime::quant::folder_format(&model_dir)?.map(|f| f.to_string()),
+        "kv_cache": format!("{kv_dtype:?}").to_lowercase(),
         "threads": candle_core::utils::get_num_threads(),
         "load_s": load_s,
         "image_s": image_s,

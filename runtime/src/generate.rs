@@ -532,7 +532,8 @@ impl BatchConcepts {
         let (_, d) = first.heads.dims2()?;
         let (dtype, device) = (first.heads.dtype(), first.heads.device());
         let head = model.lm_head_weight();
-        batch.with_base = head.elem_count() <= FUSED_HEAD_ELEMENTS;
+        // A quantized head computes the base logits apart (`base_logits`), as unbatched.
+        batch.with_base = !model.lm_head_is_quantized() && head.elem_count() <= FUSED_HEAD_ELEMENTS;
         let base_rows = if batch.with_base { head.dims2().0 } else { 0 };
         // Fresh buffers (never a view of a row's tensors): `set` writes into them.
         let heads = Tensor::zeros((base_rows + rows.len() * head_room, d), dtype, device)?;
@@ -738,7 +739,7 @@ pub fn generate_cancellable(
             on_text,
         );
     }
-    let mut cache = KvCache::new(model.config());
+    let mut cache = model.kv_cache();
     let (mut sequence, mut last) = Sequence::prefill(model, table, prompt, cfg, &mut cache)?;
     let stop = loop {
         if cancelled() {

@@ -25,8 +25,18 @@ pub(crate) enum Advice {
 /// The range must lie within one live mapping of this process, and with
 /// [`Advice::DontNeed`] that mapping must be a read-only file mapping.
 pub(crate) unsafe fn advise(ptr: *const u8, len: usize, advice: Advice) {
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     {
+        let flag = match advice {
+            #[cfg(target_os = "linux")]
+            Advice::HugePages => libc::MADV_HUGEPAGE,
+            #[cfg(target_os = "linux")]
+            Advice::NoHugePages => libc::MADV_NOHUGEPAGE,
+            Advice::DontNeed => libc::MADV_DONTNEED,
+            // Huge-page advice exists on Linux only.
+            #[cfg(not(target_os = "linux"))]
+            _ => return,
+        };
         let page = match advice {
             Advice::HugePages => 2 << 20,
             // SAFETY: sysconf has no preconditions.
@@ -40,11 +50,6 @@ pub(crate) unsafe fn advise(ptr: *const u8, len: usize, advice: Advice) {
         if end <= start {
             return;
         }
-        let flag = match advice {
-            Advice::HugePages => libc::MADV_HUGEPAGE,
-            Advice::NoHugePages => libc::MADV_NOHUGEPAGE,
-            Advice::DontNeed => libc::MADV_DONTNEED,
-        };
         // SAFETY: [start, end) lies within the caller's range, inside one live mapping; the
         // advice given changes how pages are backed, or (DONTNEED, on a read-only file
         // mapping as the caller guarantees) drops pages that reads fault back in unchanged.
@@ -52,6 +57,6 @@ pub(crate) unsafe fn advise(ptr: *const u8, len: usize, advice: Advice) {
             libc::madvise(start as *mut libc::c_void, end - start, flag);
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(unix))]
     let _ = (ptr, len, advice);
 }

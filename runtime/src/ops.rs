@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 
+mod half_kv;
 mod scaled_softmax;
 mod vexp;
 
@@ -532,6 +533,10 @@ impl Mask {
 /// With [`Kernels::Fast`] on the CPU the scores are scaled, masked and softmaxed in one pass
 /// per row in f32, a causal mask by bounds (`scaled_softmax`); otherwise (and for f64, which
 /// the model tests use for exact comparisons) by differentiable ops over the additive mask.
+///
+/// Keys and values may be kept narrower than `q` (an f16 cache of an f32 model): a decode
+/// step (one query per batch row) on the CPU reads them as they lie (`half_kv`); anything
+/// else attends over copies in `q`'s dtype.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -546,6 +551,37 @@ pub fn attention(
         return Err(RuntimeError::InvalidInput(format!(
             "attention with {h} query heads over {h_kv} key/value heads"
         )));
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        // Keys and values kept narrower than the computation (an f16 cache for an f32 model):
+        // a decode step reads them as they lie; anything else attends over f32 copies.
+        let seen = match mask {
+            _ if t != 1 => None,
+            Mask::All => Some(vec![s; b]),
+            Mask::Causal { t: 1, offset, .. } if offset + 1 == s => Some(vec![s; b]),
+            Mask::PerBatchRow { keys, span, .. } if keys.len() == b && *span == s => {
+                Some(keys.clone())
+            }
+            _ => None,
+        };
+        match seen {
+            Some(seen)
+                if kernels == Kernels::Fast
+                    && q.device().is_cpu()
+                    && (q.dtype(), k.dtype(), v.dtype())
+                        == (DType::F32, DType::F16, DType::F16) =>
+            {
+                let op = half_kv::HalfKvDecode {
+                    scale: scale as f32,
+                    seen,
+                };
+                return Ok(q.contiguous()?.apply_op3_no_bwd(k, v, &op)?);
+            }
+            _ => {
+                let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
+                return attention(q, &k, &v, mask, scale, kernels);
+            }
+        }
     }
     let n_rep = h / h_kv;
     let q = q.contiguous()?.reshape((b, h_kv, n_rep * t, d))?;
@@ -890,6 +926,62 @@ mod tests {
             visible: scaled_softmax::Visible::Causal { t: 4, offset: 3 },
         };
         assert!(wrong.inplace_op1(&op).is_err());
+    }
+
+    /// A decode step over f16 keys and values (an f16 cache of an f32 model) read as they lie
+    /// equals the f32 attention over the same values converted, for every mask a decode step
+    /// uses; views of a longer buffer (a cache's), grouped heads, a head dim that is not a
+    /// multiple of 8 and more keys than one conversion chunk. Anything else (a prefill)
+    /// attends over converted copies.
+    #[test]
+    fn decode_attention_reads_half_keys_and_values_as_they_lie() {
+        let half = |t: Tensor| t.to_dtype(DType::F16).unwrap();
+        let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        // Head dims for the portable kernel (12) and the F16C one (24: one pair of 8-lane
+        // steps and one single; 128: LLaVA-7B's).
+        for d in [12, 24, 128] {
+            // Buffers of 96 positions of which 70 are in use, as a cache's views are.
+            let k = half((randn(&[3, 2, 96, d], 31) * 3.0).unwrap());
+            let v = half(randn(&[3, 2, 96, d], 32));
+            let (k, v) = (k.narrow(2, 0, 70).unwrap(), v.narrow(2, 0, 70).unwrap());
+            assert!(!k.is_contiguous());
+            let q = (randn(&[3, 4, 1, d], 33) * 3.0).unwrap();
+            for mask in [
+                Mask::All,
+                Mask::causal(1, 69),
+                Mask::per_batch_row(vec![70, 5, 33], 70),
+            ] {
+                let got = attention(&q, &k, &v, &mask, 0.3, Kernels::Fast).unwrap();
+                assert_eq!(got.dtype(), DType::F32);
+                let want = attention(
+                    &q,
+                    &f32_of(&k),
+                    &f32_of(&v),
+                    &mask,
+                    0.3,
+                    Kernels::Differentiable,
+                )
+                .unwrap();
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff < 1e-5, "head dim {d}, {mask:?}: {diff}");
+            }
+        }
+        let k = half((randn(&[3, 2, 96, 12], 31) * 3.0).unwrap());
+        let v = half(randn(&[3, 2, 96, 12], 32));
+        let (k, v) = (k.narrow(2, 0, 70).unwrap(), v.narrow(2, 0, 70).unwrap());
+        let q = (randn(&[3, 4, 1, 12], 33) * 3.0).unwrap();
+        // A prefill chunk of 3 queries after 67 positions: converted, same as f32.
+        let q3 = randn(&[3, 4, 3, 12], 34);
+        let mask = Mask::causal(3, 67);
+        let got = attention(&q3, &k, &v, &mask, 0.3, Kernels::Fast).unwrap();
+        let want = attention(&q3, &f32_of(&k), &f32_of(&v), &mask, 0.3, Kernels::Fast).unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-6);
+        // Keys seen beyond those present are refused, not read.
+        let op = half_kv::HalfKvDecode {
+            scale: 1.0,
+            seen: vec![70, 71, 1],
+        };
+        assert!(q.apply_op3_no_bwd(&k, &v, &op).is_err());
     }
 
     #[test]

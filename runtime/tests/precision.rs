@@ -74,8 +74,19 @@ fn quantized_folders_keep_the_fingerprint_and_stay_close_to_f32() {
             "{format}: the fingerprint changed"
         );
         let q = QuantizedLinears::read(&dir.join(QUANTIZED_FILE), &Device::Cpu).unwrap();
-        // 3 vision layers × 6, 2 projector, 2 decoder layers × 7.
-        assert_eq!(q.len(), 3 * 6 + 2 + 2 * 7, "{format}: linear matrices");
+        // 3 vision layers × 6, 2 projector, 2 decoder layers × 7, and the LM head in Q8_0.
+        assert_eq!(
+            q.len(),
+            3 * 6 + 2 + 2 * 7 + 1,
+            "{format}: quantized matrices"
+        );
+        let head = q.get("language_model.lm_head.weight").expect("the head");
+        assert_eq!(head.dtype(), candle_core::quantized::GgmlDType::Q8_0);
+        // Keys and values are kept in f16 for an f32 computation over quantized weights.
+        let engine = Engine::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(engine.model().kv_storage(), Some(DType::F16), "{format}");
+        assert_eq!(engine.model().kv_cache().storage(), Some(DType::F16));
+        assert!(engine.model().lm_head_is_quantized(), "{format}");
         let (logits, ids) = run(&dir, 16);
         let err = max_abs_diff(&logits, &reference) / scale;
         let agree = ids

@@ -38,13 +38,18 @@ pub fn run(args: QuantizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let gb = |b: u64| b as f64 / 1e9;
     println!(
-        "wrote `{}`: {} linear matrices in {format}{}, {} tensors kept as stored; \
+        "wrote `{}`: {} linear matrices in {format}{}{}, {} tensors kept as stored; \
          {:.3} GB of weights -> {:.3} GB",
         args.out.display(),
         report.quantized,
         match report.padded {
             0 => String::new(),
             n => format!(" ({n} padded to whole blocks)"),
+        },
+        if report.lm_head_q8_0 {
+            ", the LM head in q8_0 too"
+        } else {
+            ""
         },
         report.kept,
         gb(report.source_bytes),

@@ -14,12 +14,15 @@ pub fn argmax(logits: &Tensor) -> BenchResult<u32> {
     Ok(Sampler::new(Sampling::Greedy).sample(&values)?)
 }
 
-/// Prompt to first token: returns the filled cache and the first generated id.
-pub fn prefill(engine: &Engine, prompt: &PromptInput) -> BenchResult<(KvCache, u32)> {
+/// Prompt to first token into the empty `cache`: returns it filled and the first generated id.
+pub fn prefill(
+    engine: &Engine,
+    prompt: &PromptInput,
+    mut cache: KvCache,
+) -> BenchResult<(KvCache, u32)> {
     let model = engine.model();
     let embedded = engine.embed_prompt(prompt)?;
     let t = embedded.ids.len();
-    let mut cache = KvCache::new(model.config());
     let hidden = model
         .forward_embeds(
             &embedded.embeds.unsqueeze(0)?,

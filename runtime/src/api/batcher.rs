@@ -28,7 +28,7 @@ use crate::generate::{
     decode_step, BatchConcepts, GenerateConfig, NextStep, RowConcepts, Sequence, StepRow,
     StopReason,
 };
-use crate::model::{BatchKvCache, KvCache, LlavaModel};
+use crate::model::{BatchKvCache, LlavaModel};
 use crate::ops::Kernels;
 use crate::session::{Engine, TokenizedPrompt};
 
@@ -235,7 +235,7 @@ impl BatchLoop {
             if job.cfg.prompt_logits || t < 2 {
                 // Prompt logits need every position run here, with the LM head.
                 let prompt = engine.embed_tokenized(&job.prompt)?;
-                let mut cache = KvCache::new(model.config());
+                let mut cache = model.kv_cache();
                 cache.reserve(planned_positions(model, t, job.cfg.max_tokens));
                 let (mut sequence, logits) =
                     Sequence::prefill(model, engine.concepts(), &prompt, &job.cfg, &mut cache)?;
@@ -251,7 +251,7 @@ impl BatchLoop {
             let mut cache = self
                 .prefixes
                 .lookup(&key, t - 1)
-                .unwrap_or_else(|| KvCache::new(model.config()));
+                .unwrap_or_else(|| model.kv_cache());
             cache.reserve(planned_positions(model, t, job.cfg.max_tokens));
             let done = cache.len();
             if done < t - 1 {

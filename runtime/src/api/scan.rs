@@ -6,13 +6,12 @@
 //! `llava_v1/yollava-1` prompt is `{system} USER: <image>\n<bo> is <bo:1>…. {question}
 //! ASSISTANT:`: the token ids up to the first concept token are the same for every concept
 //! (system text, role, image positions). That prefix is run once — vision tower included —
-//! into a [`KvCache`]; each concept then runs only its suffix on a copy-on-write clone.
+//! into a [`KvCache`](crate::model::KvCache); each concept then runs only its suffix on a copy-on-write clone.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::error::{Result, RuntimeError};
-use crate::model::KvCache;
 use crate::ops::Kernels;
 use crate::preprocess::PixelValues;
 use crate::session::{Engine, PromptInput};
@@ -78,7 +77,7 @@ pub(super) fn recognise_all(
     check(cancel)?;
     let features = base.image_features(std::slice::from_ref(pixels))?;
     let embeds = base.embed_with_features(&first_ids[..shared], spans, Some(&features))?;
-    let mut prefix = KvCache::new(model.config());
+    let mut prefix = model.kv_cache();
     model.forward_embeds(&embeds.unsqueeze(0)?, Some(&mut prefix), Kernels::Fast)?;
     tracing::debug!(
         concepts = concepts.len(),

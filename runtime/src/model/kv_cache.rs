@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::config::LlavaConfig;
 use crate::error::{Result, RuntimeError};
@@ -27,6 +27,9 @@ pub struct KvCache {
     len: usize,
     /// Positions the next allocation makes room for at least ([`KvCache::reserve`]).
     reserved: usize,
+    /// The dtype keys and values are kept in, if not the one they are computed in
+    /// ([`KvCache::storing`]).
+    storage: Option<DType>,
 }
 
 struct LayerBuffers {
@@ -73,7 +76,22 @@ impl KvCache {
             layers: vec![None; cfg.text.num_hidden_layers],
             len: 0,
             reserved: 0,
+            storage: None,
         }
+    }
+
+    /// This cache keeping keys and values in `dtype` (`None`: as computed). An f32 model
+    /// with an f16 cache holds half the bytes per position; a decode step attends over the
+    /// f16 keys and values as they lie (`ops::attention`), a prefill over its own f32 ones.
+    /// Set it before the first token is fed.
+    pub fn storing(mut self, dtype: Option<DType>) -> Self {
+        self.storage = dtype;
+        self
+    }
+
+    /// The dtype keys and values are kept in, if not the one they are computed in.
+    pub fn storage(&self) -> Option<DType> {
+        self.storage
     }
 
     /// Makes the next allocation of the buffers (the first, or a growth) hold at least
@@ -112,6 +130,11 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match self.storage {
+            Some(dtype) => (k.to_dtype(dtype)?, v.to_dtype(dtype)?),
+            None => (k.clone(), v.clone()),
+        };
+        let (k, v) = (&k, &v);
         let (b, h, t, d) = k.dims4()?;
         let len = self.len;
         let needed = len + t;
@@ -191,6 +214,7 @@ impl KvCache {
             layers,
             len: self.len,
             reserved: 0,
+            storage: self.storage,
         })
     }
 
@@ -253,6 +277,7 @@ impl KvCache {
             layers,
             len,
             reserved: 0,
+            storage: first.storage,
         })
     }
 
@@ -495,6 +520,8 @@ impl BatchKvCache {
             )));
         }
         for (dst, src) in [(&buf.k, k), (&buf.v, v)] {
+            // In the dtype the loaded caches kept (an f16 cache of an f32 model).
+            let src = src.to_dtype(dst.dtype())?;
             for (row, &pos) in self.lens[..width].iter().enumerate() {
                 dst.narrow(0, row, 1)?
                     .slice_set(&src.narrow(0, row, 1)?.contiguous()?, 2, pos)?;

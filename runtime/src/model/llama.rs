@@ -116,15 +116,21 @@ impl Attention {
             StepCache::Sequence(cache) => {
                 let len = cache.len();
                 let (k_all, v_all) = cache.append(layer, &k.detach(), &v.detach())?;
+                // A cache that keeps keys and values narrower than computed (f16 for f32).
+                let narrower = k_all.dtype() != k.dtype();
                 match kernels {
-                    Kernels::Fast => (k_all, v_all),
-                    // Keep this chunk's keys and values in the graph; cached positions are
-                    // constants.
-                    Kernels::Differentiable if len == 0 => (k, v),
-                    Kernels::Differentiable => (
-                        Tensor::cat(&[&k_all.narrow(2, 0, len)?, &k], 2)?,
-                        Tensor::cat(&[&v_all.narrow(2, 0, len)?, &v], 2)?,
-                    ),
+                    // A decode step reads a narrower cache as it lies (`ops::attention`).
+                    Kernels::Fast if !narrower || t == 1 => (k_all, v_all),
+                    // This chunk's own keys and values: in the graph when training, unrounded
+                    // when the cache is narrower. Cached positions are constants.
+                    _ if len == 0 => (k, v),
+                    _ => {
+                        let cached = |all: &Tensor| all.narrow(2, 0, len)?.to_dtype(k.dtype());
+                        (
+                            Tensor::cat(&[&cached(&k_all)?, &k], 2)?,
+                            Tensor::cat(&[&cached(&v_all)?, &v], 2)?,
+                        )
+                    }
                 }
             }
         };
@@ -223,6 +229,9 @@ pub(crate) struct Llama {
     layers: Vec<DecoderLayer>,
     norm: Tensor,
     lm_head: WeightMatrix,
+    /// The LM head quantized (a quantized folder, `crate::quant`): the logits are computed
+    /// with it, and `lm_head` serves its rows only.
+    lm_head_quantized: Option<Linear>,
     rope: Rope,
     cfg: LlamaConfig,
 }
@@ -239,10 +248,15 @@ impl Llama {
         let norm = vb_m
             .pp("norm")
             .get_with_hints(d, "weight", Init::Const(1.0))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
+        let (lm_head, lm_head_quantized) = if cfg.tie_word_embeddings {
+            (embed_tokens.clone(), None)
         } else {
-            vb.pp("lm_head").matrix(v, d, "weight")?
+            let head = vb.pp("lm_head");
+            let quantized = match head.quantized("weight") {
+                Some(_) => Some(Linear::load(head.clone(), d, v, false)?),
+                None => None,
+            };
+            (head.matrix(v, d, "weight")?, quantized)
         };
         let rope = Rope::new(cfg, embed_tokens.dtype(), embed_tokens.device())?;
         Ok(Llama {
@@ -250,6 +264,7 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            lm_head_quantized,
             rope,
             cfg: cfg.clone(),
         })
@@ -261,6 +276,10 @@ impl Llama {
 
     pub(crate) fn lm_head_weight(&self) -> &WeightMatrix {
         &self.lm_head
+    }
+
+    pub(crate) fn lm_head_is_quantized(&self) -> bool {
+        self.lm_head_quantized.is_some()
     }
 
     /// Rows of the base embedding table for `ids` (u32, any shape) -> `[.., d]`.
@@ -406,6 +425,9 @@ impl Llama {
 
     /// `hidden · lm_headᵀ`: `[.., d]` -> `[.., vocab_size]`.
     pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.linear_t(hidden)
+        match &self.lm_head_quantized {
+            Some(head) => head.forward(hidden),
+            None => self.lm_head.linear_t(hidden),
+        }
     }
 }

@@ -34,6 +34,11 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Whether linear layers come quantized (a folder written by `concepts quantize`).
+    pub(crate) fn is_quantized(&self) -> bool {
+        self.quantized.is_some()
+    }
+
     pub(crate) fn pp<S: ToString>(&self, s: S) -> Self {
         Weights {
             vb: self.vb.pp(s),
@@ -43,8 +48,9 @@ impl<'a> Weights<'a> {
     }
 
     /// The `[rows, cols]` matrix stored as `name`: read in place from the memory map where
-    /// the kernels can use its bytes as stored (CPU, stored in the compute dtype, aligned;
-    /// see `model::matrix`), else loaded as a tensor.
+    /// the kernels can use its bytes as stored (CPU, aligned, stored in the compute dtype or
+    /// in half precision for an f32 computation; see `model::matrix`), else loaded as a
+    /// tensor.
     pub(crate) fn matrix(
         &self,
         rows: usize,

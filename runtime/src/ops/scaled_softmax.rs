@@ -92,7 +92,7 @@ impl InplaceOp1 for ScaledSoftmax {
 }
 
 /// `row[..visible]` ← softmax(scale · row[..visible]); `row[visible..]` ← 0.
-fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
+pub(super) fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
     let (seen, hidden) = row.split_at_mut(visible);
     hidden.fill(0.0);
     let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
