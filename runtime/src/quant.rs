@@ -362,33 +362,29 @@ pub fn quantize_model(
     for (i, hub) in names.iter().enumerate() {
         let raw = checkpoint.raw_tensor(hub)?;
         report.source_bytes += raw.data.len() as u64;
-        if hub == LM_HEAD_WEIGHT && raw.shape.len() == 2 {
-            // Kept as stored (the fingerprint hashes it, and concepts read its rows) and
-            // stored in Q8_0 for the products, whatever the format.
-            let w = Tensor::from_raw_buffer(
-                raw.data,
-                candle_dtype(raw.dtype, hub)?,
-                &raw.shape,
-                &Device::Cpu,
-            )?;
-            let (q, padded) = quantize_matrix(&w, GgmlDType::Q8_0)?;
-            report.padded += usize::from(padded);
-            report.output_bytes += (q.storage_size_in_bytes() + raw.data.len()) as u64;
-            report.lm_head_q8_0 = true;
-            quantized.push((hub.clone(), q));
-            kept.push((hub.clone(), raw));
+        // The LM head in Q8_0 whatever the format (see the module docs), and kept as stored.
+        let head = hub == LM_HEAD_WEIGHT && raw.shape.len() == 2;
+        let quantize_as = if head {
+            Some(GgmlDType::Q8_0)
         } else if is_linear_weight(hub, &raw.shape) {
+            Some(format.ggml())
+        } else {
+            None
+        };
+        if let Some(dtype) = quantize_as {
             let w = Tensor::from_raw_buffer(
                 raw.data,
                 candle_dtype(raw.dtype, hub)?,
                 &raw.shape,
                 &Device::Cpu,
             )?;
-            let (q, padded) = quantize_matrix(&w, format.ggml())?;
+            let (q, padded) = quantize_matrix(&w, dtype)?;
             report.padded += usize::from(padded);
             report.output_bytes += q.storage_size_in_bytes() as u64;
             quantized.push((hub.clone(), q));
-        } else {
+        }
+        if quantize_as.is_none() || head {
+            report.lm_head_q8_0 |= head;
             report.output_bytes += raw.data.len() as u64;
             kept.push((hub.clone(), raw));
         }
