@@ -34,7 +34,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, RuntimeError};
 use crate::madvise::{advise, Advice};
-use crate::weights::{read_config, Checkpoint, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
+use crate::weights::{read_config, Checkpoint, LM_HEAD, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
 
 /// The quantized linear weights of a quantized model folder.
 pub const QUANTIZED_FILE: &str = "quantized.gguf";
@@ -51,10 +51,6 @@ const LINEAR_SUFFIXES: [&str; 5] = [
     ".linear_1.weight",
     ".linear_2.weight",
 ];
-
-/// The hub-layout name of the LM head's matrix, which a quantized folder stores twice: as
-/// its source stored it and in Q8_0 (see the module docs).
-pub const LM_HEAD_WEIGHT: &str = "language_model.lm_head.weight";
 
 /// A quantization format of `concepts quantize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,7 +359,7 @@ pub fn quantize_model(
         let raw = checkpoint.raw_tensor(hub)?;
         report.source_bytes += raw.data.len() as u64;
         // The LM head in Q8_0 whatever the format (see the module docs), and kept as stored.
-        let head = hub == LM_HEAD_WEIGHT && raw.shape.len() == 2;
+        let head = hub.strip_suffix(".weight") == Some(LM_HEAD) && raw.shape.len() == 2;
         let quantize_as = if head {
             Some(GgmlDType::Q8_0)
         } else if is_linear_weight(hub, &raw.shape) {

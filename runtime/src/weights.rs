@@ -35,7 +35,7 @@ pub const CONFIG_FILE: &str = "config.json";
 /// Hub-layout prefixes the model code uses, one per component.
 const VISION: &str = "vision_tower.vision_model";
 const LANGUAGE: &str = "language_model.model";
-const LM_HEAD: &str = "language_model.lm_head";
+pub(crate) const LM_HEAD: &str = "language_model.lm_head";
 const PROJECTOR: &str = "multi_modal_projector";
 
 /// Candidate stored prefixes per component, with the tensor that proves one present.

@@ -129,7 +129,6 @@ impl QuantizedMatmul {
         if mkn.0 >= REPACK_ROWS && !candle_repacks(self.0.dtype()) {
             return match self.0.dtype() {
                 GgmlDType::Q8_0 => dequantized_matmul(mkn, lhs, blocks::<BlockQ8_0>(&bytes)?),
-                GgmlDType::Q4K => dequantized_matmul(mkn, lhs, blocks::<BlockQ4K>(&bytes)?),
                 other => candle_core::bail!("quantized linear layers of type {other:?}"),
             };
         }

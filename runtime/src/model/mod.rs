@@ -568,12 +568,13 @@ mod tests {
         assert_eq!(empty.width(), 0);
     }
 
-    /// The cache of a prefill of `len` random f64 embeddings (`seed`) of the width-16 test
-    /// models, allocated for at least `reserve` positions.
+    /// The cache ([`LlavaModel::kv_cache`]) of a prefill of `len` random embeddings (`seed`,
+    /// the model's dtype) of the width-16 test models, allocated for at least `reserve`
+    /// positions.
     fn prefilled(model: &LlavaModel, len: usize, seed: u64, reserve: usize) -> KvCache {
-        let mut cache = KvCache::new(model.config());
+        let mut cache = model.kv_cache();
         cache.reserve(reserve);
-        let prompt = randn(&[1, len, 16], seed, DType::F64, &Device::Cpu).unwrap();
+        let prompt = randn(&[1, len, 16], seed, model.dtype(), &Device::Cpu).unwrap();
         model
             .forward_embeds(&prompt, Some(&mut cache), Kernels::Fast)
             .unwrap();
@@ -653,14 +654,7 @@ mod tests {
 
         // Batched decode over f16 caches: the first sequence's buffers handed over, the
         // second's copied; each row as its sequence alone.
-        let prefill = |len: usize, seed: u64| {
-            let mut cache = model.kv_cache();
-            let x = randn(&[1, len, 16], seed, DType::F32, &dev).unwrap();
-            model
-                .forward_embeds(&x, Some(&mut cache), Kernels::Fast)
-                .unwrap();
-            cache
-        };
+        let prefill = |len: usize, seed: u64| prefilled(&model, len, seed, 0);
         let mut alone = [prefill(5, 41), prefill(12, 42)];
         let mut batch = BatchKvCache::new(&cfg, 2);
         batch.load(0, prefill(5, 41)).unwrap();
