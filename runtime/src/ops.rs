@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 
+mod blocked_attention;
 mod half_kv;
 mod scaled_softmax;
 mod vexp;
@@ -531,8 +532,11 @@ impl Mask {
 /// rows of one matrix, so nothing is copied.
 ///
 /// With [`Kernels::Fast`] on the CPU the scores are scaled, masked and softmaxed in one pass
-/// per row in f32, a causal mask by bounds (`scaled_softmax`); otherwise (and for f64, which
-/// the model tests use for exact comparisons) by differentiable ops over the additive mask.
+/// per row in f32, a causal mask by bounds (`scaled_softmax`); an f32 prefill (several
+/// queries, every key or causal) runs one block of query rows per task with its scores in
+/// cache and skips the keys a causal block cannot see (`blocked_attention`). Otherwise (and
+/// for f64, which the model tests use for exact comparisons) by differentiable ops over the
+/// additive mask.
 ///
 /// Keys and values may be kept narrower than `q` (an f16 cache of an f32 model): a decode
 /// step (one query per batch row) on the CPU reads them as they lie (`half_kv`); anything
@@ -581,6 +585,23 @@ pub fn attention(
                 let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
                 return attention(q, &k, &v, mask, scale, kernels);
             }
+        }
+    }
+    if kernels == Kernels::Fast && q.device().is_cpu() && q.dtype() == DType::F32 && t > 1 {
+        // A prefill: one block of query rows per task, scores kept in cache.
+        let seen = match mask {
+            Mask::All => Some(blocked_attention::Seen::All),
+            Mask::Causal { t: mt, offset, .. } if *mt == t && offset + t == s => {
+                Some(blocked_attention::Seen::Causal { offset: *offset })
+            }
+            _ => None,
+        };
+        if let Some(seen) = seen {
+            let op = blocked_attention::BlockedAttention {
+                scale: scale as f32,
+                seen,
+            };
+            return Ok(q.apply_op3_no_bwd(k, v, &op)?);
         }
     }
     let n_rep = h / h_kv;
@@ -926,6 +947,61 @@ mod tests {
             visible: scaled_softmax::Visible::Causal { t: 4, offset: 3 },
         };
         assert!(wrong.inplace_op1(&op).is_err());
+    }
+
+    /// The blocked prefill attention over several blocks of query rows (300 queries: two
+    /// whole blocks and a partial one), causal after 0 and after 50 cached positions and
+    /// unmasked, against the composed ops: grouped heads, a head dim of 24, queries as a
+    /// transposed view and keys and values as views of a longer buffer (a cache's). A causal
+    /// shape that does not fit is refused.
+    #[test]
+    fn blocked_attention_matches_composed_across_blocks() {
+        let (t, d) = (300, 24);
+        for offset in [0, 50] {
+            let s = offset + t;
+            let q = (randn(&[1, t, 4, d], 31) * 3.0)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap();
+            let k_buf = (randn(&[1, 2, 420, d], 32) * 3.0).unwrap();
+            let v_buf = randn(&[1, 2, 420, d], 33);
+            let (k, v) = (
+                k_buf.narrow(2, 0, s).unwrap(),
+                v_buf.narrow(2, 0, s).unwrap(),
+            );
+            for mask in [Mask::causal(t, offset), Mask::All] {
+                let fast = attention(&q, &k, &v, &mask, 0.2, Kernels::Fast).unwrap();
+                let composed = attention(&q, &k, &v, &mask, 0.2, Kernels::Differentiable).unwrap();
+                let diff = max_abs_diff(&fast, &composed);
+                assert!(diff < 1e-5, "{mask:?}: {diff}");
+                let seen = match mask {
+                    Mask::All => blocked_attention::Seen::All,
+                    _ => blocked_attention::Seen::Causal { offset },
+                };
+                let op = blocked_attention::BlockedAttention { scale: 0.2, seen };
+                let direct = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+                assert!(max_abs_diff(&direct, &composed) < 1e-5);
+            }
+            // The last query sees every key: the same as attending alone over all of them.
+            let last = attention(
+                &q.narrow(2, t - 1, 1).unwrap(),
+                &k,
+                &v,
+                &Mask::All,
+                0.2,
+                Kernels::Fast,
+            )
+            .unwrap();
+            let all = attention(&q, &k, &v, &Mask::causal(t, offset), 0.2, Kernels::Fast).unwrap();
+            assert!(max_abs_diff(&last, &all.narrow(2, t - 1, 1).unwrap()) < 1e-5);
+        }
+        let q = randn(&[1, 2, 5, 8], 34);
+        let k = randn(&[1, 2, 9, 8], 35);
+        let op = blocked_attention::BlockedAttention {
+            scale: 1.0,
+            seen: blocked_attention::Seen::Causal { offset: 3 },
+        };
+        assert!(q.apply_op3_no_bwd(&k, &k, &op).is_err());
     }
 
     /// A decode step over f16 keys and values (an f16 cache of an f32 model) read as they lie

@@ -20,6 +20,11 @@
 //! table and head) from doubling the weights in memory. Anything else is loaded as a tensor,
 //! as before.
 //!
+//! Products of up to [`row_dots::MAX_ROWS`] input rows computed in f32 or f16 (a decode
+//! step) do not go to the GEMM: they are dot products along the stored rows
+//! (`model/row_dots.rs`), which stream the weights from memory faster than the GEMM's
+//! matrix-vector path and round each row the same whatever the number of rows.
+//!
 //! Why the size floor: with `W` as stored, both GEMM operands run along the summed dimension,
 //! and for products with few outputs (rows × outputs ≤ 256, or one row) the GEMM switches to
 //! dot-product kernels that round differently from its blocked kernels. A row's result would
@@ -45,6 +50,8 @@ use half::{bf16, f16};
 use crate::error::{Result, RuntimeError};
 use crate::madvise::{advise, Advice};
 use crate::ops;
+
+use super::row_dots;
 
 /// The fewest elements a matrix must have to be read in place (see the module docs).
 pub(crate) const MIN_MAPPED_ELEMENTS: usize = 1 << 20;
@@ -382,6 +389,48 @@ impl MappedMatmul {
         Ok((dst, (m, n).into()))
     }
 
+    /// `x · Wᵀ` for at most [`row_dots::MAX_ROWS`] input rows (a decode step) by dot
+    /// products along the stored rows in f32 (`row_dots`), or `None` for any other product.
+    /// An f16 computation's rows are widened first and its results rounded back to f16 (the
+    /// GEMM's f16 path accumulates in f32 as well on CPUs without f16 arithmetic).
+    fn few_rows(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<Option<CpuStorage>> {
+        let (m, k, n) = self.dims(layout)?;
+        if self.transposed || m > row_dots::MAX_ROWS {
+            return Ok(None);
+        }
+        let (start, rs, cs) = (
+            layout.start_offset(),
+            layout.stride()[0],
+            layout.stride()[1],
+        );
+        let at = |e: usize| start + (e / k) * rs + (e % k) * cs;
+        // The kernels read each row's values one after another, in f32.
+        let widened;
+        let (x, x_rs) = match (x, self.w.dtype) {
+            (CpuStorage::F32(x), DType::F32) if cs == 1 => (&x[start..], rs),
+            (CpuStorage::F32(x), DType::F32) => {
+                widened = (0..m * k).map(|e| x[at(e)]).collect::<Vec<f32>>();
+                (&widened[..], k)
+            }
+            (CpuStorage::F16(x), DType::F16) => {
+                widened = (0..m * k).map(|e| x[at(e)].to_f32()).collect::<Vec<f32>>();
+                (&widened[..], k)
+            }
+            _ => return Ok(None),
+        };
+        let w = match self.w.stored {
+            DType::F32 => row_dots::Stored::F32(self.w.slice::<f32>()),
+            DType::F16 => row_dots::Stored::F16(self.w.slice::<f16>()),
+            DType::BF16 => row_dots::Stored::BF16(self.w.slice::<bf16>()),
+            other => candle_core::bail!("a mapped {other:?} matrix"),
+        };
+        let y = row_dots::product(x, x_rs, m, w, n, k);
+        Ok(Some(match self.w.dtype {
+            DType::F16 => CpuStorage::F16(y.into_iter().map(f16::from_f32).collect()),
+            _ => CpuStorage::F32(y),
+        }))
+    }
+
     /// The f32 product with `W` stored in half precision: blocks of [`CONVERT_ROWS`] stored
     /// rows are converted to f32 in a per-thread buffer and multiplied with at once. The
     /// forward (`x · Wᵀ`) gives each block its own output columns, so blocks run in parallel;
@@ -535,6 +584,9 @@ impl CustomOp1 for MappedMatmul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let Some(y) = self.few_rows(storage, layout)? {
+            return Ok((y, Shape::from((layout.dims()[0], self.w.rows))));
+        }
         match (storage, self.w.stored, self.w.dtype) {
             (CpuStorage::F32(x), DType::F32, DType::F32) => {
                 let (y, s) = self.gemm(x, layout, self.w.slice::<f32>())?;
@@ -636,7 +688,8 @@ mod tests {
             assert!(m.rows(&bad).is_err());
             assert_eq!(max_abs_diff(&m.to_tensor().unwrap(), &w), 0.0);
             assert!((m.std().unwrap() - t.std().unwrap()).abs() < 1e-12);
-            // x · Wᵀ for a batch of rows, a single row (decoding) and a strided input.
+            // x · Wᵀ for a batch of rows, a single row (decoding) and a strided input: up to
+            // `row_dots::MAX_ROWS` rows by dot products along the stored rows, more by the GEMM.
             for rows in [1usize, 4, 33] {
                 let x = randn(&[2, rows, k], 2, DType::F32, &Device::Cpu)
                     .unwrap()
@@ -656,6 +709,16 @@ mod tests {
             assert!(!strided.is_contiguous());
             let want = t.linear_t(&strided.contiguous().unwrap()).unwrap();
             assert!(max_abs_diff(&m.linear_t(&strided).unwrap(), &want) < tol);
+            // Columns a stride apart (a transposed view): the few-row path copies them first.
+            let columns = randn(&[k, 3], 7, DType::F32, &Device::Cpu)
+                .unwrap()
+                .to_dtype(compute)
+                .unwrap()
+                .t()
+                .unwrap();
+            assert_eq!(columns.stride(), [1, 3]);
+            let want = t.linear_t(&columns.contiguous().unwrap()).unwrap();
+            assert!(max_abs_diff(&m.linear_t(&columns).unwrap(), &want) < tol);
             // A product with another dtype is refused, not converted.
             let other = if compute == DType::F32 {
                 DType::F16

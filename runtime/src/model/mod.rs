@@ -14,6 +14,7 @@ mod linear;
 mod llama;
 mod matrix;
 mod projector;
+mod row_dots;
 mod source;
 
 use std::sync::Arc;
