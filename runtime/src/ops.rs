@@ -656,6 +656,49 @@ pub fn attention(
     Ok(probs.matmul(v)?.reshape((b, h, t, d))?)
 }
 
+/// `dst (=, or += when accumulating) lhs · rhs` for `(m, n, k)`, each operand a pointer with
+/// its row and column strides (`dst` row-major with the given row stride).
+///
+/// # Safety
+/// Every element the strides address must lie within its operand's allocation, and `dst`'s
+/// elements must not be written by anyone else during the call.
+pub(crate) unsafe fn gemm_into<T: 'static + Copy + num_traits::Zero + num_traits::One>(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, accumulate): (*mut T, isize, bool),
+    (lhs, lhs_rs, lhs_cs): (*const T, isize, isize),
+    (rhs, rhs_rs, rhs_cs): (*const T, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract; gemm computes dst = alpha·dst + beta·lhs·rhs, reading dst
+    // only when asked to.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            if accumulate { T::one() } else { T::zero() },
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Mean cross-entropy of `logits` (`[N, V]`) against `targets` over the positions where
 /// `mask` is true; differentiable. Callers shift: row `i` of `logits` predicts `targets[i]`.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &[u32], mask: &[bool]) -> Result<Tensor> {

@@ -49,7 +49,7 @@ use half::{bf16, f16};
 
 use crate::error::{Result, RuntimeError};
 use crate::madvise::{advise, Advice};
-use crate::ops;
+use crate::ops::{self, gemm_into};
 
 use super::row_dots;
 
@@ -528,49 +528,6 @@ fn parallelism() -> gemm::Parallelism {
     match candle_core::utils::get_num_threads() {
         threads if threads > 1 => gemm::Parallelism::Rayon(threads),
         _ => gemm::Parallelism::None,
-    }
-}
-
-/// `dst (=, or += when accumulating) lhs · rhs` for `(m, n, k)`, each operand a pointer with
-/// its row and column strides (`dst` row-major with the given row stride).
-///
-/// # Safety
-/// Every element the strides address must lie within its operand's allocation, and `dst`'s
-/// elements must not be written by anyone else during the call.
-unsafe fn gemm_into<T: 'static + Copy + num_traits::Zero + num_traits::One>(
-    (m, n, k): (usize, usize, usize),
-    (dst, dst_rs, accumulate): (*mut T, isize, bool),
-    (lhs, lhs_rs, lhs_cs): (*const T, isize, isize),
-    (rhs, rhs_rs, rhs_cs): (*const T, isize, isize),
-    parallelism: gemm::Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the caller's contract; gemm computes dst = alpha·dst + beta·lhs·rhs, reading dst
-    // only when asked to.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs,
-            accumulate,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            if accumulate { T::one() } else { T::zero() },
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 

@@ -16,6 +16,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
+use super::gemm_into;
 use super::scaled_softmax::softmax_row;
 
 /// Query rows per task: 64 rows of 577 keys are 148 KB of scores (inside a core's L2), and
@@ -123,12 +124,17 @@ impl CustomOp3 for BlockedAttention {
                             // the key/value head (strides from their layouts), and the
                             // `rows × keys` scores and `rows × d` output this task owns.
                             unsafe {
-                                gemm(
+                                gemm_into(
                                     (rows, keys, d),
-                                    (scores.as_mut_ptr(), keys as isize),
-                                    (q.as_ptr().add(q_at + first * qst[2]), qst[2], qst[3]),
+                                    (scores.as_mut_ptr(), keys as isize, false),
+                                    (
+                                        q.as_ptr().add(q_at + first * qst[2]),
+                                        qst[2] as isize,
+                                        qst[3] as isize,
+                                    ),
                                     // Kᵀ: element (i, j) is key j's component i.
-                                    (k.as_ptr().add(k_at), kst[3], kst[2]),
+                                    (k.as_ptr().add(k_at), kst[3] as isize, kst[2] as isize),
+                                    gemm::Parallelism::None,
                                 );
                             }
                             for (i, scores) in scores.chunks_mut(keys).enumerate() {
@@ -140,54 +146,17 @@ impl CustomOp3 for BlockedAttention {
                             }
                             // SAFETY: as above.
                             unsafe {
-                                gemm(
+                                gemm_into(
                                     (rows, d, keys),
-                                    (out.as_mut_ptr(), d as isize),
-                                    (scores.as_ptr(), keys, 1),
-                                    (v.as_ptr().add(v_at), vst[2], vst[3]),
+                                    (out.as_mut_ptr(), d as isize, false),
+                                    (scores.as_ptr(), keys as isize, 1),
+                                    (v.as_ptr().add(v_at), vst[2] as isize, vst[3] as isize),
+                                    gemm::Parallelism::None,
                                 );
                             }
                         });
                     });
             });
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
-    }
-}
-
-/// `dst ← lhs · rhs` for `(m, n, k)` on this thread: `dst` row-major with the given row
-/// stride, `lhs` and `rhs` each a pointer with its row and column strides.
-///
-/// # Safety
-/// Every element the strides address must lie within its operand's allocation, and nobody
-/// else may access `dst`'s elements during the call.
-unsafe fn gemm(
-    (m, n, k): (usize, usize, usize),
-    (dst, dst_rs): (*mut f32, isize),
-    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
-    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
-) {
-    // SAFETY: the caller's contract; with `read_dst` false gemm only writes `dst`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
