@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Sha
 use rayon::prelude::*;
 
 use crate::error::{Result, RuntimeError};
+use crate::model::block_dots::{self, Blocks};
 use crate::model::matrix::WeightMatrix;
 use crate::model::source::Weights;
 
@@ -110,8 +111,9 @@ impl Linear {
 /// `QTensor`'s own forward is not called on the stored matrix: on x86 it caches a repacked
 /// copy of every matrix it multiplies (VNNI/AMX tiles, kept beside the original), which took
 /// a Q4_K LLaVA-1.5-7B from 5.8 GB after loading to a 20 GB peak during the first prefill.
-/// Inputs of fewer than [`REPACK_ROWS`] rows (decoding) run the block kernels
-/// (`k_quants::matmul`) on the blocks as stored, which is also faster for them; larger ones
+/// Inputs of at most [`block_dots::MAX_ROWS`] rows (decoding) are multiplied with the blocks
+/// as stored by [`block_dots`], fewer than [`REPACK_ROWS`] by candle's block kernels
+/// (`k_quants::matmul`); larger ones
 /// (prefills, image encoding) get a transient copy of the matrix, repacked by that forward
 /// and dropped after the call, so the repacked kernels' speed costs one matrix of memory.
 /// Where candle has no repacked kernel for the format ([`candle_repacks`]), large inputs are
@@ -138,6 +140,12 @@ impl QuantizedMatmul {
             let x = Tensor::from_slice(lhs, (mkn.0, mkn.1), &Device::Cpu)?;
             let y = x.apply_op1_no_bwd(&transient)?;
             return y.flatten_all()?.to_vec1::<f32>();
+        }
+        if mkn.0 <= block_dots::MAX_ROWS {
+            if let Some(blocks) = Blocks::from_bytes(self.0.dtype(), &bytes) {
+                let (m, k, n) = mkn;
+                return Ok(block_dots::product(lhs, k, m, blocks, n, k));
+            }
         }
         let mut dst = vec![0f32; mkn.0 * mkn.2];
         match self.0.dtype() {

@@ -1,0 +1,412 @@
+//! `x · Wᵀ` for a few input rows — a decode step — over a matrix of Q8_0 blocks as stored,
+//! as dot products along `W`'s stored rows (the quantized counterpart of [`super::row_dots`]).
+//!
+//! A decode step reads every weight once per token, so its speed is the speed at which the
+//! blocks stream from memory. The input rows are quantized once per product as llama.cpp and
+//! candle quantize them (Q8_0 blocks of 32, scales rounded to f16), then eight stored rows are
+//! multiplied at a time, each input block loaded once for the eight, and the stored rows are
+//! split across rayon's threads in tasks of [`ROWS_PER_TASK`]. candle's `k_quants::matmul`
+//! computes the same integer sums one stored row at a time: measured in one process per
+//! kernel on LLaVA-7B's four matrix shapes, 2 threads, 10–12 GB/s there and 20–22 GB/s here
+//! (its Q4_K kernel already streams 20–22 GB/s, so Q4_K stays with candle).
+//!
+//! Every output element is one row's dot product in a fixed order, whatever the number of
+//! input rows and whichever thread computes it: a batched decode step of up to [`MAX_ROWS`]
+//! chats gives each the bits it gets alone.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// The most input rows computed this way; more go to the block kernels' prefill paths.
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// Stored rows per task: 64 rows of LLaVA-7B's 4 096 columns are 278 KiB of blocks, and a
+/// 4 096-row matrix still makes 64 tasks.
+const ROWS_PER_TASK: usize = 64;
+
+/// Values per Q8_0 block.
+const Q8_0_BLOCK: usize = 32;
+
+/// ggml's `block_q8_0`: 32 signed 8-bit values and their scale.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct BlockQ8_0 {
+    d: f16,
+    qs: [i8; Q8_0_BLOCK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// A row-major `[n, k]` Q8_0 matrix as stored: `k / 32` blocks per row.
+#[derive(Clone, Copy)]
+pub(crate) struct Blocks<'a>(&'a [BlockQ8_0]);
+
+impl<'a> Blocks<'a> {
+    /// Reads `bytes` (a quantized tensor's storage, ggml's block layout) as blocks of `dtype`:
+    /// `None` for a type other than Q8_0, or for bytes that are not a whole, aligned run of
+    /// blocks.
+    pub(crate) fn from_bytes(
+        dtype: candle_core::quantized::GgmlDType,
+        bytes: &'a [u8],
+    ) -> Option<Self> {
+        match dtype {
+            candle_core::quantized::GgmlDType::Q8_0 => cast(bytes).map(Blocks),
+            _ => None,
+        }
+    }
+}
+
+/// `bytes` as a slice of plain-old-data blocks, if aligned and a whole number of them.
+fn cast<T: Copy>(bytes: &[u8]) -> Option<&[T]> {
+    let size = std::mem::size_of::<T>();
+    if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 || bytes.len() % size != 0 {
+        return None;
+    }
+    // SAFETY: aligned for `T` and a whole number of `T`s (checked above); `T` is a
+    // `repr(C)` struct of integers and f16s, for which every bit pattern is a value.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+}
+
+/// The input rows quantized for the products: 8-bit values, one scale per block.
+struct Quantized {
+    qs: Vec<i8>,
+    ds: Vec<f32>,
+}
+
+impl Quantized {
+    /// As candle's (and llama.cpp's) `quantize_row_q8_0`: scale `amax / 127` rounded to f16.
+    fn q8_0(x: &[f32], x_rs: usize, m: usize, k: usize) -> Self {
+        let mut qs = vec![0i8; m * k];
+        let mut ds = Vec::with_capacity(m * k / Q8_0_BLOCK);
+        for i in 0..m {
+            let row = &x[i * x_rs..i * x_rs + k];
+            for (xs, q) in row
+                .chunks_exact(Q8_0_BLOCK)
+                .zip(qs[i * k..(i + 1) * k].chunks_exact_mut(Q8_0_BLOCK))
+            {
+                let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                for (q, &v) in q.iter_mut().zip(xs) {
+                    *q = (v * id).round() as i8;
+                }
+                ds.push(f16::from_f32(d).to_f32());
+            }
+        }
+        Quantized { qs, ds }
+    }
+}
+
+/// `y = x · Wᵀ`: `x` is `m ≤ MAX_ROWS` rows of `k` values, row `i` at `x[i * x_rs..]`;
+/// `W` is `[n, k]` in blocks, `k` a multiple of 32. Returns `y` as `[m, n]` row-major.
+pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Blocks, n: usize, k: usize) -> Vec<f32> {
+    assert!(m <= MAX_ROWS, "{m} rows for a block-dot product");
+    assert!(
+        m == 0 || x.len() >= (m - 1) * x_rs + k,
+        "input shorter than {m} rows of {k}"
+    );
+    assert!(k % Q8_0_BLOCK == 0, "{k} columns in blocks of {Q8_0_BLOCK}");
+    let per_row = k / Q8_0_BLOCK;
+    let blocks = w.0;
+    assert_eq!(
+        blocks.len(),
+        n * per_row,
+        "a [{n}, {k}] matrix of {} blocks",
+        blocks.len()
+    );
+    if m == 0 || n == 0 {
+        return vec![0.0; m * n];
+    }
+    let q = Quantized::q8_0(x, x_rs, m, k);
+    // Outputs by stored row (`[n, m]`): each task owns a contiguous block of them.
+    let mut by_row = vec![0f32; n * m];
+    by_row
+        .par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * ROWS_PER_TASK;
+            let rows = out.len() / m;
+            dots(
+                &q,
+                m,
+                &blocks[first * per_row..(first + rows) * per_row],
+                per_row,
+                out,
+            );
+        });
+    if m == 1 {
+        return by_row;
+    }
+    let mut y = vec![0f32; m * n];
+    for (j, row) in by_row.chunks_exact(m).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            y[i * n + j] = v;
+        }
+    }
+    y
+}
+
+/// `out[j * m + i] = x_i · w_j` for the stored rows `w_j` of one task, eight at a time (each
+/// read once from memory, then from cache for the other input rows; eight streams measured
+/// 8–10 % faster than four on LLaVA-7B's shapes), then four, then one by one.
+fn dots(q: &Quantized, m: usize, w: &[BlockQ8_0], per_row: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let fast = avx2::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let fast = false;
+    let n = w.len() / per_row;
+    let mut j = 0;
+    while j < n {
+        j += match n - j {
+            8.. => rows_at::<8>(fast, q, m, w, per_row, j, out),
+            4.. => rows_at::<4>(fast, q, m, w, per_row, j, out),
+            _ => rows_at::<1>(fast, q, m, w, per_row, j, out),
+        };
+    }
+}
+
+/// The R stored rows from `j` against every input row; returns R.
+fn rows_at<const R: usize>(
+    fast: bool,
+    q: &Quantized,
+    m: usize,
+    w: &[BlockQ8_0],
+    per_row: usize,
+    j: usize,
+    out: &mut [f32],
+) -> usize {
+    let k = per_row * Q8_0_BLOCK;
+    let rows: [&[BlockQ8_0]; R] =
+        std::array::from_fn(|r| &w[(j + r) * per_row..(j + r + 1) * per_row]);
+    for i in 0..m {
+        let qs = &q.qs[i * k..(i + 1) * k];
+        let ds = &q.ds[i * per_row..(i + 1) * per_row];
+        for (r, sum) in group(fast, qs, ds, rows).into_iter().enumerate() {
+            out[(j + r) * m + i] = sum;
+        }
+    }
+    R
+}
+
+/// `x · w_r` for R stored rows, on the vector kernel where `fast`.
+fn group<const R: usize>(fast: bool, qs: &[i8], ds: &[f32], rows: [&[BlockQ8_0]; R]) -> [f32; R] {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` only where the CPU has AVX2, FMA and F16C (`avx2::available`).
+        return unsafe { avx2::q8_0::<R>(qs, ds, rows) };
+    }
+    let _ = fast;
+    portable::q8_0::<R>(qs, ds, rows)
+}
+
+/// The same dot products on any CPU, in integers per block as the vector kernel.
+mod portable {
+    use super::*;
+
+    pub(super) fn q8_0<const R: usize>(qs: &[i8], ds: &[f32], rows: [&[BlockQ8_0]; R]) -> [f32; R] {
+        rows.map(|row| {
+            let mut sum = 0f32;
+            for (b, blk) in row.iter().enumerate() {
+                let y = &qs[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];
+                let dot: i32 = blk
+                    .qs
+                    .iter()
+                    .zip(y)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum();
+                sum += dot as f32 * (blk.d.to_f32() * ds[b]);
+            }
+            sum
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    pub(super) fn available() -> bool {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx2") && has!("fma") && has!("f16c")
+    }
+
+    /// The sum of a vector's 8 lanes, in a fixed order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lanes_sum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widen(h: f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    }
+
+    /// `Σ_b d_b · (x_b · y_b)` for R stored rows against one quantized input row: per block,
+    /// the 32 products of signed bytes summed in 32-bit integers (`|x| · sign(y, x)` through
+    /// `maddubs`, as ggml), converted once and scaled.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0<const R: usize>(
+        qs: &[i8],
+        ds: &[f32],
+        rows: [&[BlockQ8_0]; R],
+    ) -> [f32; R] {
+        let blocks = ds.len();
+        assert!(qs.len() == blocks * Q8_0_BLOCK && rows.iter().all(|r| r.len() == blocks));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            // SAFETY: b < blocks, the length of every row and of `ds`; `qs` has 32 per block
+            // (asserted above).
+            unsafe {
+                let y = _mm256_loadu_si256(qs.as_ptr().add(b * Q8_0_BLOCK).cast());
+                let dy = *ds.get_unchecked(b);
+                for (acc, row) in acc.iter_mut().zip(&rows) {
+                    let blk = row.get_unchecked(b);
+                    let x = _mm256_loadu_si256(blk.qs.as_ptr().cast());
+                    let pairs =
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+                    let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(widen(blk.d) * dy), dot, *acc);
+                }
+            }
+        }
+        let mut sums = [0f32; R];
+        for (sum, acc) in sums.iter_mut().zip(acc) {
+            *sum = lanes_sum(acc);
+        }
+        sums
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::k_quants::{self, BlockQ8_0 as CandleQ8_0};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
+                (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// candle's block kernels on the same bytes: the products this module replaces.
+    fn candle_product(bytes: &[u8], x: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        // SAFETY: the bytes are a Q8_0 tensor's storage (a `Vec` of candle's blocks).
+        let blocks: &[CandleQ8_0] =
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / 34) };
+        k_quants::matmul((m, k, n), x, blocks, &mut y).unwrap();
+        y
+    }
+
+    /// With stored-row counts that leave partial groups of eight and four and a partial task, and 1 to
+    /// 8 input rows: every product equals candle's block kernels'
+    /// (same quantized input, same integer sums) within float summation order, lies within
+    /// the input's 8-bit rounding of `x · dequantize(W)ᵀ` in f64, and every row equals bit for
+    /// bit the same row computed alone.
+    #[test]
+    fn few_row_products_match_the_block_kernels_and_do_not_depend_on_the_batch() {
+        let dtype = GgmlDType::Q8_0;
+        for (n, k) in [(70, 512), (133, 96), (3, 1024)] {
+            let w = Tensor::from_vec(values(n * k, 7), (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let bytes = q.data().unwrap();
+            let dense: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let blocks = Blocks::from_bytes(dtype, &bytes).unwrap();
+            let x_rs = k + 3;
+            let x = values(MAX_ROWS * x_rs, 11);
+            for m in 1..=MAX_ROWS {
+                let y = product(&x, x_rs, m, blocks, n, k);
+                assert_eq!(y.len(), m * n);
+                let packed: Vec<f32> = (0..m)
+                    .flat_map(|i| x[i * x_rs..i * x_rs + k].to_vec())
+                    .collect();
+                let theirs = candle_product(&bytes, &packed, (m, k, n));
+                for i in 0..m {
+                    let alone = product(&x[i * x_rs..], x_rs, 1, blocks, n, k);
+                    for j in 0..n {
+                        let got = y[i * n + j];
+                        let exact: f64 = (0..k)
+                            .map(|c| x[i * x_rs + c] as f64 * dense[j * k + c] as f64)
+                            .sum();
+                        let size: f64 = (0..k)
+                            .map(|c| (x[i * x_rs + c] as f64 * dense[j * k + c] as f64).abs())
+                            .sum();
+                        let at = format!("{dtype:?} [{n}, {k}] m {m} ({i}, {j})");
+                        assert!(
+                            (got - theirs[i * n + j]).abs() <= 1e-5 * (1.0 + got.abs()),
+                            "{at}: {got} vs candle {}",
+                            theirs[i * n + j]
+                        );
+                        assert!(
+                            (got as f64 - exact).abs() <= 1e-2 * size,
+                            "{at}: {got} vs {exact}"
+                        );
+                        assert_eq!(
+                            got.to_bits(),
+                            alone[j].to_bits(),
+                            "{at}: alone {}",
+                            alone[j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_computes_the_same_products() {
+        let (n, k, m) = (9, 512, 3);
+        let w = Tensor::from_vec(values(n * k, 3), (n, k), &Device::Cpu).unwrap();
+        let x = values(m * k, 5);
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let bytes = q.data().unwrap();
+        let blocks = Blocks::from_bytes(GgmlDType::Q8_0, &bytes).unwrap();
+        let fast = product(&x, k, m, blocks, n, k);
+        for i in 0..m {
+            let q = Quantized::q8_0(&x[i * k..], k, 1, k);
+            for j in 0..n {
+                let slow = portable::q8_0::<1>(&q.qs, &q.ds, [&blocks.0[j * 16..(j + 1) * 16]])[0];
+                let got = fast[i * n + j];
+                assert!(
+                    (slow - got).abs() <= 1e-5 * (1.0 + got.abs()),
+                    "({i}, {j}): {slow} vs {got}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_whole_aligned_blocks_are_refused() {
+        // Backed by u16s, so aligned for the blocks' f16 scales.
+        let words = vec![0u16; 144];
+        // SAFETY: the bytes of a live Vec<u16>.
+        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), 288) };
+        assert!(Blocks::from_bytes(GgmlDType::Q8_0, &bytes[..34 * 4]).is_some());
+        assert!(Blocks::from_bytes(GgmlDType::Q8_0, &bytes[..34 * 4 + 1]).is_none());
+        assert!(Blocks::from_bytes(GgmlDType::Q8_0, &bytes[1..34 * 4 + 1]).is_none());
+        assert!(Blocks::from_bytes(GgmlDType::Q4K, bytes).is_none());
+        assert!(Blocks::from_bytes(GgmlDType::F16, &bytes[..34 * 4]).is_none());
+    }
+}
