@@ -27,6 +27,17 @@ use crate::error::{Result, RuntimeError};
 use crate::model::LlavaModel;
 use crate::ops::Kernels;
 
+/// `len` values in [-0.5, 0.5) from a multiplicative hash of their index and `seed`: cheap,
+/// deterministic inputs for kernel tests that need no random-number generator.
+pub fn hashed_values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
+            (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 /// Max |a − b| over two tensors of the same shape and any float dtype, computed in f64.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");

@@ -133,16 +133,7 @@ pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Blocks, n: usize, k: 
                 out,
             );
         });
-    if m == 1 {
-        return by_row;
-    }
-    let mut y = vec![0f32; m * n];
-    for (j, row) in by_row.chunks_exact(m).enumerate() {
-        for (i, &v) in row.iter().enumerate() {
-            y[i * n + j] = v;
-        }
-    }
-    y
+    super::row_dots::by_input_row(by_row, m, n)
 }
 
 /// `out[j * m + i] = x_i · w_j` for the stored rows `w_j` of one task, eight at a time (each
@@ -225,19 +216,11 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::*;
+    use crate::model::row_dots::avx2::lanes_sum;
 
     pub(super) fn available() -> bool {
         use std::arch::is_x86_feature_detected as has;
         has!("avx2") && has!("fma") && has!("f16c")
-    }
-
-    /// The sum of a vector's 8 lanes, in a fixed order.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn lanes_sum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
     #[inline]
@@ -294,15 +277,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
-                (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::testing::hashed_values as values;
 
     /// candle's block kernels on the same bytes: the products this module replaces.
     fn candle_product(bytes: &[u8], x: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {

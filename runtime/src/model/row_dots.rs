@@ -65,6 +65,11 @@ pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Stored, n: usize, k: 
             };
             dots(x, x_rs, m, block, k, out);
         });
+    by_input_row(by_row, m, n)
+}
+
+/// `[n, m]` outputs by stored row (as the tasks write them) to `[m, n]` by input row.
+pub(super) fn by_input_row(by_row: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     if m == 1 {
         return by_row;
     }
@@ -134,7 +139,7 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use half::{bf16, f16};
@@ -142,7 +147,7 @@ mod avx2 {
     /// The sum of a vector's 8 lanes, in a fixed order.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn lanes_sum(v: __m256) -> f32 {
+    pub(in crate::model) fn lanes_sum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
@@ -251,15 +256,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
-                (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::testing::hashed_values as values;
 
     /// Within 1e-5 of the f64 products of the widened weights, for every storage, with
     /// column counts that leave a tail after the 16-column steps and row counts that leave
