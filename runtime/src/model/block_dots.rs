@@ -15,7 +15,6 @@
 //! chats gives each the bits it gets alone.
 
 use half::f16;
-use rayon::prelude::*;
 
 /// The most input rows computed this way; more go to the block kernels' prefill paths.
 pub(crate) const MAX_ROWS: usize = 8;
@@ -117,23 +116,10 @@ pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Blocks, n: usize, k: 
         return vec![0.0; m * n];
     }
     let q = Quantized::q8_0(x, x_rs, m, k);
-    // Outputs by stored row (`[n, m]`): each task owns a contiguous block of them.
-    let mut by_row = vec![0f32; n * m];
-    by_row
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let first = task * ROWS_PER_TASK;
-            let rows = out.len() / m;
-            dots(
-                &q,
-                m,
-                &blocks[first * per_row..(first + rows) * per_row],
-                per_row,
-                out,
-            );
-        });
-    super::row_dots::by_input_row(by_row, m, n)
+    super::row_dots::by_stored_row_tasks(n, m, ROWS_PER_TASK, |first, rows, out| {
+        let blocks = &w.0[first * per_row..(first + rows) * per_row];
+        dots(&q, m, blocks, per_row, out);
+    })
 }
 
 /// `out[j * m + i] = x_i · w_j` for the stored rows `w_j` of one task, eight at a time (each

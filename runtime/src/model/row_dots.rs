@@ -49,27 +49,31 @@ pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Stored, n: usize, k: 
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
-    // Outputs by stored row (`[n, m]`): each task owns a contiguous block of them.
-    let mut by_row = vec![0f32; n * m];
-    by_row
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let first = task * ROWS_PER_TASK;
-            let rows = out.len() / m;
-            let (start, end) = (first * k, (first + rows) * k);
-            let block = match w {
-                Stored::F32(w) => Stored::F32(&w[start..end]),
-                Stored::F16(w) => Stored::F16(&w[start..end]),
-                Stored::BF16(w) => Stored::BF16(&w[start..end]),
-            };
-            dots(x, x_rs, m, block, k, out);
-        });
-    by_input_row(by_row, m, n)
+    by_stored_row_tasks(n, m, ROWS_PER_TASK, |first, rows, out| {
+        let (start, end) = (first * k, (first + rows) * k);
+        let block = match w {
+            Stored::F32(w) => Stored::F32(&w[start..end]),
+            Stored::F16(w) => Stored::F16(&w[start..end]),
+            Stored::BF16(w) => Stored::BF16(&w[start..end]),
+        };
+        dots(x, x_rs, m, block, k, out);
+    })
 }
 
-/// `[n, m]` outputs by stored row (as the tasks write them) to `[m, n]` by input row.
-pub(super) fn by_input_row(by_row: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
+/// Runs `task(first, rows, out)` in parallel over blocks of `rows_per_task` stored rows, each
+/// writing its rows' outputs by stored row (`out[r * m + i]`, so every task owns a contiguous
+/// block), and returns all outputs as `[m, n]` by input row.
+pub(super) fn by_stored_row_tasks(
+    n: usize,
+    m: usize,
+    rows_per_task: usize,
+    task: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut by_row = vec![0f32; n * m];
+    by_row
+        .par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(t, out)| task(t * rows_per_task, out.len() / m, out));
     if m == 1 {
         return by_row;
     }
