@@ -111,11 +111,11 @@ impl Linear {
 /// `QTensor`'s own forward is not called on the stored matrix: on x86 it caches a repacked
 /// copy of every matrix it multiplies (VNNI/AMX tiles, kept beside the original), which took
 /// a Q4_K LLaVA-1.5-7B from 5.8 GB after loading to a 20 GB peak during the first prefill.
-/// Inputs of at most [`block_dots::MAX_ROWS`] rows (decoding) are multiplied with the blocks
-/// as stored by [`block_dots`], fewer than [`REPACK_ROWS`] by candle's block kernels
-/// (`k_quants::matmul`); larger ones
-/// (prefills, image encoding) get a transient copy of the matrix, repacked by that forward
-/// and dropped after the call, so the repacked kernels' speed costs one matrix of memory.
+/// Inputs of fewer than [`REPACK_ROWS`] rows (decoding) are multiplied with the blocks as
+/// stored: Q8_0 ones of at most [`block_dots::MAX_ROWS`] rows by [`block_dots`], the others by
+/// candle's block kernels (`k_quants::matmul`). Larger ones (prefills, image encoding) get a
+/// transient copy of the matrix, repacked by that forward and dropped after the call, so the
+/// repacked kernels' speed costs one matrix of memory.
 /// Where candle has no repacked kernel for the format ([`candle_repacks`]), large inputs are
 /// multiplied on the f32 GEMM through a dequantized copy instead ([`dequantized_matmul`]).
 struct QuantizedMatmul(Arc<QTensor>);
