@@ -54,8 +54,9 @@ impl<'a> Blocks<'a> {
     }
 }
 
-/// `bytes` as a slice of plain-old-data blocks, if aligned and a whole number of them.
-fn cast<T: Copy>(bytes: &[u8]) -> Option<&[T]> {
+/// `bytes` (a quantized tensor's storage) as a slice of plain-old-data blocks, if aligned and a
+/// whole number of them. `T` must be a `repr(C)` block of integers and f16s (ggml's layouts).
+pub(super) fn cast<T>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
     if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 || bytes.len() % size != 0 {
         return None;
@@ -105,12 +106,11 @@ pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Blocks, n: usize, k: 
     );
     assert!(k % Q8_0_BLOCK == 0, "{k} columns in blocks of {Q8_0_BLOCK}");
     let per_row = k / Q8_0_BLOCK;
-    let blocks = w.0;
     assert_eq!(
-        blocks.len(),
+        w.0.len(),
         n * per_row,
         "a [{n}, {k}] matrix of {} blocks",
-        blocks.len()
+        w.0.len()
     );
     if m == 0 || n == 0 {
         return vec![0.0; m * n];

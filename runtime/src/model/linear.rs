@@ -215,13 +215,10 @@ fn dequantized_matmul<T: GgmlType + Sync>(
 
 /// The blocks of a CPU quantized tensor's storage (a `Vec<T>`, so aligned for `T`).
 fn blocks<T>(bytes: &[u8]) -> candle_core::Result<&[T]> {
-    let (ptr, size) = (bytes.as_ptr(), std::mem::size_of::<T>());
-    if (ptr as usize) % std::mem::align_of::<T>() != 0 || bytes.len() % size != 0 {
-        candle_core::bail!("quantized storage is not a whole, aligned run of blocks");
+    match block_dots::cast(bytes) {
+        Some(blocks) => Ok(blocks),
+        None => candle_core::bail!("quantized storage is not a whole, aligned run of blocks"),
     }
-    // SAFETY: the bytes are the storage of a `Vec<T>` of plain-old-data blocks (checked
-    // aligned and a whole number of them above), borrowed for the returned lifetime.
-    Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), bytes.len() / size) })
 }
 
 impl CustomOp1 for QuantizedMatmul {
