@@ -113,6 +113,8 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject, init: &Init) -> R
         photos: Vec<String>,
         fingerprint: &'a ModelFingerprint,
         compute: String,
+        /// The quantized weights' digest: folders of one source share its fingerprint.
+        quantized: Option<String>,
         pool: Vec<(String, u64)>,
         config: &'a TrainingConfig,
         init: String,
@@ -144,6 +146,7 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject, init: &Init) -> R
         photos,
         fingerprint: job.fingerprint,
         compute: job.compute.label(job.model)?,
+        quantized: concepts_runtime::quant::quantized_digest(job.model)?,
         pool,
         config: job.config,
         init: init.label(),

@@ -205,6 +205,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// Lowercase hex SHA-256 of the file at `path`, read in pieces (for files too large to hold,
+/// e.g. a model's weights); equal to [`sha256_hex`] of its bytes.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hex::encode(hasher.finalize())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Replaces `dest` with `bytes` atomically, as a regular file; see [`AtomicWrite::write`].
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     AtomicWrite::new(dest).write(bytes)

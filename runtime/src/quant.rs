@@ -1,5 +1,6 @@
 //! Quantized base models: [`quantize_model`] writes a model folder whose linear layers are
-//! stored quantized (Q8_0 or Q4_K blocks in a GGUF file, run by candle's quantized kernels),
+//! stored quantized (Q8_0 blocks, or for q4k Q4_K blocks with Q6_K where llama.cpp's Q4_K_M
+//! puts them, in a GGUF file, run by candle's quantized kernels),
 //! and [`QuantizedLinears`] loads them back for [`crate::LlavaModel::load`].
 //!
 //! A quantized folder is a llava-hf folder in which the matrices of the linear layers
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{gguf_file, GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
@@ -73,10 +74,21 @@ impl QuantFormat {
         }
     }
 
-    fn ggml(self) -> GgmlDType {
+    /// The block type of the linear matrix `hub` (a hub-layout name) in a model whose decoder
+    /// has `decoder_layers` layers. q4k assigns types as llama.cpp's Q4_K_M does: Q4_K, except
+    /// the value and down projections of the decoder layers [`more_bits`] picks, which are
+    /// the most sensitive to rounding and get Q6_K (6.56 bits per weight).
+    pub fn tensor_type(self, hub: &str, decoder_layers: usize) -> GgmlDType {
         match self {
             QuantFormat::Q8_0 => GgmlDType::Q8_0,
-            QuantFormat::Q4K => GgmlDType::Q4K,
+            QuantFormat::Q4K => {
+                let sensitive =
+                    hub.ends_with(".v_proj.weight") || hub.ends_with(".down_proj.weight");
+                match decoder_layer(hub) {
+                    Some(layer) if sensitive && more_bits(layer, decoder_layers) => GgmlDType::Q6K,
+                    _ => GgmlDType::Q4K,
+                }
+            }
         }
     }
 }
@@ -100,6 +112,22 @@ impl FromStr for QuantFormat {
                 ))
             })
     }
+}
+
+/// The decoder layer whose matrix `hub` is (`language_model…layers.{i}.…`), `None` for the
+/// vision tower, the projector and the head.
+fn decoder_layer(hub: &str) -> Option<usize> {
+    let (_, rest) = hub.split_once("language_model.")?;
+    let (_, rest) = rest.split_once("layers.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// llama.cpp's `use_more_bits` (`llama-quant.cpp`): the decoder layers whose value and down
+/// projections Q4_K_M stores in Q6_K, the first and last eighth and every third layer between
+/// them (16 of LLaVA-7B's 32 layers, 2 of the toy model's 4).
+fn more_bits(layer: usize, layers: usize) -> bool {
+    let eighth = layers / 8;
+    layer < eighth || layer >= 7 * layers / 8 || (layer - eighth) % 3 == 2
 }
 
 /// Whether the tensor the model code calls `hub_name` is a linear layer's matrix, which a
@@ -141,6 +169,21 @@ pub fn folder_format(dir: &Path) -> Result<Option<QuantFormat>> {
         }
     })?;
     format_of(&content, &path).map(Some)
+}
+
+/// The SHA-256 of the quantized folder `dir`'s [`QUANTIZED_FILE`] (lowercase hex), or `None`
+/// for a plain folder. Every quantized folder made from one source has the source's
+/// fingerprint (so concepts carry over between them), yet their weights differ with the
+/// format and with the block type [`quantize_model`] chose for each matrix: what caches the
+/// results of a computation (trained concepts) keys on, beside the fingerprint.
+pub fn quantized_digest(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(QUANTIZED_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    concepts_fs::sha256_file(&path)
+        .map(Some)
+        .map_err(|source| RuntimeError::Io { path, source })
 }
 
 /// The format a GGUF file's metadata names; an error for a file `concepts quantize` did not
@@ -209,6 +252,9 @@ impl QuantizedLinears {
                 (Device::Cpu, GgmlDType::Q4K) => {
                     read_blocks::<BlockQ4K>(&mut reader, info, start, file_size)
                 }
+                (Device::Cpu, GgmlDType::Q6K) => {
+                    read_blocks::<BlockQ6K>(&mut reader, info, start, file_size)
+                }
                 _ => content.tensor(&mut reader, name, device),
             }
             .map_err(|e| fail(e.context(format!("tensor `{name}`"))))?;
@@ -244,8 +290,10 @@ impl QuantizedLinears {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantizeReport {
     pub format: QuantFormat,
-    /// Linear matrices quantized, and how many matrices needed zero padding.
+    /// Linear matrices quantized, how many of them in Q6_K (q4k's rule,
+    /// [`QuantFormat::tensor_type`]), and how many matrices needed zero padding.
     pub quantized: usize,
+    pub six_bit: usize,
     pub padded: usize,
     /// Whether the LM head was stored in Q8_0 as well (an untied head; see the module docs).
     pub lm_head_q8_0: bool,
@@ -316,7 +364,7 @@ pub fn quantize_model(
     out: &Path,
     progress: QuantizeProgress<'_>,
 ) -> Result<QuantizeReport> {
-    read_config(source)?;
+    let config = read_config(source)?;
     if source.join(QUANTIZED_FILE).exists() {
         return Err(RuntimeError::Unsupported(format!(
             "`{}` is already quantized; quantize the folder it was made from",
@@ -347,6 +395,7 @@ pub fn quantize_model(
     let mut report = QuantizeReport {
         format,
         quantized: 0,
+        six_bit: 0,
         padded: 0,
         lm_head_q8_0: false,
         kept: 0,
@@ -363,7 +412,7 @@ pub fn quantize_model(
         let quantize_as = if head {
             Some(GgmlDType::Q8_0)
         } else if is_linear_weight(hub, &raw.shape) {
-            Some(format.ggml())
+            Some(format.tensor_type(hub, config.text.num_hidden_layers))
         } else {
             None
         };
@@ -376,6 +425,7 @@ pub fn quantize_model(
             )?;
             let (q, padded) = quantize_matrix(&w, dtype)?;
             report.padded += usize::from(padded);
+            report.six_bit += usize::from(dtype == GgmlDType::Q6K);
             report.output_bytes += q.storage_size_in_bytes() as u64;
             quantized.push((hub.clone(), q));
         }
@@ -463,4 +513,55 @@ fn candle_dtype(dtype: safetensors::Dtype, name: &str) -> Result<DType> {
             )))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4k_stores_the_layers_q4_k_m_picks_in_six_bits() {
+        let picked = |layers| {
+            (0..layers)
+                .filter(|&i| more_bits(i, layers))
+                .collect::<Vec<_>>()
+        };
+        // llama.cpp's choice for a 32-layer Llama (LLaVA-1.5-7B) and for the toy model's 4.
+        let seven_b = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31];
+        assert_eq!(picked(32), seven_b);
+        assert_eq!(picked(4), [2, 3]);
+        assert_eq!(picked(2), [1]);
+
+        let q4k = |hub: &str| QuantFormat::Q4K.tensor_type(hub, 32);
+        let decoder = "language_model.model.layers";
+        assert_eq!(
+            q4k(&format!("{decoder}.6.self_attn.v_proj.weight")),
+            GgmlDType::Q6K
+        );
+        assert_eq!(
+            q4k(&format!("{decoder}.31.mlp.down_proj.weight")),
+            GgmlDType::Q6K
+        );
+        assert_eq!(
+            q4k(&format!("{decoder}.6.self_attn.q_proj.weight")),
+            GgmlDType::Q4K
+        );
+        assert_eq!(
+            q4k(&format!("{decoder}.5.mlp.down_proj.weight")),
+            GgmlDType::Q4K
+        );
+        // transformers' newer layout names the same layers.
+        assert_eq!(
+            q4k("model.language_model.layers.0.self_attn.v_proj.weight"),
+            GgmlDType::Q6K
+        );
+        // The vision tower's layers share the names but not the rule; nor does the projector.
+        assert_eq!(
+            q4k("vision_tower.vision_model.encoder.layers.0.self_attn.v_proj.weight"),
+            GgmlDType::Q4K
+        );
+        assert_eq!(q4k("multi_modal_projector.linear_2.weight"), GgmlDType::Q4K);
+        let q8 = QuantFormat::Q8_0.tensor_type(&format!("{decoder}.6.self_attn.v_proj.weight"), 32);
+        assert_eq!(q8, GgmlDType::Q8_0);
+    }
 }

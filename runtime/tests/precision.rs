@@ -10,7 +10,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, Var};
 use concepts_runtime::generate::{GenerateConfig, Sampling};
 use concepts_runtime::preprocess::preprocess_file;
-use concepts_runtime::quant::{quantize_model, QuantFormat, QuantizedLinears, QUANTIZED_FILE};
+use concepts_runtime::quant::{
+    quantize_model, quantized_digest, QuantFormat, QuantizedLinears, QUANTIZED_FILE,
+};
 use concepts_runtime::session::{Engine, PromptInput};
 use concepts_runtime::testing::{
     concept_answer_loss, max_abs_diff, randn, tiny_config, RandomWeights,
@@ -65,6 +67,8 @@ fn quantized_folders_keep_the_fingerprint_and_stay_close_to_f32() {
     let tmp = tempfile::tempdir().unwrap();
     let (reference, reference_ids) = run(&parity_model(), 16);
     let scale = max_abs_diff(&reference, &reference.zeros_like().unwrap());
+    assert_eq!(quantized_digest(&parity_model()).unwrap(), None);
+    let mut digests = Vec::new();
     for (format, tolerance, same_ids) in [(QuantFormat::Q8_0, 0.05, 9), (QuantFormat::Q4K, 0.4, 1)]
     {
         let dir = quantized(format, tmp.path());
@@ -73,6 +77,13 @@ fn quantized_folders_keep_the_fingerprint_and_stay_close_to_f32() {
             fingerprint(&parity_model()).unwrap(),
             "{format}: the fingerprint changed"
         );
+        // ...but not the weights: caches of trained concepts tell the folders apart.
+        let digest = quantized_digest(&dir).unwrap().expect("a quantized folder");
+        assert!(
+            !digests.contains(&digest),
+            "{format}: digest of another folder"
+        );
+        digests.push(digest);
         let q = QuantizedLinears::read(&dir.join(QUANTIZED_FILE), &Device::Cpu).unwrap();
         // 3 vision layers × 6, 2 projector, 2 decoder layers × 7, and the LM head in Q8_0.
         assert_eq!(
@@ -82,6 +93,20 @@ fn quantized_folders_keep_the_fingerprint_and_stay_close_to_f32() {
         );
         let head = q.get("language_model.lm_head.weight").expect("the head");
         assert_eq!(head.dtype(), candle_core::quantized::GgmlDType::Q8_0);
+        // q4k follows Q4_K_M: the last layer's value and down projections in Q6_K.
+        let (most, six_bits) = match format {
+            QuantFormat::Q8_0 => (GgmlDType::Q8_0, GgmlDType::Q8_0),
+            QuantFormat::Q4K => (GgmlDType::Q4K, GgmlDType::Q6K),
+        };
+        for (name, dtype) in [
+            ("layers.1.self_attn.v_proj", six_bits),
+            ("layers.1.mlp.down_proj", six_bits),
+            ("layers.0.self_attn.v_proj", most),
+            ("layers.1.self_attn.q_proj", most),
+        ] {
+            let t = q.get(&format!("language_model.model.{name}.weight"));
+            assert_eq!(t.expect(name).dtype(), dtype, "{format}: {name}");
+        }
         // Keys and values are kept in f16 for an f32 computation over quantized weights.
         let engine = Engine::load(&dir, &Device::Cpu, DType::F32).unwrap();
         assert_eq!(engine.model().kv_storage(), Some(DType::F16), "{format}");

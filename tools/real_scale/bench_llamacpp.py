@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The llama.cpp column of `tools/real_scale/bench.sh`: the decoder of a quantized folder
-written by `concepts quantize` (the very same Q8_0 / Q4_K bytes) run by llama.cpp through
+written by `concepts quantize` (the very same Q8_0 / Q4_K / Q6_K bytes) run by llama.cpp through
 `llama-cpp-python`: load, prefill of as many positions as the runtime's image prompt, N greedy
 decode steps, peak RSS. JSON on stdout.
 

@@ -15,7 +15,8 @@ pub struct QuantizeArgs {
     /// $CONCEPTS_DEFAULT_MODEL, else the embedded toy model]
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// q8_0 (8.5 bits per weight) or q4k (4.5 bits per weight)
+    /// q8_0 (8.5 bits per weight) or q4k (llama.cpp's Q4_K_M: Q4_K, 4.5 bits per weight, with
+    /// Q6_K for the value and down projections of half the decoder layers)
     #[arg(long, value_name = "FORMAT", value_parser = ["q8_0", "q4k"])]
     pub format: String,
     /// The new model folder (must not exist); every command loads it with `--model OUT`
@@ -38,10 +39,14 @@ pub fn run(args: QuantizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let gb = |b: u64| b as f64 / 1e9;
     println!(
-        "wrote `{}`: {} linear matrices in {format}{}{}, {} tensors kept as stored; \
+        "wrote `{}`: {} linear matrices in {format}{}{}{}, {} tensors kept as stored; \
          {:.3} GB of weights -> {:.3} GB",
         args.out.display(),
         report.quantized,
+        match report.six_bit {
+            0 => String::new(),
+            n => format!(" ({n} of them in q6_k)"),
+        },
         match report.padded {
             0 => String::new(),
             n => format!(" ({n} padded to whole blocks)"),

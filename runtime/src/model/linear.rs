@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -151,6 +151,7 @@ impl QuantizedMatmul {
         match self.0.dtype() {
             GgmlDType::Q8_0 => k_quants::matmul(mkn, lhs, blocks::<BlockQ8_0>(&bytes)?, &mut dst)?,
             GgmlDType::Q4K => k_quants::matmul(mkn, lhs, blocks::<BlockQ4K>(&bytes)?, &mut dst)?,
+            GgmlDType::Q6K => k_quants::matmul(mkn, lhs, blocks::<BlockQ6K>(&bytes)?, &mut dst)?,
             GgmlDType::F32 => k_quants::matmul(mkn, lhs, blocks::<f32>(&bytes)?, &mut dst)?,
             other => candle_core::bail!("quantized linear layers of type {other:?}"),
         }
@@ -290,7 +291,7 @@ mod tests {
     /// over the dequantized matrix itself.
     #[test]
     fn prefill_and_decode_sized_quantized_products_agree() {
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
             // More rows than one dequantized chunk, and a partial chunk.
             let w = randn(&[DEQUANTIZE_CHUNK + 76, 256], 1, DType::F32, &Device::Cpu).unwrap();
             let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
