@@ -108,10 +108,12 @@ pub fn evaluate(
 
     // --- Concepts.
     let t_train = Instant::now();
+    let quantized_digest = concepts_runtime::quant::quantized_digest(&cfg.model)?;
     let job = TrainingJob {
         model: &cfg.model,
         fingerprint: &fingerprint,
         compute: &cfg.compute,
+        quantized_digest: quantized_digest.as_deref(),
         pool: &pool,
         pool_cache: cfg.pool_cache.as_deref(),
         work_dir: &cfg.work_dir,

@@ -92,6 +92,10 @@ pub struct TrainingJob<'a> {
     /// Its device and compute dtype (part of the cache key: a quantized folder has its
     /// source's fingerprint, but trains other concepts).
     pub compute: &'a Compute,
+    /// The SHA-256 of the folder's quantized weights, if it has them (part of the cache key:
+    /// quantized folders of one source share its fingerprint). Hashed once per evaluation
+    /// with [`concepts_runtime::quant::quantized_digest`], not once per subject.
+    pub quantized_digest: Option<&'a str>,
     /// The negative pool folder.
     pub pool: &'a Path,
     /// Cache of pool embeddings, shared by every subject.
@@ -114,7 +118,7 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject, init: &Init) -> R
         fingerprint: &'a ModelFingerprint,
         compute: String,
         /// The quantized weights' digest: folders of one source share its fingerprint.
-        quantized: Option<String>,
+        quantized: Option<&'a str>,
         pool: Vec<(String, u64)>,
         config: &'a TrainingConfig,
         init: String,
@@ -146,7 +150,7 @@ pub fn cache_key(job: &TrainingJob<'_>, subject: &EvalSubject, init: &Init) -> R
         photos,
         fingerprint: job.fingerprint,
         compute: job.compute.label(job.model)?,
-        quantized: concepts_runtime::quant::quantized_digest(job.model)?,
+        quantized: job.quantized_digest,
         pool,
         config: job.config,
         init: init.label(),
