@@ -203,13 +203,13 @@ impl LlavaConfig {
                 return bad(format!("`{name}` is 0"));
             }
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "vision image_size {} is not divisible by patch_size {}",
                 v.image_size, v.patch_size
@@ -223,7 +223,7 @@ impl LlavaConfig {
                 ));
             }
             let n = p.trailing_zeros();
-            if v.hidden_size % (1usize << (n - 1)) != 0 {
+            if !v.hidden_size.is_multiple_of(1usize << (n - 1)) {
                 return bad(format!(
                     "vision hidden_size {} is not divisible by {}, as a {n}-conv stem needs",
                     v.hidden_size,
@@ -231,13 +231,13 @@ impl LlavaConfig {
                 ));
             }
         }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return bad(format!(
                 "text num_attention_heads {} is not divisible by num_key_value_heads {}",
                 t.num_attention_heads, t.num_key_value_heads
             ));
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return bad(format!("text head_dim {} is odd", t.head_dim));
         }
         if self.vision_feature_layer > v.num_hidden_layers {

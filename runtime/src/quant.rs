@@ -319,7 +319,7 @@ fn read_blocks<T: GgmlType + 'static>(
 ) -> candle_core::Result<QTensor> {
     let elems = info.shape.elem_count();
     if T::DTYPE != info.ggml_dtype
-        || elems % T::BLCK_SIZE != 0
+        || !elems.is_multiple_of(T::BLCK_SIZE)
         || std::mem::size_of::<T>() != T::DTYPE.type_size()
     {
         candle_core::bail!(

@@ -395,7 +395,10 @@ impl Trainer {
             let report = self.train_step()?;
             on_event(Event::Step(report));
             let done = self.step == total;
-            if self.step % self.cfg.eval_every == 0 || done || self.step == self.cfg.stage0_steps {
+            if self.step.is_multiple_of(self.cfg.eval_every)
+                || done
+                || self.step == self.cfg.stage0_steps
+            {
                 let eval = self.evaluate()?;
                 append_jsonl(&paths.eval_log(), &eval)?;
                 on_event(Event::Eval(Box::new(eval)));

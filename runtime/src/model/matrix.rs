@@ -243,7 +243,7 @@ impl MappedMatrix {
             (DType::F16, DType::F16 | DType::F32) | (DType::BF16, DType::F32) => 2,
             _ => return None,
         };
-        let aligned = (data.as_ptr() as usize) % size == 0;
+        let aligned = (data.as_ptr() as usize).is_multiple_of(size);
         if !cfg!(target_endian = "little") || !aligned || data.len() != rows * cols * size {
             return None;
         }

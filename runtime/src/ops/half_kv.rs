@@ -107,7 +107,7 @@ fn attend(d: usize, q: &[f32], k: &[f16], v: &[f16], scale: f32, out: &mut [f32]
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        if d % 8 == 0 && has!("avx2") && has!("fma") && has!("f16c") {
+        if d.is_multiple_of(8) && has!("avx2") && has!("fma") && has!("f16c") {
             // SAFETY: the CPU has the three features (checked just above).
             return unsafe { attend_f16c(d, q, k, v, scale, out) };
         }
@@ -124,7 +124,7 @@ unsafe fn attend_f16c(d: usize, q: &[f32], k: &[f16], v: &[f16], scale: f32, out
     use std::arch::x86_64::*;
     let n_rep = q.len() / d;
     let n = k.len() / d;
-    debug_assert!(d % 8 == 0 && v.len() == k.len() && out.len() == q.len());
+    debug_assert!(d.is_multiple_of(8) && v.len() == k.len() && out.len() == q.len());
     // Eight halves from `p`, as f32 lanes.
     let halves = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()));
     let mut scores = vec![0f32; n_rep * n];
