@@ -1,5 +1,6 @@
 //! `x · Wᵀ` for a few input rows — a decode step — over a matrix of Q8_0 blocks as stored,
-//! as dot products along `W`'s stored rows (the quantized counterpart of [`super::row_dots`]).
+//! as dot products along `W`'s stored rows (the quantized counterpart of [`super::row_dots`]);
+//! Q4_K and Q6_K blocks likewise on AVX-512 VNNI CPUs ([`k_quants`]).
 //!
 //! A decode step reads every weight once per token, so its speed is the speed at which the
 //! blocks stream from memory. The input rows are quantized once per product as llama.cpp and
@@ -8,13 +9,16 @@
 //! split across rayon's threads in tasks of [`ROWS_PER_TASK`]. candle's `k_quants::matmul`
 //! computes the same integer sums one stored row at a time: measured in one process per
 //! kernel on LLaVA-7B's four matrix shapes, 2 threads, 10–12 GB/s there and 20–22 GB/s here
-//! (its Q4_K kernel already streams 20–22 GB/s, so Q4_K stays with candle).
+//! (its AVX2 Q4_K kernel already streams 20–22 GB/s there, so on AVX2 CPUs Q4_K stays with
+//! candle).
 //!
 //! Every output element is one row's dot product in a fixed order, whatever the number of
 //! input rows and whichever thread computes it: a batched decode step of up to [`MAX_ROWS`]
 //! chats gives each the bits it gets alone.
 
 use half::f16;
+
+mod k_quants;
 
 /// The most input rows computed this way; more go to the block kernels' prefill paths.
 pub(crate) const MAX_ROWS: usize = 8;
@@ -35,20 +39,28 @@ pub(crate) struct BlockQ8_0 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
-/// A row-major `[n, k]` Q8_0 matrix as stored: `k / 32` blocks per row.
+/// A row-major `[n, k]` quantized matrix as stored: `k / 32` (Q8_0) or `k / 256` (K-quants)
+/// blocks per row.
 #[derive(Clone, Copy)]
-pub(crate) struct Blocks<'a>(&'a [BlockQ8_0]);
+pub(crate) enum Blocks<'a> {
+    Q8_0(&'a [BlockQ8_0]),
+    Q4K(&'a [k_quants::BlockQ4K]),
+    Q6K(&'a [k_quants::BlockQ6K]),
+}
 
 impl<'a> Blocks<'a> {
     /// Reads `bytes` (a quantized tensor's storage, ggml's block layout) as blocks of `dtype`:
-    /// `None` for a type other than Q8_0, or for bytes that are not a whole, aligned run of
-    /// blocks.
+    /// `None` for a type this module does not multiply on this CPU (Q4_K and Q6_K need
+    /// AVX-512 VNNI), or for bytes that are not a whole, aligned run of blocks.
     pub(crate) fn from_bytes(
         dtype: candle_core::quantized::GgmlDType,
         bytes: &'a [u8],
     ) -> Option<Self> {
+        use candle_core::quantized::GgmlDType;
         match dtype {
-            candle_core::quantized::GgmlDType::Q8_0 => cast(bytes).map(Blocks),
+            GgmlDType::Q8_0 => cast(bytes).map(Blocks::Q8_0),
+            GgmlDType::Q4K if k_quants::available() => cast(bytes).map(Blocks::Q4K),
+            GgmlDType::Q6K if k_quants::available() => cast(bytes).map(Blocks::Q6K),
             _ => None,
         }
     }
@@ -58,7 +70,9 @@ impl<'a> Blocks<'a> {
 /// whole number of them. `T` must be a `repr(C)` block of integers and f16s (ggml's layouts).
 pub(super) fn cast<T>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 || bytes.len() % size != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+        || !bytes.len().is_multiple_of(size)
+    {
         return None;
     }
     // SAFETY: aligned for `T` and a whole number of `T`s (checked above); `T` is a
@@ -97,27 +111,36 @@ impl Quantized {
 }
 
 /// `y = x · Wᵀ`: `x` is `m ≤ MAX_ROWS` rows of `k` values, row `i` at `x[i * x_rs..]`;
-/// `W` is `[n, k]` in blocks, `k` a multiple of 32. Returns `y` as `[m, n]` row-major.
+/// `W` is `[n, k]` in blocks, `k` a multiple of the block size. Returns `y` as `[m, n]`
+/// row-major.
 pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Blocks, n: usize, k: usize) -> Vec<f32> {
     assert!(m <= MAX_ROWS, "{m} rows for a block-dot product");
     assert!(
         m == 0 || x.len() >= (m - 1) * x_rs + k,
         "input shorter than {m} rows of {k}"
     );
-    assert!(k % Q8_0_BLOCK == 0, "{k} columns in blocks of {Q8_0_BLOCK}");
+    let w = match w {
+        Blocks::Q8_0(w) => w,
+        Blocks::Q4K(w) => return k_quants::product(x, x_rs, m, w, n, k),
+        Blocks::Q6K(w) => return k_quants::product(x, x_rs, m, w, n, k),
+    };
+    assert!(
+        k.is_multiple_of(Q8_0_BLOCK),
+        "{k} columns in blocks of {Q8_0_BLOCK}"
+    );
     let per_row = k / Q8_0_BLOCK;
     assert_eq!(
-        w.0.len(),
+        w.len(),
         n * per_row,
         "a [{n}, {k}] matrix of {} blocks",
-        w.0.len()
+        w.len()
     );
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
     let q = Quantized::q8_0(x, x_rs, m, k);
     super::row_dots::by_stored_row_tasks(n, m, ROWS_PER_TASK, |first, rows, out| {
-        let blocks = &w.0[first * per_row..(first + rows) * per_row];
+        let blocks = &w[first * per_row..(first + rows) * per_row];
         dots(&q, m, blocks, per_row, out);
     })
 }
@@ -258,7 +281,9 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::k_quants::{self, BlockQ8_0 as CandleQ8_0};
+    use candle_core::quantized::k_quants::{
+        self as candle_k, BlockQ4K as CandleQ4K, BlockQ6K as CandleQ6K, BlockQ8_0 as CandleQ8_0,
+    };
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
@@ -266,12 +291,31 @@ mod tests {
     use crate::testing::hashed_values as values;
 
     /// candle's block kernels on the same bytes: the products this module replaces.
-    fn candle_product(bytes: &[u8], x: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    fn candle_product(
+        dtype: GgmlDType,
+        bytes: &[u8],
+        x: &[f32],
+        (m, k, n): (usize, usize, usize),
+    ) -> Vec<f32> {
+        fn blocks<T>(bytes: &[u8]) -> &[T] {
+            // SAFETY: the bytes are a quantized tensor's storage, a `Vec` of candle's blocks
+            // of `T` (the caller matches `T` to the tensor's type).
+            unsafe {
+                std::slice::from_raw_parts(
+                    bytes.as_ptr().cast(),
+                    bytes.len() / std::mem::size_of::<T>(),
+                )
+            }
+        }
         let mut y = vec![0f32; m * n];
-        // SAFETY: the bytes are a Q8_0 tensor's storage (a `Vec` of candle's blocks).
-        let blocks: &[CandleQ8_0] =
-            unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / 34) };
-        k_quants::matmul((m, k, n), x, blocks, &mut y).unwrap();
+        let mkn = (m, k, n);
+        match dtype {
+            GgmlDType::Q8_0 => candle_k::matmul(mkn, x, blocks::<CandleQ8_0>(bytes), &mut y),
+            GgmlDType::Q4K => candle_k::matmul(mkn, x, blocks::<CandleQ4K>(bytes), &mut y),
+            GgmlDType::Q6K => candle_k::matmul(mkn, x, blocks::<CandleQ6K>(bytes), &mut y),
+            other => panic!("{other:?}"),
+        }
+        .unwrap();
         y
     }
 
@@ -279,11 +323,19 @@ mod tests {
     /// 8 input rows: every product equals candle's block kernels'
     /// (same quantized input, same integer sums) within float summation order, lies within
     /// the input's 8-bit rounding of `x · dequantize(W)ᵀ` in f64, and every row equals bit for
-    /// bit the same row computed alone.
+    /// bit the same row computed alone. Q4_K and Q6_K where this CPU has their kernels.
     #[test]
     fn few_row_products_match_the_block_kernels_and_do_not_depend_on_the_batch() {
-        let dtype = GgmlDType::Q8_0;
-        for (n, k) in [(70, 512), (133, 96), (3, 1024)] {
+        let shapes = |dtype| match dtype {
+            GgmlDType::Q8_0 => [(70, 512), (133, 96), (3, 1024)],
+            _ => [(70, 512), (133, 256), (3, 1280)],
+        };
+        let dtypes = [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
+        for (dtype, (n, k)) in dtypes
+            .into_iter()
+            .filter(|&d| d == GgmlDType::Q8_0 || k_quants::available())
+            .flat_map(|d| shapes(d).map(|s| (d, s)))
+        {
             let w = Tensor::from_vec(values(n * k, 7), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
             let bytes = q.data().unwrap();
@@ -303,7 +355,7 @@ mod tests {
                 let packed: Vec<f32> = (0..m)
                     .flat_map(|i| x[i * x_rs..i * x_rs + k].to_vec())
                     .collect();
-                let theirs = candle_product(&bytes, &packed, (m, k, n));
+                let theirs = candle_product(dtype, &bytes, &packed, (m, k, n));
                 for i in 0..m {
                     let alone = product(&x[i * x_rs..], x_rs, 1, blocks, n, k);
                     for j in 0..n {
@@ -316,7 +368,7 @@ mod tests {
                             .sum();
                         let at = format!("{dtype:?} [{n}, {k}] m {m} ({i}, {j})");
                         assert!(
-                            (got - theirs[i * n + j]).abs() <= 1e-5 * (1.0 + got.abs()),
+                            (got - theirs[i * n + j]).abs() <= 1e-5 * (1.0 + size as f32),
                             "{at}: {got} vs candle {}",
                             theirs[i * n + j]
                         );
@@ -348,7 +400,10 @@ mod tests {
         for i in 0..m {
             let q = Quantized::q8_0(&x[i * k..], k, 1, k);
             for j in 0..n {
-                let slow = portable::q8_0::<1>(&q.qs, &q.ds, [&blocks.0[j * 16..(j + 1) * 16]])[0];
+                let Blocks::Q8_0(blocks) = blocks else {
+                    unreachable!()
+                };
+                let slow = portable::q8_0::<1>(&q.qs, &q.ds, [&blocks[j * 16..(j + 1) * 16]])[0];
                 let got = fast[i * n + j];
                 assert!(
                     (slow - got).abs() <= 1e-5 * (1.0 + got.abs()),
@@ -367,7 +422,7 @@ mod tests {
         assert!(Blocks::from_bytes(GgmlDType::Q8_0, &bytes[..34 * 4]).is_some());
         assert!(Blocks::from_bytes(GgmlDType::Q8_0, &bytes[..34 * 4 + 1]).is_none());
         assert!(Blocks::from_bytes(GgmlDType::Q8_0, &bytes[1..34 * 4 + 1]).is_none());
-        assert!(Blocks::from_bytes(GgmlDType::Q4K, bytes).is_none());
+        assert!(Blocks::from_bytes(GgmlDType::Q4_0, bytes).is_none());
         assert!(Blocks::from_bytes(GgmlDType::F16, &bytes[..34 * 4]).is_none());
     }
 }
