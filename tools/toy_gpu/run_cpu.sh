@@ -15,10 +15,17 @@ THREADS=${THREADS:-2}
 mkdir -p "$WORK"
 # A fresh machine keeps only the repository: continue from the state kept on the git ref
 # refs/toy-retrain/state (written by tools/toy_gpu/keep_state.sh) when $WORK has none.
-if [ ! -f "$WORK/run/state.pt" ] && git rev-parse -q --verify refs/toy-retrain/state >/dev/null; then
+# Without that ref (a fresh clone), from the newest state keep_state.sh ON_BRANCH=1 merged into
+# the checked-out branch (the merge's second parent).
+kept=$(git rev-parse -q --verify refs/toy-retrain/state || true)
+if [ -z "$kept" ]; then
+  merge=$(git log --merges -1 --format=%H --grep='^toy retrain state kept on the branch' HEAD || true)
+  [ -n "$merge" ] && kept=$(git rev-parse "$merge^2")
+fi
+if [ ! -f "$WORK/run/state.pt" ] && [ -n "$kept" ]; then
   mkdir -p "$WORK/run"
-  git show refs/toy-retrain/state:state.pt > "$WORK/run/state.pt.partial"
-  git show refs/toy-retrain/state:log.jsonl > "$WORK/run/log.jsonl"
+  git show "$kept:state.pt" > "$WORK/run/state.pt.partial"
+  git show "$kept:log.jsonl" > "$WORK/run/log.jsonl"
   mv "$WORK/run/state.pt.partial" "$WORK/run/state.pt"
 fi
 if [ ! -f "$WORK/c/corpus.json" ]; then
