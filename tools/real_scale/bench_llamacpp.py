@@ -6,10 +6,10 @@ decode steps, peak RSS. JSON on stdout.
 
 The runtime's GGUF (hub-layout names, candle's block layout, which is ggml's) is rewritten
 with llama.cpp's tensor names and metadata by the `gguf` package: quantized matrices are
-copied block for block, with the rows of q_proj and k_proj permuted as llama.cpp's
-`convert_hf_to_gguf.py` permutes them for its RoPE (a permutation of whole rows, so it moves
-quantized blocks without touching them); embeddings, norms and the LM head come from the
-folder's safetensors as stored. The vocabulary is a placeholder of the right size (the prompt
+copied block for block (the LM head too, which the runtime's quantized folders hold in Q8_0),
+with the rows of q_proj and k_proj permuted as llama.cpp's `convert_hf_to_gguf.py` permutes
+them for its RoPE (a permutation of whole rows, so it moves quantized blocks without touching
+them); embeddings and norms come from the folder's safetensors as stored. The vocabulary is a placeholder of the right size (the prompt
 is given as token ids). The vision tower is not run: llama.cpp gets a text prompt of the same
 length as the image prompt.
 
@@ -78,7 +78,15 @@ def write_gguf(model: pathlib.Path, out: pathlib.Path) -> None:
     w.add_unk_token_id(0)
 
     reader = gguf.GGUFReader(str(model / "quantized.gguf"))
+    quantized_head = False
     for t in reader.tensors:
+        if t.name == "language_model.lm_head.weight":
+            # The head the runtime multiplies with (quantized folders store it in Q8_0 beside
+            # the f16 original in the safetensors, which the fingerprint hashes).
+            data = np.asarray(t.data).reshape(int(t.shape[1]), -1)
+            w.add_tensor("output.weight", np.ascontiguousarray(data), raw_dtype=t.tensor_type)
+            quantized_head = True
+            continue
         if not t.name.startswith(LM + "layers."):
             continue
         layer, rest = t.name[len(LM + "layers."):].split(".", 1)
@@ -98,7 +106,8 @@ def write_gguf(model: pathlib.Path, out: pathlib.Path) -> None:
             if name == LM + "embed_tokens.weight":
                 w.add_tensor("token_embd.weight", a)
             elif name == "language_model.lm_head.weight":
-                w.add_tensor("output.weight", a)
+                if not quantized_head:
+                    w.add_tensor("output.weight", a)
             elif name == LM + "norm.weight":
                 w.add_tensor("output_norm.weight", a.astype(np.float32))
             else:
