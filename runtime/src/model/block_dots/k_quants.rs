@@ -320,6 +320,7 @@ pub(super) mod vnni {
     use std::arch::x86_64::*;
 
     use super::*;
+    use crate::model::block_dots::widen;
 
     pub(in crate::model::block_dots) fn available() -> bool {
         use std::arch::is_x86_feature_detected as has;
@@ -331,10 +332,21 @@ pub(super) mod vnni {
             && has!("fma")
     }
 
+    /// One input block's 256 values as four 64-byte vectors.
     #[inline]
-    #[target_feature(enable = "f16c")]
-    fn widen(h: f16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    #[target_feature(enable = "avx512f")]
+    fn input_block(y: &[i8]) -> [__m512i; 4] {
+        assert!(y.len() == QK_K);
+        // SAFETY: four 64-byte loads within the 256 values (asserted).
+        unsafe {
+            let y = y.as_ptr();
+            [
+                _mm512_loadu_si512(y.cast()),
+                _mm512_loadu_si512(y.add(64).cast()),
+                _mm512_loadu_si512(y.add(128).cast()),
+                _mm512_loadu_si512(y.add(192).cast()),
+            ]
+        }
     }
 
     /// Sixteen-bit lane indices: `[a; 16]` then `[b; 16]`, or eight lanes each of `four`.
@@ -408,13 +420,7 @@ pub(super) mod vnni {
             // SAFETY: in bounds by the asserts above: QK_K input bytes and 8 sums per block,
             // `blocks` blocks in every row.
             unsafe {
-                let y = x.qs.as_ptr().add(b * QK_K);
-                let ys = [
-                    _mm512_loadu_si512(y.cast()),
-                    _mm512_loadu_si512(y.add(64).cast()),
-                    _mm512_loadu_si512(y.add(128).cast()),
-                    _mm512_loadu_si512(y.add(192).cast()),
-                ];
+                let ys = input_block(&x.qs[b * QK_K..(b + 1) * QK_K]);
                 let sums = _mm_loadu_si128(x.sums.as_ptr().add(b * 8).cast());
                 let dy = *x.ds.get_unchecked(b);
                 for r in 0..R {
@@ -486,13 +492,7 @@ pub(super) mod vnni {
         for b in 0..blocks {
             // SAFETY: in bounds by the asserts above.
             unsafe {
-                let y = x.qs.as_ptr().add(b * QK_K);
-                let ys = [
-                    _mm512_loadu_si512(y.cast()),
-                    _mm512_loadu_si512(y.add(64).cast()),
-                    _mm512_loadu_si512(y.add(128).cast()),
-                    _mm512_loadu_si512(y.add(192).cast()),
-                ];
+                let ys = input_block(&x.qs[b * QK_K..(b + 1) * QK_K]);
                 let sums = _mm256_loadu_si256(x.sums.as_ptr().add(b * 16).cast());
                 let dy = *x.ds.get_unchecked(b);
                 for r in 0..R {

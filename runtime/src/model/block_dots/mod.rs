@@ -220,6 +220,15 @@ mod portable {
     }
 }
 
+/// An f16 scale widened with F16C (`half`'s conversion is a call per value).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "f16c")]
+fn widen(h: f16) -> f32 {
+    use std::arch::x86_64::*;
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -230,12 +239,6 @@ mod avx2 {
     pub(super) fn available() -> bool {
         use std::arch::is_x86_feature_detected as has;
         has!("avx2") && has!("fma") && has!("f16c")
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn widen(h: f16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
     }
 
     /// `Σ_b d_b · (x_b · y_b)` for R stored rows against one quantized input row: per block,
