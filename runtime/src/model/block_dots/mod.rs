@@ -119,25 +119,26 @@ pub(crate) fn product(x: &[f32], x_rs: usize, m: usize, w: Blocks, n: usize, k: 
         m == 0 || x.len() >= (m - 1) * x_rs + k,
         "input shorter than {m} rows of {k}"
     );
+    let (block, blocks) = match w {
+        Blocks::Q8_0(w) => (Q8_0_BLOCK, w.len()),
+        Blocks::Q4K(w) => (k_quants::QK_K, w.len()),
+        Blocks::Q6K(w) => (k_quants::QK_K, w.len()),
+    };
+    assert!(k.is_multiple_of(block), "{k} columns in blocks of {block}");
+    assert_eq!(
+        blocks,
+        n * (k / block),
+        "a [{n}, {k}] matrix of {blocks} blocks"
+    );
+    if m == 0 || n == 0 {
+        return vec![0.0; m * n];
+    }
     let w = match w {
         Blocks::Q8_0(w) => w,
         Blocks::Q4K(w) => return k_quants::product(x, x_rs, m, w, n, k),
         Blocks::Q6K(w) => return k_quants::product(x, x_rs, m, w, n, k),
     };
-    assert!(
-        k.is_multiple_of(Q8_0_BLOCK),
-        "{k} columns in blocks of {Q8_0_BLOCK}"
-    );
     let per_row = k / Q8_0_BLOCK;
-    assert_eq!(
-        w.len(),
-        n * per_row,
-        "a [{n}, {k}] matrix of {} blocks",
-        w.len()
-    );
-    if m == 0 || n == 0 {
-        return vec![0.0; m * n];
-    }
     let q = Quantized::q8_0(x, x_rs, m, k);
     super::row_dots::by_stored_row_tasks(n, m, ROWS_PER_TASK, |first, rows, out| {
         let blocks = &w[first * per_row..(first + rows) * per_row];
