@@ -534,11 +534,10 @@ pub(super) mod vnni {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use candle_core::quantized::GgmlDType;
 
     use super::*;
-    use crate::model::block_dots::cast;
+    use crate::model::block_dots::{cast, quantized_matrix};
     use crate::testing::hashed_values as values;
 
     /// The portable kernels (the vector kernels' definition) against candle's dequantization
@@ -548,17 +547,9 @@ mod tests {
     /// summation order, for one and four rows at a time.
     fn check<B: KBlock>(dtype: GgmlDType) {
         let (n, k, m) = (9, 768, 3);
-        let w = Tensor::from_vec(values(n * k, 17), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, dtype).unwrap();
+        let (q, dense) = quantized_matrix(n, k, 17, dtype);
         let bytes = q.data().unwrap();
         let blocks: &[B] = cast(&bytes).unwrap();
-        let dense: Vec<f32> = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
         let x = values(m * k, 19);
         let input = Input::quantize::<B>(&x, k, m, k);
         let per_row = k / QK_K;

@@ -283,6 +283,28 @@ mod avx2 {
     }
 }
 
+/// A seeded `[n, k]` matrix quantized to `dtype`, and its dequantized values.
+#[cfg(test)]
+fn quantized_matrix(
+    n: usize,
+    k: usize,
+    seed: u32,
+    dtype: candle_core::quantized::GgmlDType,
+) -> (candle_core::quantized::QTensor, Vec<f32>) {
+    use candle_core::{Device, Tensor};
+    let values = crate::testing::hashed_values(n * k, seed);
+    let w = Tensor::from_vec(values, (n, k), &Device::Cpu).unwrap();
+    let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
+    let dense = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (q, dense)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::k_quants::{
@@ -340,16 +362,8 @@ mod tests {
             .filter(|&d| d == GgmlDType::Q8_0 || k_quants::available())
             .flat_map(|d| shapes(d).map(|s| (d, s)))
         {
-            let w = Tensor::from_vec(values(n * k, 7), (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, dtype).unwrap();
+            let (q, dense) = quantized_matrix(n, k, 7, dtype);
             let bytes = q.data().unwrap();
-            let dense: Vec<f32> = q
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
             let blocks = Blocks::from_bytes(dtype, &bytes).unwrap();
             let x_rs = k + 3;
             let x = values(MAX_ROWS * x_rs, 11);
