@@ -19,6 +19,6 @@ commit=$(git commit-tree "$tree" -m "toy base retrain state: $last")
 git update-ref refs/toy-retrain/state "$commit"
 echo "refs/toy-retrain/state -> $commit ($(du -h "$state" | cut -f1) state; last log line: $last)"
 if [ "${ON_BRANCH:-0}" = 1 ]; then
-  git merge -q -s ours --no-edit -m "toy retrain state kept on the branch: $last" "$commit"
+  git merge -q -s ours --allow-unrelated-histories --no-edit -m "toy retrain state kept on the branch: $last" "$commit"
   echo "merged into $(git rev-parse --abbrev-ref HEAD) (files unchanged)"
 fi
