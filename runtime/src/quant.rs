@@ -534,33 +534,35 @@ mod tests {
 
         let q4k = |hub: &str| QuantFormat::Q4K.tensor_type(hub, 32);
         let decoder = "language_model.model.layers";
-        assert_eq!(
-            q4k(&format!("{decoder}.6.self_attn.v_proj.weight")),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            q4k(&format!("{decoder}.31.mlp.down_proj.weight")),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            q4k(&format!("{decoder}.6.self_attn.q_proj.weight")),
-            GgmlDType::Q4K
-        );
-        assert_eq!(
-            q4k(&format!("{decoder}.5.mlp.down_proj.weight")),
-            GgmlDType::Q4K
-        );
-        // transformers' newer layout names the same layers.
-        assert_eq!(
-            q4k("model.language_model.layers.0.self_attn.v_proj.weight"),
-            GgmlDType::Q6K
-        );
-        // The vision tower's layers share the names but not the rule; nor does the projector.
-        assert_eq!(
-            q4k("vision_tower.vision_model.encoder.layers.0.self_attn.v_proj.weight"),
-            GgmlDType::Q4K
-        );
-        assert_eq!(q4k("multi_modal_projector.linear_2.weight"), GgmlDType::Q4K);
+        let expected = [
+            (
+                format!("{decoder}.6.self_attn.v_proj.weight"),
+                GgmlDType::Q6K,
+            ),
+            (format!("{decoder}.31.mlp.down_proj.weight"), GgmlDType::Q6K),
+            (
+                format!("{decoder}.6.self_attn.q_proj.weight"),
+                GgmlDType::Q4K,
+            ),
+            (format!("{decoder}.5.mlp.down_proj.weight"), GgmlDType::Q4K),
+            // transformers' newer layout names the same layers.
+            (
+                "model.language_model.layers.0.self_attn.v_proj.weight".to_string(),
+                GgmlDType::Q6K,
+            ),
+            // The vision tower's layers share the names but not the rule; nor does the projector.
+            (
+                "vision_tower.vision_model.encoder.layers.0.self_attn.v_proj.weight".to_string(),
+                GgmlDType::Q4K,
+            ),
+            (
+                "multi_modal_projector.linear_2.weight".to_string(),
+                GgmlDType::Q4K,
+            ),
+        ];
+        for (hub, dtype) in expected {
+            assert_eq!(q4k(&hub), dtype, "{hub}");
+        }
         let q8 = QuantFormat::Q8_0.tensor_type(&format!("{decoder}.6.self_attn.v_proj.weight"), 32);
         assert_eq!(q8, GgmlDType::Q8_0);
     }
