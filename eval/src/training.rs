@@ -39,6 +39,8 @@ pub struct TrainingConfig {
     pub hard_per_positive: Option<u32>,
     /// Easy negatives.
     pub easy_negatives: u32,
+    /// Crowded views per photo (`concepts_trainer::views`).
+    pub crowded_views: u32,
     /// How the latent rows start.
     pub init: LatentInit,
 }
@@ -226,6 +228,7 @@ pub fn train_or_reuse(
     tc.conversation.questions_per_image = cfg.questions_per_image;
     tc.hard_per_positive = cfg.hard_per_positive;
     tc.easy_negatives = cfg.easy_negatives;
+    tc.crowded_views = cfg.crowded_views;
     tc.init = init;
     tc.cache_dir = job.pool_cache.map(Path::to_path_buf);
     let mut stages = PluginSet::builtin();

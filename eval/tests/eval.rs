@@ -42,6 +42,7 @@ fn tiny_training() -> TrainingConfig {
         questions_per_image: 1,
         hard_per_positive: Some(1),
         easy_negatives: 2,
+        crowded_views: 1,
         init: LatentInit::ModelDescription,
     }
 }
@@ -249,6 +250,7 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
             questions_per_image: 7,
             hard_per_positive: None,
             easy_negatives: 40,
+            crowded_views: concepts_trainer::views::DEFAULT_CROWDED_VIEWS,
             init: LatentInit::ModelDescription,
         },
     );

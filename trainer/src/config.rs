@@ -58,6 +58,9 @@ pub struct TrainConfig {
     /// Hard negatives per positive; `None`: [`DEFAULT_HARD_TOTAL`] over the positives.
     pub hard_per_positive: Option<u32>,
     pub easy_negatives: u32,
+    /// Crowded views per photo ([`crate::views`]): the photo shrunk into a pool scene as a
+    /// positive, and as many crowded hard negatives; 0 trains on the photos alone.
+    pub crowded_views: u32,
     pub conversation: ConversationConfig,
     /// Continue from the state file beside `output`.
     pub resume: bool,
@@ -93,6 +96,7 @@ impl TrainConfig {
             adamw: AdamW::REFERENCE,
             hard_per_positive: None,
             easy_negatives: DEFAULT_EASY,
+            crowded_views: crate::views::DEFAULT_CROWDED_VIEWS,
             conversation: ConversationConfig {
                 max_answer_tokens: 48,
                 questions_per_image: 10,

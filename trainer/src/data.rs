@@ -26,6 +26,9 @@ pub struct Dataset {
     pub positives: Vec<LoadedImage>,
     pub hard_negatives: Vec<LoadedImage>,
     pub easy_negatives: Vec<LoadedImage>,
+    /// How many of the last `positives` (and of the last `hard_negatives`) are crowded views
+    /// ([`crate::views`]) rather than photos.
+    pub crowded_views: usize,
     /// Text-only question/answer pairs that name the identifier.
     pub conversations: Vec<Turn>,
 }

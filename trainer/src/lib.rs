@@ -28,6 +28,7 @@ pub mod mining;
 pub mod prefix;
 pub mod report;
 pub mod templates;
+pub mod views;
 
 mod config;
 mod job;
@@ -155,10 +156,23 @@ pub fn train(
         cancel,
     )?;
     let data_secs = t1.elapsed().as_secs_f64();
+    let photos = (positives.len(), hard_negatives.len());
+    let (crowded_positives, crowded_negatives) = views::crowded_views(
+        &positives,
+        &hard_negatives,
+        &easy_negatives,
+        cfg.crowded_views,
+        cfg.seed,
+    );
+    let crowded_views = crowded_positives.len();
+    let (mut positives, mut hard_negatives) = (positives, hard_negatives);
+    positives.extend(crowded_positives);
+    hard_negatives.extend(crowded_negatives);
     let dataset = Dataset {
         positives,
         hard_negatives,
         easy_negatives,
+        crowded_views,
         conversations,
     };
 
@@ -179,10 +193,11 @@ pub fn train(
     };
     let replaying = saved.as_ref().map_or(0, |s| s.epochs_done() as u32);
     let counts = report::Counts {
-        positives: dataset.positives.len(),
-        hard_negatives: dataset.hard_negatives.len(),
+        positives: photos.0,
+        hard_negatives: photos.1,
         easy_negatives: dataset.easy_negatives.len(),
         conversations: dataset.conversations.len(),
+        crowded_views,
     };
     let mut job = Job {
         cfg,

@@ -605,6 +605,10 @@ pub(crate) fn mine_negatives(
     let (pool, pool_report) =
         embed_pool(&embedder, source, &mut cache, &exclude, progress, cancel)?;
     let mined = mine(miner, &pos_matrix, &pool, params)?;
+    tracing::debug!(
+        hard = ?mined.hard.iter().map(|&r| pool.entries[r].path.display().to_string()).collect::<Vec<_>>(),
+        "hard negatives"
+    );
     let load = |rows: &[usize]| -> Result<Vec<images::LoadedImage>> {
         rows.iter()
             .map(|&r| {

@@ -53,6 +53,8 @@ pub struct Counts {
     pub hard_negatives: usize,
     pub easy_negatives: usize,
     pub conversations: usize,
+    /// Crowded views of the photos (positives), and as many of hard negatives.
+    pub crowded_views: usize,
 }
 
 /// How the pool was embedded.

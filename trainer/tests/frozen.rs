@@ -130,6 +130,7 @@ fn base_tensors_are_bit_identical_after_training() {
         positives: images,
         hard_negatives: vec![negative],
         easy_negatives: Vec::new(),
+        crowded_views: 0,
         conversations: vec![Turn {
             question: "What does <bo> look like?".into(),
             answer: answer.into(),

@@ -53,6 +53,7 @@ fn dataset(world: &common::World, session: &Engine) -> Dataset {
         positives: load(&world.photos, false),
         hard_negatives: pool,
         easy_negatives: easy,
+        crowded_views: 0,
         conversations: vec![
             Turn {
                 question: "What does <bo> look like?".into(),

@@ -288,6 +288,7 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             questions_per_image: 7,
             hard_per_positive: Some(4),
             easy_negatives: 20,
+            crowded_views: concepts_trainer::views::DEFAULT_CROWDED_VIEWS,
             init: LatentInit::ModelDescription,
         },
         multi: true,

@@ -68,6 +68,10 @@ pub struct EvalArgs {
     /// Easy (random) negatives per concept
     #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
     pub easy: u32,
+    /// Crowded views per training photo: the photo shrunk into a pool scene (a positive),
+    /// and as many crowded hard negatives, so the concept finds its subject among others
+    #[arg(long, value_name = "N", default_value_t = concepts_trainer::views::DEFAULT_CROWDED_VIEWS)]
+    pub crowded_views: u32,
     /// Where each concept's latents start: spelling the base model's own description of the
     /// training photos, or random (Yo'LLaVA's reference)
     #[arg(long, value_enum, default_value_t = InitArg::ModelDescription)]
@@ -156,6 +160,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
             questions_per_image: args.questions,
             hard_per_positive: args.hard_per_positive,
             easy_negatives: args.easy,
+            crowded_views: args.crowded_views,
             init: args.init.into(),
         },
         multi: !args.no_multi,

@@ -80,6 +80,10 @@ pub struct TrainArgs {
     /// Easy (random) negatives
     #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
     pub easy: u32,
+    /// Crowded views per training photo: the photo shrunk into a pool scene (a positive),
+    /// and as many crowded hard negatives, so the concept finds its subject among others
+    #[arg(long, value_name = "N", default_value_t = concepts_trainer::views::DEFAULT_CROWDED_VIEWS)]
+    pub crowded_views: u32,
     /// Attribute questions the base model answers per photo (0 to 10)
     #[arg(long, default_value_t = 10)]
     pub questions: usize,
@@ -268,6 +272,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     cfg.init = init;
     cfg.hard_per_positive = args.hard_per_positive;
     cfg.easy_negatives = args.easy;
+    cfg.crowded_views = args.crowded_views;
     cfg.conversation.questions_per_image = args.questions;
     cfg.resume = args.resume;
     cfg.prefix = args.prefix_cache;
@@ -309,10 +314,11 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         100.0 * outcome.best_accuracy
     );
     println!(
-        "trained on {} photos, {} hard and {} easy negatives, {} conversations; pool: {} images ({} from cache)",
+        "trained on {} photos, {} hard and {} easy negatives, {} crowded views of each, {} conversations; pool: {} images ({} from cache)",
         outcome.counts.positives,
         outcome.counts.hard_negatives,
         outcome.counts.easy_negatives,
+        outcome.counts.crowded_views,
         outcome.counts.conversations,
         outcome.pool.listed,
         outcome.pool.cache_hits

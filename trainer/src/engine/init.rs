@@ -88,7 +88,9 @@ impl TrainingEngine<'_> {
             },
             Init::Visual => {
                 let mut sum: Option<Tensor> = None;
-                for i in 0..self.data.positives.len() {
+                // The photos, not their crowded views (the subject small among other objects).
+                let photos = self.data.positives.len() - self.data.crowded_views;
+                for i in 0..photos {
                     let f = self
                         .features(SampleKind::Positive, i as u32, false)?
                         .to_dtype(DType::F32)?
@@ -98,8 +100,8 @@ impl TrainingEngine<'_> {
                         None => f,
                     });
                 }
-                let mean = (sum.ok_or_else(|| TrainError::Input("no positives".into()))?
-                    / self.data.positives.len() as f64)?;
+                let mean =
+                    (sum.ok_or_else(|| TrainError::Input("no positives".into()))? / photos as f64)?;
                 ConceptParams {
                     rows: (mean.unsqueeze(0)?.broadcast_as((k + 1, d))? + (rows_noise * 0.1)?)?,
                     head,

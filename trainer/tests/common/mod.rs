@@ -99,6 +99,8 @@ impl World {
         cfg.seed = 5;
         cfg.hard_per_positive = Some(2);
         cfg.easy_negatives = 4;
+        // One view per photo keeps the tests quick and still trains on crowded views.
+        cfg.crowded_views = 1;
         cfg.conversation.questions_per_image = 2;
         cfg.conversation.max_answer_tokens = 6;
         cfg.cache_dir = Some(self.root.path().join("cache"));
