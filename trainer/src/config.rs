@@ -173,6 +173,13 @@ fn check_options(cfg: &TrainConfig) -> Result<()> {
             data::MAX_QUESTIONS_PER_IMAGE
         ));
     }
+    if cfg.crowded_views > crate::views::MAX_CROWDED_VIEWS {
+        return bad(format!(
+            "{} crowded views per photo, at most {}",
+            cfg.crowded_views,
+            crate::views::MAX_CROWDED_VIEWS
+        ));
+    }
     if cfg.seed > i64::MAX as u64 {
         return bad(format!("seed {} must be at most {}", cfg.seed, i64::MAX));
     }

@@ -21,6 +21,9 @@ use crate::images::LoadedImage;
 /// Crowded views per training photo (and as many crowded hard negatives) by default.
 pub const DEFAULT_CROWDED_VIEWS: u32 = 4;
 
+/// Most crowded views per photo: each is a decoded image held for the whole run.
+pub const MAX_CROWDED_VIEWS: u32 = 16;
+
 /// The shrunk photo's side as a fraction of the scene's (a range, drawn per view).
 const SCALE: (f64, f64) = (0.45, 0.65);
 

@@ -121,6 +121,11 @@ fn resume_without_state_and_bad_options() {
         .to_string()
         .contains("epochs must be at least 1"));
     let mut cfg = w.config("a.ycpt", 1);
+    cfg.crowded_views = 17;
+    assert!(check(&cfg, &w.model)
+        .to_string()
+        .contains("17 crowded views per photo, at most 16"));
+    let mut cfg = w.config("a.ycpt", 1);
     cfg.subject.name = "Bo".into();
     assert!(check(&cfg, &w.model)
         .to_string()
