@@ -5,7 +5,8 @@
 //! Asked as the runtime asks by default, only the concept a question mentions has its
 //! personal prompt in the prompt; the other active concepts act through their tokens and
 //! LM-head columns. The same questions are also asked with every active concept's personal
-//! prompt in the prompt ([`PersonalPrompts::All`]).
+//! prompt in the prompt ([`PersonalPrompts::All`]), with no concept (vanilla: the subject's
+//! name only) and, where the dataset has them, with the true descriptions.
 
 use concepts_runtime::prompt::PersonalPrompts;
 
@@ -36,11 +37,19 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
         .subjects
         .iter()
         .all(|s| s.description.is_some());
-    let rounds = if described { 3 } else { 2 };
+    let rounds = if described { 4 } else { 3 };
     scorer.progress.start("multi", rounds * questions as u64);
     let learned = |p| (Condition::Learned, p);
     let (mentioned, counts) = scores(scorer, &photos, learned(PersonalPrompts::Mentioned))?;
     let (all_introduced, _) = scores(scorer, &photos, learned(PersonalPrompts::All))?;
+    // What the base model says with no concept and no words about the subject: the floor a
+    // learned concept must clear (CI asserts it does, on pairs as on single photos).
+    let vanilla = scores(
+        scorer,
+        &photos,
+        (Condition::Vanilla, PersonalPrompts::Mentioned),
+    )?
+    .0;
     let description = if described {
         let asked = (Condition::Description, PersonalPrompts::Mentioned);
         Some(scores(scorer, &photos, asked)?.0)
@@ -58,6 +67,7 @@ pub(crate) fn evaluate(scorer: &mut Scorer<'_>) -> Result<Option<MultiReport>> {
         rejected: mentioned.rejected,
         recognition: mentioned.recognition,
         all_introduced,
+        vanilla,
         description,
     }))
 }

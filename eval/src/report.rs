@@ -134,6 +134,9 @@ pub struct MultiReport {
     /// The same questions with every active concept's personal prompt in the prompt (the
     /// scores above introduce only the concept asked about, as the runtime does by default).
     pub all_introduced: MultiScores,
+    /// The same questions with no concept active and only the subject's name in the question
+    /// (the `vanilla` condition): the floor a learned concept must clear.
+    pub vanilla: MultiScores,
     /// The same questions with no concept active and the true description of the subject
     /// asked about in the prompt (the `description` condition); `null` without descriptions.
     /// What the base model can do here with the right words: the ceiling its pretraining sets.
@@ -324,6 +327,17 @@ impl EvalReport {
                 pct(m.all_introduced.both_recognised),
                 opt_pct(m.all_introduced.triples_all_recognised),
                 pct(m.all_introduced.recognition.positive)
+            );
+            let v = &m.vanilla;
+            let _ = writeln!(
+                s,
+                "Vanilla (the name only): both recognised {}%, all three {}%, present {}%, \
+                 impostors rejected {}%, weighted {}%",
+                pct(v.both_recognised),
+                opt_pct(v.triples_all_recognised),
+                pct(v.recognition.positive),
+                opt_pct(v.rejected),
+                pct(v.recognition.weighted)
             );
             if let Some(d) = &m.description {
                 let _ = writeln!(
