@@ -62,16 +62,8 @@ pub struct EvalArgs {
     /// Attribute questions the base model answers per photo for the conversation data (0 to 10)
     #[arg(long, default_value_t = 10)]
     pub questions: usize,
-    /// Hard negatives per training photo [default: 100 / number of photos]
-    #[arg(long, value_name = "M")]
-    pub hard_per_positive: Option<u32>,
-    /// Easy (random) negatives per concept
-    #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
-    pub easy: u32,
-    /// Crowded views per training photo: the photo shrunk into a pool scene (a positive),
-    /// and as many crowded hard negatives, so the concept finds its subject among others
-    #[arg(long, value_name = "N", default_value_t = concepts_trainer::views::DEFAULT_CROWDED_VIEWS)]
-    pub crowded_views: u32,
+    #[command(flatten)]
+    pub negatives_mix: crate::cmd::train::NegativesArgs,
     /// Where each concept's latents start: spelling the base model's own description of the
     /// training photos, or random (Yo'LLaVA's reference)
     #[arg(long, value_enum, default_value_t = InitArg::ModelDescription)]
@@ -158,9 +150,9 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
             learning_rate: args.lr,
             seed: args.seed,
             questions_per_image: args.questions,
-            hard_per_positive: args.hard_per_positive,
-            easy_negatives: args.easy,
-            crowded_views: args.crowded_views,
+            hard_per_positive: args.negatives_mix.hard_per_positive,
+            easy_negatives: args.negatives_mix.easy,
+            crowded_views: args.negatives_mix.crowded_views,
             init: args.init.into(),
         },
         multi: !args.no_multi,

@@ -74,16 +74,8 @@ pub struct TrainArgs {
     /// Initialisation: random, visual, word:WORD or text:TEXT (the latents spell TEXT)
     #[arg(long, default_value = "random")]
     pub init: String,
-    /// Hard negatives per photo [default: 100 / number of photos]
-    #[arg(long, value_name = "M")]
-    pub hard_per_positive: Option<u32>,
-    /// Easy (random) negatives
-    #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
-    pub easy: u32,
-    /// Crowded views per training photo: the photo shrunk into a pool scene (a positive),
-    /// and as many crowded hard negatives, so the concept finds its subject among others
-    #[arg(long, value_name = "N", default_value_t = concepts_trainer::views::DEFAULT_CROWDED_VIEWS)]
-    pub crowded_views: u32,
+    #[command(flatten)]
+    pub negatives_mix: NegativesArgs,
     /// Attribute questions the base model answers per photo (0 to 10)
     #[arg(long, default_value_t = 10)]
     pub questions: usize,
@@ -100,6 +92,22 @@ pub struct TrainArgs {
     pub allow_native: bool,
     #[command(flatten)]
     pub compute: crate::ctx::ComputeArgs,
+}
+
+/// What a concept trains against besides its photos; `concepts train` and `concepts eval`
+/// take the same options.
+#[derive(Debug, clap::Args)]
+pub struct NegativesArgs {
+    /// Hard negatives per training photo [default: 100 / number of photos]
+    #[arg(long, value_name = "M")]
+    pub hard_per_positive: Option<u32>,
+    /// Easy (random) negatives per concept
+    #[arg(long, default_value_t = concepts_trainer::DEFAULT_EASY)]
+    pub easy: u32,
+    /// Crowded views per training photo: the photo shrunk into a pool scene (a positive),
+    /// and as many crowded hard negatives, so the concept finds its subject among others
+    #[arg(long, value_name = "N", default_value_t = concepts_trainer::views::DEFAULT_CROWDED_VIEWS)]
+    pub crowded_views: u32,
 }
 
 /// Progress bars for mining, conversation generation and epochs; `concepts eval` shows one
@@ -270,9 +278,9 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     cfg.batch_size = args.batch_size;
     cfg.seed = args.seed;
     cfg.init = init;
-    cfg.hard_per_positive = args.hard_per_positive;
-    cfg.easy_negatives = args.easy;
-    cfg.crowded_views = args.crowded_views;
+    cfg.hard_per_positive = args.negatives_mix.hard_per_positive;
+    cfg.easy_negatives = args.negatives_mix.easy;
+    cfg.crowded_views = args.negatives_mix.crowded_views;
     cfg.conversation.questions_per_image = args.questions;
     cfg.resume = args.resume;
     cfg.prefix = args.prefix_cache;
