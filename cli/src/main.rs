@@ -123,12 +123,48 @@ fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
 /// Without `RAYON_NUM_THREADS`, candle works out its thread count again on every matrix
 /// product by reading `/proc/cpuinfo`: about 5% of a toy-model training run, and 44% of the
 /// CPU time of a server decoding a small model's batch (docs/serving.md). Working it out once
-/// and setting the variable, before any thread exists, keeps the same count.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+/// and setting the variable, before any thread exists, keeps the same count. A variable the
+/// user set is kept.
+///
+/// Training on a CPU model as narrow as the toy one gets one thread: its second thread gains
+/// nothing on a quiet machine, and candle's spinning thread pool makes a run twice as slow
+/// when another process holds a core (docs/training.md, "Threads when the cores are shared").
+fn pin_thread_count(command: &Command, ctx: &Ctx) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
     }
+    let threads = if trains_a_narrow_model(command, ctx) {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    };
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+}
+
+/// The widest text model (`text_config.hidden_size`) [`pin_thread_count`] trains on one
+/// thread: the width where one thread was measured as fast as two (the toy base model).
+const ONE_THREAD_MAX_WIDTH: u64 = 128;
+
+/// Whether `command` trains concepts on the CPU for a base model no wider than
+/// [`ONE_THREAD_MAX_WIDTH`]. Anything unreadable counts as wide: the command itself reports it.
+fn trains_a_narrow_model(command: &Command, ctx: &Ctx) -> bool {
+    let (model, device) = match command {
+        Command::Train(a) => (a.model.as_deref(), a.compute.device.as_str()),
+        Command::Eval(a) => (a.base_model.as_deref(), a.compute.device.as_str()),
+        Command::Demo(a) => (a.model.as_deref(), "cpu"),
+        _ => return false,
+    };
+    if device != "cpu" {
+        return false;
+    }
+    let Ok(dir) = ctx::model_dir(model, ctx) else {
+        return false;
+    };
+    let width = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| config["text_config"]["hidden_size"].as_u64());
+    width.is_some_and(|w| w <= ONE_THREAD_MAX_WIDTH)
 }
 
 fn main() -> ExitCode {
@@ -139,11 +175,12 @@ fn main() -> ExitCode {
     if empty_home_env {
         std::env::remove_var("CONCEPTS_HOME");
     }
-    pin_thread_count();
     // `exit` prints help/version (status 0) or the usage error (status 2).
     let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
     init_logging(cli.verbose);
     let ctx = Ctx::new(cli.home, empty_home_env);
+    // Before any thread exists (nothing above starts one).
+    pin_thread_count(&cli.command, &ctx);
     match dispatch(cli.command, &ctx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
