@@ -329,16 +329,25 @@ impl EvalReport {
                 pct(m.all_introduced.recognition.positive)
             );
             let v = &m.vanilla;
-            let _ = writeln!(
+            let _ = write!(
                 s,
-                "Vanilla (the name only): both recognised {}%, all three {}%, present {}%, \
-                 impostors rejected {}%, weighted {}%",
+                "Vanilla (the name only): both recognised {}%, all three {}%, present {}%",
                 pct(v.both_recognised),
                 opt_pct(v.triples_all_recognised),
-                pct(v.recognition.positive),
-                opt_pct(v.rejected),
-                pct(v.recognition.weighted)
+                pct(v.recognition.positive)
             );
+            // Weighted recognition counts a side without questions as 0: only meaningful
+            // with impostors.
+            if m.impostor_questions > 0 {
+                let _ = write!(
+                    s,
+                    ", impostors rejected {}%, weighted {}% (learned {}%)",
+                    opt_pct(v.rejected),
+                    pct(v.recognition.weighted),
+                    pct(m.recognition.weighted)
+                );
+            }
+            s.push('\n');
             if let Some(d) = &m.description {
                 let _ = writeln!(
                     s,
