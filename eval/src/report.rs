@@ -201,6 +201,17 @@ fn opt_pct(x: Option<f64>) -> String {
     x.map_or_else(|| "–".to_string(), pct)
 }
 
+/// "both recognised X%, all three Y%, present Z%": how many subjects one way of asking found in
+/// the multi photos.
+fn found(m: &MultiScores) -> String {
+    format!(
+        "both recognised {}%, all three {}%, present {}%",
+        pct(m.both_recognised),
+        opt_pct(m.triples_all_recognised),
+        pct(m.recognition.positive)
+    )
+}
+
 impl EvalReport {
     /// The conditions that ran, in report order.
     pub fn conditions(&self) -> Vec<(&'static str, &ConditionReport)> {
@@ -322,20 +333,11 @@ impl EvalReport {
             }
             let _ = writeln!(
                 s,
-                "; with every active concept introduced: both recognised {}%, all three {}%, \
-                 present {}%",
-                pct(m.all_introduced.both_recognised),
-                opt_pct(m.all_introduced.triples_all_recognised),
-                pct(m.all_introduced.recognition.positive)
+                "; with every active concept introduced: {}",
+                found(&m.all_introduced)
             );
             let v = &m.vanilla;
-            let _ = write!(
-                s,
-                "Vanilla (the name only): both recognised {}%, all three {}%, present {}%",
-                pct(v.both_recognised),
-                opt_pct(v.triples_all_recognised),
-                pct(v.recognition.positive)
-            );
+            let _ = write!(s, "Vanilla (the name only): {}", found(v));
             // Weighted recognition counts a side without questions as 0: only meaningful
             // with impostors.
             if m.impostor_questions > 0 {
@@ -351,11 +353,8 @@ impl EvalReport {
             if let Some(d) = &m.description {
                 let _ = writeln!(
                     s,
-                    "With the true description instead of a concept: both recognised {}%, all \
-                     three {}%, present {}%, impostors rejected {}%",
-                    pct(d.both_recognised),
-                    opt_pct(d.triples_all_recognised),
-                    pct(d.recognition.positive),
+                    "With the true description instead of a concept: {}, impostors rejected {}%",
+                    found(d),
                     opt_pct(d.rejected)
                 );
             }
