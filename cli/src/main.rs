@@ -143,7 +143,7 @@ fn pin_thread_count(command: &Command, ctx: &Ctx) {
 
 /// The widest text model (`text_config.hidden_size`) [`pin_thread_count`] trains on one
 /// thread: the width where one thread was measured as fast as two (the toy base model).
-const ONE_THREAD_MAX_WIDTH: u64 = 128;
+const ONE_THREAD_MAX_WIDTH: usize = 128;
 
 /// Whether `command` trains concepts on the CPU for a base model no wider than
 /// [`ONE_THREAD_MAX_WIDTH`]. Anything unreadable counts as wide: the command itself reports it.
@@ -160,11 +160,10 @@ fn trains_a_narrow_model(command: &Command, ctx: &Ctx) -> bool {
     let Ok(dir) = ctx::model_dir(model, ctx) else {
         return false;
     };
-    let width = std::fs::read_to_string(dir.join("config.json"))
+    std::fs::read_to_string(dir.join("config.json"))
         .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|config| config["text_config"]["hidden_size"].as_u64());
-    width.is_some_and(|w| w <= ONE_THREAD_MAX_WIDTH)
+        .and_then(|text| concepts_runtime::config::LlavaConfig::from_json_str(&text).ok())
+        .is_some_and(|config| config.text.hidden_size <= ONE_THREAD_MAX_WIDTH)
 }
 
 fn main() -> ExitCode {

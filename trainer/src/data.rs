@@ -33,6 +33,18 @@ pub struct Dataset {
     pub conversations: Vec<Turn>,
 }
 
+impl Dataset {
+    /// The subject's photos: `positives` without their crowded views.
+    pub fn photos(&self) -> usize {
+        self.positives.len() - self.crowded_views
+    }
+
+    /// The mined hard negatives: `hard_negatives` without their crowded views.
+    pub fn mined_hard_negatives(&self) -> usize {
+        self.hard_negatives.len() - self.crowded_views
+    }
+}
+
 /// Settings of conversation generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversationConfig {

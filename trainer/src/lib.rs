@@ -156,7 +156,6 @@ pub fn train(
         cancel,
     )?;
     let data_secs = t1.elapsed().as_secs_f64();
-    let photos = (positives.len(), hard_negatives.len());
     let (crowded_positives, crowded_negatives) = views::crowded_views(
         &positives,
         &hard_negatives,
@@ -164,17 +163,15 @@ pub fn train(
         cfg.crowded_views,
         cfg.seed,
     );
-    let crowded_views = crowded_positives.len();
-    let (mut positives, mut hard_negatives) = (positives, hard_negatives);
-    positives.extend(crowded_positives);
-    hard_negatives.extend(crowded_negatives);
-    let dataset = Dataset {
+    let mut dataset = Dataset {
         positives,
         hard_negatives,
         easy_negatives,
-        crowded_views,
+        crowded_views: crowded_positives.len(),
         conversations,
     };
+    dataset.positives.extend(crowded_positives);
+    dataset.hard_negatives.extend(crowded_negatives);
 
     // --- Stage 3: training.
     let d = session.model().config().text.hidden_size;
@@ -193,11 +190,11 @@ pub fn train(
     };
     let replaying = saved.as_ref().map_or(0, |s| s.epochs_done() as u32);
     let counts = report::Counts {
-        positives: photos.0,
-        hard_negatives: photos.1,
+        positives: dataset.photos(),
+        hard_negatives: dataset.mined_hard_negatives(),
         easy_negatives: dataset.easy_negatives.len(),
         conversations: dataset.conversations.len(),
-        crowded_views,
+        crowded_views: dataset.crowded_views,
     };
     let mut job = Job {
         cfg,

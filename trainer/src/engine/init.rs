@@ -89,7 +89,7 @@ impl TrainingEngine<'_> {
             Init::Visual => {
                 let mut sum: Option<Tensor> = None;
                 // The photos, not their crowded views (the subject small among other objects).
-                let photos = self.data.positives.len() - self.data.crowded_views;
+                let photos = self.data.photos();
                 for i in 0..photos {
                     let f = self
                         .features(SampleKind::Positive, i as u32, false)?
