@@ -55,6 +55,12 @@ pub enum LatentInit {
     ModelDescription,
     /// Gaussian rows (Yo'LLaVA's reference, `Init::Random`).
     Random,
+    /// Every row at the mean object token of the training photos (MC-LLaVA's idea,
+    /// `Init::Visual`).
+    Visual,
+    /// The model-written description once, then the photos' object token in the remaining
+    /// rows (`Init::TextVisual`); the object token alone for a subject the model wrote none for.
+    ModelDescriptionVisual,
 }
 
 impl LatentInit {
@@ -62,6 +68,8 @@ impl LatentInit {
     pub fn for_subject(self, description: Option<&str>) -> Init {
         match (self, description) {
             (LatentInit::ModelDescription, Some(d)) => Init::Text(d.to_string()),
+            (LatentInit::ModelDescriptionVisual, Some(d)) => Init::TextVisual(d.to_string()),
+            (LatentInit::Visual | LatentInit::ModelDescriptionVisual, _) => Init::Visual,
             _ => Init::Random,
         }
     }

@@ -385,6 +385,20 @@ def main():
     ap.add_argument("--heads-only-steps", type=int, default=0,
                     help="the first N stage-0 steps train the heads alone (fine-tuning with a new head: "
                     "its random start then pushes no noise into the tower)")
+    ap.add_argument("--visual-binding-batch", type=int, default=0,
+                    help="add this many visual name-binding samples (`visual_binding.py`) to every stage-1 step")
+    ap.add_argument("--visual-binding-reference-grad", action="store_true",
+                    help="the reference photos' forward gets gradients too (slower)")
+    ap.add_argument("--visual-binding-contrast", type=float, default=0.0,
+                    help="weight of an instance-level contrast between the reference's and the query's object tokens")
+    ap.add_argument("--visual-binding-qa", type=int, default=0,
+                    help="add this many text-only A/B questions about a visually bound name to every stage-1 step")
+    ap.add_argument("--visual-binding-two", type=float, default=0.0,
+                    help="share of visual bindings with a second bound instance (another combo)")
+    ap.add_argument("--visual-binding-crowded", type=float, default=0.0,
+                    help="share of visual-binding queries shrunk into a scene (beside the second instance when bound)")
+    ap.add_argument("--visual-binding-tokens", type=int, default=16,
+                    help="reference rows per visual binding (a concept's k latents)")
     ap.add_argument("--deadline-seconds", type=float, default=0, help="end stage 1 (evaluating and saving) by then")
     ap.add_argument("--wait-seconds", type=float, default=900, help="give up waiting for a corpus after this")
     ap.add_argument("--checkpoint-minutes", type=float, default=10,
@@ -504,11 +518,35 @@ def main():
     opt_lm = AdamW(lm)
     opt_tower = AdamW(tower)
     total = args.stage1_steps
+    vb = vb_eval = None
+    if args.visual_binding_batch:
+        import visual_binding
+
+        norm = lambda imgs: normalise(imgs, mean, std)
+        vb = visual_binding.VisualBinding(os.path.join(c1, "tokenizer.json"), s1["labels"], meta["image_seq_len"],
+                                          args.visual_binding_tokens, g, args.visual_binding_reference_grad,
+                                          args.visual_binding_contrast, s1["images"], args.visual_binding_two,
+                                          args.visual_binding_crowded)
+        # A fixed check batch from its own generator (training images: a fit check, like the probes).
+        vb_eval = visual_binding.VisualBinding(os.path.join(c1, "tokenizer.json"), s1["labels"],
+                                               meta["image_seq_len"], args.visual_binding_tokens,
+                                               torch.Generator().manual_seed(12345), images=s1["images"],
+                                               two_bindings=args.visual_binding_two,
+                                               crowded=args.visual_binding_crowded).batch(512)
+        vb_qa_eval = visual_binding.VisualBinding(os.path.join(c1, "tokenizer.json"), s1["labels"],
+                                                  meta["image_seq_len"], args.visual_binding_tokens,
+                                                  torch.Generator().manual_seed(54321)).qa_batch(256)
+
     def evaluate_and_save(step, best):
         """Gate and held-out task accuracy, logged; weights saved; returns the best gate."""
         gate_r = gate_eval(model, gate, meta, mean, std)
         tasks = task_accuracy(model, s1, held, meta, mean, std)
-        record({"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0})
+        entry = {"stage": 1, "step": step, "gate": gate_r, "tasks": tasks, "seconds": time.time() - t0}
+        if vb is not None:
+            entry["visual_binding"] = visual_binding.accuracy(model, vb, vb_eval, s1["images"], norm,
+                                                              meta["yes_id"], meta["no_id"])
+            entry["visual_binding"]["qa"] = visual_binding.qa_accuracy(model, vb, vb_qa_eval, s1["images"], norm)
+        record(entry)
         save(params, os.path.join(args.out, "weights.safetensors"))
         if gate_score(gate_r) >= best:
             best = gate_score(gate_r)
@@ -548,6 +586,13 @@ def main():
         full = loss
         if tower_on and states is not None:
             full = loss + args.aux_weight * head_loss(model.heads(states), labels, classes)
+        vb_loss = None
+        if vb is not None:
+            vb_loss = visual_binding.loss(model, vb, vb.batch(args.visual_binding_batch), s1["images"], norm, tower_on)
+            full = full + vb_loss
+            if args.visual_binding_qa:
+                full = full + visual_binding.qa_loss(model, vb, vb.qa_batch(args.visual_binding_qa), s1["images"],
+                                                     norm, tower_on and vb.reference_grad)
         full.backward()
         lr = lr_at(step, planned, args.warmup, args.lr)
         opt_lm.step(lr)
@@ -558,7 +603,10 @@ def main():
                 p.grad = None
         step += 1
         if step % 100 == 0:
-            record({"stage": 1, "step": step, "loss": loss.item(), "lr": lr, "tower": tower_on, "seconds": time.time() - t0})
+            entry = {"stage": 1, "step": step, "loss": loss.item(), "lr": lr, "tower": tower_on, "seconds": time.time() - t0}
+            if vb_loss is not None:
+                entry["visual_binding_loss"] = vb_loss.item()
+            record(entry)
         if (total and step == total) or step % args.eval_every == 0:
             best = evaluate_and_save(step, best)
         if resumable.due() or (total and step == total):

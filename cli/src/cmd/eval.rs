@@ -24,6 +24,8 @@ use crate::ctx::Ctx;
 pub enum InitArg {
     ModelDescription,
     Random,
+    Visual,
+    ModelDescriptionVisual,
 }
 
 impl From<InitArg> for LatentInit {
@@ -31,6 +33,8 @@ impl From<InitArg> for LatentInit {
         match a {
             InitArg::ModelDescription => LatentInit::ModelDescription,
             InitArg::Random => LatentInit::Random,
+            InitArg::Visual => LatentInit::Visual,
+            InitArg::ModelDescriptionVisual => LatentInit::ModelDescriptionVisual,
         }
     }
 }
@@ -65,7 +69,9 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub negatives_mix: crate::cmd::train::NegativesArgs,
     /// Where each concept's latents start: spelling the base model's own description of the
-    /// training photos, or random (Yo'LLaVA's reference)
+    /// training photos, random (Yo'LLaVA's reference), at the photos' object token (the
+    /// sixth of their visual tokens that stands out from the background), or the description
+    /// followed by the object token
     #[arg(long, value_enum, default_value_t = InitArg::ModelDescription)]
     pub init: InitArg,
     /// Evaluate only the first N subjects

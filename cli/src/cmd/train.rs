@@ -71,7 +71,8 @@ pub struct TrainArgs {
     /// Seed for mining, templates, flips and initialisation
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Initialisation: random, visual, word:WORD or text:TEXT (the latents spell TEXT)
+    /// Initialisation: random, visual, word:WORD, text:TEXT (the latents spell TEXT) or
+    /// text-visual:TEXT (TEXT once, then the photos' object token)
     #[arg(long, default_value = "random")]
     pub init: String,
     #[command(flatten)]
@@ -237,7 +238,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("--category `{}`", args.category))?;
     let init = Init::parse(&args.init).with_context(|| {
         format!(
-            "--init `{}`: expected random, visual, word:WORD or text:TEXT",
+            "--init `{}`: expected random, visual, word:WORD, text:TEXT or text-visual:TEXT",
             args.init
         )
     })?;

@@ -13,7 +13,9 @@ use crate::error::{Result, TrainError};
 pub enum Init {
     /// Gaussian rows with the spread of the base embedding table (the reference).
     Random,
-    /// Every row starts at the mean projected visual token of the positives.
+    /// The latent rows start at the positives' mean [`object_token`] (MC-LLaVA's idea: the
+    /// subject's own visual tokens); the identifier row and the head column as in
+    /// [`Init::Random`].
     Visual,
     /// Every row starts at this word's embedding (mean over its tokens), the head column at the
     /// word's LM-head row.
@@ -25,10 +27,14 @@ pub enum Init {
     /// subject (the base model's own, see `concepts-eval`), training starts where that prompt
     /// ends and has only what words miss left to learn.
     Text(String),
+    /// The latent rows spell this text once (at most k − 1 tokens), and the rest start at the
+    /// positives' mean [`object_token`]: the words a description has and a view of what it
+    /// misses. The identifier row and the head column as in [`Init::Random`].
+    TextVisual(String),
 }
 
 impl Init {
-    /// `random`, `visual`, `word:WORD` or `text:TEXT`.
+    /// `random`, `visual`, `word:WORD`, `text:TEXT` or `text-visual:TEXT`.
     pub fn parse(text: &str) -> Option<Init> {
         let arg = |prefix: &str| {
             text.strip_prefix(prefix)
@@ -40,7 +46,8 @@ impl Init {
             "visual" => Some(Init::Visual),
             _ => arg("word:")
                 .map(Init::Word)
-                .or_else(|| arg("text:").map(Init::Text)),
+                .or_else(|| arg("text:").map(Init::Text))
+                .or_else(|| arg("text-visual:").map(Init::TextVisual)),
         }
     }
 
@@ -50,6 +57,7 @@ impl Init {
             Init::Visual => "visual".to_string(),
             Init::Word(w) => format!("word:{w}"),
             Init::Text(t) => format!("text:{t}"),
+            Init::TextVisual(t) => format!("text-visual:{t}"),
         }
     }
 }
@@ -67,6 +75,22 @@ impl TrainingEngine<'_> {
             t: 0,
         };
         Ok(())
+    }
+
+    /// The mean [`object_token`] of the photos (not their crowded views, where the subject is
+    /// small among other objects).
+    fn photos_object_token(&mut self) -> Result<Tensor> {
+        let photos = self.data.photos();
+        let mut sum: Option<Tensor> = None;
+        for i in 0..photos {
+            let f = self.features(SampleKind::Positive, i as u32, false)?;
+            let f = object_token(&f)?;
+            sum = Some(match sum {
+                Some(s) => (s + f)?,
+                None => f,
+            });
+        }
+        Ok((sum.ok_or_else(|| TrainError::Input("no positives".into()))? / photos as f64)?)
     }
 
     pub(super) fn initial_params(&mut self) -> Result<ConceptParams> {
@@ -87,23 +111,27 @@ impl TrainingEngine<'_> {
                 head,
             },
             Init::Visual => {
-                let mut sum: Option<Tensor> = None;
-                // The photos, not their crowded views (the subject small among other objects).
-                let photos = self.data.photos();
-                for i in 0..photos {
-                    let f = self
-                        .features(SampleKind::Positive, i as u32, false)?
-                        .to_dtype(DType::F32)?
-                        .mean(0)?;
-                    sum = Some(match sum {
-                        Some(s) => (s + f)?,
-                        None => f,
-                    });
-                }
-                let mean =
-                    (sum.ok_or_else(|| TrainError::Input("no positives".into()))? / photos as f64)?;
+                let object = self.photos_object_token()?;
+                // The identifier row starts as in `Init::Random`; the latents at the object
+                // token, with a little of the noise so the rows can part.
+                let latents = (object.unsqueeze(0)?.broadcast_as((k, d))?
+                    + (rows_noise.narrow(0, 1, k)? * 0.1)?)?;
                 ConceptParams {
-                    rows: (mean.unsqueeze(0)?.broadcast_as((k + 1, d))? + (rows_noise * 0.1)?)?,
+                    rows: Tensor::cat(&[rows_noise.narrow(0, 0, 1)?, latents], 0)?,
+                    head,
+                }
+            }
+            Init::TextVisual(text) => {
+                let mut ids = self.known_ids(&text)?;
+                ids.truncate(k - 1);
+                let idx = Tensor::new(ids.as_slice(), &device)?;
+                let words = model.embed_weight().rows(&idx)?.to_dtype(DType::F32)?;
+                let rest = k - ids.len();
+                let object = self.photos_object_token()?;
+                let visual = (object.unsqueeze(0)?.broadcast_as((rest, d))?
+                    + (rows_noise.narrow(0, 1 + ids.len(), rest)? * 0.1)?)?;
+                ConceptParams {
+                    rows: Tensor::cat(&[&rows_noise.narrow(0, 0, 1)?, &words, &visual], 0)?,
                     head,
                 }
             }
@@ -165,5 +193,73 @@ impl TrainingEngine<'_> {
             )));
         }
         Ok(ids)
+    }
+}
+
+/// The share of a photo's projected tokens that make its object token: a sixth (6 of the toy
+/// base's 36, 96 of LLaVA-1.5's 576).
+pub const OBJECT_TOKEN_SHARE: usize = 6;
+
+/// A photo's *object token*: the mean of the sixth of its projected visual tokens (`[n, d]`)
+/// farthest from their element-wise median, i.e. the tokens of what stands out from the
+/// background. The toy base's visual-binding pretraining task (`tools/toy_gpu/visual_binding.py`,
+/// `object_token`) binds names to exactly this, with the same median (the lower middle value
+/// for an even count) and ties broken towards the earlier token.
+pub fn object_token(features: &Tensor) -> Result<Tensor> {
+    let rows = features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let (n, d) = (rows.len(), rows.first().map_or(0, Vec::len));
+    if n == 0 {
+        return Err(TrainError::Input("a photo without visual tokens".into()));
+    }
+    let mut median = vec![0f32; d];
+    let mut column = vec![0f32; n];
+    for (j, m) in median.iter_mut().enumerate() {
+        for (c, r) in column.iter_mut().zip(&rows) {
+            *c = r[j];
+        }
+        column.sort_by(f32::total_cmp);
+        *m = column[(n - 1) / 2];
+    }
+    let mut by_distance: Vec<(f32, usize)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let d2: f32 = r.iter().zip(&median).map(|(a, b)| (a - b) * (a - b)).sum();
+            (d2, i)
+        })
+        .collect();
+    by_distance.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let m = (n / OBJECT_TOKEN_SHARE).max(1);
+    let mut out = vec![0f32; d];
+    for &(_, i) in &by_distance[..m] {
+        for (o, v) in out.iter_mut().zip(&rows[i]) {
+            *o += v / m as f32;
+        }
+    }
+    Ok(Tensor::from_vec(out, d, features.device())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn the_object_token_averages_what_stands_out_from_the_background() {
+        // 12 tokens: 10 background (near 0), 2 object tokens far from it.
+        let mut data = vec![0f32; 12 * 3];
+        for i in 0..10 {
+            data[i * 3] = 0.01 * i as f32;
+        }
+        data[10 * 3..].copy_from_slice(&[5.0, 1.0, 0.0, 3.0, 1.0, 2.0]);
+        let f = Tensor::from_vec(data, (12, 3), &Device::Cpu).unwrap();
+        let t = object_token(&f).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(t, vec![4.0, 1.0, 1.0]);
+        let one = Tensor::from_vec(vec![1f32, 2.0], (1, 2), &Device::Cpu).unwrap();
+        assert_eq!(
+            object_token(&one).unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0, 2.0]
+        );
     }
 }
