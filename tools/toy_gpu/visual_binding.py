@@ -161,13 +161,16 @@ class VisualBinding:
             ref_start.append(i_ref)
             answer_start.append(i_ans)
             refs.append([rows[p] for p in perm[:n_ref]] + [-1] * (3 - n_ref))
-        t = max(len(s) for s in seqs)
-        ids = torch.full((n, t), self.pad_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
+        ids = self._pad(seqs)
         lt = lambda v: torch.tensor(v, dtype=torch.long)
         return {"ids": ids, "lens": lt([len(s) for s in seqs]), "answer_start": lt(answer_start),
                 "ref_start": lt(ref_start), "refs": lt(refs)}
+
+    def _pad(self, seqs):
+        ids = torch.full((len(seqs), max(len(s) for s in seqs)), self.pad_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+        return ids
 
     def _pick(self, rows):
         return rows[int(torch.randint(0, len(rows), (1,), generator=self.g))]
@@ -237,10 +240,7 @@ class VisualBinding:
             refs.append(ref_rows + [-1] * (3 - len(ref_rows)))
             others.append(other_refs)
             kinds.append(kind)
-        t = max(len(s) for s in seqs)
-        ids = torch.full((n, t), self.pad_id, dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s)
+        ids = self._pad(seqs)
         lt = lambda v: torch.tensor(v, dtype=torch.long)
         return {
             "ids": ids, "lens": lt([len(s) for s in seqs]), "answer_start": lt(answer_start),
@@ -282,6 +282,12 @@ def reference_rows(model, images, refs, normalise, grad=False):
     return (per * w).sum(1) / w.sum(1)
 
 
+def _splice(x, rows_at, starts, rows, k):
+    """`x` with `rows[i]` written over the `k` positions from `starts[i]` of row `rows_at[i]`."""
+    cols = starts[:, None] + torch.arange(k, device=x.device)[None]
+    return x.index_put((rows_at[:, None].expand_as(cols), cols), rows[:, None, :].expand(len(rows_at), k, rows.shape[-1]))
+
+
 def _hidden(model, vb, b, images, normalise, with_states):
     dev = images.device
     ids = b["ids"].to(dev)
@@ -295,17 +301,13 @@ def _hidden(model, vb, b, images, normalise, with_states):
         feats = model.project(states)
     vb.last_pair = (ref, object_token(feats))
     x = model.embed(ids, b["image_start"].to(dev), feats)
-    n = ids.shape[0]
-    cols = b["ref_start"].to(dev)[:, None] + torch.arange(vb.k, device=dev)[None]
-    rows = torch.arange(n, device=dev)[:, None].expand_as(cols)
-    x = x.index_put((rows, cols), ref[:, None, :].expand(n, vb.k, ref.shape[-1]))
+    x = _splice(x, torch.arange(ids.shape[0], device=dev), b["ref_start"].to(dev), ref, vb.k)
     two = torch.nonzero(b["other_start"] >= 0).squeeze(1)
     if len(two):
         oref = reference_rows(model, images, b["other_refs"][two].to(dev), normalise,
                               with_states and vb.reference_grad)
         two = two.to(dev)
-        cols = b["other_start"].to(dev)[two][:, None] + torch.arange(vb.k, device=dev)[None]
-        x = x.index_put((two[:, None].expand_as(cols), cols), oref[:, None, :].expand(len(two), vb.k, oref.shape[-1]))
+        x = _splice(x, two, b["other_start"].to(dev)[two], oref, vb.k)
     return model.decoder(x), ids
 
 
@@ -315,13 +317,7 @@ def loss(model, vb, b, images, normalise, with_states):
 
     dev = images.device
     hidden, ids = _hidden(model, vb, b, images, normalise, with_states)
-    t = ids.shape[1]
-    pos = torch.arange(t, device=dev)[None]
-    lens = b["lens"].to(dev)
-    target = (pos >= b["answer_start"].to(dev)[:, None]) & (pos < lens[:, None])
-    mask = target[:, 1:]
-    logits = model.logits(hidden[:, :-1][mask])
-    l = F.cross_entropy(logits, ids[:, 1:][mask])
+    l = _answer_loss(model, hidden, ids, b)
     if vb.contrast_weight:
         # Instance-level contrast on the object tokens themselves: the reference's and the
         # query's agree (cosine above CONTRAST_MARGIN) exactly when the query is the instance.
@@ -350,37 +346,37 @@ def accuracy(model, vb, b, images, normalise, yes_id, no_id):
     return out
 
 
-def qa_loss(model, vb, b, images, normalise, grad):
-    """Answer-only cross-entropy of a text-only batch from `VisualBinding.qa_batch`."""
-    import torch.nn.functional as F
-
+def _text_hidden(model, vb, b, images, normalise, grad):
     dev = images.device
     ids = b["ids"].to(dev)
     ref = reference_rows(model, images, b["refs"].to(dev), normalise, grad)
     x = model.embed(ids, torch.full((ids.shape[0],), -1, device=dev), None)
-    n = ids.shape[0]
-    cols = b["ref_start"].to(dev)[:, None] + torch.arange(vb.k, device=dev)[None]
-    rows = torch.arange(n, device=dev)[:, None].expand_as(cols)
-    x = x.index_put((rows, cols), ref[:, None, :].expand(n, vb.k, ref.shape[-1]))
-    hidden = model.decoder(x)
-    pos = torch.arange(ids.shape[1], device=dev)[None]
-    target = (pos >= b["answer_start"].to(dev)[:, None]) & (pos < b["lens"].to(dev)[:, None])
+    x = _splice(x, torch.arange(ids.shape[0], device=dev), b["ref_start"].to(dev), ref, vb.k)
+    return model.decoder(x), ids
+
+
+def _answer_loss(model, hidden, ids, b):
+    """Cross-entropy of the answer tokens (from `answer_start` to the end, `</s>` included)."""
+    import torch.nn.functional as F
+
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    target = (pos >= b["answer_start"].to(ids.device)[:, None]) & (pos < b["lens"].to(ids.device)[:, None])
     mask = target[:, 1:]
     return F.cross_entropy(model.logits(hidden[:, :-1][mask]), ids[:, 1:][mask])
+
+
+def qa_loss(model, vb, b, images, normalise, grad):
+    """Answer-only cross-entropy of a text-only batch from `VisualBinding.qa_batch`."""
+    hidden, ids = _text_hidden(model, vb, b, images, normalise, grad)
+    return _answer_loss(model, hidden, ids, b)
 
 
 def qa_accuracy(model, vb, b, images, normalise):
     """Share of `qa_batch` questions answered with the right letter (greedy over the vocabulary)."""
     dev = images.device
     with torch.no_grad():
-        ids = b["ids"].to(dev)
-        ref = reference_rows(model, images, b["refs"].to(dev), normalise)
-        x = model.embed(ids, torch.full((ids.shape[0],), -1, device=dev), None)
+        hidden, ids = _text_hidden(model, vb, b, images, normalise, False)
         n = ids.shape[0]
-        cols = b["ref_start"].to(dev)[:, None] + torch.arange(vb.k, device=dev)[None]
-        rows = torch.arange(n, device=dev)[:, None].expand_as(cols)
-        x = x.index_put((rows, cols), ref[:, None, :].expand(n, vb.k, ref.shape[-1]))
-        hidden = model.decoder(x)
         at = b["answer_start"].to(dev)
         pred = model.logits(hidden[torch.arange(n, device=dev), at - 1]).argmax(-1)
         return (pred == ids[torch.arange(n, device=dev), at]).float().mean().item()
