@@ -523,19 +523,17 @@ def main():
         import visual_binding
 
         norm = lambda imgs: normalise(imgs, mean, std)
-        vb = visual_binding.VisualBinding(os.path.join(c1, "tokenizer.json"), s1["labels"], meta["image_seq_len"],
-                                          args.visual_binding_tokens, g, args.visual_binding_reference_grad,
-                                          args.visual_binding_contrast, s1["images"], args.visual_binding_two,
-                                          args.visual_binding_crowded)
-        # A fixed check batch from its own generator (training images: a fit check, like the probes).
-        vb_eval = visual_binding.VisualBinding(os.path.join(c1, "tokenizer.json"), s1["labels"],
-                                               meta["image_seq_len"], args.visual_binding_tokens,
-                                               torch.Generator().manual_seed(12345), images=s1["images"],
-                                               two_bindings=args.visual_binding_two,
-                                               crowded=args.visual_binding_crowded).batch(512)
-        vb_qa_eval = visual_binding.VisualBinding(os.path.join(c1, "tokenizer.json"), s1["labels"],
-                                                  meta["image_seq_len"], args.visual_binding_tokens,
-                                                  torch.Generator().manual_seed(54321)).qa_batch(256)
+
+        def binding(generator, **options):
+            return visual_binding.VisualBinding(
+                os.path.join(c1, "tokenizer.json"), s1["labels"], meta["image_seq_len"], args.visual_binding_tokens,
+                generator, images=s1["images"], two_bindings=args.visual_binding_two,
+                crowded=args.visual_binding_crowded, **options)
+
+        vb = binding(g, reference_grad=args.visual_binding_reference_grad, contrast_weight=args.visual_binding_contrast)
+        # Fixed check batches from their own generators (training images: a fit check, like the probes).
+        vb_eval = binding(torch.Generator().manual_seed(12345)).batch(512)
+        vb_qa_eval = binding(torch.Generator().manual_seed(54321)).qa_batch(256)
 
     def evaluate_and_save(step, best):
         """Gate and held-out task accuracy, logged; weights saved; returns the best gate."""

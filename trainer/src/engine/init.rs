@@ -204,7 +204,7 @@ pub const OBJECT_TOKEN_SHARE: usize = 6;
 /// farthest from their element-wise median, i.e. the tokens of what stands out from the
 /// background. The toy base's visual-binding pretraining task (`tools/toy_gpu/visual_binding.py`,
 /// `object_token`) binds names to exactly this, with the same median (the lower middle value
-/// for an even count) and ties broken towards the earlier token.
+/// for an even count, as `torch.median`).
 pub fn object_token(features: &Tensor) -> Result<Tensor> {
     let rows = features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let (n, d) = (rows.len(), rows.first().map_or(0, Vec::len));
