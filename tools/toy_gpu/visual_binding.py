@@ -18,6 +18,7 @@ corpus is needed: a run started with `--visual-binding-batch N` adds N such samp
 """
 
 import torch
+import torch.nn.functional as F
 
 # The recognition questions of the toy base's templates (`concepts_templates.json`).
 QUESTIONS = [
@@ -57,7 +58,6 @@ class VisualBinding:
         self.crowded = crowded
         self.reference_grad = reference_grad
         self.contrast_weight = contrast_weight
-        self.last_pair = None
         self.tok = Tokenizer.from_file(tokenizer_path)
         self.n_img = image_seq_len
         self.k = ref_tokens
@@ -101,18 +101,15 @@ class VisualBinding:
             ids = self.tok.encode(text, add_special_tokens=True).ids
             i = ids.index(self.image_id)
             ids = ids[:i] + [self.image_id] * self.n_img + ids[i + 1:]
-            spans = [j for j in range(len(ids)) if ids[j] == self.unk_id][:: self.k]
-            mine, theirs = (spans[1], spans[0]) if (other is not None and other_first) else (spans[0], -1)
-            if other is not None and not other_first:
-                theirs = spans[1]
+            spans = [j for j in range(len(ids)) if ids[j] == self.unk_id][:: self.k]  # in prompt order
+            mine = spans[1] if other is not None and other_first else spans[0]
+            theirs = -1 if other is None else spans[0] if other_first else spans[1]
             self.cache[key] = (ids, i, mine, theirs, len(ids) - 2)  # answer token, then </s>
         return self.cache[key]
 
     def _crowd(self, rows):
         """A 48 px scene: a random corpus image with `rows`' images shrunk and pasted into it
         (as the trainer's crowded views, `trainer/src/views.rs`)."""
-        import torch.nn.functional as F
-
         canvas = self.images[int(torch.randint(0, len(self.inst_key), (1,), generator=self.g))].clone()
         side = canvas.shape[0]
         for i, row in enumerate(rows):
@@ -145,12 +142,10 @@ class VisualBinding:
         instance's reference photos: ids/lens/answer_start/ref_start and the reference rows."""
         seqs, ref_start, answer_start, refs = [], [], [], []
         for _ in range(n):
-            inst = int(self.refs[int(torch.randint(0, len(self.refs), (1,), generator=self.g))])
-            rows = self.by_inst[inst]
-            perm = torch.randperm(len(rows), generator=self.g).tolist()
-            n_ref = min(1 + int(torch.randint(0, 3, (1,), generator=self.g)), len(rows))
+            _, shuffled = self._draw()
+            n_ref = min(1 + int(torch.randint(0, 3, (1,), generator=self.g)), len(shuffled))
             question, head, values = QA[int(torch.randint(0, len(QA), (1,), generator=self.g))]
-            right = int(self.labels[rows[0], head])
+            right = int(self.labels[shuffled[0], head])
             wrong = int(torch.randint(0, len(values) - 1, (1,), generator=self.g))
             wrong += wrong >= right
             first = bool(torch.rand(1, generator=self.g) < 0.5)
@@ -160,11 +155,17 @@ class VisualBinding:
             seqs.append(ids)
             ref_start.append(i_ref)
             answer_start.append(i_ans)
-            refs.append([rows[p] for p in perm[:n_ref]] + [-1] * (3 - n_ref))
+            refs.append(_three(shuffled[:n_ref]))
         ids = self._pad(seqs)
         lt = lambda v: torch.tensor(v, dtype=torch.long)
         return {"ids": ids, "lens": lt([len(s) for s in seqs]), "answer_start": lt(answer_start),
                 "ref_start": lt(ref_start), "refs": lt(refs)}
+
+    def _draw(self):
+        """A random instance seen at least twice: its image rows, shuffled."""
+        inst = int(self.refs[int(torch.randint(0, len(self.refs), (1,), generator=self.g))])
+        rows = self.by_inst[inst]
+        return inst, [rows[p] for p in torch.randperm(len(rows), generator=self.g).tolist()]
 
     def _pad(self, seqs):
         ids = torch.full((len(seqs), max(len(s) for s in seqs)), self.pad_id, dtype=torch.long)
@@ -176,23 +177,22 @@ class VisualBinding:
         return rows[int(torch.randint(0, len(rows), (1,), generator=self.g))]
 
     def batch(self, n):
-        """`n` samples: ids/lens/answer_start/image_start/ref_start, query image rows, reference
-        image rows (`[n, 3]`, -1 where fewer are used) and the kind of each query."""
-        seqs, image_start, ref_start, answer_start, query, refs, kinds = [], [], [], [], [], [], []
+        """`n` samples: ids/lens/answer_start/image_start/ref_start, reference image rows (`[n, 3]`,
+        -1 where fewer are used), the second binding's (`other_start` -1 without one), the query
+        `pixels` and the kind of each query."""
+        seqs, image_start, ref_start, answer_start, refs, kinds = [], [], [], [], [], []
         other_start, others, pixels = [], [], []
         for _ in range(n):
-            inst = int(self.refs[int(torch.randint(0, len(self.refs), (1,), generator=self.g))])
-            rows = self.by_inst[inst]
-            perm = torch.randperm(len(rows), generator=self.g).tolist()
+            inst, rows = self._draw()
             r = torch.rand(3, generator=self.g)
-            n_ref = 1 + int(r[0] * 3)
-            n_ref = min(n_ref, len(rows) - 1)
-            ref_rows = [rows[p] for p in perm[:n_ref]]
+            # One to three references; at least one photo of the instance is left for a query.
+            n_ref = min(1 + int(r[0] * 3), len(rows) - 1)
+            ref_rows = rows[:n_ref]
             u = float(r[1])
             kind = 0 if u < KINDS[0] else 1 if u < KINDS[0] + KINDS[1] else 2 if u < 1 - KINDS[3] else 3
             q = None
             if kind == 0:
-                q = rows[perm[n_ref]]
+                q = rows[n_ref]
             elif kind == 1:
                 combo = int(self.combo_key[rows[0]])
                 twins = [x for x in self.by_combo[combo] if int(self.inst_key[x]) != inst]
@@ -214,20 +214,20 @@ class VisualBinding:
             v = torch.rand(3, generator=self.g)
             two = float(v[0]) < self.two_bindings
             crowded = float(v[1]) < self.crowded
-            other_refs = [-1, -1, -1]
+            other_refs = _three([])
             shown = [q]
             if two:
-                # Another instance (another combo), bound too; in a crowded query it is there.
+                # Another instance of another combo (instance keys are combo * 3 + tone), bound
+                # too; in a crowded query it is there.
                 while True:
                     o = int(self.refs[int(torch.randint(0, len(self.refs), (1,), generator=self.g))])
                     if o // 3 != inst // 3:
                         break
                 orows = self.by_inst[o]
-                operm = torch.randperm(len(orows), generator=self.g).tolist()
-                other_refs = [orows[p] for p in operm[:n_ref]] + [-1] * (3 - min(n_ref, len(orows)))
-                other_refs = other_refs[:3]
+                orows = [orows[p] for p in torch.randperm(len(orows), generator=self.g).tolist()]
+                other_refs = _three(orows[:n_ref])
                 if crowded:
-                    shown = [q, orows[operm[-1]]] if float(v[2]) < 0.5 else [orows[operm[-1]], q]
+                    shown = [q, orows[-1]] if float(v[2]) < 0.5 else [orows[-1], q]
             ids, i_img, i_ref, i_other, i_ans = self._ids(name, qi, "Yes" if kind == 0 else "No",
                                                           other if two else None, float(v[2]) < 0.5)
             seqs.append(ids)
@@ -235,19 +235,23 @@ class VisualBinding:
             ref_start.append(i_ref)
             other_start.append(i_other)
             answer_start.append(i_ans)
-            query.append(q)
             pixels.append(self._crowd(shown) if crowded else self.images[q])
-            refs.append(ref_rows + [-1] * (3 - len(ref_rows)))
+            refs.append(_three(ref_rows))
             others.append(other_refs)
             kinds.append(kind)
         ids = self._pad(seqs)
         lt = lambda v: torch.tensor(v, dtype=torch.long)
         return {
             "ids": ids, "lens": lt([len(s) for s in seqs]), "answer_start": lt(answer_start),
-            "image_start": lt(image_start), "ref_start": lt(ref_start), "query": lt(query),
+            "image_start": lt(image_start), "ref_start": lt(ref_start),
             "refs": lt(refs), "kind": lt(kinds), "other_start": lt(other_start), "other_refs": lt(others),
             "pixels": torch.stack(pixels),
         }
+
+
+def _three(rows):
+    """Up to three reference image rows, padded with -1."""
+    return rows + [-1] * (3 - len(rows))
 
 
 def _groups(keys):
@@ -299,7 +303,6 @@ def _hidden(model, vb, b, images, normalise, with_states):
         with torch.no_grad():
             states = [s.detach() for s in model.vision_states(px)]
         feats = model.project(states)
-    vb.last_pair = (ref, object_token(feats))
     x = model.embed(ids, b["image_start"].to(dev), feats)
     x = _splice(x, torch.arange(ids.shape[0], device=dev), b["ref_start"].to(dev), ref, vb.k)
     two = torch.nonzero(b["other_start"] >= 0).squeeze(1)
@@ -308,21 +311,18 @@ def _hidden(model, vb, b, images, normalise, with_states):
                               with_states and vb.reference_grad)
         two = two.to(dev)
         x = _splice(x, two, b["other_start"].to(dev)[two], oref, vb.k)
-    return model.decoder(x), ids
+    return model.decoder(x), ids, (ref, feats)
 
 
 def loss(model, vb, b, images, normalise, with_states):
     """Answer-only cross-entropy of a visual-binding batch `b` (from `VisualBinding.batch`)."""
-    import torch.nn.functional as F
-
     dev = images.device
-    hidden, ids = _hidden(model, vb, b, images, normalise, with_states)
+    hidden, ids, (ref, feats) = _hidden(model, vb, b, images, normalise, with_states)
     l = _answer_loss(model, hidden, ids, b)
     if vb.contrast_weight:
         # Instance-level contrast on the object tokens themselves: the reference's and the
         # query's agree (cosine above CONTRAST_MARGIN) exactly when the query is the instance.
-        ref, query = vb.last_pair
-        cos = F.cosine_similarity(ref, query, dim=-1)
+        cos = F.cosine_similarity(ref, object_token(feats), dim=-1)
         same = (b["kind"].to(dev) == 0).float()
         l = l + vb.contrast_weight * F.binary_cross_entropy_with_logits(
             CONTRAST_SCALE * (cos - CONTRAST_MARGIN), same)
@@ -334,7 +334,7 @@ def accuracy(model, vb, b, images, normalise, yes_id, no_id):
     dev = images.device
     out = {}
     with torch.no_grad():
-        hidden, _ = _hidden(model, vb, b, images, normalise, False)
+        hidden, _, _ = _hidden(model, vb, b, images, normalise, False)
         at = b["answer_start"].to(dev) - 1
         lg = model.logits(hidden[torch.arange(hidden.shape[0], device=dev), at])
         yes = (lg[:, yes_id] > lg[:, no_id]).cpu()
@@ -357,8 +357,6 @@ def _text_hidden(model, vb, b, images, normalise, grad):
 
 def _answer_loss(model, hidden, ids, b):
     """Cross-entropy of the answer tokens (from `answer_start` to the end, `</s>` included)."""
-    import torch.nn.functional as F
-
     pos = torch.arange(ids.shape[1], device=ids.device)[None]
     target = (pos >= b["answer_start"].to(ids.device)[:, None]) & (pos < b["lens"].to(ids.device)[:, None])
     mask = target[:, 1:]
