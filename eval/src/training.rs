@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use concept_format::{Category, ConceptPackage, ModelFingerprint};
 use concepts_runtime::Compute;
+use concepts_trainer::views::CrowdedStyle;
 use concepts_trainer::{Init, PluginSet, PoolSource, Progress, Subject, TrainConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -41,8 +42,16 @@ pub struct TrainingConfig {
     pub easy_negatives: u32,
     /// Crowded views per photo (`concepts_trainer::views`).
     pub crowded_views: u32,
+    /// What they paste. Left out of the cache key while it is the default, so concepts
+    /// trained before the option existed are still found.
+    #[serde(skip_serializing_if = "is_photo")]
+    pub crowded_style: CrowdedStyle,
     /// How the latent rows start.
     pub init: LatentInit,
+}
+
+fn is_photo(style: &CrowdedStyle) -> bool {
+    *style == CrowdedStyle::Photo
 }
 
 /// How each concept's latent rows start.
@@ -237,6 +246,7 @@ pub fn train_or_reuse(
     tc.hard_per_positive = cfg.hard_per_positive;
     tc.easy_negatives = cfg.easy_negatives;
     tc.crowded_views = cfg.crowded_views;
+    tc.crowded_style = cfg.crowded_style;
     tc.init = init;
     tc.cache_dir = job.pool_cache.map(Path::to_path_buf);
     let mut stages = PluginSet::builtin();
@@ -264,4 +274,30 @@ pub fn train_or_reuse(
         train_accuracy: f64::from(outcome.best_accuracy),
         epochs_run: outcome.summary.epochs_run,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crowded_style_enters_the_cache_key_only_when_it_is_not_the_default() {
+        let mut cfg = TrainingConfig {
+            epochs: 15,
+            k: 16,
+            learning_rate: 1e-3,
+            seed: 0,
+            questions_per_image: 10,
+            hard_per_positive: None,
+            easy_negatives: 100,
+            crowded_views: 4,
+            crowded_style: CrowdedStyle::Photo,
+            init: LatentInit::ModelDescription,
+        };
+        let photo = serde_json::to_string(&cfg).unwrap();
+        assert!(!photo.contains("crowded_style"), "{photo}");
+        cfg.crowded_style = CrowdedStyle::Object;
+        let object = serde_json::to_string(&cfg).unwrap();
+        assert!(object.contains(r#""crowded_style":"object""#), "{object}");
+    }
 }

@@ -43,6 +43,7 @@ fn tiny_training() -> TrainingConfig {
         hard_per_positive: Some(1),
         easy_negatives: 2,
         crowded_views: 1,
+        crowded_style: Default::default(),
         init: LatentInit::ModelDescription,
     }
 }
@@ -261,6 +262,7 @@ fn learned_concepts_beat_vanilla_on_the_embedded_base_model() {
                 hard_per_positive: None,
                 easy_negatives: 40,
                 crowded_views: concepts_trainer::views::DEFAULT_CROWDED_VIEWS,
+                crowded_style: Default::default(),
                 init: LatentInit::ModelDescription,
             },
         )

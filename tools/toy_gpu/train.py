@@ -299,6 +299,22 @@ def lm_batch(model, s1, rows, mean, std, with_states):
     return loss, states, s1["labels"][idx[has]] if has.any() else None, (logits.argmax(-1) == targets), mask
 
 
+def task_row_weights(spec, task, names):
+    """Per-row sampling weights from `name=weight,...` (unnamed tasks weigh 1), on the CPU where
+    the generator lives; `None` for an empty spec (uniform rows)."""
+    if not spec:
+        return None
+    by_task = torch.ones(len(names))
+    for item in spec.split(","):
+        name, _, weight = item.partition("=")
+        if name not in names:
+            sys.exit(f"--task-weights: no task `{name}` in the corpus (it has {', '.join(names)})")
+        by_task[names.index(name)] = float(weight)
+    if (by_task < 0).any() or by_task.sum() == 0:
+        sys.exit(f"--task-weights: weights must be non-negative and not all zero, got {spec}")
+    return by_task[task.cpu()]
+
+
 def task_accuracy(model, s1, rows, meta, mean, std, batch=512):
     """Teacher-forced exact match of whole answers on held-out rows, per task."""
     right = torch.zeros(len(meta["tasks"]))
@@ -399,6 +415,9 @@ def main():
                     help="share of visual-binding queries shrunk into a scene (beside the second instance when bound)")
     ap.add_argument("--visual-binding-tokens", type=int, default=16,
                     help="reference rows per visual binding (a concept's k latents)")
+    ap.add_argument("--task-weights", default="",
+                    help="stage-1 rows drawn by task weight, e.g. crowded_recognition=4,name_recognition=2 "
+                         "(unnamed tasks 1) instead of uniformly over the corpus's balanced mix")
     ap.add_argument("--deadline-seconds", type=float, default=0, help="end stage 1 (evaluating and saving) by then")
     ap.add_argument("--wait-seconds", type=float, default=900, help="give up waiting for a corpus after this")
     ap.add_argument("--checkpoint-minutes", type=float, default=10,
@@ -514,6 +533,7 @@ def main():
     n1 = s1["ids"].shape[0]
     train_n = n1 - args.holdout
     held = torch.arange(train_n, n1, device=dev)
+    row_weights = task_row_weights(args.task_weights, s1["task"][:train_n], meta["tasks"])
     record({"stage": 1, "samples": n1, "images": int(s1["images"].shape[0]), "loaded_at": time.time() - t0})
     opt_lm = AdamW(lm)
     opt_tower = AdamW(tower)
@@ -579,7 +599,10 @@ def main():
         planned = total or int(1e9)
         unfreeze = int(args.unfreeze_at * planned) if total else int(1e9)
         tower_on = step >= unfreeze
-        rows = torch.randint(0, train_n, (args.batch,), generator=g).to(dev)
+        if row_weights is None:
+            rows = torch.randint(0, train_n, (args.batch,), generator=g).to(dev)
+        else:
+            rows = torch.multinomial(row_weights, args.batch, replacement=True, generator=g).to(dev)
         loss, states, labels, _, _ = lm_batch(model, s1, rows, mean, std, tower_on)
         full = loss
         if tower_on and states is not None:

@@ -61,6 +61,8 @@ pub struct TrainConfig {
     /// Crowded views per photo ([`crate::views`]): the photo shrunk into a pool scene as a
     /// positive, and as many crowded hard negatives; 0 trains on the photos alone.
     pub crowded_views: u32,
+    /// What those views paste: the whole photo, or its main object cut out.
+    pub crowded_style: crate::views::CrowdedStyle,
     pub conversation: ConversationConfig,
     /// Continue from the state file beside `output`.
     pub resume: bool,
@@ -97,6 +99,7 @@ impl TrainConfig {
             hard_per_positive: None,
             easy_negatives: DEFAULT_EASY,
             crowded_views: crate::views::DEFAULT_CROWDED_VIEWS,
+            crowded_style: crate::views::CrowdedStyle::default(),
             conversation: ConversationConfig {
                 max_answer_tokens: 48,
                 questions_per_image: 10,

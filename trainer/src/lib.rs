@@ -20,6 +20,7 @@
 //!
 //! This crate reads no environment variables and prints nothing.
 
+pub mod cutout;
 pub mod data;
 pub mod engine;
 pub mod error;
@@ -161,6 +162,7 @@ pub fn train(
         &hard_negatives,
         &easy_negatives,
         cfg.crowded_views,
+        cfg.crowded_style,
         cfg.seed,
     );
     let mut dataset = Dataset {

@@ -289,6 +289,7 @@ pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             hard_per_positive: Some(4),
             easy_negatives: 20,
             crowded_views: concepts_trainer::views::DEFAULT_CROWDED_VIEWS,
+            crowded_style: Default::default(),
             init: LatentInit::ModelDescription,
         },
         multi: true,

@@ -159,6 +159,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
             hard_per_positive: args.negatives_mix.hard_per_positive,
             easy_negatives: args.negatives_mix.easy,
             crowded_views: args.negatives_mix.crowded_views,
+            crowded_style: args.negatives_mix.crowded_style,
             init: args.init.into(),
         },
         multi: !args.no_multi,

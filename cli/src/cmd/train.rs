@@ -109,6 +109,11 @@ pub struct NegativesArgs {
     /// and as many crowded hard negatives, so the concept finds its subject among others
     #[arg(long, value_name = "N", default_value_t = concepts_trainer::views::DEFAULT_CROWDED_VIEWS)]
     pub crowded_views: u32,
+    /// What a crowded view pastes: `photo` (the whole photo) or `object` (its main object cut
+    /// from the backdrop, so the view looks like one scene of several objects: subjects are
+    /// found beside others far more often, look-alikes rejected less often; docs/training.md)
+    #[arg(long, value_name = "STYLE", default_value = "photo")]
+    pub crowded_style: concepts_trainer::views::CrowdedStyle,
 }
 
 /// Progress bars for mining, conversation generation and epochs; `concepts eval` shows one
@@ -282,6 +287,7 @@ pub fn run(args: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     cfg.hard_per_positive = args.negatives_mix.hard_per_positive;
     cfg.easy_negatives = args.negatives_mix.easy;
     cfg.crowded_views = args.negatives_mix.crowded_views;
+    cfg.crowded_style = args.negatives_mix.crowded_style;
     cfg.conversation.questions_per_image = args.questions;
     cfg.resume = args.resume;
     cfg.prefix = args.prefix_cache;
