@@ -117,8 +117,8 @@ fn paste(
         CrowdedStyle::Photo => None,
         CrowdedStyle::Object => cutout::main_object(&source.image),
     };
-    let (image, what) = match cut {
-        Some(cut) => (place_cut_out(&cut, fit, scene, rng), "the object of"),
+    let ((image, at), what) = match cut {
+        Some(cut) => (place_cut_out(&cut, fit, scene, rng), "the object of "),
         None => (paste_photo(&source.image, fit, scene, rng), ""),
     };
     LoadedImage {
@@ -126,12 +126,12 @@ fn paste(
         // What the view is made of, so a job key that hashes the samples sees every choice.
         sha256: sha256_hex(
             format!(
-                "crowded view: {what}{} in {} at {}",
-                source.sha256, scene.sha256, image.1
+                "crowded view: {what}{} in {} at {at}",
+                source.sha256, scene.sha256
             )
             .as_bytes(),
         ),
-        image: image.0,
+        image,
     }
 }
 
@@ -145,8 +145,7 @@ fn paste_photo(
 ) -> (RgbImage, String) {
     let (sw, sh) = scene.image.dimensions();
     let (pw, ph) = shrunk(source.dimensions(), fit, (sw, sh));
-    let x = rng.below(u64::from(sw - pw) + 1) as u32;
-    let y = rng.below(u64::from(sh - ph) + 1) as u32;
+    let (x, y) = random_spot(rng, (sw, sh), (pw, ph));
     let patch = imageops::resize(source, pw, ph, FilterType::Triangle);
     let mut image = scene.image.clone();
     imageops::replace(&mut image, &patch, i64::from(x), i64::from(y));
@@ -188,11 +187,7 @@ fn place_cut_out(
             .count()
     };
     let spots: Vec<(u32, u32)> = (0..SPOTS)
-        .map(|_| {
-            let x = rng.below(u64::from(sw - pw) + 1) as u32;
-            let y = rng.below(u64::from(sh - ph) + 1) as u32;
-            (x, y)
-        })
+        .map(|_| random_spot(rng, (sw, sh), (pw, ph)))
         .collect();
     let (x, y) = *spots
         .iter()
@@ -211,6 +206,13 @@ fn place_cut_out(
         }
     }
     (image, format!("{x},{y} {pw}x{ph}"))
+}
+
+/// The top-left corner of a `w`×`h` patch drawn uniformly inside a `sw`×`sh` scene.
+fn random_spot(rng: &mut SplitMix64, (sw, sh): (u32, u32), (w, h): (u32, u32)) -> (u32, u32) {
+    let x = rng.below(u64::from(sw - w) + 1) as u32;
+    let y = rng.below(u64::from(sh - h) + 1) as u32;
+    (x, y)
 }
 
 /// `(w, h)` scaled by `fit`, at least a pixel and at most `bound`.
