@@ -246,9 +246,29 @@ mod tests {
     fn refuses_photos_without_a_clear_main_object() {
         let flat = RgbImage::from_pixel(48, 48, Rgb([100, 100, 100]));
         assert!(main_object(&flat).is_none(), "nothing in front");
+        // A disc over the whole frame is backdrop; what is left is the 4x4 square, 0.7 %.
         assert!(
             main_object(&scene(40.0, 24.0, 24.0)).is_none(),
-            "the object is the whole frame"
+            "too small a main object"
         );
+        // A red block inside a 3-pixel grey frame: 42 x 42 of 48 x 48 is 77 %.
+        let filled = RgbImage::from_fn(48, 48, |x, y| {
+            if (3..45).contains(&x) && (3..45).contains(&y) {
+                Rgb([220, 30, 30])
+            } else {
+                Rgb([100, 100, 100])
+            }
+        });
+        assert!(main_object(&filled).is_none(), "the object fills the frame");
+        // The same block at 24 x 24 (25 %) is cut.
+        let half = RgbImage::from_fn(48, 48, |x, y| {
+            if (12..36).contains(&x) && (12..36).contains(&y) {
+                Rgb([220, 30, 30])
+            } else {
+                Rgb([100, 100, 100])
+            }
+        });
+        let cut = main_object(&half).expect("a clear main object");
+        assert_eq!(cut.pixels.dimensions(), (24, 24));
     }
 }
