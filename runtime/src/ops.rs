@@ -319,6 +319,9 @@ pub fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tenso
             // One pass with the vectorised exp (candle's sigmoid / silu call libm per element).
             return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
         }
+        if act == Activation::GeluErf {
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&vexp::GeluErf)?);
+        }
     }
     Ok(match act {
         Activation::QuickGelu => {
@@ -334,6 +337,21 @@ pub fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tenso
         Activation::GeluTanh => x.gelu()?,
         Activation::Silu => x.silu()?,
     })
+}
+
+/// `act(x) · u` (a gated MLP's `act(gate) · up`), in one pass where [`activation`] has a
+/// fused kernel for `act`.
+pub fn gated(x: &Tensor, u: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
+    if kernels == Kernels::Fast
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && u.dtype() == DType::F32
+    {
+        if let Some(op) = vexp::SigmoidGated::of(act) {
+            return Ok(x.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &op)?);
+        }
+    }
+    Ok((activation(x, act, kernels)? * u)?)
 }
 
 /// `x · weightᵀ + bias` with `weight` as `[out, in]`; leading dims of `x` are folded into one

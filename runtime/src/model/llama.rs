@@ -162,9 +162,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let gate = ops::activation(&self.gate_proj.forward(x)?, self.act, kernels)?;
+        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+        self.down_proj
+            .forward(&ops::gated(&gate, &up, self.act, kernels)?)
     }
 }
 

@@ -9,6 +9,8 @@
 //! Here every (head, block) is one task on one thread: two single-threaded GEMMs around a
 //! row softmax over scores that never leave L2. A causal block computes scores only for the
 //! keys its last row sees (about half of a fresh prompt's products), not for the masked rest.
+//! The softmax's division by each row's sum is applied to the row's `D` outputs after the
+//! second product instead of to its `S` weights before it, as flash attention does.
 
 use std::cell::RefCell;
 
@@ -17,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
 use super::gemm_into;
-use super::scaled_softmax::softmax_row;
+use super::scaled_softmax::exp_row;
 
 /// Query rows per task: 64 rows of 577 keys are 148 KB of scores (inside a core's L2), and
 /// a 577-position prompt still makes ten tasks a head.
@@ -137,12 +139,13 @@ impl CustomOp3 for BlockedAttention {
                                     gemm::Parallelism::None,
                                 );
                             }
+                            let mut sums = [0f32; BLOCK_ROWS];
                             for (i, scores) in scores.chunks_mut(keys).enumerate() {
                                 let visible = match self.seen {
                                     Seen::All => s,
                                     Seen::Causal { offset } => offset + first + i + 1,
                                 };
-                                softmax_row(scores, visible, self.scale);
+                                sums[i] = exp_row(scores, visible, self.scale);
                             }
                             // SAFETY: as above.
                             unsafe {
@@ -153,6 +156,12 @@ impl CustomOp3 for BlockedAttention {
                                     (v.as_ptr().add(v_at), vst[2] as isize, vst[3] as isize),
                                     gemm::Parallelism::None,
                                 );
+                            }
+                            // The softmax's division, on the `d` outputs of a row rather
+                            // than its `keys` weights.
+                            for (out, sum) in out.chunks_mut(d).zip(sums) {
+                                let inv = 1.0 / sum;
+                                out.iter_mut().for_each(|x| *x *= inv);
                             }
                         });
                     });

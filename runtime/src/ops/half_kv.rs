@@ -175,7 +175,7 @@ unsafe fn attend_f16c(d: usize, q: &[f32], k: &[f16], v: &[f16], scale: f32, out
 
 // [`attend`] for any CPU and head dim: a few positions at a time converted to f32, then
 // multiplied.
-super::vexp::with_avx2! {
+super::vexp::with_simd! {
     fn attend_converted / attend_converted_avx2 (d: usize, q: &[f32], k: &[f16], v: &[f16], scale: f32, out: &mut [f32]) = attend_portable;
 }
 

@@ -6,8 +6,9 @@
 //! libm's scalar `expf` that is most of a small model's prefill (a third of the parity
 //! checkpoint's CPU time went to `expf` alone: 7 M calls for 638 + 577 positions). Here each
 //! row is scaled, reduced, exponentiated and normalised in place, only up to its last visible
-//! key, and `exp` is a polynomial the compiler turns into 8-lane AVX2 code where the CPU has
-//! AVX2 (chosen at run time; any other CPU runs the same code compiled for its baseline).
+//! key, and `exp` is a polynomial the compiler turns into 16-lane AVX-512 or 8-lane AVX2 code
+//! where the CPU has them (chosen at run time; any other CPU runs the same code compiled for
+//! its baseline), as is the row's maximum.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, InplaceOp1, Layout};
@@ -93,27 +94,55 @@ impl InplaceOp1 for ScaledSoftmax {
 
 /// `row[..visible]` ← softmax(scale · row[..visible]); `row[visible..]` ← 0.
 pub(super) fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
+    let inv = 1.0 / exp_row(row, visible, scale);
+    row[..visible].iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `row[..visible]` ← exp(scale · (row[..visible] − max)), `row[visible..]` ← 0; returns the
+/// sum that [`softmax_row`] divides by. An attention that multiplies the row with the values
+/// can divide its output row instead (`d` divisions where the softmax makes `visible`).
+pub(super) fn exp_row(row: &mut [f32], visible: usize, scale: f32) -> f32 {
     let (seen, hidden) = row.split_at_mut(visible);
     hidden.fill(0.0);
-    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(seen);
     if max == f32::NEG_INFINITY || max.is_nan() {
         // Nothing to weigh (or a NaN, which the unfused softmax would spread): as candle does.
-        let sum: f32 = seen.iter().map(|&x| (x - max).exp()).sum();
-        seen.iter_mut().for_each(|x| *x = (*x - max).exp() / sum);
-        return;
+        seen.iter_mut().for_each(|x| *x = (*x - max).exp());
+        return seen.iter().sum();
     }
-    let sum = exp_scaled_sum(seen, max, scale);
-    let inv = 1.0 / sum;
-    seen.iter_mut().for_each(|x| *x *= inv);
+    exp_scaled_sum(seen, max, scale)
 }
 
 // `x ← exp(scale · (x − max))` for each element; returns their sum.
-super::vexp::with_avx2! {
+super::vexp::with_simd! {
     fn exp_scaled_sum / exp_scaled_sum_avx2 (xs: &mut [f32], max: f32, scale: f32) -> f32 = exp_scaled_sum_portable;
 }
 
 /// Lanes summed side by side (so the sum vectorises too).
-const LANES: usize = 8;
+const LANES: usize = 16;
+
+// The largest element (NaNs ignored, as `f32::max` does; −∞ for an empty row).
+super::vexp::with_simd! {
+    fn row_max / row_max_avx2 (xs: &[f32]) -> f32 = row_max_portable;
+}
+
+#[inline(always)]
+fn row_max_portable(xs: &[f32]) -> f32 {
+    // A comparison per lane rather than `f32::max`, whose NaN rule keeps the loop scalar.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
 
 #[inline(always)]
 fn exp_scaled_sum_portable(xs: &mut [f32], max: f32, scale: f32) -> f32 {
