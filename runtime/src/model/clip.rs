@@ -100,9 +100,14 @@ fn patch_products(pixels: &Tensor, weight: &Tensor) -> Result<Tensor> {
         .permute((0, 2, 4, 1, 3, 5))?
         .contiguous()?
         .reshape((b, gh * gw, c * p * p))?;
-    let kernel = wide(weight)?.reshape((d, c * p * p))?;
-    let out = rows.broadcast_matmul(&kernel.t()?)?;
-    Ok(out.to_dtype(pixels.dtype())?)
+    let kernel = wide(weight)?.reshape((d, c * p * p))?.t()?;
+    // One product per image: candle folds a batch multiplied with one matrix into a single
+    // product of `B·L` rows, whose blocking (and so rounding) depends on `B`; an image's
+    // tokens must not depend on which images it was batched with (training caches them).
+    let per_image = (0..b)
+        .map(|i| rows.get(i)?.matmul(&kernel))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&per_image, 0)?.to_dtype(pixels.dtype())?)
 }
 
 /// `x.conv2d(w, padding, stride)`. candle's CPU convolution has no bf16 kernel: there it

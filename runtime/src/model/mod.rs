@@ -342,6 +342,21 @@ mod tests {
         }
     }
 
+    /// An image's features are the same bits whichever images share its batch (the trainer
+    /// caches them per view, and a resumed run must reproduce an uninterrupted one).
+    #[test]
+    fn image_features_do_not_depend_on_the_batch() {
+        let (model, _) = random_model(&tiny_config(), 5, DType::F32, &Device::Cpu).unwrap();
+        let px = randn(&[6, 3, 28, 28], 32, DType::F32, &Device::Cpu).unwrap();
+        let all = model.image_features(&px, Kernels::Fast).unwrap();
+        for i in 0..6 {
+            let one = model
+                .image_features(&px.narrow(0, i, 1).unwrap(), Kernels::Fast)
+                .unwrap();
+            assert_eq!(max_abs_diff(&one, &all.narrow(0, i, 1).unwrap()), 0.0);
+        }
+    }
+
     #[test]
     fn batch_rows_match_single_sequences() {
         let cfg = tiny_config_gqa();

@@ -85,6 +85,28 @@ pub(super) fn exp(x: f32) -> f32 {
     }
 }
 
+/// `f(out, src)` over a contiguous f32 tensor in chunks of 16 k elements on rayon's threads:
+/// the elementwise ops below.
+fn map_f32(
+    name: &str,
+    storage: &CpuStorage,
+    layout: &Layout,
+    f: impl Fn(&mut [f32], &[f32]) + Sync,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{name} takes f32, got {:?}", storage.dtype());
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{name} takes a contiguous tensor");
+    };
+    let src = &data[start..end];
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(16_384)
+        .zip(src.par_chunks(16_384))
+        .for_each(|(out, src)| f(out, src));
+    Ok((CpuStorage::F32(out), layout.shape().clone()))
+}
+
 /// `x · sigmoid(a · x)`: SiLU with `a = 1`, quick GELU with `a = 1.702`, as
 /// `x / (1 + e^(−a·x))`.
 pub(super) struct SigmoidGated {
@@ -112,20 +134,10 @@ impl CustomOp1 for SigmoidGated {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dtype = storage.dtype();
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("sigmoid-gated takes f32, got {dtype:?}");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("sigmoid-gated takes a contiguous tensor");
-        };
-        let src = &data[start..end];
-        let mut out = vec![0f32; src.len()];
         let a = self.a;
-        out.par_chunks_mut(16_384)
-            .zip(src.par_chunks(16_384))
-            .for_each(|(out, src)| sigmoid_gated(out, src, a));
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        map_f32("sigmoid-gated", storage, layout, |out, src| {
+            sigmoid_gated(out, src, a)
+        })
     }
 }
 
@@ -187,19 +199,7 @@ impl CustomOp1 for GeluErf {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dtype = storage.dtype();
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("gelu-erf takes f32, got {dtype:?}");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("gelu-erf takes a contiguous tensor");
-        };
-        let src = &data[start..end];
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(16_384)
-            .zip(src.par_chunks(16_384))
-            .for_each(|(out, src)| gelu_erf(out, src));
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        map_f32("gelu-erf", storage, layout, gelu_erf)
     }
 }
 
