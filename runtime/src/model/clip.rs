@@ -85,29 +85,22 @@ fn patch_products(pixels: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = pixels.dims4()?;
     let (d, _, p, _) = weight.dims4()?;
     let (gh, gw) = (h / p, w / p);
-    let wide = |x: &Tensor| -> Result<Tensor> {
-        // candle's CPU matrix product has no bf16 kernel either.
-        Ok(if x.dtype() == DType::BF16 && x.device().is_cpu() {
-            x.to_dtype(DType::F32)?
-        } else {
-            x.clone()
-        })
-    };
-    let rows = wide(pixels)?
+    // (candle's CPU product widens bf16 to f32 itself, unlike its convolution.)
+    let rows = pixels
         .narrow(2, 0, gh * p)?
         .narrow(3, 0, gw * p)?
         .reshape((b, c, gh, p, gw, p))?
         .permute((0, 2, 4, 1, 3, 5))?
         .contiguous()?
         .reshape((b, gh * gw, c * p * p))?;
-    let kernel = wide(weight)?.reshape((d, c * p * p))?.t()?;
+    let kernel = weight.reshape((d, c * p * p))?.t()?;
     // One product per image: candle folds a batch multiplied with one matrix into a single
     // product of `B·L` rows, whose blocking (and so rounding) depends on `B`; an image's
     // tokens must not depend on which images it was batched with (training caches them).
     let per_image = (0..b)
         .map(|i| rows.get(i)?.matmul(&kernel))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&per_image, 0)?.to_dtype(pixels.dtype())?)
+    Ok(Tensor::stack(&per_image, 0)?)
 }
 
 /// `x.conv2d(w, padding, stride)`. candle's CPU convolution has no bf16 kernel: there it

@@ -18,8 +18,8 @@ use crate::config::Activation;
 /// AVX-512 (a twin inside the dispatcher) where the CPU has AVX-512F, for AVX2 + FMA (as
 /// `$avx2`) where it has those, chosen at run time, and as compiled for the baseline
 /// elsewhere. The twins are what let the compiler vectorise the portable loop 16 or 8 lanes
-/// wide (Rust does not contract `a * b + c` into FMA instructions, so the code multiplies
-/// and adds separately).
+/// wide, and what turn its `mul_add`s into FMA instructions (Rust does not contract a plain
+/// `a * b + c`).
 macro_rules! with_simd {
     ($vis:vis fn $name:ident / $avx2:ident ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $portable:ident;) => {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
