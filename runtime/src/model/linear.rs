@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Sha
 use rayon::prelude::*;
 
 use crate::error::{Result, RuntimeError};
+use crate::model::amx;
 use crate::model::block_dots::{self, Blocks};
 use crate::model::matrix::WeightMatrix;
 use crate::model::source::Weights;
@@ -118,6 +119,8 @@ impl Linear {
 /// repacked kernels' speed costs one matrix of memory.
 /// Where candle has no repacked kernel for the format ([`candle_repacks`]), large inputs are
 /// multiplied on the f32 GEMM through a dequantized copy instead ([`dequantized_matmul`]).
+/// Where the CPU has AMX ([`amx::available`]), large inputs of every format go to bf16 tiles
+/// ([`tile_matmul`]), as a bf16 prefill in PyTorch does on such a CPU.
 struct QuantizedMatmul(Arc<QTensor>);
 
 /// Rows from which a quantized product repacks its matrix for the call. Measured on the
@@ -128,6 +131,21 @@ const REPACK_ROWS: usize = 16;
 impl QuantizedMatmul {
     fn matmul(&self, mkn: (usize, usize, usize), lhs: &[f32]) -> candle_core::Result<Vec<f32>> {
         let bytes = self.0.data()?;
+        if mkn.0 >= REPACK_ROWS && amx::available() {
+            // Block formats only: an f32 "quantized" matrix stays exact.
+            match self.0.dtype() {
+                GgmlDType::Q8_0 => {
+                    return tile_matmul(mkn, lhs, blocks::<block_dots::BlockQ8_0>(&bytes)?)
+                }
+                GgmlDType::Q4K => {
+                    return tile_matmul(mkn, lhs, blocks::<block_dots::BlockQ4K>(&bytes)?)
+                }
+                GgmlDType::Q6K => {
+                    return tile_matmul(mkn, lhs, blocks::<block_dots::BlockQ6K>(&bytes)?)
+                }
+                _ => {}
+            }
+        }
         if mkn.0 >= REPACK_ROWS && !candle_repacks(self.0.dtype()) {
             return match self.0.dtype() {
                 GgmlDType::Q8_0 => dequantized_matmul(mkn, lhs, blocks::<BlockQ8_0>(&bytes)?),
@@ -212,6 +230,22 @@ fn dequantized_matmul<T: GgmlType + Sync>(
         }
     }
     Ok(y)
+}
+
+/// `x · Wᵀ` on AMX tiles in bf16 ([`amx`]), `W` dequantized a row at a time into the tile
+/// layout by the task that multiplies it: what a prefill runs where the CPU has AMX.
+fn tile_matmul<T: block_dots::Dequantize>(
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    blocks: &[T],
+) -> candle_core::Result<Vec<f32>> {
+    if !k.is_multiple_of(T::VALUES) || blocks.len() * T::VALUES != n * k || lhs.len() != m * k {
+        candle_core::bail!(
+            "tile product of [{m}, {k}] with {} blocks for [{n}, {k}]",
+            blocks.len()
+        );
+    }
+    Ok(amx::matmul_t((m, k, n), lhs, blocks))
 }
 
 /// The blocks of a CPU quantized tensor's storage (a `Vec<T>`, so aligned for `T`).
@@ -305,9 +339,13 @@ mod tests {
             let scale = max_abs_diff(&all, &all.zeros_like().unwrap());
             let diff = max_abs_diff(&all, &one_by_one) / scale;
             assert!(diff < 2e-2, "{dtype:?}: {diff}");
-            if !candle_repacks(dtype) {
-                let dense = q.dequantize(&Device::Cpu).unwrap();
-                let want = x.matmul(&dense.t().unwrap()).unwrap();
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let want = x.matmul(&dense.t().unwrap()).unwrap();
+            if amx::available() {
+                // On AMX tiles: both operands rounded to bf16 (8 significant bits).
+                let off = max_abs_diff(&all, &want) / scale;
+                assert!(off < 1e-2, "{dtype:?}: tile product off by {off}");
+            } else if !candle_repacks(dtype) {
                 assert!(max_abs_diff(&all, &want) < 1e-4, "{dtype:?}");
             }
         }

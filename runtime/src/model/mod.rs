@@ -8,6 +8,7 @@
 //! [`LlavaModel::forward_embeds`], which starts from embeddings rather than token ids. This
 //! module does no file I/O; `crate::weights` loads checkpoints.
 
+mod amx;
 mod block_dots;
 mod clip;
 mod kv_cache;

@@ -233,6 +233,64 @@ fn scales_and_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
+impl super::Dequantize for BlockQ4K {
+    const VALUES: usize = QK_K;
+
+    /// ggml's `dequantize_row_q4_K`: per 64 values, the low nibbles of 32 bytes with one
+    /// sub-block's scale and minimum, then their high nibbles with the next one's.
+    #[inline(always)]
+    fn dequantize(blocks: &[Self], out: &mut [f32]) {
+        for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+            let (sc, mn) = scales_and_mins(&blk.scales);
+            let (d, dmin) = (blk.d.to_f32(), blk.dmin.to_f32());
+            for (j, (q, out)) in blk
+                .qs
+                .chunks_exact(32)
+                .zip(out.chunks_exact_mut(64))
+                .enumerate()
+            {
+                let (lo, hi) = out.split_at_mut(32);
+                let (d1, m1) = (d * sc[2 * j] as f32, dmin * mn[2 * j] as f32);
+                let (d2, m2) = (d * sc[2 * j + 1] as f32, dmin * mn[2 * j + 1] as f32);
+                for ((lo, hi), q) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
+                    *lo = d1 * (q & 0xF) as f32 - m1;
+                    *hi = d2 * (q >> 4) as f32 - m2;
+                }
+            }
+        }
+    }
+}
+
+impl super::Dequantize for BlockQ6K {
+    const VALUES: usize = QK_K;
+
+    /// ggml's `dequantize_row_q6_K`: per half block of 128 values, four runs of 32 built from
+    /// `ql`'s nibbles and two bits of `qh` each, with a signed scale per 16 values.
+    #[inline(always)]
+    fn dequantize(blocks: &[Self], out: &mut [f32]) {
+        for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+            let d = blk.d.to_f32();
+            for h in 0..2 {
+                let ql = &blk.ql[64 * h..64 * h + 64];
+                let qh = &blk.qh[32 * h..32 * h + 32];
+                let sc = &blk.scales[8 * h..8 * h + 8];
+                let y = &mut out[128 * h..128 * h + 128];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xF) | (qh[l] >> 2 & 3) << 4) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (qh[l] >> 4 & 3) << 4) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4) as i32 - 32;
+                    y[l] = d * sc[is] as f32 * q1 as f32;
+                    y[l + 32] = d * sc[is + 2] as f32 * q2 as f32;
+                    y[l + 64] = d * sc[is + 4] as f32 * q3 as f32;
+                    y[l + 96] = d * sc[is + 6] as f32 * q4 as f32;
+                }
+            }
+        }
+    }
+}
+
 impl KBlock for BlockQ4K {
     const SUMS: usize = 8;
     const NIBBLE_ORDER: bool = true;

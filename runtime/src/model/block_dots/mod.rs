@@ -20,6 +20,8 @@ use half::f16;
 
 mod k_quants;
 
+pub(crate) use k_quants::{BlockQ4K, BlockQ6K};
+
 /// The most input rows computed this way; more go to the block kernels' prefill paths.
 pub(crate) const MAX_ROWS: usize = 8;
 
@@ -38,6 +40,30 @@ pub(crate) struct BlockQ8_0 {
     qs: [i8; Q8_0_BLOCK],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// A block type's values in f32, computed as ggml's `dequantize_row_*` computes them, in
+/// plain loops that vectorise where they are inlined: the AMX prefill ([`crate::model::amx`])
+/// inlines them into a function compiled for AVX-512.
+pub(crate) trait Dequantize: Copy + Sync {
+    /// Values per block.
+    const VALUES: usize;
+    /// `blocks`' values, `VALUES` per block, into `out`.
+    fn dequantize(blocks: &[Self], out: &mut [f32]);
+}
+
+impl Dequantize for BlockQ8_0 {
+    const VALUES: usize = Q8_0_BLOCK;
+
+    #[inline(always)]
+    fn dequantize(blocks: &[Self], out: &mut [f32]) {
+        for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
+            let d = blk.d.to_f32();
+            for (y, q) in out.iter_mut().zip(&blk.qs) {
+                *y = *q as f32 * d;
+            }
+        }
+    }
+}
 
 /// A row-major `[n, k]` quantized matrix as stored: `k / 32` (Q8_0) or `k / 256` (K-quants)
 /// blocks per row.
@@ -343,6 +369,25 @@ mod tests {
         }
         .unwrap();
         y
+    }
+
+    /// The dequantizers give candle's (ggml's) values bit for bit.
+    #[test]
+    fn dequantized_values_are_candles() {
+        fn check<B: Dequantize>(dtype: GgmlDType) {
+            let (q, dense) = quantized_matrix(3, 1024, 5, dtype);
+            let bytes = q.data().unwrap();
+            let blocks = cast::<B>(&bytes).unwrap();
+            let mut ours = vec![f32::NAN; blocks.len() * B::VALUES];
+            B::dequantize(blocks, &mut ours);
+            assert_eq!(ours.len(), dense.len());
+            for (i, (a, b)) in ours.iter().zip(&dense).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} value {i}: {a} vs {b}");
+            }
+        }
+        check::<BlockQ8_0>(GgmlDType::Q8_0);
+        check::<BlockQ4K>(GgmlDType::Q4K);
+        check::<BlockQ6K>(GgmlDType::Q6K);
     }
 
     /// With stored-row counts that leave partial groups of eight and four and a partial task, and 1 to
