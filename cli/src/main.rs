@@ -180,6 +180,10 @@ fn main() -> ExitCode {
     let ctx = Ctx::new(cli.home, empty_home_env);
     // Before any thread exists (nothing above starts one).
     pin_thread_count(&cli.command, &ctx);
+    // `CONCEPTS_AMX=0`: prefills of quantized layers off the AMX tiles (docs/real-llava.md).
+    if std::env::var("CONCEPTS_AMX").is_ok_and(|v| v == "0") {
+        concepts_runtime::model::disable_amx_tiles();
+    }
     match dispatch(cli.command, &ctx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 //!
 //! `--kv-cache` overrides the dtype the key/value cache keeps (by default the model's choice,
 //! `LlavaModel::kv_storage`: f16 for an f32 computation over quantized weights).
+//! `CONCEPTS_AMX=0` keeps prefills of quantized layers off the AMX tiles, as for `concepts`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,6 +61,9 @@ fn main() -> BenchResult<()> {
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
+    }
+    if std::env::var("CONCEPTS_AMX").is_ok_and(|v| v == "0") {
+        concepts_runtime::model::disable_amx_tiles();
     }
     let model_dir = model.ok_or("--model DIR is required")?;
     let image = image.ok_or("--image FILE is required")?;

@@ -13,8 +13,8 @@
 //!
 //! Rust has no stable AMX intrinsics, so the tile instructions are written as inline assembly
 //! (stable `asm!`); Linux hands out the tile state only after `arch_prctl(ARCH_REQ_XCOMP_PERM)`,
-//! asked once per process. [`available`] is false on other CPUs, other systems, or when
-//! `CONCEPTS_AMX=0` is set (to compare against the other kernels).
+//! asked once per process. [`available`] is false on other CPUs, other systems, or after
+//! [`disable_amx_tiles`] (which the CLI calls when `CONCEPTS_AMX=0` is set).
 //!
 //! Numerics: inputs and weights are rounded to bf16 (8 significant bits), products summed in
 //! f32 — the same as a bf16 matrix product in PyTorch, and finer than the 8-bit input
@@ -23,6 +23,7 @@
 use rayon::prelude::*;
 
 use crate::model::block_dots::Dequantize;
+use crate::model::matrix::SyncPtr;
 
 /// `k` values per tile step (a tile row is 64 bytes of bf16).
 const STEP: usize = 32;
@@ -37,13 +38,27 @@ const NC: usize = 256;
 /// accumulators (650 KB) stay within L2 together.
 const KC: usize = 256;
 
-/// Whether the bf16 tile kernels can run here (checked once).
+/// Set by [`disable_amx_tiles`].
+static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keep prefill-sized products of quantized layers off the AMX tiles, on the kernels used
+/// where a CPU has none (to compare the two on one machine; `concepts` and the `real_scale`
+/// benchmark call it when `CONCEPTS_AMX=0` is set). Products already running are not affected.
+///
+/// ```
+/// concepts_runtime::model::disable_amx_tiles();
+/// ```
+pub fn disable_amx_tiles() {
+    DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the bf16 tile kernels can run here (the hardware and the system checked once).
 pub(crate) fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var("CONCEPTS_AMX").is_ok_and(|v| v == "0") {
-            return false;
-        }
+    static HARDWARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    *HARDWARE.get_or_init(|| {
         let ok = imp::request();
         if ok {
             tracing::debug!("prefill products on AMX bf16 tiles");
@@ -222,7 +237,7 @@ pub(crate) fn matmul_t<B: Dequantize>(
     // Not zeroed: the tasks write every value (zeroing would be a memset of up to 28 MB per
     // product of a 7B prefill, and its page faults).
     let mut y = Vec::<f32>::with_capacity(m * n);
-    let out = imp::SyncPtr(y.as_mut_ptr());
+    let out = SyncPtr(y.as_mut_ptr());
     (0..pad.n.div_ceil(NC)).into_par_iter().for_each(|task| {
         let first = task * NC;
         let rows = NC.min(pad.n - first);
@@ -240,21 +255,9 @@ pub(crate) fn matmul_t<B: Dequantize>(
 mod imp {
     use super::{rounded, Lines, Padded, KC, STEP, TILE};
     use crate::model::block_dots::Dequantize;
+    use crate::model::matrix::SyncPtr;
     use std::arch::asm;
     use std::arch::x86_64::*;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct SyncPtr(pub(super) *mut f32);
-    // SAFETY: tasks write disjoint parts of the output through it.
-    unsafe impl Send for SyncPtr {}
-    unsafe impl Sync for SyncPtr {}
-
-    impl SyncPtr {
-        /// The pointer (a method, so that closures capture the `Sync` wrapper, not the field).
-        pub(super) fn get(self) -> *mut f32 {
-            self.0
-        }
-    }
 
     fn has(feature: &str) -> bool {
         match feature {
@@ -543,17 +546,7 @@ mod imp {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod imp {
     use super::Padded;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct SyncPtr(pub(super) *mut f32);
-    unsafe impl Send for SyncPtr {}
-    unsafe impl Sync for SyncPtr {}
-
-    impl SyncPtr {
-        pub(super) fn get(self) -> *mut f32 {
-            self.0
-        }
-    }
+    use crate::model::matrix::SyncPtr;
 
     pub(super) fn request() -> bool {
         false

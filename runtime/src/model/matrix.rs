@@ -502,9 +502,9 @@ thread_local! {
 }
 
 /// The output pointer shared by the parallel blocks of one product, each writing its own
-/// columns.
+/// columns (here and in [`super::amx`]).
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(super) struct SyncPtr(pub(super) *mut f32);
 
 // SAFETY: blocks write disjoint elements through it while the owning Vec outlives them.
 unsafe impl Send for SyncPtr {}
@@ -512,7 +512,7 @@ unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
     /// A method (not a field access) so that closures capture the whole wrapper.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

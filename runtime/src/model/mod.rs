@@ -30,6 +30,7 @@ use crate::ops::Kernels;
 use crate::quant::QuantizedLinears;
 use source::Weights;
 
+pub use amx::disable_amx_tiles;
 pub use kv_cache::{BatchKvCache, KvCache};
 pub use matrix::WeightMatrix;
 pub(crate) use matrix::{MappedMatrix, MIN_MAPPED_ELEMENTS};
