@@ -259,25 +259,19 @@ mod imp {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    fn has(feature: &str) -> bool {
-        match feature {
-            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
-            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
-            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-            "fma" => std::arch::is_x86_feature_detected!("fma"),
-            "f16c" => std::arch::is_x86_feature_detected!("f16c"),
-            _ => false,
-        }
-    }
-
     /// CPUID says AMX-TILE and AMX-BF16 (and the AVX-512 the tasks are compiled for), and
     /// Linux grants this process the tile state.
     pub(super) fn request() -> bool {
         let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
         let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
-        let avx512 = ["avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"];
-        if !(amx_bf16 && amx_tile && avx512.iter().all(|f| has(f))) {
+        use std::arch::is_x86_feature_detected as has;
+        let avx512 = has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx2")
+            && has!("fma")
+            && has!("f16c");
+        if !(amx_bf16 && amx_tile && avx512) {
             return false;
         }
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;

@@ -120,7 +120,7 @@ impl Linear {
 /// Where candle has no repacked kernel for the format ([`candle_repacks`]), large inputs are
 /// multiplied on the f32 GEMM through a dequantized copy instead ([`dequantized_matmul`]).
 /// Where the CPU has AMX ([`amx::available`]), large inputs against Q8_0, Q4_K and Q6_K
-/// matrices of at least [`MIN_TILE_ELEMENTS`] go to bf16 tiles instead ([`tile_matmul`]), as a bf16 prefill in PyTorch does on
+/// matrices of at least [`MIN_TILE_ELEMENTS`] go to bf16 tiles instead ([`amx::matmul_t`], which checks the shapes), as a bf16 prefill in PyTorch does on
 /// such a CPU: three times faster than the repacked kernels there, and no transient copy.
 struct QuantizedMatmul(Arc<QTensor>);
 
@@ -136,13 +136,25 @@ impl QuantizedMatmul {
             // Block formats only: an f32 "quantized" matrix stays exact.
             match self.0.dtype() {
                 GgmlDType::Q8_0 => {
-                    return tile_matmul(mkn, lhs, blocks::<block_dots::BlockQ8_0>(&bytes)?)
+                    return Ok(amx::matmul_t(
+                        mkn,
+                        lhs,
+                        blocks::<block_dots::BlockQ8_0>(&bytes)?,
+                    ))
                 }
                 GgmlDType::Q4K => {
-                    return tile_matmul(mkn, lhs, blocks::<block_dots::BlockQ4K>(&bytes)?)
+                    return Ok(amx::matmul_t(
+                        mkn,
+                        lhs,
+                        blocks::<block_dots::BlockQ4K>(&bytes)?,
+                    ))
                 }
                 GgmlDType::Q6K => {
-                    return tile_matmul(mkn, lhs, blocks::<block_dots::BlockQ6K>(&bytes)?)
+                    return Ok(amx::matmul_t(
+                        mkn,
+                        lhs,
+                        blocks::<block_dots::BlockQ6K>(&bytes)?,
+                    ))
                 }
                 _ => {}
             }
@@ -244,22 +256,6 @@ const MIN_TILE_ELEMENTS: usize = 1 << 20;
 /// Whether a product `[m, k] · [k, n]` over a quantized matrix runs on AMX tiles.
 fn takes_tiles((m, k, n): (usize, usize, usize)) -> bool {
     m >= REPACK_ROWS && k * n >= MIN_TILE_ELEMENTS && amx::available()
-}
-
-/// `x · Wᵀ` on AMX tiles in bf16 ([`amx`]), `W` dequantized a row at a time into the tile
-/// layout by the task that multiplies it: what a prefill runs where the CPU has AMX.
-fn tile_matmul<T: block_dots::Dequantize>(
-    (m, k, n): (usize, usize, usize),
-    lhs: &[f32],
-    blocks: &[T],
-) -> candle_core::Result<Vec<f32>> {
-    if !k.is_multiple_of(T::VALUES) || blocks.len() * T::VALUES != n * k || lhs.len() != m * k {
-        candle_core::bail!(
-            "tile product of [{m}, {k}] with {} blocks for [{n}, {k}]",
-            blocks.len()
-        );
-    }
-    Ok(amx::matmul_t((m, k, n), lhs, blocks))
 }
 
 /// The blocks of a CPU quantized tensor's storage (a `Vec<T>`, so aligned for `T`).
