@@ -10,7 +10,8 @@
 //! perf report -i vision.perf --no-children --stdio | head -40
 //! ```
 //!
-//! It prints the median and minimum time of one iteration; the side-by-side comparison with
+//! It prints the time of the first call (fresh buffers, the kernels' first use) and the
+//! median and minimum of the iterations after it; the side-by-side comparison with
 //! transformers is `tools/bench/run.sh` (`docs/benchmarks.md`).
 
 use std::path::PathBuf;
@@ -55,7 +56,9 @@ fn main() -> Result<()> {
             Ok(())
         })
     };
+    let start = Instant::now();
     run()?;
+    let first = start.elapsed().as_secs_f64();
     let mut seconds = Vec::with_capacity(iterations);
     for _ in 0..iterations.max(1) {
         let start = Instant::now();
@@ -65,7 +68,8 @@ fn main() -> Result<()> {
     seconds.sort_by(f64::total_cmp);
     let part = if decoder { "decoder" } else { "vision tower" };
     println!(
-        "{part}: median {:.3} ms, min {:.3} ms over {} iterations",
+        "{part}: first call {:.3} ms, then median {:.3} ms, min {:.3} ms over {} iterations",
+        first * 1e3,
         seconds[seconds.len() / 2] * 1e3,
         seconds[0] * 1e3,
         seconds.len()

@@ -19,6 +19,9 @@ pub(crate) struct Linear {
     in_features: usize,
     out_features: usize,
     bias: Option<Tensor>,
+    /// The bias in f32 for a quantized weight: its product on the CPU adds it as it writes
+    /// the result, instead of a separate pass (and candle's thread pool) over the output.
+    bias_f32: Option<Arc<[f32]>>,
 }
 
 enum LinearWeight {
@@ -67,11 +70,18 @@ impl Linear {
         } else {
             None
         };
+        let bias_f32 = match (&weight, &bias) {
+            (LinearWeight::Quantized(_), Some(b)) => {
+                Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?.into())
+            }
+            _ => None,
+        };
         Ok(Linear {
             weight,
             in_features,
             out_features,
             bias,
+            bias_f32,
         })
     }
 
@@ -81,6 +91,8 @@ impl Linear {
         let (&inner, lead) = dims.split_last().unwrap_or((&0, &[]));
         let rows: usize = lead.iter().product();
         let x = x.reshape((rows, inner))?;
+        // Whether the product adds the bias itself (quantized, on the CPU).
+        let bias_added = self.bias_f32.is_some() && x.device().is_cpu();
         let y = match &self.weight {
             LinearWeight::Dense(w_t) => crate::ops::matmul(&x, w_t)?,
             LinearWeight::Mapped(w) => w.linear_t(&x)?,
@@ -91,12 +103,13 @@ impl Linear {
                 } else {
                     x.contiguous()?
                 };
-                x.apply_op1(QuantizedMatmul(w.clone()))?
+                let bias = self.bias_f32.clone().filter(|_| bias_added);
+                x.apply_op1(QuantizedMatmul(w.clone(), bias))?
             }
         };
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) if !bias_added => y.broadcast_add(b)?,
+            _ => y,
         };
         let mut shape = lead.to_vec();
         shape.push(self.out_features);
@@ -104,7 +117,7 @@ impl Linear {
     }
 }
 
-/// `x · Wᵀ` for a quantized `W` (`x` is `[m, k]`, contiguous): a forward on candle's
+/// `x · Wᵀ (+ b)` for a quantized `W` (`x` is `[m, k]`, contiguous): a forward on candle's
 /// quantized kernels (the input quantized on the fly, as llama.cpp does), and a backward that
 /// gives the input its gradient `dy · W` through the dequantized matrix. The frozen weight
 /// itself gets none; this is what lets concepts train on a quantized base.
@@ -120,9 +133,13 @@ impl Linear {
 /// Where candle has no repacked kernel for the format ([`candle_repacks`]), large inputs are
 /// multiplied on the f32 GEMM through a dequantized copy instead ([`dequantized_matmul`]).
 /// Where the CPU has AMX ([`amx::available`]), large inputs against Q8_0, Q4_K and Q6_K
-/// matrices of at least [`MIN_TILE_ELEMENTS`] go to bf16 tiles instead ([`amx::matmul_t`], which checks the shapes), as a bf16 prefill in PyTorch does on
-/// such a CPU: three times faster than the repacked kernels there, and no transient copy.
-struct QuantizedMatmul(Arc<QTensor>);
+/// matrices of at least [`MIN_TILE_ELEMENTS`] go to bf16 tiles instead ([`amx::matmul_t`],
+/// which checks the shapes), as a bf16 prefill in PyTorch does on such a CPU: three times
+/// faster than the repacked kernels there, and no transient copy.
+///
+/// A bias, where given, is added to the product on the CPU (the CUDA forward does not take
+/// one: the caller adds it there).
+struct QuantizedMatmul(Arc<QTensor>, Option<Arc<[f32]>>);
 
 /// Rows from which a quantized product repacks its matrix for the call. Measured on the
 /// 7B shape (2 threads, AVX-512 VNNI): the prefill took 43 s repacked against 108 s on the
@@ -130,35 +147,61 @@ struct QuantizedMatmul(Arc<QTensor>);
 const REPACK_ROWS: usize = 16;
 
 impl QuantizedMatmul {
+    /// `x · Wᵀ + bias`.
     fn matmul(&self, mkn: (usize, usize, usize), lhs: &[f32]) -> candle_core::Result<Vec<f32>> {
-        let bytes = self.0.data()?;
+        let bias = self.1.as_deref();
         if takes_tiles(mkn) {
-            // Block formats only: an f32 "quantized" matrix stays exact.
-            match self.0.dtype() {
-                GgmlDType::Q8_0 => {
-                    return Ok(amx::matmul_t(
-                        mkn,
-                        lhs,
-                        blocks::<block_dots::BlockQ8_0>(&bytes)?,
-                    ))
-                }
-                GgmlDType::Q4K => {
-                    return Ok(amx::matmul_t(
-                        mkn,
-                        lhs,
-                        blocks::<block_dots::BlockQ4K>(&bytes)?,
-                    ))
-                }
-                GgmlDType::Q6K => {
-                    return Ok(amx::matmul_t(
-                        mkn,
-                        lhs,
-                        blocks::<block_dots::BlockQ6K>(&bytes)?,
-                    ))
-                }
-                _ => {}
+            // The tiles add the bias as they write.
+            if let Some(y) = self.tile_product(mkn, lhs, bias)? {
+                return Ok(y);
             }
         }
+        let mut y = self.product(mkn, lhs)?;
+        if let Some(bias) = bias {
+            for row in y.chunks_exact_mut(mkn.2) {
+                for (y, b) in row.iter_mut().zip(bias) {
+                    *y += b;
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    /// The product on AMX tiles, for the block formats (an f32 "quantized" matrix stays
+    /// exact): `None` for other formats.
+    fn tile_product(
+        &self,
+        mkn: (usize, usize, usize),
+        lhs: &[f32],
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let bytes = self.0.data()?;
+        Ok(match self.0.dtype() {
+            GgmlDType::Q8_0 => Some(amx::matmul_t(
+                mkn,
+                lhs,
+                blocks::<block_dots::BlockQ8_0>(&bytes)?,
+                bias,
+            )),
+            GgmlDType::Q4K => Some(amx::matmul_t(
+                mkn,
+                lhs,
+                blocks::<block_dots::BlockQ4K>(&bytes)?,
+                bias,
+            )),
+            GgmlDType::Q6K => Some(amx::matmul_t(
+                mkn,
+                lhs,
+                blocks::<block_dots::BlockQ6K>(&bytes)?,
+                bias,
+            )),
+            _ => None,
+        })
+    }
+
+    /// `x · Wᵀ` off the tiles.
+    fn product(&self, mkn: (usize, usize, usize), lhs: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let bytes = self.0.data()?;
         if mkn.0 >= REPACK_ROWS && !candle_repacks(self.0.dtype()) {
             return match self.0.dtype() {
                 GgmlDType::Q8_0 => dequantized_matmul(mkn, lhs, blocks::<BlockQ8_0>(&bytes)?),
@@ -332,7 +375,8 @@ mod tests {
     /// A prefill-sized quantized product (where candle has no repacked kernel, through the
     /// dequantized matrix) agrees with the decode-sized one, row by row, within the block
     /// kernels' rounding of the input to 8 bits; and, where it is dequantized, with `x · Wᵀ`
-    /// over the dequantized matrix itself.
+    /// over the dequantized matrix itself. A bias given to the product is added exactly as a
+    /// separate `broadcast_add` adds it.
     #[test]
     fn prefill_and_decode_sized_quantized_products_agree() {
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
@@ -341,8 +385,22 @@ mod tests {
             let w = randn(&[DEQUANTIZE_CHUNK + 76, 1024], 1, DType::F32, &Device::Cpu).unwrap();
             let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
             let x = randn(&[REPACK_ROWS + 3, 1024], 2, DType::F32, &Device::Cpu).unwrap();
-            let op = || QuantizedMatmul(q.clone());
+            let op = || QuantizedMatmul(q.clone(), None);
             let all = x.apply_op1_no_bwd(&op()).unwrap();
+            // A bias is added as `broadcast_add` adds it, on the tiles and off them.
+            let n = q.shape().dims()[0];
+            let bias = randn(&[n], 3, DType::F32, &Device::Cpu).unwrap();
+            let with_bias = QuantizedMatmul(q.clone(), Some(bias.to_vec1::<f32>().unwrap().into()));
+            for rows in [x.dim(0).unwrap(), 1] {
+                let x = x.narrow(0, 0, rows).unwrap();
+                let plain = x
+                    .apply_op1_no_bwd(&op())
+                    .unwrap()
+                    .broadcast_add(&bias)
+                    .unwrap();
+                let fused = x.apply_op1_no_bwd(&with_bias).unwrap();
+                assert_eq!(max_abs_diff(&plain, &fused), 0.0, "{dtype:?}, {rows} rows");
+            }
             let one_by_one = (0..x.dim(0).unwrap())
                 .map(|r| x.narrow(0, r, 1).unwrap().apply_op1_no_bwd(&op()).unwrap())
                 .collect::<Vec<_>>();

@@ -238,7 +238,7 @@ impl super::Dequantize for BlockQ4K {
 
     /// ggml's `dequantize_row_q4_K`: per 64 values, the low nibbles of 32 bytes with one
     /// sub-block's scale and minimum, then their high nibbles with the next one's.
-    #[inline(always)]
+    #[cfg(test)]
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
         for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
             let (sc, mn) = scales_and_mins(&blk.scales);
@@ -259,6 +259,13 @@ impl super::Dequantize for BlockQ4K {
             }
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn bf16_runs(blocks: &[Self], out: &mut [u16], stride: usize) {
+        // SAFETY: passed on.
+        unsafe { bf16::q4k_runs(blocks, out, stride) }
+    }
 }
 
 impl super::Dequantize for BlockQ6K {
@@ -266,7 +273,7 @@ impl super::Dequantize for BlockQ6K {
 
     /// ggml's `dequantize_row_q6_K`: per half block of 128 values, four runs of 32 built from
     /// `ql`'s nibbles and two bits of `qh` each, with a signed scale per 16 values.
-    #[inline(always)]
+    #[cfg(test)]
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
         for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
             let d = blk.d.to_f32();
@@ -285,6 +292,111 @@ impl super::Dequantize for BlockQ6K {
                     y[l + 32] = d * sc[is + 2] as f32 * q2 as f32;
                     y[l + 64] = d * sc[is + 4] as f32 * q3 as f32;
                     y[l + 96] = d * sc[is + 6] as f32 * q4 as f32;
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn bf16_runs(blocks: &[Self], out: &mut [u16], stride: usize) {
+        // SAFETY: passed on.
+        unsafe { bf16::q6k_runs(blocks, out, stride) }
+    }
+}
+
+/// The K-quants' [`super::Dequantize::bf16_runs`] on AVX-512: the loops of `dequantize` 16
+/// values a vector, the same operations in the same order (so the same f32 values before the
+/// rounding).
+#[cfg(target_arch = "x86_64")]
+mod bf16 {
+    use super::super::bf16::{bytes_u32, store_run};
+    use super::{scales_and_mins, BlockQ4K, BlockQ6K, QK_K};
+    use std::arch::x86_64::*;
+
+    /// Runs per K-quant block.
+    const RUNS: usize = QK_K / 32;
+
+    /// # Safety
+    /// AVX-512F/BW/BF16; `out` holds `blocks.len() * 8` runs `stride` apart.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn q4k_runs(blocks: &[BlockQ4K], out: &mut [u16], stride: usize) {
+        assert!(blocks.is_empty() || (blocks.len() * RUNS - 1) * stride + 32 <= out.len());
+        let nibble = _mm512_set1_epi32(0xF);
+        for (b, blk) in blocks.iter().enumerate() {
+            let (sc, mn) = scales_and_mins(&blk.scales);
+            let (d, dmin) = (blk.d.to_f32(), blk.dmin.to_f32());
+            for j in 0..RUNS / 2 {
+                let q = blk.qs[32 * j..].as_ptr();
+                // SAFETY: 32 bytes at `q` (a 128-byte array); both runs within `out` (asserted).
+                unsafe {
+                    let (q0, q1) = (bytes_u32(q), bytes_u32(q.add(16)));
+                    for (h, (q0, q1)) in [
+                        (_mm512_and_si512(q0, nibble), _mm512_and_si512(q1, nibble)),
+                        (_mm512_srli_epi32::<4>(q0), _mm512_srli_epi32::<4>(q1)),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        let s = 2 * j + h;
+                        let scale = _mm512_set1_ps(d * sc[s] as f32);
+                        let min = _mm512_set1_ps(dmin * mn[s] as f32);
+                        let lo = _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(q0)), min);
+                        let hi = _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(q1)), min);
+                        store_run(out.as_mut_ptr().add((b * RUNS + s) * stride), lo, hi);
+                    }
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`q4k_runs`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn q6k_runs(blocks: &[BlockQ6K], out: &mut [u16], stride: usize) {
+        assert!(blocks.is_empty() || (blocks.len() * RUNS - 1) * stride + 32 <= out.len());
+        let (low4, two) = (_mm512_set1_epi32(0xF), _mm512_set1_epi32(3));
+        let offset = _mm512_set1_epi32(32);
+        for (b, blk) in blocks.iter().enumerate() {
+            let d = blk.d.to_f32();
+            for h in 0..2 {
+                let (ql, qh) = (blk.ql[64 * h..].as_ptr(), blk.qh[32 * h..].as_ptr());
+                let sc = &blk.scales[8 * h..8 * h + 8];
+                // SAFETY: 64 bytes in `ql[64 h..]`, 32 in `qh[32 h..]`.
+                let (a, c, high) = unsafe {
+                    (
+                        [bytes_u32(ql), bytes_u32(ql.add(16))],
+                        [bytes_u32(ql.add(32)), bytes_u32(ql.add(48))],
+                        [bytes_u32(qh), bytes_u32(qh.add(16))],
+                    )
+                };
+                // Run `run`'s values `l` (half 0) and `l + 16` (half 1): the low four bits
+                // from `ql` (run 0 and 2 from its first 32 bytes, 1 and 3 from the next 32, the
+                // low nibbles then the high ones), two bits from `qh` (shifted by `2 run`).
+                for run in 0..4 {
+                    let mut values = [_mm512_setzero_ps(); 2];
+                    for (half, value) in values.iter_mut().enumerate() {
+                        let bytes = if run % 2 == 0 { a[half] } else { c[half] };
+                        let low = if run < 2 {
+                            _mm512_and_si512(bytes, low4)
+                        } else {
+                            _mm512_srli_epi32::<4>(bytes)
+                        };
+                        let two_bits = match run {
+                            0 => high[half],
+                            1 => _mm512_srli_epi32::<2>(high[half]),
+                            2 => _mm512_srli_epi32::<4>(high[half]),
+                            _ => _mm512_srli_epi32::<6>(high[half]),
+                        };
+                        let two_bits = _mm512_slli_epi32::<4>(_mm512_and_si512(two_bits, two));
+                        let q = _mm512_sub_epi32(_mm512_or_si512(low, two_bits), offset);
+                        let scale = _mm512_set1_ps(d * sc[half + 2 * run] as f32);
+                        *value = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(q));
+                    }
+                    let [lo, hi] = values;
+                    let at = (b * RUNS + 4 * h + run) * stride;
+                    // SAFETY: within `out` (asserted above).
+                    unsafe { store_run(out.as_mut_ptr().add(at), lo, hi) };
                 }
             }
         }

@@ -41,25 +41,100 @@ pub(crate) struct BlockQ8_0 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
-/// A block type's values in f32, computed as ggml's `dequantize_row_*` computes them, in
-/// plain loops that vectorise where they are inlined: the AMX prefill ([`crate::model::amx`])
-/// inlines them into a function compiled for AVX-512.
+/// A block type's values, for the AMX prefill ([`crate::model::amx`]): in f32 as ggml's
+/// `dequantize_row_*` computes them (plain loops, the reference the tests hold the rest to),
+/// and rounded to bf16 straight into the tiles' layout.
 pub(crate) trait Dequantize: Copy + Sync {
     /// Values per block.
     const VALUES: usize;
     /// `blocks`' values, `VALUES` per block, into `out`.
+    #[cfg(test)]
     fn dequantize(blocks: &[Self], out: &mut [f32]);
+
+    /// `blocks`' values rounded to bf16 ([`Self::dequantize`]'s values, ties to even), run `s`
+    /// of 32 values into `out[s * stride..][..32]` (a last partial run padded with zeros): a
+    /// weight row straight into the AMX tiles' layout, in registers, without the f32 row in
+    /// between (a prefill dequantizes every weight of the model once per product).
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512BW and AVX-512 BF16 must be available; `out` must hold every run.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn bf16_runs(blocks: &[Self], out: &mut [u16], stride: usize);
 }
 
 impl Dequantize for BlockQ8_0 {
     const VALUES: usize = Q8_0_BLOCK;
 
-    #[inline(always)]
+    #[cfg(test)]
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
         for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
             let d = blk.d.to_f32();
             for (y, q) in out.iter_mut().zip(&blk.qs) {
                 *y = *q as f32 * d;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn bf16_runs(blocks: &[Self], out: &mut [u16], stride: usize) {
+        // SAFETY: passed on (AVX-512, room for every run).
+        unsafe { bf16::q8_0_runs(blocks, out, stride) }
+    }
+}
+
+/// The AVX-512 halves of [`Dequantize::bf16_runs`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod bf16 {
+    use super::{BlockQ8_0, Q8_0_BLOCK};
+    use std::arch::x86_64::*;
+
+    /// 32 values (`lo` then `hi`) rounded to bf16 into `out[..32]`, in one instruction
+    /// (`VCVTNE2PS2BF16`: ties to even as `half` rounds, NaN kept, except that it flushes
+    /// subnormal values to zero, which the values of f16-scaled blocks never are).
+    ///
+    /// # Safety
+    /// `out` must hold 32 values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(crate) unsafe fn store_run(out: *mut u16, lo: __m512, hi: __m512) {
+        let run = _mm512_cvtne2ps_pbh(hi, lo);
+        // SAFETY: 64 bytes at `out` (the caller's promise); an unaligned store.
+        unsafe {
+            _mm512_storeu_si512(out as *mut _, std::mem::transmute::<__m512bh, __m512i>(run))
+        };
+    }
+
+    /// Sixteen bytes from `at` widened to sixteen `i32` lanes, unsigned.
+    ///
+    /// # Safety
+    /// 16 bytes readable at `at`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn bytes_u32(at: *const u8) -> __m512i {
+        // SAFETY: the caller's promise.
+        _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(at as *const __m128i) })
+    }
+
+    /// [`super::Dequantize::bf16_runs`] for Q8_0: one run per block, `q · d`.
+    ///
+    /// # Safety
+    /// As the trait method's.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn q8_0_runs(blocks: &[BlockQ8_0], out: &mut [u16], stride: usize) {
+        assert!(blocks.is_empty() || (blocks.len() - 1) * stride + Q8_0_BLOCK <= out.len());
+        for (s, blk) in blocks.iter().enumerate() {
+            let d = _mm512_set1_ps(blk.d.to_f32());
+            let qs = blk.qs.as_ptr() as *const __m128i;
+            // SAFETY: 32 bytes in `qs`; the run is within `out` (asserted).
+            unsafe {
+                let lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(qs));
+                let hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(qs.add(1)));
+                store_run(
+                    out.as_mut_ptr().add(s * stride),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+                );
             }
         }
     }
@@ -383,6 +458,46 @@ mod tests {
             assert_eq!(ours.len(), dense.len());
             for (i, (a, b)) in ours.iter().zip(&dense).enumerate() {
                 assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} value {i}: {a} vs {b}");
+            }
+        }
+        check::<BlockQ8_0>(GgmlDType::Q8_0);
+        check::<BlockQ4K>(GgmlDType::Q4K);
+        check::<BlockQ6K>(GgmlDType::Q6K);
+    }
+
+    /// The AVX-512 bf16 runs are the f32 values rounded to bf16 (as `half` rounds, ties to
+    /// even) bit for bit, each run at its place and nothing written between runs.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn bf16_runs_are_the_rounded_values() {
+        let avx512 = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16");
+        if !avx512 {
+            eprintln!("no AVX-512 BF16 here: the bf16 runs are not used");
+            return;
+        }
+        fn check<B: Dequantize>(dtype: GgmlDType) {
+            let (q, _) = quantized_matrix(3, 1024, 9, dtype);
+            let bytes = q.data().unwrap();
+            let blocks = cast::<B>(&bytes).unwrap();
+            let mut dense = vec![0f32; blocks.len() * B::VALUES];
+            B::dequantize(blocks, &mut dense);
+            let stride = 48;
+            let runs = dense.len() / 32;
+            let mut out = vec![0xdeadu16; runs * stride];
+            // SAFETY: AVX-512F/BW/BF16 checked above; `out` holds every run.
+            unsafe { B::bf16_runs(blocks, &mut out, stride) };
+            for (s, run) in dense.chunks_exact(32).enumerate() {
+                let at = &out[s * stride..(s + 1) * stride];
+                for (i, v) in run.iter().enumerate() {
+                    let want = half::bf16::from_f32(*v).to_bits();
+                    assert_eq!(at[i], want, "{dtype:?} run {s} value {i}: {v}");
+                }
+                assert!(
+                    at[32..].iter().all(|&w| w == 0xdead),
+                    "{dtype:?} run {s}: gap written"
+                );
             }
         }
         check::<BlockQ8_0>(GgmlDType::Q8_0);
