@@ -251,18 +251,13 @@ pub(crate) fn matmul_t<B: Dequantize>(
         "AMX tile products called where AMX is not available"
     );
     let pad = Padded::new(m, k, n);
-    PACKED.with(|packed| match packed.try_borrow_mut() {
-        Ok(mut lines) => {
-            let xs = pack_input(x, m, k, pad, &mut lines);
-            multiply_packed((m, k, n), xs, blocks, bias, pad)
-        }
+    PACKED.with(|packed| {
         // A product started while this thread waits inside another (rayon lets a waiting
-        // thread take other work): a buffer of its own.
-        Err(_) => {
-            let mut lines = Lines::default();
-            let xs = pack_input(x, m, k, pad, &mut lines);
-            multiply_packed((m, k, n), xs, blocks, bias, pad)
-        }
+        // thread take other work) finds the buffer borrowed: it packs into one of its own.
+        let (mut kept, mut own) = (packed.try_borrow_mut().ok(), Lines::default());
+        let lines = kept.as_deref_mut().unwrap_or(&mut own);
+        let xs = pack_input(x, m, k, pad, lines);
+        multiply_packed((m, k, n), xs, blocks, bias, pad)
     })
 }
 
