@@ -675,8 +675,8 @@ mod tests {
     }
 
     /// The packed input puts `x[16t + i][2p + h]` where the tile instruction reads it, and
-    /// zeros past the input's rows and columns: for whole tiles (gathered, where AMX is) and
-    /// partial ones.
+    /// zeros past the input's rows and columns: for whole tiles (transposed in registers,
+    /// where AMX is) and partial ones.
     #[test]
     fn the_packed_input_interleaves_pairs_of_k() {
         for (m, k) in [(19, 45), (32, 64)] {
